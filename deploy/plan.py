@@ -1,0 +1,300 @@
+"""The ServingPlan: the one contract between the tuner, deploy/ and the gateway.
+
+A plan names a model, the replicas that serve it (one per traffic class, each with its own
+parallel layout and vLLM engine arguments), the cluster they run on, and the gateway's routing
+settings. The tuner writes plans, deploy/ runs them, the gateway reads their routing part.
+Plans are YAML on disk; every check that can be made without starting anything is made here,
+with a message that says what to change.
+"""
+
+from __future__ import annotations
+
+import difflib
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from gateway.config import GatewaySettings, TrafficClass
+
+DEMO_SOURCE = "demo"
+"""`model.source: demo` means the locally generated demo model (see deploy.demo_model)."""
+
+
+class PlanError(ValueError):
+    """A plan that cannot be loaded or run; the message says what to change."""
+
+
+class ModelSpec(BaseModel):
+    """What is served: a local HF-format directory, a hub id, or the generated demo model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(description="Local model directory, hub id (org/name), or 'demo'.")
+    name: str = Field(description="Public model name clients send in `model` and see in /v1/models.")
+    aliases: list[str] = Field(default_factory=list, description="Other names clients may use.")
+
+    @property
+    def is_local_path(self) -> bool:
+        return self.source.startswith(("/", "./", "../", "~"))
+
+    @model_validator(mode="after")
+    def _local_path_exists(self) -> ModelSpec:
+        if self.is_local_path and not Path(self.source).expanduser().is_dir():
+            raise ValueError(f"model.source {self.source!r} is not a directory (expected an HF-format model dir)")
+        return self
+
+    @property
+    def served_names(self) -> list[str]:
+        return [self.name, *self.aliases]
+
+
+class EngineArgs(BaseModel):
+    """vLLM engine arguments. The tuned knobs are typed fields; any other vLLM EngineArgs field
+    goes in `extra` and is checked against the installed vLLM's own list."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_num_seqs: int = Field(64, ge=1)
+    max_num_batched_tokens: int | None = Field(None, ge=1)
+    max_model_len: int | None = Field(None, ge=16)
+    gpu_memory_utilization: float = Field(0.45, gt=0, le=1)
+    enable_chunked_prefill: bool | None = None
+    enable_prefix_caching: bool | None = None
+    enforce_eager: bool = False
+    scheduling_policy: Literal["fcfs", "priority"] = "fcfs"
+    dtype: str = "auto"
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_unknown_arguments(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(cls.model_fields))
+            if unknown:
+                hints = []
+                for key in unknown:
+                    close = difflib.get_close_matches(key, list(cls.model_fields), n=1)
+                    hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+                raise ValueError(
+                    f"unknown engine argument(s) {', '.join(hints)}; other vLLM arguments go under 'extra'"
+                )
+        return data
+
+    @model_validator(mode="after")
+    def _extra_names_are_vllm_arguments(self) -> EngineArgs:
+        known = vllm_engine_argument_names()
+        if known is not None:
+            unknown = sorted(set(self.extra) - known)
+            if unknown:
+                raise ValueError(f"engine.extra has argument(s) vLLM does not know: {', '.join(unknown)}")
+        typed = set(self.extra) & (set(type(self).model_fields) - {"extra"})
+        if typed:
+            raise ValueError(f"engine.extra repeats typed field(s) {sorted(typed)}: set them directly")
+        return self
+
+    def to_vllm_kwargs(self) -> dict[str, Any]:
+        """The arguments as vLLM's EngineArgs takes them, unset ones left to vLLM's defaults."""
+        kwargs = self.model_dump(exclude={"extra"}, exclude_none=True)
+        kwargs.update(self.extra)
+        return kwargs
+
+
+@cache
+def vllm_engine_argument_names() -> frozenset[str] | None:
+    """Field names of the installed vLLM's EngineArgs, or None where vLLM is not installed."""
+    try:
+        import dataclasses
+
+        from vllm.engine.arg_utils import EngineArgs as VllmEngineArgs
+    except ImportError:
+        return None
+    return frozenset(f.name for f in dataclasses.fields(VllmEngineArgs))
+
+
+PlacementStrategy = Literal["STRICT_SPREAD", "SPREAD", "PACK", "STRICT_PACK"]
+
+
+class Placement(BaseModel):
+    """How one replica's workers are placed: one Ray bundle per worker (tp x pp of them)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    strategy: PlacementStrategy = Field(
+        "STRICT_SPREAD", description="STRICT_SPREAD puts each worker on its own node (the two-box layout)."
+    )
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(
+        1.0, ge=0, le=1, description="Fraction of a GPU per worker; below 1 lets two replicas share the GPUs."
+    )
+
+
+class Replica(BaseModel):
+    """One vLLM engine serving one traffic class with one parallel layout."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9-]*$")
+    traffic_class: TrafficClass
+    tensor_parallel_size: int = Field(1, ge=1)
+    pipeline_parallel_size: int = Field(1, ge=1)
+    engine: EngineArgs = Field(default_factory=EngineArgs)
+    placement: Placement = Field(default_factory=Placement)
+    env: dict[str, str] = Field(default_factory=dict, description="Environment for the engine's processes.")
+
+    @property
+    def world_size(self) -> int:
+        return self.tensor_parallel_size * self.pipeline_parallel_size
+
+    @property
+    def layout(self) -> str:
+        return f"tp{self.tensor_parallel_size}-pp{self.pipeline_parallel_size}"
+
+    def placement_bundles(self, accelerator: str | None) -> list[dict[str, float]]:
+        """One bundle per worker; GPU share only where the cluster has GPUs."""
+        bundle: dict[str, float] = {"CPU": self.placement.cpus_per_worker}
+        if accelerator is not None:
+            bundle["GPU"] = self.placement.gpus_per_worker
+        return [dict(bundle) for _ in range(self.world_size)]
+
+
+class Cluster(BaseModel):
+    """The machines a plan runs on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "local-cpu"
+    nodes: int = Field(1, ge=1)
+    devices_per_node: int = Field(
+        1, ge=1, description="GPUs per node; on a CPU cluster, worker slots per node."
+    )
+    accelerator: str | None = Field(None, description="e.g. 'GB10'; None runs vLLM on the CPU.")
+    memory_per_node_gb: float = Field(119.7, gt=0, description="Memory the engines may use on each node.")
+
+    @property
+    def is_cpu(self) -> bool:
+        return self.accelerator is None
+
+    @property
+    def devices(self) -> int:
+        return self.nodes * self.devices_per_node
+
+
+DataPath = Literal["http", "handle"]
+
+
+class ServingPlan(BaseModel):
+    """A model, its replicas, the cluster and the gateway's settings: everything deploy/ runs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: ModelSpec
+    replicas: list[Replica] = Field(min_length=1)
+    cluster: Cluster = Field(default_factory=Cluster)
+    gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+    data_path: DataPath = Field(
+        "http",
+        description="http: each replica runs vLLM's own OpenAI server and the gateway speaks HTTP to it; "
+        "handle: each replica is a ray.serve.llm LLMServer reached through Serve handles.",
+    )
+
+    @model_validator(mode="after")
+    def _fits_cluster(self) -> ServingPlan:
+        names = [r.name for r in self.replicas]
+        if len(set(names)) != len(names):
+            raise ValueError(f"replica names must be unique, got {names}")
+        cluster = self.cluster
+        for r in self.replicas:
+            where = f"replica {r.name!r}"
+            if r.world_size > cluster.devices:
+                raise ValueError(
+                    f"{where}: tensor_parallel_size x pipeline_parallel_size = {r.world_size} is larger than "
+                    f"the cluster's {cluster.devices} devices ({cluster.nodes} node(s) x {cluster.devices_per_node})"
+                )
+            if r.placement.strategy == "STRICT_SPREAD" and r.world_size > cluster.nodes:
+                raise ValueError(
+                    f"{where}: STRICT_SPREAD needs one node per worker ({r.world_size}) but the cluster has "
+                    f"{cluster.nodes}; use PACK or SPREAD"
+                )
+            if cluster.is_cpu and r.pipeline_parallel_size > 1 and r.engine.enforce_eager:
+                raise ValueError(
+                    f"{where}: pipeline parallelism with enforce_eager fails on vLLM's CPU backend (the first "
+                    "step's receive buffer is never allocated); set enforce_eager: false"
+                )
+            if self.data_path == "http" and not cluster.is_cpu and r.world_size > cluster.devices_per_node:
+                raise ValueError(
+                    f"{where}: data_path 'http' runs vLLM's multiprocessing executor, which cannot span nodes "
+                    f"({r.world_size} workers, {cluster.devices_per_node} GPU(s) per node); use data_path 'handle'"
+                )
+        if not cluster.is_cpu:
+            shares = sum(r.engine.gpu_memory_utilization for r in self.replicas)
+            if shares > 1.0 + 1e-9:
+                raise ValueError(
+                    "the replicas' gpu_memory_utilization add up to "
+                    f"{shares:.2f}, past 1.0 of each GPU they share; lower them"
+                )
+            gpu_use = sum(r.placement.gpus_per_worker * r.world_size for r in self.replicas)
+            if gpu_use > cluster.devices + 1e-9:
+                raise ValueError(
+                    f"the replicas ask for {gpu_use:g} GPUs in all but the cluster has {cluster.devices}; "
+                    "lower placement.gpus_per_worker so they can be co-resident"
+                )
+        return self
+
+    def replica_for(self, traffic_class: TrafficClass) -> Replica | None:
+        return next((r for r in self.replicas if r.traffic_class == traffic_class), None)
+
+
+def _format_validation_error(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "plan"
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"  {where}: {message}")
+    return "\n".join(lines)
+
+
+def parse_plan(data: Any, origin: str = "plan") -> ServingPlan:
+    """Validate plan data, turning pydantic's errors into a PlanError that names each field."""
+    try:
+        return ServingPlan.model_validate(data)
+    except ValidationError as exc:
+        raise PlanError(f"{origin} is not a valid serving plan:\n{_format_validation_error(exc)}") from None
+
+
+def load_plan(path: str | Path) -> ServingPlan:
+    """Read a plan from YAML. Relative local model paths resolve against the plan's folder."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise PlanError(f"no plan at {path}") from None
+    except yaml.YAMLError as exc:
+        raise PlanError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise PlanError(f"{path} must hold a mapping (model, replicas, cluster, gateway)")
+    source = (data.get("model") or {}).get("source") if isinstance(data.get("model"), dict) else None
+    if isinstance(source, str) and source.startswith(("./", "../")):
+        data["model"]["source"] = str((path.parent / source).resolve())
+    return parse_plan(data, origin=str(path))
+
+
+def dump_plan(plan: ServingPlan, path: str | Path, header: str | None = None) -> Path:
+    """Write a plan as YAML (unset defaults included, so the file says everything that runs)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(plan.model_dump(mode="json"), sort_keys=False)
+    if header:
+        text = "".join(f"# {line}\n" for line in header.splitlines()) + text
+    path.write_text(text)
+    return path
+
+
+SHIPPED_PLANS_DIR = Path(__file__).parent / "plans"
+
+
+def shipped_plan(name: str) -> Path:
+    """Path of a plan shipped with Tandem, e.g. 'cpu-demo'."""
+    return SHIPPED_PLANS_DIR / f"{name}.yaml"
