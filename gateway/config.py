@@ -6,9 +6,12 @@ These models are the one place where routing thresholds are defined; deploy/plan
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 TrafficClass = Literal["interactive", "batch"]
 TRAFFIC_CLASSES: tuple[TrafficClass, ...] = ("interactive", "batch")
@@ -33,7 +36,7 @@ class RoutingSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    policy: str = Field("class-aware", description="Routing policy name (see gateway.policy).")
+    policy: str = Field("class-aware", description="Routing policy name (see gateway.policy.POLICIES).")
     interactive_max_tokens: int = Field(
         1024, ge=1, description="A streamed single-choice chat asking for at most this many tokens is interactive."
     )
@@ -58,6 +61,14 @@ class RoutingSettings(BaseModel):
     )
 
     @model_validator(mode="after")
+    def _policy_is_known(self) -> RoutingSettings:
+        from gateway.policy import POLICIES  # the policy module imports this one
+
+        if self.policy not in POLICIES:
+            raise ValueError(f"unknown routing policy {self.policy!r}; choose one of {sorted(POLICIES)}")
+        return self
+
+    @model_validator(mode="after")
     def _hysteresis_is_ordered(self) -> RoutingSettings:
         if self.spill_release_threshold >= self.spill_queue_threshold:
             raise ValueError(
@@ -65,6 +76,72 @@ class RoutingSettings(BaseModel):
                 f"spill_queue_threshold ({self.spill_queue_threshold}), or spilling would never stop"
             )
         return self
+
+
+class ApiKey(BaseModel):
+    """One client key: the secret, a name for metrics and logs, and what the key may do."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: SecretStr = Field(description="The bearer token clients send; never logged.")
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Shown in metrics and logs instead of the key.")
+    default_class: TrafficClass | None = Field(
+        None, description="Class of this key's requests unless they send X-Tandem-Class."
+    )
+    requests_per_minute: int | None = Field(None, ge=1, description="Past this rate: 429.")
+    max_concurrent: int | None = Field(None, ge=1, description="Requests in flight at once; past this: 429.")
+    admin: bool = Field(False, description="May change routing at runtime (PUT /admin/routing).")
+
+
+class AuthSettings(BaseModel):
+    """Optional API keys. No keys (and no keys file) means the gateway is open, like `vllm serve`
+    without --api-key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    keys: list[ApiKey] = Field(default_factory=list)
+    keys_file: Path | None = Field(
+        None, description="YAML list of keys (same fields as `keys`), read at start; kept out of the plan."
+    )
+    keys_env: str = Field(
+        "TANDEM_API_KEYS",
+        description="Environment variable holding comma-separated `name:key[:class]` entries, added to the others.",
+    )
+
+    def resolved_keys(self) -> list[ApiKey]:
+        """Keys from the config, the keys file and the environment, in that order; names unique."""
+        keys = list(self.keys)
+        if self.keys_file is not None:
+            data = yaml.safe_load(self.keys_file.expanduser().read_text()) or []
+            keys += [ApiKey.model_validate(item) for item in data]
+        for entry in filter(None, (e.strip() for e in os.environ.get(self.keys_env, "").split(","))):
+            name, _, rest = entry.partition(":")
+            secret, _, default_class = rest.partition(":")
+            if not secret:
+                raise ValueError(f"{self.keys_env}: entries are name:key[:class], got one without a key")
+            keys.append(ApiKey(name=name, key=SecretStr(secret), default_class=default_class or None))
+        names = [k.name for k in keys]
+        if len(set(names)) != len(names):
+            raise ValueError(f"API key names must be unique, got {sorted(names)}")
+        return keys
+
+
+class RequestLimits(BaseModel):
+    """What one request may ask for; past these the gateway answers itself (413 / 400 / 504)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Larger bodies: 413.")
+    max_tokens_cap: int | None = Field(
+        None, ge=1, description="max_tokens / max_completion_tokens above this: 400."
+    )
+    upstream_connect_timeout_s: float = Field(5.0, gt=0, description="Connecting to a replica; past it: retry elsewhere.")
+    upstream_first_byte_timeout_s: float = Field(
+        600.0, gt=0, description="Waiting for a replica's response headers; past it: 504."
+    )
+    load_poll_interval_s: float = Field(
+        0.5, gt=0, description="How often each engine's /metrics is read for its queue lengths."
+    )
 
 
 class GatewaySettings(BaseModel):
@@ -75,3 +152,66 @@ class GatewaySettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    limits: RequestLimits = Field(default_factory=RequestLimits)
+
+
+class ReplicaEndpoint(BaseModel):
+    """One replica as the gateway sees it: how to reach it and what its engine accepts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9-]*$")
+    traffic_class: TrafficClass
+    model: str = Field(description="The model name the replica's engine serves (sent upstream in `model`).")
+    max_num_seqs: int = Field(64, ge=1, description="The engine's batch size: the load snapshot's capacity.")
+    scheduling_policy: Literal["fcfs", "priority"] = Field(
+        "fcfs", description="Only 'priority' engines are sent a `priority` (vLLM rejects it otherwise)."
+    )
+    base_url: str | None = Field(
+        None, description="OpenAI base URL for the HTTP backend, e.g. http://127.0.0.1:8001/v1."
+    )
+
+
+class GatewayConfig(BaseModel):
+    """Everything one gateway process needs: the public model, its replicas, and its settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="Public model name, shown in /v1/models and in every response.")
+    aliases: list[str] = Field(default_factory=list, description="Other names clients may send.")
+    replicas: list[ReplicaEndpoint] = Field(min_length=1)
+    settings: GatewaySettings = Field(default_factory=GatewaySettings)
+
+    @model_validator(mode="after")
+    def _replica_names_unique(self) -> GatewayConfig:
+        names = [r.name for r in self.replicas]
+        if len(set(names)) != len(names):
+            raise ValueError(f"replica names must be unique, got {names}")
+        return self
+
+    @property
+    def served_names(self) -> frozenset[str]:
+        return frozenset([self.model, *self.aliases])
+
+
+class ConfigError(ValueError):
+    """A gateway config that cannot be loaded; the message names each bad field."""
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    """Read a GatewayConfig from YAML (`gateway serve --config gateway.yaml`)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+        return GatewayConfig.model_validate(data)
+    except FileNotFoundError:
+        raise ConfigError(f"no gateway config at {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    except ValidationError as exc:
+        fields = "\n".join(
+            f"  {'.'.join(map(str, e['loc'])) or 'config'}: {e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()
+        )
+        raise ConfigError(f"{path} is not a valid gateway config:\n{fields}") from None

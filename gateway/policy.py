@@ -1,0 +1,257 @@
+"""Routing policies: pure functions from (request, replica load, settings, state) to a decision.
+
+No I/O and no clock here: the gateway calls these with live numbers, and the perf model's traffic
+simulation (tuner/perfmodel) calls the very same functions with simulated ones.
+
+Inputs
+  RequestFeatures  what the router may know about a request (gateway.classify builds it from the
+                   body): endpoint, stream, n, number of prompts, max_tokens, client's priority.
+  TrafficClass     "interactive" | "batch", from gateway.classify.classify().
+  ReplicaLoad      one per replica: name, traffic_class, in_flight (requests this gateway has
+                   sent and not finished), running / waiting (the engine's own counts, from
+                   vLLM's /metrics), max_num_seqs, healthy, accepts_priority
+                   (engine runs scheduling_policy=priority).
+  RoutingSettings  gateway.config; `settings.policy` names the policy in POLICIES.
+  PolicyState      what must persist between calls (round-robin cursor, the hysteresis
+                   "spilling" flag). Immutable: pass the returned state to the next call.
+  rng              a random.Random, used by "power-of-two" only (seed it to replay a run).
+
+Output of route()
+  (Route(replica, priority, spilled) | Reject(status, message), new PolicyState)
+  `priority` is the vLLM request priority to add, or None to send the request as it came.
+
+Admission (per-class concurrency with a bounded queue) is the separate pure function admit():
+  ClassLoad(in_flight, queued) + ClassLimits -> "run" | "queue" | "reject".
+
+Policies (POLICIES): "class-aware" (Tandem's default), and the baselines it is measured against:
+"all-interactive", "all-batch", "round-robin", "least-busy", "power-of-two" (Ray Serve's default).
+Every policy sends a request only to a healthy replica, so a replica that is down is routed
+around whatever the policy prefers; with none healthy the answer is Reject(503).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from gateway.config import ClassLimits, RoutingSettings, TrafficClass
+
+Endpoint = Literal["chat", "completions"]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFeatures:
+    """The parts of a request that classification and routing look at."""
+
+    endpoint: Endpoint
+    stream: bool
+    n: int = 1
+    prompts: int = 1
+    max_tokens: int | None = None
+    client_priority: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaLoad:
+    """A snapshot of one replica's load, as fresh as the gateway knows it."""
+
+    name: str
+    traffic_class: TrafficClass
+    in_flight: int = 0
+    running: int = 0
+    waiting: int = 0
+    max_num_seqs: int = 64
+    healthy: bool = True
+    accepts_priority: bool = False
+
+    @property
+    def queue(self) -> int:
+        """Requests waiting for a batch slot: the engine's count, or what this gateway alone has
+        sent past max_num_seqs, whichever is larger (the engine's count lags by a poll)."""
+        return max(self.waiting, self.in_flight - self.max_num_seqs, 0)
+
+    @property
+    def free_slots(self) -> int:
+        return max(self.max_num_seqs - max(self.running + self.waiting, self.in_flight), 0)
+
+    @property
+    def idle(self) -> bool:
+        return self.in_flight == 0 and self.queue == 0
+
+
+@dataclass(frozen=True, slots=True)
+class ClassLoad:
+    """One traffic class's requests in the gateway: admitted and running, and waiting to be."""
+
+    in_flight: int = 0
+    queued: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyState:
+    """What a policy carries from one decision to the next."""
+
+    spilling: bool = False
+    round_robin_next: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    replica: str
+    priority: int | None = None
+    spilled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    status: int
+    message: str
+
+
+Decision = Route | Reject
+Admission = Literal["run", "queue", "reject"]
+PolicyFn = Callable[
+    [RequestFeatures, TrafficClass, Sequence[ReplicaLoad], RoutingSettings, PolicyState, random.Random],
+    tuple[ReplicaLoad, PolicyState, bool],
+]
+
+
+def admit(load: ClassLoad, limits: ClassLimits) -> Admission:
+    """Run now if the class is under its concurrency limit, else queue while the queue has room."""
+    if load.in_flight < limits.max_concurrency:
+        return "run"
+    if load.queued < limits.max_queue:
+        return "queue"
+    return "reject"
+
+
+def route(
+    request: RequestFeatures,
+    traffic_class: TrafficClass,
+    replicas: Sequence[ReplicaLoad],
+    settings: RoutingSettings,
+    state: PolicyState,
+    rng: random.Random | None = None,
+) -> tuple[Decision, PolicyState]:
+    """Pick a replica for one admitted request with the policy `settings.policy` names."""
+    healthy = [r for r in replicas if r.healthy]
+    if not healthy:
+        return Reject(503, "no replica is ready to serve this request"), state
+    chosen, state, spilled = POLICIES[settings.policy](
+        request, traffic_class, healthy, settings, state, rng or random.Random()
+    )
+    return Route(chosen.name, _priority(request, traffic_class, chosen, settings), spilled), state
+
+
+def _priority(
+    request: RequestFeatures, traffic_class: TrafficClass, replica: ReplicaLoad, settings: RoutingSettings
+) -> int | None:
+    """The class's priority, only where the engine schedules by priority (vLLM rejects a non-zero
+    priority otherwise), and never over a priority the client chose."""
+    if request.client_priority is not None or not replica.accepts_priority:
+        return None
+    return settings.limits[traffic_class].priority
+
+
+def _of_class(replicas: Sequence[ReplicaLoad], traffic_class: TrafficClass) -> ReplicaLoad | None:
+    return next((r for r in replicas if r.traffic_class == traffic_class), None)
+
+
+def _class_aware(
+    request: RequestFeatures,
+    traffic_class: TrafficClass,
+    replicas: Sequence[ReplicaLoad],
+    settings: RoutingSettings,
+    state: PolicyState,
+    rng: random.Random,
+) -> tuple[ReplicaLoad, PolicyState, bool]:
+    """Each class to its own replica; interactive spills to the batch replica while its own queue is
+    long (with hysteresis), batch borrows the interactive replica only while that one is idle."""
+    interactive = _of_class(replicas, "interactive")
+    batch = _of_class(replicas, "batch")
+    if interactive is None or batch is None:  # one class's replica is down: the other takes all
+        return replicas[0], replace(state, spilling=False), False
+    if traffic_class == "interactive":
+        if state.spilling:
+            spilling = interactive.queue > settings.spill_release_threshold
+        else:
+            spilling = interactive.queue >= settings.spill_queue_threshold
+        state = replace(state, spilling=spilling)
+        if spilling and batch.free_slots >= settings.spill_target_headroom:
+            return batch, state, True
+        return interactive, state, False
+    borrow = (
+        settings.batch_borrows_idle_interactive
+        and interactive.idle
+        and batch.free_slots == 0
+        and not state.spilling
+    )
+    return (interactive, state, True) if borrow else (batch, state, False)
+
+
+def _fixed(traffic_class: TrafficClass) -> PolicyFn:
+    def policy(
+        request: RequestFeatures,
+        _class: TrafficClass,
+        replicas: Sequence[ReplicaLoad],
+        settings: RoutingSettings,
+        state: PolicyState,
+        rng: random.Random,
+    ) -> tuple[ReplicaLoad, PolicyState, bool]:
+        return (_of_class(replicas, traffic_class) or replicas[0]), state, False
+
+    policy.__doc__ = f"Everything to the {traffic_class} replica (a baseline)."
+    return policy
+
+
+def _round_robin(
+    request: RequestFeatures,
+    traffic_class: TrafficClass,
+    replicas: Sequence[ReplicaLoad],
+    settings: RoutingSettings,
+    state: PolicyState,
+    rng: random.Random,
+) -> tuple[ReplicaLoad, PolicyState, bool]:
+    """Healthy replicas in turn, ignoring class and load (a baseline)."""
+    ordered = sorted(replicas, key=lambda r: r.name)
+    chosen = ordered[state.round_robin_next % len(ordered)]
+    return chosen, replace(state, round_robin_next=(state.round_robin_next + 1) % len(ordered)), False
+
+
+def _least_busy(
+    request: RequestFeatures,
+    traffic_class: TrafficClass,
+    replicas: Sequence[ReplicaLoad],
+    settings: RoutingSettings,
+    state: PolicyState,
+    rng: random.Random,
+) -> tuple[ReplicaLoad, PolicyState, bool]:
+    """Fewest requests in flight from this gateway; ties to the first by name (a baseline)."""
+    return min(replicas, key=lambda r: (r.in_flight, r.name)), state, False
+
+
+def _power_of_two(
+    request: RequestFeatures,
+    traffic_class: TrafficClass,
+    replicas: Sequence[ReplicaLoad],
+    settings: RoutingSettings,
+    state: PolicyState,
+    rng: random.Random,
+) -> tuple[ReplicaLoad, PolicyState, bool]:
+    """Two random replicas, the one with fewer in flight wins: Ray Serve's default router."""
+    if len(replicas) == 1:
+        return replicas[0], state, False
+    first, second = rng.sample(list(replicas), 2)
+    return (second if second.in_flight < first.in_flight else first), state, False
+
+
+POLICIES: dict[str, PolicyFn] = {
+    "class-aware": _class_aware,
+    "all-interactive": _fixed("interactive"),
+    "all-batch": _fixed("batch"),
+    "round-robin": _round_robin,
+    "least-busy": _least_busy,
+    "power-of-two": _power_of_two,
+}
