@@ -1,0 +1,45 @@
+"""Entry point of an engine's child process: vLLM's own OpenAI server, tied to its parent.
+
+`python -m deploy.engine_process --parent-pid PID -- <vLLM server arguments>`
+
+The Serve replica that starts the engine can die without warning (Ray ends actors with
+SIGKILL), and a vLLM server left behind would hold cores and memory with nobody to stop it.
+A watchdog thread here sends this process SIGTERM once the parent is gone, which runs vLLM's
+own shutdown (it stops its engine-core processes too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import runpy
+import signal
+import sys
+import threading
+import time
+
+VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+
+
+def _watch_parent(parent_pid: int, interval_s: float = 0.5) -> None:
+    while True:
+        time.sleep(interval_s)
+        if os.getppid() != parent_pid:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(15)  # vLLM's graceful shutdown; past that, go
+            os._exit(1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--parent-pid", type=int, required=True)
+    parser.add_argument("server_args", nargs=argparse.REMAINDER)
+    args = parser.parse_args()
+    threading.Thread(target=_watch_parent, args=(args.parent_pid,), daemon=True, name="parent-watchdog").start()
+    server_args = args.server_args[1:] if args.server_args[:1] == ["--"] else args.server_args
+    sys.argv = [VLLM_SERVER_MODULE, *server_args]
+    runpy.run_module(VLLM_SERVER_MODULE, run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    main()
