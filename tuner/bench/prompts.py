@@ -1,0 +1,103 @@
+"""Random prompts of a target token length, deterministic for a given seed.
+
+With the endpoint's tokenizer at hand (a local model directory), prompts are random tokens
+drawn from the vocabulary (special tokens excluded), decoded to text, and re-encoded and
+trimmed until the text encodes to exactly the target count: the method of vLLM's random
+dataset. Without it, the documented approximation: random words from a list of common
+English words, each of which (with its leading space) is a single token in the GPT-2, Llama 2/3,
+Mistral and Qwen tokenizers, so N words come to about N tokens there; small or unusual
+vocabularies count more. Either way no metric uses these targets: token counts come from
+the server's `usage`, and results report the actual mean input length.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from tuner.bench.config import WorkloadSpec
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+COMMON_WORDS = (
+    "the of and to in is that for it as was with be by on not he this are or his from at which "
+    "but have an they you were her she there one all we their been has more if will would about "
+    "so out up them some what time only when can other new into two may first then do any like "
+    "my now over such our man me even most made after also did many before must through back "
+    "years where much your way well down should because each just those people how too little "
+    "state good very make world still own see men work long get here between both life being "
+    "under never day same another know while last might us great old year off come since against "
+    "go came right used take three"
+).split()
+_WORDS = np.array([f" {word}" for word in COMMON_WORDS])
+_RETOKENIZE_ATTEMPTS = 10
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    text: str
+    target_input_len: int
+    output_len: int
+
+
+def length_range(mean: int, ratio: float) -> tuple[int, int]:
+    """Inclusive [low, high] of lengths drawn for ``mean`` and ``range_ratio`` (vLLM's formula)."""
+    return max(1, math.floor(mean * (1 - ratio))), max(1, math.ceil(mean * (1 + ratio)))
+
+
+@lru_cache(maxsize=4)
+def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+class PromptFactory:
+    """Makes the prompts of one traffic stream, in a reproducible order.
+
+    ``seed`` and ``stream`` together pick the random sequence, so streams of one run and
+    runs with different seeds do not share prompts (which would hit the server's prefix cache).
+    """
+
+    def __init__(
+        self, workload: WorkloadSpec, *, seed: int, stream: int, tokenizer: PreTrainedTokenizerBase | None = None
+    ) -> None:
+        self._workload = workload
+        self._rng = np.random.default_rng([seed, stream])
+        self._tokenizer = tokenizer
+        self._input_range = length_range(workload.input_len, workload.range_ratio)
+        self._output_range = length_range(workload.output_len, workload.range_ratio)
+        if tokenizer is not None:
+            special = set(tokenizer.all_special_ids)
+            self._allowed = np.array([i for i in range(len(tokenizer)) if i not in special])
+
+    def next(self) -> Prompt:
+        input_len = int(self._rng.integers(self._input_range[0], self._input_range[1] + 1))
+        output_len = int(self._rng.integers(self._output_range[0], self._output_range[1] + 1))
+        text = self._from_tokens(input_len) if self._tokenizer is not None else self._from_words(input_len)
+        return Prompt(text=text, target_input_len=input_len, output_len=output_len)
+
+    def _from_words(self, length: int) -> str:
+        return "".join(self._rng.choice(_WORDS, size=length)).lstrip()
+
+    def _from_tokens(self, length: int) -> str:
+        tokenizer = self._tokenizer
+        assert tokenizer is not None
+        tokens = self._allowed[self._rng.integers(0, len(self._allowed), size=length)].tolist()
+        # Decoding and re-encoding can merge or split tokens; adjust until the count holds.
+        for _ in range(_RETOKENIZE_ATTEMPTS):
+            text = tokenizer.decode(tokens)
+            tokens = tokenizer.encode(text, add_special_tokens=False)
+            if len(tokens) == length:
+                return text
+            if len(tokens) > length:
+                tokens = tokens[:length]
+            else:
+                extra = self._rng.integers(0, len(self._allowed), size=length - len(tokens))
+                tokens = tokens + self._allowed[extra].tolist()
+        return tokenizer.decode(tokens)
