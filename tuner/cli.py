@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import typer
 
+from tuner.bench.cli import bench_app
+
 app = typer.Typer(
     help="Benchmark endpoints, predict layouts, and tune serving plans for Tandem.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
 # Subcommands register below, one line each (bench, predict, optimize).
+app.add_typer(bench_app, name="bench")

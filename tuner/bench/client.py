@@ -78,9 +78,7 @@ class StreamingClient:
         self._endpoint = endpoint
         self._session = session
         self._url = endpoint.request_url
-        self._headers = {"Content-Type": "application/json", **endpoint.headers}
-        if api_key := os.environ.get("OPENAI_API_KEY"):
-            self._headers.setdefault("Authorization", f"Bearer {api_key}")
+        self._headers = {"Content-Type": "application/json", **_auth_headers(), **endpoint.headers}
         self._timeout = aiohttp.ClientTimeout(total=endpoint.timeout_s)
 
     def payload(self, prompt: Prompt, *, ignore_eos: bool) -> dict[str, object]:
@@ -165,6 +163,12 @@ class StreamingClient:
         return record
 
 
+def _auth_headers() -> dict[str, str]:
+    """Bearer auth from OPENAI_API_KEY, as the OpenAI SDK and vLLM's client do; never logged."""
+    api_key = os.environ.get("OPENAI_API_KEY")
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
 def _error_message(body: bytes, response: aiohttp.ClientResponse) -> str:
     """The OpenAI error envelope's message when there is one, else the start of the body."""
     try:
@@ -174,3 +178,13 @@ def _error_message(body: bytes, response: aiohttp.ClientResponse) -> str:
     except (orjson.JSONDecodeError, AttributeError):
         pass
     return body.decode(errors="replace").strip() or (response.reason or f"HTTP {response.status}")
+
+
+async def served_models(base_url: str, timeout_s: float = 10.0) -> list[str]:
+    """Model ids the endpoint serves (GET /models), first one first."""
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    async with aiohttp.ClientSession(timeout=timeout, trust_env=True) as session:
+        async with session.get(f"{base_url.rstrip('/')}/models", headers=_auth_headers()) as response:
+            response.raise_for_status()
+            body = orjson.loads(await response.read())
+    return [card["id"] for card in body.get("data", [])]

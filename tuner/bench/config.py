@@ -72,8 +72,8 @@ class ClosedLoop(_Model):
 
     @property
     def label(self) -> str:
-        think = f", think {self.think_time_s:g}s" if self.think_time_s else ""
-        return f"concurrency {self.concurrency}{think}"
+        think = f" think={self.think_time_s:g}s" if self.think_time_s else ""
+        return f"c={self.concurrency}{think}"
 
 
 class OpenLoop(_Model):
@@ -95,8 +95,9 @@ class OpenLoop(_Model):
 
     @property
     def label(self) -> str:
-        cap = f", max {self.max_concurrency}" if self.max_concurrency else ""
-        return f"rate {self.request_rate:g}/s{cap}"
+        burst = f" burst={self.burstiness:g}" if self.burstiness != 1.0 else ""
+        cap = f" max={self.max_concurrency}" if self.max_concurrency else ""
+        return f"rate={self.request_rate:g}/s{burst}{cap}"
 
 
 Load = Annotated[ClosedLoop | OpenLoop, Field(discriminator="kind")]
@@ -176,4 +177,4 @@ class BenchConfig(_Model):
 
     @property
     def load_label(self) -> str:
-        return "; ".join(f"{s.name}: {s.load.label}" if len(self.streams) > 1 else s.load.label for s in self.streams)
+        return " + ".join(f"{s.name} {s.load.label}" if len(self.streams) > 1 else s.load.label for s in self.streams)
