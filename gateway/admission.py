@@ -1,0 +1,72 @@
+"""Per-class admission: at most `max_concurrency` requests of a class in flight, then a bounded
+FIFO queue, then 429. The decision itself is gateway.policy.admit (pure); this module only does
+the waiting. Limits are read at each call, so a routing change at runtime applies at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from gateway.config import ClassLimits, TrafficClass
+from gateway.errors import GatewayError
+from gateway.policy import ClassLoad, admit
+
+
+class ClassGate:
+    """The slots of one traffic class."""
+
+    def __init__(self, traffic_class: TrafficClass, limits: Callable[[], ClassLimits]) -> None:
+        self.traffic_class = traffic_class
+        self._limits = limits
+        self.in_flight = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        await self._acquire()
+        try:
+            yield
+        finally:
+            self._release()
+
+    async def _acquire(self) -> None:
+        decision = admit(ClassLoad(self.in_flight, len(self._waiters)), self._limits())
+        if decision == "run":
+            self.in_flight += 1
+            return
+        if decision == "reject":
+            raise GatewayError(
+                429,
+                f"the {self.traffic_class} queue is full ({self._limits().max_queue} waiting); retry shortly",
+                headers={"Retry-After": "1"},
+            )
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter  # granted by grant(), which counts it in in_flight
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._release()  # granted and cancelled at once: pass the slot on
+            else:
+                self._waiters.remove(waiter)
+            raise
+
+    def _release(self) -> None:
+        self.in_flight -= 1
+        self.grant()
+
+    def grant(self) -> None:
+        """Let queued requests in while there are free slots (also after the limits changed)."""
+        limit = self._limits().max_concurrency
+        while self._waiters and self.in_flight < limit:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.in_flight += 1
+                waiter.set_result(None)

@@ -1,0 +1,195 @@
+"""The gateway's FastAPI application: `create_app(config, backends)`.
+
+Routes: POST /v1/chat/completions and /v1/completions (gateway.proxy), GET /v1/models (public
+names only), GET /health (the process is alive), GET /ready (every replica answers), GET /metrics
+(Prometheus), GET and PUT /admin/routing (read or switch the routing settings and policy at
+runtime, admin key required when keys are configured). Every error, the framework's own 404, 405
+and validation errors included, is answered in the OpenAI envelope (gateway.errors).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
+
+from gateway.admission import ClassGate
+from gateway.auth import KeyRing
+from gateway.backends.base import Backend
+from gateway.backends.http import HttpBackend
+from gateway.config import TRAFFIC_CLASSES, GatewayConfig, RoutingSettings
+from gateway.errors import GatewayError, error_body
+from gateway.load import LoadBoard
+from gateway.metrics import CONTENT_TYPE, GatewayMetrics
+from gateway.proxy import GenerationProxy, Receive, Scope, Send, new_request_id
+from gateway.router import Router
+
+log = logging.getLogger("tandem.gateway")
+
+
+class _RequestId:
+    """Pure ASGI middleware: every response carries X-Request-Id (the client's, or a new one)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = new_request_id(scope["headers"])
+        scope.setdefault("state", {})["request_id"] = request_id
+        header = (b"x-request-id", request_id.encode("latin-1"))
+
+        async def send_with_id(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+def http_backends(config: GatewayConfig) -> dict[str, Backend]:
+    """One HttpBackend per replica, from the replicas' base URLs."""
+    limits = config.settings.limits
+    missing = [r.name for r in config.replicas if r.base_url is None]
+    if missing:
+        raise ValueError(f"replica(s) {missing} have no base_url; give one or pass backends to create_app")
+    return {
+        r.name: HttpBackend(
+            r.base_url,  # type: ignore[arg-type]
+            connect_timeout_s=limits.upstream_connect_timeout_s,
+            first_byte_timeout_s=limits.upstream_first_byte_timeout_s,
+        )
+        for r in config.replicas
+    }
+
+
+def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(error_body(status, message), status_code=status, media_type="application/json", headers=headers)
+
+
+def create_app(config: GatewayConfig, backends: Mapping[str, Backend] | None = None) -> FastAPI:
+    """The gateway for `config`. Without `backends`, HTTP backends are built from the replicas'
+    base URLs. The app's lifespan starts the backends and the load poller and stops them again."""
+    backends = dict(backends) if backends is not None else http_backends(config)
+    unknown = set(backends) ^ {r.name for r in config.replicas}
+    if unknown:
+        raise ValueError(f"backends and config.replicas name different replicas: {sorted(unknown)}")
+    settings = config.settings
+    board = LoadBoard(config.replicas)
+    router = Router(settings.routing, board)
+    gates = {c: ClassGate(c, lambda c=c: router.settings.limits[c]) for c in TRAFFIC_CLASSES}
+    keyring = KeyRing.from_settings(settings.auth)
+    metrics = GatewayMetrics(board, gates, lambda: router.spilling)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        for backend in backends.values():
+            await backend.start()
+        await board.poll_once(backends)
+        poller = asyncio.create_task(board.poll_forever(backends, settings.limits.load_poll_interval_s))
+        log.info("gateway for %s: replicas %s, policy %s", config.model, sorted(backends), router.settings.policy)
+        try:
+            yield
+        finally:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
+            for backend in backends.values():
+                await backend.close()
+
+    app = FastAPI(title="Tandem gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.router = router
+    app.state.metrics = metrics
+    app.state.board = board
+    for endpoint, path in (("chat", "/v1/chat/completions"), ("completions", "/v1/completions")):
+        proxy = GenerationProxy(
+            endpoint, config=config, backends=backends, router=router, gates=gates, keyring=keyring, metrics=metrics
+        )
+        app.router.routes.append(Route(path, proxy, methods=["POST"]))
+
+    def require_admin(request: Request) -> None:
+        client = keyring.authenticate(request.headers.get("authorization"))
+        if keyring.enabled and not client.admin:
+            raise GatewayError(403, f"key {client.name!r} may not change routing")
+
+    @app.get("/health")
+    async def health() -> Response:
+        return Response(status_code=200)
+
+    @app.get("/ready")
+    async def ready() -> Response:
+        names = list(backends)
+        answers = await asyncio.gather(*(backends[n].ready() for n in names))
+        down = [n for n, ok in zip(names, answers, strict=True) if not ok]
+        if down:
+            raise GatewayError(503, f"replica(s) not answering: {', '.join(down)}")
+        return JSONResponse({"ready": True, "replicas": names})
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> Response:
+        keyring.authenticate(request.headers.get("authorization"))
+        created = int(time.time())
+        cards = [
+            {"id": name, "object": "model", "created": created, "owned_by": "tandem", "root": config.model}
+            for name in (config.model, *config.aliases)
+        ]
+        return Response(orjson.dumps({"object": "list", "data": cards}), media_type="application/json")
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.get("/admin/routing")
+    async def get_routing(request: Request) -> Response:
+        require_admin(request)
+        return Response(router.settings.model_dump_json(), media_type="application/json")
+
+    @app.put("/admin/routing")
+    async def put_routing(request: Request) -> Response:
+        require_admin(request)
+        try:
+            new = RoutingSettings.model_validate_json(await request.body())
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            param = ".".join(map(str, first["loc"])) or None
+            raise GatewayError(400, first["msg"].removeprefix("Value error, "), param=param) from None
+        router.update(new)
+        for gate in gates.values():
+            gate.grant()
+        log.info("routing switched to policy %s", new.policy)
+        return Response(new.model_dump_json(), media_type="application/json")
+
+    @app.exception_handler(GatewayError)
+    async def gateway_error(request: Request, exc: GatewayError) -> Response:
+        return _error(exc.status, exc.message, exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        message = {404: f"no route {request.url.path}", 405: f"method {request.method} not allowed on {request.url.path}"}
+        return _error(exc.status_code, message.get(exc.status_code, str(exc.detail)), exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
+        return _error(400, str(exc.errors()[0].get("msg", "invalid request")))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("request %s failed inside the gateway", request.scope.get("state", {}).get("request_id"))
+        request_id = request.scope.get("state", {}).get("request_id", "")
+        return _error(500, f"internal gateway error ({type(exc).__name__})", {"X-Request-Id": request_id})
+
+    app.add_middleware(_RequestId)
+    return app

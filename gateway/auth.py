@@ -1,0 +1,114 @@
+"""API keys, per-key rate limits and concurrency caps.
+
+Keys are optional: with none configured every request is the anonymous client, as with
+`vllm serve` without --api-key. Keys are compared in constant time against every configured key
+(no early exit on the first match, no lookup by the secret), and are never logged: metrics and
+logs name the key by its `name`. State is one small record per configured key, so memory is
+bounded by the config, not by traffic.
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from gateway.config import ApiKey, AuthSettings, TrafficClass
+from gateway.errors import GatewayError
+
+
+@dataclass
+class Client:
+    """A caller as the gateway knows it: the key's name and what the key allows."""
+
+    name: str
+    default_class: TrafficClass | None = None
+    admin: bool = False
+    requests_per_minute: int | None = None
+    max_concurrent: int | None = None
+    in_flight: int = 0
+    _tokens: float = 0.0
+    _refilled_at: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self._tokens = float(self.requests_per_minute or 0)
+
+    def _take_rate_token(self, now: float) -> None:
+        """Token bucket: requests_per_minute tokens, refilled continuously."""
+        if self.requests_per_minute is None:
+            return
+        per_second = self.requests_per_minute / 60.0
+        self._tokens = min(self.requests_per_minute, self._tokens + (now - self._refilled_at) * per_second)
+        self._refilled_at = now
+        if self._tokens < 1.0:
+            wait = math.ceil((1.0 - self._tokens) / per_second)
+            raise GatewayError(
+                429,
+                f"rate limit of {self.requests_per_minute} requests per minute reached for key {self.name!r}",
+                headers={"Retry-After": str(wait)},
+            )
+        self._tokens -= 1.0
+
+    @contextmanager
+    def admitted(self) -> Iterator[None]:
+        """Hold one of this client's request slots for the life of the block, or answer 429."""
+        if self.max_concurrent is not None and self.in_flight >= self.max_concurrent:
+            raise GatewayError(
+                429,
+                f"key {self.name!r} already has {self.max_concurrent} requests in flight",
+                headers={"Retry-After": "1"},
+            )
+        self._take_rate_token(time.monotonic())
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+
+
+ANONYMOUS = "anonymous"
+
+
+class KeyRing:
+    """Looks up the client behind an Authorization header."""
+
+    def __init__(self, keys: list[ApiKey]) -> None:
+        self._keys = [
+            (
+                key.key.get_secret_value().encode(),
+                Client(
+                    name=key.name,
+                    default_class=key.default_class,
+                    admin=key.admin,
+                    requests_per_minute=key.requests_per_minute,
+                    max_concurrent=key.max_concurrent,
+                ),
+            )
+            for key in keys
+        ]
+        self._anonymous = Client(name=ANONYMOUS, admin=True)
+
+    @classmethod
+    def from_settings(cls, settings: AuthSettings) -> KeyRing:
+        return cls(settings.resolved_keys())
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._keys)
+
+    def authenticate(self, authorization: str | None) -> Client:
+        """The client for `Authorization: Bearer <key>`; 401 when keys are on and it matches none."""
+        if not self._keys:
+            return self._anonymous
+        scheme, _, token = (authorization or "").partition(" ")
+        presented = token.strip().encode() if scheme.lower() == "bearer" else b""
+        found: Client | None = None
+        for secret, client in self._keys:
+            if hmac.compare_digest(secret, presented) and found is None:
+                found = client
+        if found is None:
+            raise GatewayError(401, "missing or invalid API key (send Authorization: Bearer <key>)")
+        return found

@@ -1,0 +1,85 @@
+"""The backend interface: how the gateway reaches one replica, whatever carries the bytes.
+
+A backend sends one generation request and hands back an `UpstreamResponse`: a status, then either
+the whole body or the SSE events as the replica produces them. Closing a response before its end
+aborts the generation on the replica. A failure before any answer raises `UpstreamUnavailable`,
+which the gateway may retry on another replica, since the client has seen nothing yet.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.policy import Endpoint
+
+
+class UpstreamUnavailable(Exception):
+    """The replica could not be reached or dropped the request before answering; `down` when it
+    could not even be connected to (the replica is marked unhealthy until its next good poll)."""
+
+    def __init__(self, message: str, *, down: bool = False) -> None:
+        super().__init__(message)
+        self.down = down
+
+
+class UpstreamTimeout(Exception):
+    """The replica did not start answering in time."""
+
+
+class UpstreamBroken(Exception):
+    """The replica broke off an answer it had started (raised by `UpstreamResponse.events`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EngineLoad:
+    """The engine's own queue, as vLLM reports it in /metrics."""
+
+    running: int
+    waiting: int
+
+
+class UpstreamResponse(ABC):
+    """One answer from a replica. Read it with `read()` (non-streaming) or `events()` (SSE), then
+    `aclose()` it; closing before the end stops the generation upstream."""
+
+    status: int
+    streaming: bool
+
+    @abstractmethod
+    async def read(self) -> bytes: ...
+
+    @abstractmethod
+    def events(self) -> AsyncIterator[bytes]:
+        """Bytes holding one or more whole SSE events (`data: ...\\n\\n`), as soon as they exist;
+        raises UpstreamBroken if the replica stops before the end."""
+
+    @abstractmethod
+    async def aclose(self) -> None: ...
+
+
+class Backend(ABC):
+    """One replica's transport."""
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Open connections or sessions; called from the gateway's event loop."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def send(self, endpoint: Endpoint, body: dict[str, Any], request_id: str) -> UpstreamResponse:
+        """Send one request body (already addressed to the replica's model) and return once the
+        replica has started answering. Raises UpstreamUnavailable or UpstreamTimeout."""
+
+    @abstractmethod
+    async def engine_load(self) -> EngineLoad | None:
+        """The engine's running/waiting counts, None if this transport cannot see them; raises
+        when the replica does not answer."""
+
+    @abstractmethod
+    async def ready(self) -> bool:
+        """Whether the replica answers its health check now."""

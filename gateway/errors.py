@@ -1,0 +1,56 @@
+"""The one error helper: every error the gateway itself produces is the OpenAI envelope
+{"error": {"message", "type", "param", "code"}}, shaped as vLLM's server shapes it (type named
+after the status, code the status number), so clients and SDKs cannot tell the two apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from http import HTTPStatus
+
+import orjson
+
+# The OpenAI SDK maps statuses to these exception names; vLLM uses the same spellings.
+_TYPES = {
+    400: "BadRequestError",
+    401: "AuthenticationError",
+    403: "PermissionDeniedError",
+    404: "NotFoundError",
+    409: "ConflictError",
+    422: "UnprocessableEntityError",
+    429: "RateLimitError",
+}
+
+
+class GatewayError(Exception):
+    """An error the gateway answers itself, with its status and OpenAI-shaped body."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        # FastAPI's 422 is not part of the contract: what the gateway cannot accept is a 400.
+        self.status = 400 if status == 422 else status
+        self.message = message
+        self.param = param
+        self.headers = dict(headers or {})
+
+    def body(self) -> bytes:
+        return error_body(self.status, self.message, self.param)
+
+
+def error_type(status: int) -> str:
+    if status in _TYPES:
+        return _TYPES[status]
+    if status >= 500:
+        return "InternalServerError" if status == 500 else HTTPStatus(status).phrase.replace(" ", "")
+    return HTTPStatus(status).phrase.replace(" ", "")
+
+
+def error_body(status: int, message: str, param: str | None = None) -> bytes:
+    return orjson.dumps({"error": {"message": message, "type": error_type(status), "param": param, "code": status}})

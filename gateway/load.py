@@ -1,0 +1,92 @@
+"""What the gateway knows about each replica's load: its own in-flight counts (exact, updated on
+every request) and the engine's running/waiting queue (polled from vLLM's /metrics in the
+background). One fixed-size record per replica, so memory does not grow with traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from gateway.backends.base import Backend
+from gateway.config import ReplicaEndpoint
+from gateway.policy import ReplicaLoad
+
+log = logging.getLogger("tandem.gateway")
+
+
+@dataclass
+class _ReplicaStats:
+    endpoint: ReplicaEndpoint
+    in_flight: int = 0
+    running: int = 0
+    waiting: int = 0
+    healthy: bool = True
+    polled_at: float = 0.0
+
+
+class LoadBoard:
+    """Per-replica load, read as an immutable snapshot by the routing policy."""
+
+    def __init__(self, replicas: list[ReplicaEndpoint]) -> None:
+        self._stats = {r.name: _ReplicaStats(r) for r in replicas}
+
+    def snapshot(self, exclude: frozenset[str] = frozenset()) -> list[ReplicaLoad]:
+        return [
+            ReplicaLoad(
+                name=name,
+                traffic_class=s.endpoint.traffic_class,
+                in_flight=s.in_flight,
+                running=s.running,
+                waiting=s.waiting,
+                max_num_seqs=s.endpoint.max_num_seqs,
+                healthy=s.healthy and name not in exclude,
+                accepts_priority=s.endpoint.scheduling_policy == "priority",
+            )
+            for name, s in self._stats.items()
+        ]
+
+    @contextmanager
+    def tracking(self, replica: str) -> Iterator[None]:
+        """Count one request in flight on `replica` for the life of the block."""
+        stats = self._stats[replica]
+        stats.in_flight += 1
+        try:
+            yield
+        finally:
+            stats.in_flight -= 1
+
+    def mark_down(self, replica: str) -> None:
+        """A replica that refused a connection takes no traffic until a poll finds it well."""
+        self._stats[replica].healthy = False
+
+    def in_flight(self, replica: str) -> int:
+        return self._stats[replica].in_flight
+
+    async def poll_once(self, backends: Mapping[str, Backend]) -> None:
+        await asyncio.gather(*(self._poll(name, backends[name]) for name in self._stats))
+
+    async def _poll(self, name: str, backend: Backend) -> None:
+        stats = self._stats[name]
+        try:
+            load = await backend.engine_load()
+        except Exception as exc:  # any failure to answer means: do not send it work
+            if stats.healthy:
+                log.warning("replica %s stopped answering its load probe: %s", name, type(exc).__name__)
+            stats.healthy = False
+            return
+        if not stats.healthy:
+            log.info("replica %s is answering again", name)
+        stats.healthy = True
+        stats.polled_at = time.monotonic()
+        if load is not None:
+            stats.running, stats.waiting = load.running, load.waiting
+
+    async def poll_forever(self, backends: Mapping[str, Backend], interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            await self.poll_once(backends)

@@ -1,0 +1,126 @@
+"""Prometheus metrics of one gateway: requests, errors, latency and token usage per traffic class,
+replica and API key (by name). Each app has its own registry, so several gateways (tests) can
+live in one process. Gauges that mirror live state (in-flight, queues, health) are read from the
+LoadBoard and the class gates at scrape time, costing nothing per request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gateway.admission import ClassGate
+from gateway.load import LoadBoard
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
+
+
+class _LiveState(Collector):
+    def __init__(self, board: LoadBoard, gates: Mapping[str, ClassGate], spilling: Callable[[], bool]) -> None:
+        self._board, self._gates, self._spilling = board, gates, spilling
+
+    def collect(self) -> Iterable[Metric]:
+        replicas = self._board.snapshot()
+        families = {
+            "in_flight": GaugeMetricFamily(
+                "tandem_gateway_replica_in_flight", "Requests this gateway has in flight on the replica", labels=["replica"]
+            ),
+            "running": GaugeMetricFamily(
+                "tandem_gateway_replica_running", "Engine's running requests (last poll)", labels=["replica"]
+            ),
+            "waiting": GaugeMetricFamily(
+                "tandem_gateway_replica_waiting", "Engine's waiting requests (last poll)", labels=["replica"]
+            ),
+            "healthy": GaugeMetricFamily(
+                "tandem_gateway_replica_healthy", "1 while the replica answers", labels=["replica"]
+            ),
+        }
+        for r in replicas:
+            families["in_flight"].add_metric([r.name], r.in_flight)
+            families["running"].add_metric([r.name], r.running)
+            families["waiting"].add_metric([r.name], r.waiting)
+            families["healthy"].add_metric([r.name], 1.0 if r.healthy else 0.0)
+        yield from families.values()
+        admitted = GaugeMetricFamily(
+            "tandem_gateway_class_in_flight", "Admitted requests per traffic class", labels=["traffic_class"]
+        )
+        queued = GaugeMetricFamily(
+            "tandem_gateway_class_queued", "Requests waiting for a class slot", labels=["traffic_class"]
+        )
+        for name, gate in self._gates.items():
+            admitted.add_metric([name], gate.in_flight)
+            queued.add_metric([name], gate.queued)
+        yield admitted
+        yield queued
+        yield GaugeMetricFamily(
+            "tandem_gateway_spilling", "1 while interactive traffic spills to the batch replica", value=self._spilling()
+        )
+
+
+class GatewayMetrics:
+    def __init__(self, board: LoadBoard, gates: Mapping[str, ClassGate], spilling: Callable[[], bool]) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "tandem_gateway_requests",
+            "Requests answered, by endpoint, class, replica ('-' when the gateway answered itself), status, key",
+            ["endpoint", "traffic_class", "replica", "status", "key"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "tandem_gateway_errors",
+            "Error answers, by status and origin (gateway or upstream)",
+            ["status", "origin"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "tandem_gateway_retries", "Requests sent again after a replica failed before answering", ["replica"], registry=r
+        )
+        self.disconnects = Counter(
+            "tandem_gateway_client_disconnects", "Clients gone before the answer ended", ["traffic_class"], registry=r
+        )
+        self.ttft = Histogram(
+            "tandem_gateway_time_to_first_token_seconds",
+            "Streamed requests: request received to first event sent",
+            ["traffic_class", "replica"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.latency = Histogram(
+            "tandem_gateway_request_seconds",
+            "Request received to answer complete",
+            ["traffic_class", "replica"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "tandem_gateway_queue_seconds", "Time waiting for a class slot", ["traffic_class"], buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.overhead = Histogram(
+            "tandem_gateway_added_seconds",
+            "Gateway time before the request leaves for the replica (parse, auth, classify, route), queue wait excluded",
+            ["traffic_class", "replica"],
+            buckets=_OVERHEAD_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "tandem_gateway_tokens",
+            "Tokens used, by API key name, class and kind (prompt or completion)",
+            ["key", "traffic_class", "kind"],
+            registry=r,
+        )
+        r.register(_LiveState(board, gates, spilling))
+
+    def count_usage(self, key: str, traffic_class: str, usage: Mapping[str, object]) -> None:
+        for kind in ("prompt", "completion"):
+            value = usage.get(f"{kind}_tokens")
+            if isinstance(value, int) and value > 0:
+                self.tokens.labels(key, traffic_class, kind).inc(value)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,83 @@
+"""What the gateway reads from a request body, and nothing more.
+
+The body itself passes on intact (vLLM's extra fields included: top_k, min_tokens, guided or
+structured output, priority, ...); these pydantic views check only the fields the gateway needs
+to route and to protect itself, so a vLLM upgrade that adds fields needs no gateway change.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
+
+from gateway.errors import GatewayError
+from gateway.policy import Endpoint, RequestFeatures
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    include_usage: StrictBool | None = None
+
+
+class _GenerationView(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    stream: StrictBool | None = False
+    stream_options: StreamOptions | None = None
+    n: int | None = Field(1, ge=1)
+    max_tokens: int | None = Field(None, ge=0)
+    priority: int | None = None
+
+    def requested_tokens(self) -> int | None:
+        return self.max_tokens
+
+
+class ChatView(_GenerationView):
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=0)
+
+    def requested_tokens(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    def prompt_count(self) -> int:
+        return 1
+
+
+class CompletionView(_GenerationView):
+    prompt: str | list[str] | list[int] | list[list[int]] = Field(min_length=1)
+
+    def prompt_count(self) -> int:
+        """A list of strings or of token lists is several prompts; a token list is one."""
+        prompt = self.prompt
+        if isinstance(prompt, list) and not isinstance(prompt[0], int):
+            return len(prompt)
+        return 1
+
+
+VIEWS: dict[Endpoint, type[ChatView] | type[CompletionView]] = {"chat": ChatView, "completions": CompletionView}
+
+
+def parse_view(endpoint: Endpoint, body: Any) -> ChatView | CompletionView:
+    """Validate the fields the gateway reads; the first problem becomes a 400 naming the field."""
+    if not isinstance(body, dict):
+        raise GatewayError(400, "the request body must be a JSON object")
+    try:
+        return VIEWS[endpoint].model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(p) for p in first["loc"]) or None
+        raise GatewayError(400, f"{param}: {first['msg']}" if param else first["msg"], param=param) from None
+
+
+def features_of(endpoint: Endpoint, view: ChatView | CompletionView) -> RequestFeatures:
+    return RequestFeatures(
+        endpoint=endpoint,
+        stream=bool(view.stream),
+        n=view.n or 1,
+        prompts=view.prompt_count(),
+        max_tokens=view.requested_tokens(),
+        client_priority=view.priority,
+    )

@@ -1,0 +1,381 @@
+"""The generation endpoints (/v1/chat/completions, /v1/completions), as one raw ASGI app.
+
+Per request: authenticate, read the body (bounded), check the few fields routing needs, classify,
+take a class slot, route, send to the replica and relay its answer. Raw ASGI rather than a
+FastAPI route because the gateway must watch the client while it waits: a client that goes away
+at any point (before the answer's headers, before the first token, mid-stream) cancels the work
+here, and closing the upstream response aborts the generation on the engine.
+
+Replies are the replica's own bytes: the only change is the `model` field, put back to the public
+name when the replica serves the model under another name. For streamed requests the gateway asks
+the replica for usage (stream_options.include_usage) so that tokens can be counted per key, and
+drops that final usage event again for a client that did not ask for it: the client sees what vLLM
+would have sent it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from gateway.admission import ClassGate
+from gateway.auth import Client, KeyRing
+from gateway.backends.base import Backend, UpstreamBroken, UpstreamResponse, UpstreamTimeout, UpstreamUnavailable
+from gateway.classify import CLASS_HEADER, classify
+from gateway.config import TRAFFIC_CLASSES, GatewayConfig, ReplicaEndpoint, TrafficClass
+from gateway.errors import GatewayError, error_body
+from gateway.metrics import GatewayMetrics
+from gateway.policy import Endpoint, RequestFeatures, Route
+from gateway.protocol import features_of, parse_view
+from gateway.router import Router
+
+log = logging.getLogger("tandem.gateway")
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+REQUEST_ID_HEADER = b"x-request-id"
+_JSON = (b"content-type", b"application/json")
+_SSE = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
+_USAGE = b'"usage"'
+
+
+class ClientGone(Exception):
+    """The client disconnected; there is nobody left to answer."""
+
+
+def request_id_of(scope: Scope) -> str:
+    """The client's X-Request-Id if it sent one (as vLLM honours it), else a fresh one; the
+    middleware in gateway.app stores it in the scope so every response carries it."""
+    return scope["state"]["request_id"]
+
+
+def new_request_id(headers: list[tuple[bytes, bytes]]) -> str:
+    for name, value in headers:
+        if name == REQUEST_ID_HEADER and 0 < len(value) <= 128:
+            return value.decode("latin-1")
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True, slots=True)
+class _ModelRewrite:
+    """Puts the public model name back into a replica's answer, byte for byte otherwise."""
+
+    pattern: re.Pattern[bytes] | None
+    replacement: bytes
+
+    @classmethod
+    def for_replica(cls, replica: ReplicaEndpoint, public: str) -> _ModelRewrite:
+        if replica.model == public:
+            return cls(None, b"")
+        upstream = re.escape(orjson.dumps(replica.model))
+        return cls(re.compile(rb'"model"\s*:\s*' + upstream), b'"model":' + orjson.dumps(public))
+
+    def __call__(self, data: bytes) -> bytes:
+        return data if self.pattern is None else self.pattern.sub(self.replacement, data)
+
+
+@dataclass(slots=True)
+class _Exchange:
+    """What is known about one request as it goes through."""
+
+    endpoint: Endpoint
+    request_id: str
+    started: float
+    client: Client | None = None
+    traffic_class: TrafficClass | None = None
+    replica: str = "-"
+    status: int = 0
+    responding: bool = False  # response headers sent: errors can no longer be an HTTP status
+    finished: bool = False  # last byte handed to the server: a disconnect now is the normal end
+
+
+class GenerationProxy:
+    """ASGI app for one generation endpoint."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        *,
+        config: GatewayConfig,
+        backends: Mapping[str, Backend],
+        router: Router,
+        gates: Mapping[TrafficClass, ClassGate],
+        keyring: KeyRing,
+        metrics: GatewayMetrics,
+    ) -> None:
+        self.endpoint = endpoint
+        self._config = config
+        self._limits = config.settings.limits
+        self._backends = backends
+        self._replicas = {r.name: r for r in config.replicas}
+        self._rewrites = {r.name: _ModelRewrite.for_replica(r, config.model) for r in config.replicas}
+        self._router = router
+        self._gates = gates
+        self._keyring = keyring
+        self._metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        exchange = _Exchange(self.endpoint, request_id_of(scope), time.perf_counter())
+        task = asyncio.current_task()
+        assert task is not None
+        watcher: asyncio.Task[None] | None = None
+        try:
+            headers = scope["headers"]
+            exchange.client = self._keyring.authenticate(_header(headers, b"authorization"))
+            body = await self._read_body(headers, receive)
+            watcher = asyncio.create_task(self._watch_disconnect(receive, task, exchange))
+            await self._handle(exchange, headers, body, send)
+        except GatewayError as exc:
+            if exchange.responding:
+                raise
+            await self._send_error(exchange, exc, send)
+        except (ClientGone, asyncio.CancelledError):
+            if task.cancelling() and not exchange.finished:
+                if watcher is None or not watcher.done():
+                    raise  # cancelled by the server, not by our watcher
+                task.uncancel()
+            exchange.status = 499  # nginx's "client closed request": nothing was sent
+            self._metrics.disconnects.labels(exchange.traffic_class or "-").inc()
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            self._account(exchange)
+
+    async def _watch_disconnect(self, receive: Receive, task: asyncio.Task[Any], exchange: _Exchange) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                if not exchange.finished:
+                    task.cancel()
+                return
+
+    async def _read_body(self, headers: list[tuple[bytes, bytes]], receive: Receive) -> bytes:
+        limit = self._limits.max_body_bytes
+        declared = _header(headers, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise GatewayError(413, f"request body of {declared} bytes is over the limit of {limit} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise GatewayError(413, f"request body is over the limit of {limit} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    async def _handle(self, exchange: _Exchange, headers: list[tuple[bytes, bytes]], raw: bytes, send: Send) -> None:
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise GatewayError(400, f"request body is not valid JSON: {exc}") from None
+        view = parse_view(self.endpoint, body)
+        if view.model is not None and view.model not in self._config.served_names:
+            raise GatewayError(404, f"The model `{view.model}` does not exist.", param="model")
+        features = features_of(self.endpoint, view)
+        cap = self._limits.max_tokens_cap
+        if cap is not None and features.max_tokens is not None and features.max_tokens > cap:
+            raise GatewayError(400, f"max_tokens {features.max_tokens} is over this gateway's cap of {cap}", param="max_tokens")
+        client = exchange.client
+        assert client is not None
+        exchange.traffic_class = traffic_class = classify(
+            features, self._router.settings, _requested_class(headers), client.default_class
+        )
+        wants_usage = bool(view.stream_options and view.stream_options.include_usage)
+        with client.admitted():
+            queued_at = time.perf_counter()
+            async with self._gates[traffic_class].slot():
+                queue_wait = time.perf_counter() - queued_at
+                self._metrics.queue_wait.labels(traffic_class).observe(queue_wait)
+                await self._forward(exchange, features, body, wants_usage, queue_wait, send)
+
+    async def _forward(
+        self,
+        exchange: _Exchange,
+        features: RequestFeatures,
+        body: dict[str, Any],
+        wants_usage: bool,
+        queue_wait: float,
+        send: Send,
+    ) -> None:
+        """Send to the routed replica; one that fails before answering is skipped for another."""
+        traffic_class = exchange.traffic_class
+        assert traffic_class is not None
+        failed: frozenset[str] = frozenset()
+        last_failure = ""
+        while True:
+            try:
+                decision = self._router.route(features, traffic_class, exclude=failed)
+            except GatewayError:
+                if not failed:
+                    raise
+                raise GatewayError(502, f"every replica failed before answering; last: {last_failure}") from None
+            exchange.replica = decision.replica
+            payload = self._payload(body, decision, features.stream)
+            board = self._router.board
+            with board.tracking(decision.replica):
+                self._metrics.overhead.labels(traffic_class, decision.replica).observe(
+                    time.perf_counter() - exchange.started - queue_wait
+                )
+                try:
+                    upstream = await self._backends[decision.replica].send(self.endpoint, payload, exchange.request_id)
+                except UpstreamUnavailable as exc:
+                    if exc.down:
+                        board.mark_down(decision.replica)
+                    self._metrics.retries.labels(decision.replica).inc()
+                    failed |= {decision.replica}
+                    last_failure = str(exc)
+                    continue
+                except UpstreamTimeout as exc:
+                    raise GatewayError(504, str(exc)) from None
+                try:
+                    await self._relay(exchange, upstream, wants_usage, send)
+                finally:
+                    await upstream.aclose()
+            return
+
+    def _payload(self, body: dict[str, Any], decision: Route, stream: bool) -> dict[str, Any]:
+        payload = body | {"model": self._replicas[decision.replica].model}
+        if decision.priority is not None:
+            payload["priority"] = decision.priority
+        if stream:
+            payload["stream_options"] = (body.get("stream_options") or {}) | {"include_usage": True}
+        return payload
+
+    def _response_headers(self, exchange: _Exchange) -> list[tuple[bytes, bytes]]:
+        return [
+            (b"x-tandem-class", (exchange.traffic_class or "-").encode()),
+            (b"x-tandem-replica", exchange.replica.encode()),
+        ]
+
+    async def _relay(self, exchange: _Exchange, upstream: UpstreamResponse, wants_usage: bool, send: Send) -> None:
+        rewrite = self._rewrites[exchange.replica]
+        exchange.status = upstream.status
+        if not upstream.streaming:
+            data = await upstream.read()
+            if upstream.status == 200:
+                self._count_usage(exchange, data)
+                data = rewrite(data)
+            else:
+                self._metrics.errors.labels(str(upstream.status), "upstream").inc()
+            headers = [_JSON, (b"content-length", str(len(data)).encode()), *self._response_headers(exchange)]
+            exchange.responding = True
+            await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
+            exchange.finished = True
+            await send({"type": "http.response.body", "body": data})
+            return
+        exchange.responding = True
+        await send({"type": "http.response.start", "status": upstream.status, "headers": _SSE + self._response_headers(exchange)})
+        first = True
+        try:
+            async for chunk in upstream.events():
+                if _USAGE in chunk:
+                    chunk = self._take_usage(exchange, chunk, keep=wants_usage)
+                    if not chunk:
+                        continue
+                await send({"type": "http.response.body", "body": rewrite(chunk), "more_body": True})
+                if first:
+                    first = False
+                    self._metrics.ttft.labels(exchange.traffic_class, exchange.replica).observe(
+                        time.perf_counter() - exchange.started
+                    )
+        except UpstreamBroken as exc:
+            # The replica broke off mid-stream: the status is sent, so say it the way vLLM does.
+            log.warning("request %s: replica %s broke off the stream: %s", exchange.request_id, exchange.replica, exc)
+            exchange.status = 502
+            error = error_body(502, f"replica {exchange.replica} ended the stream early")
+            await send({"type": "http.response.body", "body": b"data: " + error + b"\n\ndata: [DONE]\n\n", "more_body": True})
+        exchange.finished = True
+        await send({"type": "http.response.body", "body": b""})
+
+    def _count_usage(self, exchange: _Exchange, data: bytes) -> None:
+        try:
+            usage = orjson.loads(data).get("usage")
+        except (orjson.JSONDecodeError, AttributeError):
+            return
+        if isinstance(usage, dict):
+            self._metrics.count_usage(exchange.client.name, exchange.traffic_class, usage)  # type: ignore[union-attr, arg-type]
+
+    def _take_usage(self, exchange: _Exchange, chunk: bytes, *, keep: bool) -> bytes:
+        """Count the usage event's tokens; drop the event unless the client asked for usage."""
+        kept: list[bytes] = []
+        for event in chunk.split(b"\n\n"):
+            if not event:
+                continue
+            usage_only = False
+            if _USAGE in event and event.startswith(b"data: {"):
+                try:
+                    payload = orjson.loads(event[6:])
+                except orjson.JSONDecodeError:
+                    payload = None
+                if isinstance(payload, dict) and isinstance(payload.get("usage"), dict):
+                    self._metrics.count_usage(exchange.client.name, exchange.traffic_class, payload["usage"])  # type: ignore[union-attr, arg-type]
+                    usage_only = not payload.get("choices")
+            if keep or not usage_only:
+                kept.append(event + b"\n\n")
+        return b"".join(kept)
+
+    async def _send_error(self, exchange: _Exchange, exc: GatewayError, send: Send) -> None:
+        exchange.status = exc.status
+        self._metrics.errors.labels(str(exc.status), "gateway").inc()
+        body = exc.body()
+        headers = [
+            _JSON,
+            (b"content-length", str(len(body)).encode()),
+            *((k.lower().encode(), v.encode()) for k, v in exc.headers.items()),
+            *self._response_headers(exchange),
+        ]
+        exchange.responding = exchange.finished = True
+        await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    def _account(self, exchange: _Exchange) -> None:
+        traffic_class = exchange.traffic_class or "-"
+        key = exchange.client.name if exchange.client else "-"
+        self._metrics.requests.labels(self.endpoint, traffic_class, exchange.replica, str(exchange.status), key).inc()
+        elapsed = time.perf_counter() - exchange.started
+        if exchange.replica != "-":
+            self._metrics.latency.labels(traffic_class, exchange.replica).observe(elapsed)
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "request_id=%s endpoint=%s key=%s class=%s replica=%s status=%d ms=%.1f",
+                exchange.request_id,
+                self.endpoint,
+                key,
+                traffic_class,
+                exchange.replica,
+                exchange.status,
+                elapsed * 1000,
+            )
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    for key, value in headers:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _requested_class(headers: list[tuple[bytes, bytes]]) -> TrafficClass | None:
+    value = _header(headers, CLASS_HEADER.encode())
+    if value is None:
+        return None
+    value = value.strip().lower()
+    if value not in TRAFFIC_CLASSES:
+        raise GatewayError(400, f"X-Tandem-Class must be one of {list(TRAFFIC_CLASSES)}, got {value!r}", param=CLASS_HEADER)
+    return value  # type: ignore[return-value]

@@ -1,0 +1,112 @@
+"""Running the gateway: in the foreground (`gateway serve`), or on a thread of its own (inside a
+Ray actor, or in tests), each time under uvicorn with uvloop and httptools.
+
+- `serve(config, host, port)` blocks until the process is told to stop.
+- `start_in_thread(config, backends, host, port)` returns a `GatewayThread` once the gateway
+  accepts connections; `.stop()` shuts it down (lifespan included) and joins the thread.
+- `run_serve_command(config_path, host, port)` is `gateway serve --config FILE [--host --port]`:
+  CLI flag > environment (TANDEM_GATEWAY_HOST / TANDEM_GATEWAY_PORT) > config file > default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import uvicorn
+import uvloop
+
+from gateway.app import create_app
+from gateway.backends.base import Backend
+from gateway.config import GatewayConfig, load_config
+
+HOST_ENV = "TANDEM_GATEWAY_HOST"
+PORT_ENV = "TANDEM_GATEWAY_PORT"
+
+
+def _uvicorn_config(
+    config: GatewayConfig, backends: Mapping[str, Backend] | None, host: str | None, port: int | None
+) -> uvicorn.Config:
+    return uvicorn.Config(
+        create_app(config, backends),
+        host=host if host is not None else config.settings.host,
+        port=port if port is not None else config.settings.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,  # one structured line per request comes from gateway.proxy instead
+        log_level="info",
+        timeout_graceful_shutdown=5,
+    )
+
+
+def serve(config: GatewayConfig, host: str | None = None, port: int | None = None) -> None:
+    """Serve in the foreground until SIGINT/SIGTERM."""
+    uvicorn.Server(_uvicorn_config(config, None, host, port)).run()
+
+
+class GatewayThread:
+    """A gateway running on its own thread and event loop."""
+
+    def __init__(self, server: uvicorn.Server, thread: threading.Thread) -> None:
+        self._server = server
+        self._thread = thread
+
+    @property
+    def port(self) -> int:
+        return self._server.servers[0].sockets[0].getsockname()[1]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self._server.config.host}:{self.port}/v1"
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            raise RuntimeError(f"gateway thread did not stop within {timeout_s:g} s")
+
+
+def start_in_thread(
+    config: GatewayConfig,
+    backends: Mapping[str, Backend] | None = None,
+    host: str | None = None,
+    port: int | None = 0,
+    start_timeout_s: float = 30.0,
+) -> GatewayThread:
+    """Start the gateway on a new thread (port 0: any free port) and return once it listens."""
+    server = uvicorn.Server(_uvicorn_config(config, backends, host, port))
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                runner.run(server.serve())
+        except BaseException as exc:  # surfaced to the caller below
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name="tandem-gateway", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + start_timeout_s
+    while not (server.started or failure or not thread.is_alive()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if not server.started:
+        server.should_exit = True
+        thread.join(5)
+        raise RuntimeError(f"gateway did not start: {failure[0] if failure else 'timed out'}")
+    return GatewayThread(server, thread)
+
+
+def run_serve_command(config_path: str | Path, host: str | None = None, port: int | None = None) -> None:
+    """`gateway serve --config FILE [--host H --port P]`."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    config = load_config(config_path)
+    host = host or os.environ.get(HOST_ENV) or None
+    if port is None and os.environ.get(PORT_ENV):
+        port = int(os.environ[PORT_ENV])
+    serve(config, host, port)
