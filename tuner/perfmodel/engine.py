@@ -1,0 +1,115 @@
+"""Engine constants (per serving engine, sourced) and the engine settings a replica runs with.
+
+`EngineProfile` holds what differs between vLLM, SGLang and llama.cpp on the same chip: how
+close their kernels get to the memory bandwidth and the compute peak, and their fixed cost per
+step. The values live in data/engines.yaml, each a `Figure` with its source; where one was fitted
+to the single-box calibration set, its kind is `calibrated` and the points it was fitted to are
+named. `ModelConstants` holds the few constants of the model itself. Every field can be
+overridden by passing a modified copy (`profile.model_copy(update=...)`).
+
+`EngineSettings` are the vLLM arguments the model reads (the ones the tuner turns).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tuner.perfmodel.hardware import HardwareProfile
+from tuner.perfmodel.sourced import DATA_DIR, Figure, read_yaml
+
+ENGINES_FILE = DATA_DIR / "engines.yaml"
+
+
+class EngineProfile(BaseModel):
+    """How one serving engine's kernels perform, as fractions of the hardware's figures."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    bandwidth_efficiency: Figure = Field(
+        description="Share of the device's achievable read bandwidth a weight-streaming step reaches."
+    )
+    prefill_compute_efficiency: Figure = Field(
+        description="Share of the dense tensor peak reached by GEMMs over many tokens (prefill)."
+    )
+    decode_compute_efficiency: Figure = Field(
+        description="Share of the dense tensor peak reached by GEMMs over decode tokens (one row per sequence)."
+    )
+    step_overhead_us: Figure = Field(description="Fixed cost of one engine step: scheduling, input prep, sampling.")
+    runtime_reserve_gb: Figure = Field(
+        description="Device memory the engine takes besides weights and KV cache (activations, graphs, allocator)."
+    )
+
+
+class ModelConstants(BaseModel):
+    """Constants of the performance model itself (not of an engine or a chip)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    unmeasured_bandwidth_fraction: Figure = Figure(
+        value=0.85,
+        kind="derived",
+        source="GB10: 232 GB/s measured saturating read / 273 GB/s nominal (see dgx-spark profile)",
+        note="Applied to a device's nominal bandwidth when no measured read bandwidth is on file (H100, H200).",
+    )
+    activation_bytes: Figure = Figure(
+        value=2, kind="nominal", source="vLLM exchanges BF16 hidden states between TP ranks and PP stages"
+    )
+    co_residence_contention: Figure = Figure(
+        value=2.0,
+        kind="assumed",
+        source="Two processes on one GPU without MPS are time-sliced: while both are busy each runs at about half speed",
+        note="Applied in proportion to how busy the other replica is; 1.0 means no interference.",
+    )
+
+    def achievable_bandwidth_gbs(self, hardware: HardwareProfile) -> float:
+        """Read bandwidth a device can sustain: measured if on file, else a share of nominal."""
+        device = hardware.device
+        if device.measured_memory_bandwidth_gbs is not None:
+            return device.measured_memory_bandwidth_gbs.value
+        return device.memory_bandwidth_gbs.value * self.unmeasured_bandwidth_fraction.value
+
+
+class EngineSettings(BaseModel):
+    """The vLLM engine arguments the model reads. None means vLLM's own default for the device."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_num_seqs: int | None = Field(None, ge=1)
+    max_num_batched_tokens: int | None = Field(None, ge=1)
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    other_replica_busy: float = Field(
+        0.0, ge=0, le=1, description="How busy a co-resident replica on the same GPUs is (0 = alone, 1 = always)."
+    )
+
+    def resolved(self, hardware: HardwareProfile) -> tuple[int, int]:
+        """(max_num_seqs, max_num_batched_tokens) with vLLM's OpenAI-server defaults filled in,
+        chosen by device memory as vllm/engine/arg_utils.py get_batch_defaults does (vLLM 0.32)."""
+        memory_gib = hardware.device.memory_gb.value * 1e9 / 2**30
+        if memory_gib >= 160:
+            seqs, tokens = 1024, 16384
+        elif memory_gib >= 70:
+            seqs, tokens = 1024, 8192
+        else:
+            seqs, tokens = 256, 2048
+        return self.max_num_seqs or seqs, self.max_num_batched_tokens or tokens
+
+
+def known_engines() -> list[str]:
+    return sorted(_engine_data())
+
+
+@cache
+def _engine_data() -> dict:
+    return read_yaml(ENGINES_FILE)
+
+
+@cache
+def load_engine(name: str = "vllm") -> EngineProfile:
+    """The named engine's constants from data/engines.yaml."""
+    data = _engine_data()
+    if name not in data:
+        raise ValueError(f"unknown engine {name!r}; known engines: {', '.join(sorted(data))}")
+    return EngineProfile.model_validate({"name": name, **data[name]})

@@ -1,0 +1,182 @@
+"""The cost of one engine step, layer by layer, for one parallel layout.
+
+A step runs every layer once over the batch's tokens. For each layer on each device the model
+takes the larger of two times (a roofline per layer, not per model, so that a MoE layer's expert
+reads, which grow with the batch, are counted where they happen):
+
+  memory   weight bytes read (attention, router, the experts the batch touches) plus KV-cache
+           bytes read and written, over the engine's achieved share of memory bandwidth;
+  compute  matmul and attention FLOPs over the engine's achieved share of the tensor peak.
+
+A MoE layer whose tokens route independently touches E * (1 - (1 - k/E)^tokens) distinct
+experts on average (each token picks k of E). TP splits every layer across ranks and adds two
+all-reduces of the step's activations per layer (after attention and after the MLP), plus one
+for the vocab-parallel embedding and a gather of the logits. PP splits the layers into stages
+and adds a point-to-point hand-off of the activations between stages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tuner.perfmodel.architecture import ModelArchitecture
+from tuner.perfmodel.collectives import LinkProfile
+from tuner.perfmodel.engine import EngineProfile, ModelConstants
+from tuner.perfmodel.hardware import ComputeDtype, HardwareProfile
+
+
+@dataclass(frozen=True, slots=True)
+class StepBatch:
+    """What one step (one micro-batch) processes. Counts may be fractional: they are means."""
+
+    decode_tokens: float = 0.0
+    """Sequences generating one token this step."""
+    decode_context: float = 0.0
+    """Mean context length of those sequences."""
+    prefill_tokens: float = 0.0
+    """Prompt tokens processed this step (chunked prefill)."""
+    prefill_context: float = 0.0
+    """Context length reached by the end of the prefill chunk (what its queries attend to)."""
+    prefill_sequences: float = 0.0
+    """Sequences whose prompt chunk is in this step."""
+    routing_tokens: float | None = None
+    """Tokens that route independently through MoE layers; None means all of them. (llama.cpp's
+    batched bench feeds every sequence the same token: there, only one token's worth routes.)"""
+
+    @property
+    def tokens(self) -> float:
+        return self.decode_tokens + self.prefill_tokens
+
+    @property
+    def sampled(self) -> float:
+        """Rows the LM head is applied to: one per decoding sequence and per finished prompt."""
+        return self.decode_tokens + self.prefill_sequences
+
+
+class StepModel:
+    """Per-stage time of one step for a model on a hardware profile with a tp x pp layout.
+
+    Construction does the per-layout arithmetic once; `stage_seconds` is then cheap enough to
+    call thousands of times (the traffic simulation does)."""
+
+    def __init__(
+        self,
+        model: ModelArchitecture,
+        hardware: HardwareProfile,
+        engine: EngineProfile,
+        tp: int = 1,
+        pp: int = 1,
+        constants: ModelConstants | None = None,
+    ) -> None:
+        if tp * pp > hardware.devices:
+            raise ValueError(f"tp {tp} x pp {pp} needs {tp * pp} devices; {hardware.name} has {hardware.devices}")
+        self.model, self.hardware, self.engine, self.tp, self.pp = model, hardware, engine, tp, pp
+        self.constants = constants or ModelConstants()
+        self.bandwidth = self.constants.achievable_bandwidth_gbs(hardware) * 1e9 * engine.bandwidth_efficiency.value
+        peak = hardware.device.peak_tflops(_compute_dtype(model)) * 1e12
+        self.decode_flops_rate = peak * engine.decode_compute_efficiency.value
+        self.prefill_flops_rate = peak * engine.prefill_compute_efficiency.value
+        # TP ranks sit together (inside a node if they fit); PP stages across nodes otherwise.
+        self.tp_link: LinkProfile | None = hardware.link_for(tp) if tp > 1 else None
+        self.pp_link: LinkProfile | None = hardware.link_for(tp * pp) if pp > 1 else None
+        self.stages = model.stage_layers(pp)
+        self._attention_bytes = model.attention_bytes(tp) + model.router_bytes
+        self._expert_bytes = model.expert_bytes(tp)
+        self._kv_token_bytes = model.kv_bytes_per_token_layer(tp)
+        self._dense_params = (model.attention_params + model.router_params) / tp
+        self._expert_params = model.expert_params / tp
+        self._score_flops = 4 * model.num_attention_heads * model.head_dim / tp
+        self._activation_bytes = model.hidden_size * self.constants.activation_bytes.value
+        self._stage_layer_types = [
+            (sum(model.layer_type(i) == "full_attention" for i in layers), sum(model.layer_type(i) == "sliding_attention" for i in layers))
+            for layers in self.stages
+        ]
+
+    # ---- one layer ------------------------------------------------------------------------------
+
+    def distinct_experts(self, routing_tokens: float) -> float:
+        """Expected experts a layer touches when `routing_tokens` each pick k of E at random."""
+        m = self.model
+        if not m.is_moe:
+            return 1.0
+        if routing_tokens <= 0:
+            return 0.0
+        return m.num_experts * (1.0 - (1.0 - m.experts_per_token / m.num_experts) ** routing_tokens)
+
+    def layer_seconds(self, batch: StepBatch, sliding: bool) -> float:
+        """Time of one layer on one device: the larger of its memory time and compute time."""
+        m = self.model
+        routing = batch.tokens if batch.routing_tokens is None else batch.routing_tokens
+        weight_bytes = self._attention_bytes + self.distinct_experts(routing) * self._expert_bytes
+        window = float(m.sliding_window) if sliding and m.sliding_window else float("inf")
+        decode_attended = min(batch.decode_context, window)
+        prefill_attended = min(batch.prefill_context, window)
+        kv_bytes = self._kv_token_bytes * (
+            batch.decode_tokens * decode_attended + batch.prefill_sequences * prefill_attended + batch.tokens
+        )
+        active = self._dense_params + (m.experts_per_token if m.is_moe else 1) * self._expert_params
+        # Prefill queries attend, on average, to half the chunk plus what came before it.
+        prefill_mean_attended = min(batch.prefill_context - batch.prefill_tokens / max(batch.prefill_sequences, 1) / 2, window)
+        decode_flops = batch.decode_tokens * (2 * active + self._score_flops * decode_attended)
+        prefill_flops = batch.prefill_tokens * (2 * active + self._score_flops * max(prefill_mean_attended, 0.0))
+        compute = decode_flops / self.decode_flops_rate + prefill_flops / self.prefill_flops_rate
+        return max((weight_bytes + kv_bytes) / self.bandwidth, compute)
+
+    # ---- one stage ------------------------------------------------------------------------------
+
+    def allreduce_seconds(self, tokens: float) -> float:
+        """One all-reduce of `tokens` hidden states across the TP ranks (0 without TP)."""
+        if self.tp_link is None or tokens <= 0:
+            return 0.0
+        return self.tp_link.allreduce_curve.seconds(tokens * self._activation_bytes)
+
+    def handoff_seconds(self, tokens: float) -> float:
+        """One PP stage-to-stage send: hidden states and residual of every token in the step."""
+        if self.pp_link is None or tokens <= 0:
+            return 0.0
+        return self.pp_link.p2p_curve.seconds(2 * tokens * self._activation_bytes)
+
+    def stage_seconds(self, batch: StepBatch) -> list[float]:
+        """Time each pipeline stage spends on this micro-batch (one entry per stage)."""
+        m = self.model
+        full = self.layer_seconds(batch, sliding=False)
+        sliding = self.layer_seconds(batch, sliding=True) if m.sliding_window else full
+        per_layer_comm = 2 * self.allreduce_seconds(batch.tokens)
+        times = [
+            n_full * full + n_sliding * sliding + (n_full + n_sliding) * per_layer_comm
+            for n_full, n_sliding in self._stage_layer_types
+        ]
+        # First stage: engine overhead and the vocab-parallel embedding's all-reduce.
+        times[0] += self.engine.step_overhead_us.value * 1e-6 + self.allreduce_seconds(batch.tokens)
+        # Last stage: the LM head over the sampled rows, and gathering the vocab-split logits.
+        head_bytes = m.lm_head_bytes(self.tp)
+        head_flops = 2 * batch.sampled * m.vocab_size * m.hidden_size / self.tp
+        times[-1] += max(head_bytes / self.bandwidth, head_flops / self.decode_flops_rate)
+        if self.tp_link is not None and batch.sampled > 0:
+            logits = batch.sampled * m.vocab_size / self.tp * self.constants.activation_bytes.value
+            times[-1] += self.tp_link.allreduce_curve.seconds(logits)
+        return times
+
+    def cycle_seconds(self, micro_batches: list[StepBatch]) -> float:
+        """Time for every micro-batch in flight to advance one step through all stages.
+
+        vLLM keeps up to pp micro-batches in flight. Each stage must work through all of them
+        (the slowest stage sets the pace), and each micro-batch must pass every stage in turn
+        plus the hand-offs (the pipeline's fill: with fewer micro-batches than stages, stages idle).
+        """
+        per_batch = [self.stage_seconds(b) for b in micro_batches]
+        busiest_stage = max(sum(times[j] for times in per_batch) for j in range(self.pp))
+        longest_pass = max(
+            sum(times) + (self.pp - 1) * self.handoff_seconds(b.tokens) for times, b in zip(per_batch, micro_batches, strict=True)
+        )
+        return max(busiest_stage, longest_pass)
+
+
+def _compute_dtype(model: ModelArchitecture) -> ComputeDtype:
+    """The tensor-core format the matmuls run in: FP8 and NVFP4 weights run natively (W8A8,
+    W4A4); MXFP4 and int formats are dequantized into BF16 matmuls (Marlin-style W4A16)."""
+    if model.weights.mlp == "fp8":
+        return "fp8"
+    if model.weights.mlp == "nvfp4":
+        return "fp4"
+    return "bf16"
