@@ -32,6 +32,7 @@ class GatewayError(Exception):
         *,
         param: str | None = None,
         headers: Mapping[str, str] | None = None,
+        err_type: str | None = None,
     ) -> None:
         super().__init__(message)
         # FastAPI's 422 is not part of the contract: what the gateway cannot accept is a 400.
@@ -39,9 +40,10 @@ class GatewayError(Exception):
         self.message = message
         self.param = param
         self.headers = dict(headers or {})
+        self.err_type = err_type
 
     def body(self) -> bytes:
-        return error_body(self.status, self.message, self.param)
+        return error_body(self.status, self.message, self.param, self.err_type)
 
 
 def error_type(status: int) -> str:
@@ -52,5 +54,12 @@ def error_type(status: int) -> str:
     return HTTPStatus(status).phrase.replace(" ", "")
 
 
-def error_body(status: int, message: str, param: str | None = None) -> bytes:
-    return orjson.dumps({"error": {"message": message, "type": error_type(status), "param": param, "code": status}})
+# vLLM answers a request whose fields fail validation with this type (its other 400s say
+# "BadRequestError"); the gateway does the same so that the two cannot be told apart.
+VALIDATION_ERROR_TYPE = HTTPStatus.BAD_REQUEST.phrase
+
+
+def error_body(status: int, message: str, param: str | None = None, err_type: str | None = None) -> bytes:
+    return orjson.dumps(
+        {"error": {"message": message, "type": err_type or error_type(status), "param": param, "code": status}}
+    )

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
-from gateway.errors import GatewayError
+from gateway.errors import VALIDATION_ERROR_TYPE, GatewayError
 from gateway.policy import Endpoint, RequestFeatures
 
 
@@ -69,7 +69,8 @@ def parse_view(endpoint: Endpoint, body: Any) -> ChatView | CompletionView:
     except ValidationError as exc:
         first = exc.errors()[0]
         param = ".".join(str(p) for p in first["loc"]) or None
-        raise GatewayError(400, f"{param}: {first['msg']}" if param else first["msg"], param=param) from None
+        message = f"{param}: {first['msg']}" if param else first["msg"]
+        raise GatewayError(400, message, param=param, err_type=VALIDATION_ERROR_TYPE) from None
 
 
 def features_of(endpoint: Endpoint, view: ChatView | CompletionView) -> RequestFeatures:

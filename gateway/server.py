@@ -65,6 +65,9 @@ class GatewayThread:
     def base_url(self) -> str:
         return f"http://{self._server.config.host}:{self.port}/v1"
 
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
     def stop(self, timeout_s: float = 10.0) -> None:
         self._server.should_exit = True
         self._thread.join(timeout_s)

@@ -153,11 +153,14 @@ class FakeUpstream:
                 request.transport.abort()  # type: ignore[union-attr]
                 return web.Response()
             return _error(failure.status, "injected failure")
+        chat = request.path.endswith("/chat/completions")
+        problem = _invalid_field(body, chat)
+        if problem is not None:
+            return _error(400, f"1 validation error: {problem}", "Bad Request")
         if body.get("model", self.model) != self.model:
             return _error(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError")
         if body.get("priority", 0) != 0 and self.scheduling_policy != "priority":
             return _error(400, "Priority scheduling is not enabled.")
-        chat = request.path.endswith("/chat/completions")
         self.active += 1
         try:
             if body.get("stream"):
@@ -244,6 +247,21 @@ class FakeUpstream:
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
+
+
+def _invalid_field(body: dict[str, Any], chat: bool) -> str | None:
+    """The first field vLLM's request model would refuse, among those the tests send wrong."""
+    for name in ("max_tokens", "max_completion_tokens", "n"):
+        value = body.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            return f"{name}: not an integer"
+    if body.get("n") is not None and body["n"] < 1:
+        return "n: must be at least 1"
+    if not isinstance(body.get("stream", False), bool):
+        return "stream: not a boolean"
+    if chat and not isinstance(body.get("messages"), list):
+        return "messages: not a list"
+    return None
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
