@@ -57,6 +57,19 @@ def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
     return AutoTokenizer.from_pretrained(path)
 
 
+@lru_cache(maxsize=4)
+def prompt_token_ids(tokenizer: PreTrainedTokenizerBase) -> np.ndarray:
+    """Token ids safe to build prompts from: not special, and whole characters on their own.
+
+    Byte-fallback tokens (pieces of a UTF-8 character) decode to U+FFFD, and text full of
+    those does not re-encode to the same count; leaving them out makes lengths exact.
+    """
+    special = set(tokenizer.all_special_ids)
+    ids = [i for i in range(len(tokenizer)) if i not in special]
+    pieces = tokenizer.batch_decode([[i] for i in ids])
+    return np.array([i for i, piece in zip(ids, pieces, strict=True) if piece and "\ufffd" not in piece])
+
+
 class PromptFactory:
     """Makes the prompts of one traffic stream, in a reproducible order.
 
@@ -73,8 +86,7 @@ class PromptFactory:
         self._input_range = length_range(workload.input_len, workload.range_ratio)
         self._output_range = length_range(workload.output_len, workload.range_ratio)
         if tokenizer is not None:
-            special = set(tokenizer.all_special_ids)
-            self._allowed = np.array([i for i in range(len(tokenizer)) if i not in special])
+            self._allowed = prompt_token_ids(tokenizer)
 
     def next(self) -> Prompt:
         input_len = int(self._rng.integers(self._input_range[0], self._input_range[1] + 1))
