@@ -42,7 +42,7 @@ class CalibrationPoint(BaseModel):
 
     @property
     def label(self) -> str:
-        return f"{self.engine} {self.model} {self.kind} B={self.batch}"
+        return f"{self.engine} {self.model} {self.kind} B={self.batch} ctx={self.context}"
 
 
 class Comparison(BaseModel):

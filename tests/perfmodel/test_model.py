@@ -1,0 +1,154 @@
+"""Behaviour of the architecture, step and prediction models (pure computation, fast)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from tuner.perfmodel import EngineSettings, Layout, load_engine, load_hardware, predict, resolve_model
+from tuner.perfmodel.collectives import CollectiveCurve, CollectivePoint
+from tuner.perfmodel.step import StepBatch, StepModel
+from tuner.workloads import get_workload
+
+EQUAL = get_workload("equal")
+
+
+def test_resolve_model_knows_aliases_and_hub_ids_and_names_them_when_unknown() -> None:
+    by_alias = resolve_model("gpt-oss-120b")
+    assert resolve_model("openai/gpt-oss-120b") == by_alias
+    assert by_alias.hub_id == "openai/gpt-oss-120b"
+    assert 116e9 < by_alias.total_params < 118e9  # model card: 116.8B
+    assert 60 < by_alias.weight_bytes_total / 1e9 < 67  # MXFP4 experts + BF16 rest: about 65 GB
+    assert resolve_model("llama-3.1-8b").kv_bytes_per_token == 128 * 1024  # reference: 128 KiB
+    with pytest.raises(ValueError, match="gpt-oss-20b.*qwen3-coder-30b-a3b"):
+        resolve_model("no-such-model")
+
+
+def test_resolve_model_reads_a_local_hf_directory(tmp_path) -> None:
+    config = {
+        "model_type": "llama", "num_hidden_layers": 4, "hidden_size": 256, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "intermediate_size": 512, "vocab_size": 512, "torch_dtype": "float16",
+        "sliding_window": 64, "layer_types": ["sliding_attention", "full_attention"] * 2,
+    }
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    arch = resolve_model(str(tmp_path))
+    assert arch.head_dim == 64 and arch.weights.mlp == "fp16" and arch.sliding_window == 64
+    assert arch.kv_bytes_for_sequence(1000) == 2 * (64 + 1000) * arch.kv_bytes_per_token_layer()
+
+
+@pytest.mark.parametrize("alias", ["gpt-oss-120b", "llama-3.1-8b", "qwen3-coder-30b-a3b", "mistral-small-3.1-24b"])
+def test_tp2_and_pp2_each_halve_weights_per_device(alias: str) -> None:
+    arch = resolve_model(alias)
+    whole = arch.weights_per_device_gb(1, 1)
+    for tp, pp in ((2, 1), (1, 2)):
+        assert arch.weights_per_device_gb(tp, pp) == pytest.approx(whole / 2, rel=0.02)
+
+
+def test_more_bandwidth_never_slows_a_step() -> None:
+    arch, engine = resolve_model("gpt-oss-120b"), load_engine("vllm")
+    pair = load_hardware("dgx-spark-pair")
+    faster_memory = pair.model_copy(
+        update={"device": pair.device.model_copy(update={"measured_memory_bandwidth_gbs": pair.device.measured_memory_bandwidth_gbs.model_copy(update={"value": 400})})}
+    )
+    link = pair.inter_node_link
+    faster_link = pair.model_copy(
+        update={"inter_node_link": link.model_copy(update={
+            "allreduce": tuple(p.model_copy(update={"microseconds": p.microseconds / 2}) for p in link.allreduce),
+            "allreduce_bus_bandwidth_gbs": link.allreduce_bus_bandwidth_gbs.model_copy(update={"value": 44}),
+        })}
+    )
+    for tokens in (1, 8, 64, 512):
+        batch = StepBatch(decode_tokens=tokens, decode_context=2048)
+        for tp, pp in ((1, 1), (2, 1), (1, 2)):
+            base = StepModel(arch, pair, engine, tp, pp).cycle_seconds([batch])
+            assert StepModel(arch, faster_memory, engine, tp, pp).cycle_seconds([batch]) <= base
+            assert StepModel(arch, faster_link, engine, tp, pp).cycle_seconds([batch]) <= base
+
+
+def test_collective_curve_is_monotonic_and_extends_at_bandwidth() -> None:
+    curve = load_hardware("dgx-spark-pair").inter_node_link.allreduce_curve
+    sizes = [2**k for k in range(10, 31)]
+    times = [curve.seconds(s) for s in sizes]
+    assert times == sorted(times)
+    assert curve.seconds(1) == pytest.approx(31.5e-6)  # below the first point: latency-bound
+    assert curve.seconds(2**30) - curve.seconds(2**29) == pytest.approx(2**29 / 22e9)
+    with pytest.raises(ValueError):
+        CollectiveCurve(points=(CollectivePoint(bytes=2, microseconds=2, kind="assumed", source="x"),
+                                CollectivePoint(bytes=4, microseconds=1, kind="assumed", source="x")),
+                        large_message_bandwidth_gbs=1)
+
+
+@pytest.mark.parametrize("layout", [Layout(), Layout(tp=2), Layout(pp=2)])
+def test_tpot_grows_with_batch(layout: Layout) -> None:
+    tpots = [predict("gpt-oss-120b", "dgx-spark-pair", layout, EQUAL, c).tpot_ms for c in (1, 4, 16, 64, 256)]
+    assert tpots == sorted(tpots) and tpots[-1] > 2 * tpots[0]
+
+
+def test_single_stream_decode_is_memory_bandwidth_bound() -> None:
+    arch = resolve_model("llama-3.1-8b")
+    spark = load_hardware("dgx-spark")
+    engine = load_engine("vllm")
+    bytes_per_token = arch.weight_bytes_total - arch.embedding_bytes()  # embedding rows are looked up, not streamed
+    bound = 232e9 * engine.bandwidth_efficiency.value / bytes_per_token
+    tok_s = predict(arch, spark, Layout(), get_workload("decode-heavy"), 1).output_tok_s
+    assert 0.85 * bound < tok_s <= bound
+
+
+def test_a_model_that_does_not_fit_is_reported_so() -> None:
+    tight = EngineSettings(gpu_memory_utilization=0.5)
+    result = predict("gpt-oss-120b", "dgx-spark", Layout(), EQUAL, 8, settings=tight)
+    assert not result.fits and result.tpot_ms is None and result.max_concurrency == 0
+    assert predict("gpt-oss-120b", "dgx-spark-pair", Layout(tp=2), EQUAL, 8, settings=tight).fits
+
+
+def test_kv_capacity_caps_running_sequences_and_queueing_shows_in_ttft() -> None:
+    settings = EngineSettings(gpu_memory_utilization=0.6)
+    fits = predict("llama-3.1-8b", "dgx-spark", Layout(), EQUAL, 1, settings=settings).max_concurrency
+    assert 0 < fits < 1024
+    at_cap = predict("llama-3.1-8b", "dgx-spark", Layout(), EQUAL, fits, settings=settings)
+    over = predict("llama-3.1-8b", "dgx-spark", Layout(), EQUAL, 2 * fits, settings=settings)
+    assert over.running == fits
+    assert over.output_tok_s == pytest.approx(at_cap.output_tok_s)
+    assert over.ttft_ms > at_cap.ttft_ms + 1000
+
+
+def _crossover(hardware: str, workload: str, levels=(1, 8, 32, 64, 128, 256)) -> int | None:
+    """The concurrency from which PP=2 out-produces TP=2 at every higher level (TP must win at 1)."""
+    shape = get_workload(workload)
+    tp = [predict("gpt-oss-120b", hardware, Layout(tp=2), shape, c).output_tok_s for c in levels]
+    pp = [predict("gpt-oss-120b", hardware, Layout(pp=2), shape, c).output_tok_s for c in levels]
+    assert tp[0] > pp[0], "TP=2 should win single-stream decode"
+    crossover = None
+    for c, t, p in zip(levels, tp, pp, strict=True):
+        crossover = (crossover or c) if p > t else None
+    return crossover
+
+
+def test_tp_pp_crossover_on_spark_pair_but_not_on_nvlink() -> None:
+    spark = _crossover("dgx-spark-pair", "prefill-heavy")
+    nvlink = _crossover("h100-sxm-node", "prefill-heavy")
+    assert spark is not None
+    assert nvlink is None or nvlink > spark
+
+
+def test_co_resident_busy_replica_slows_steps() -> None:
+    alone = predict("gpt-oss-120b", "dgx-spark-pair", Layout(tp=2), EQUAL, 8)
+    shared = predict("gpt-oss-120b", "dgx-spark-pair", Layout(tp=2), EQUAL, 8, settings=EngineSettings(other_replica_busy=1.0))
+    assert shared.tpot_ms == pytest.approx(2 * alone.tpot_ms)
+
+
+def test_moe_expert_reads_grow_with_batch_until_every_expert_is_touched() -> None:
+    steps = StepModel(resolve_model("gpt-oss-120b"), load_hardware("dgx-spark"), load_engine("vllm"))
+    touched = [steps.distinct_experts(t) for t in (1, 2, 8, 64, 1024)]
+    assert touched[0] == pytest.approx(4) and touched == sorted(touched) and touched[-1] == pytest.approx(128, rel=1e-6)
+
+
+def test_predict_is_fast_enough_for_the_tuner() -> None:
+    import time
+
+    start = time.perf_counter()
+    for c in range(1, 101):
+        predict("gpt-oss-120b", "dgx-spark-pair", Layout(pp=2), EQUAL, c)
+    assert (time.perf_counter() - start) / 100 < 0.005

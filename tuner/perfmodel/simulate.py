@@ -1,0 +1,401 @@
+"""Discrete-event simulation of mixed traffic over co-resident replicas, routed by the gateway's policy.
+
+Interactive users run a closed loop (request, wait for the answer, think, repeat); batch work
+arrives at a Poisson rate or in bursts. Each request passes the gateway's own pure functions,
+imported from gateway.policy (admission per class, then `route` over a snapshot of every
+replica's load), and runs on a replica modelled as vLLM's continuous batching: up to
+max_running sequences, each cycle advancing every running sequence one token while the first
+waiting prompt is prefilled in chunks. A cycle's length comes from the same step model as
+`predict`; while both co-resident replicas are busy, both slow down by the co-residence
+contention factor. A replica can fail mid-run (its requests fail; the policy must route around
+it) and come back. The run is seeded and bounded in simulated time.
+
+    simulate(scenario, policy_settings, seed) -> SimResult
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from collections import deque
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.config import TRAFFIC_CLASSES, RoutingSettings, TrafficClass
+from gateway.policy import ClassLoad, PolicyState, ReplicaLoad, RequestFeatures, Route, admit, route
+from tuner.perfmodel.architecture import resolve_model
+from tuner.perfmodel.engine import EngineSettings, ModelConstants, load_engine
+from tuner.perfmodel.hardware import load_hardware
+from tuner.perfmodel.predict import Layout, ReplicaModel, build_replica
+from tuner.workloads import Workload
+
+# ---- scenario ---------------------------------------------------------------------------------------
+
+
+class SimReplica(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    traffic_class: TrafficClass
+    layout: Layout
+    settings: EngineSettings = EngineSettings(gpu_memory_utilization=0.45)
+    accepts_priority: bool = False
+
+
+class InteractiveLoad(BaseModel):
+    """Closed-loop users: each sends a streamed chat, waits for it, thinks, and sends again."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    users: int = Field(8, ge=0)
+    think_time_s: float = Field(2.0, ge=0, description="Mean of an exponential think time.")
+    shape: Workload = Workload(input_len=256, output_len=256)
+
+
+class BatchLoad(BaseModel):
+    """Batch requests: Poisson arrivals at `rate_per_s`, plus `burst_size` at once every `burst_every_s`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rate_per_s: float = Field(0.0, ge=0)
+    burst_size: int = Field(0, ge=0)
+    burst_every_s: float = Field(60.0, gt=0)
+    shape: Workload = Workload(input_len=2048, output_len=128)
+
+
+class ReplicaFailure(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    replica: str
+    at_s: float = Field(ge=0)
+    recover_at_s: float | None = None
+
+
+class ClassSLO(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ttft_ms: float = Field(gt=0)
+    tpot_ms: float = Field(gt=0)
+
+
+class Scenario(BaseModel):
+    """What runs where, what traffic arrives, for how long, and what breaks."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = "gpt-oss-120b"
+    hardware: str = "dgx-spark-pair"
+    engine: str = "vllm"
+    replicas: tuple[SimReplica, ...] = (
+        SimReplica(name="interactive", traffic_class="interactive", layout=Layout(tp=2)),
+        SimReplica(name="batch", traffic_class="batch", layout=Layout(pp=2)),
+    )
+    co_resident: bool = Field(True, description="The replicas share the same GPUs and slow each other when both are busy.")
+    interactive: InteractiveLoad = InteractiveLoad()
+    batch: BatchLoad = BatchLoad(rate_per_s=0.5)
+    duration_s: float = Field(300.0, gt=0, le=86_400)
+    failures: tuple[ReplicaFailure, ...] = ()
+    slo: dict[TrafficClass, ClassSLO] = Field(
+        default_factory=lambda: {
+            "interactive": ClassSLO(ttft_ms=1000, tpot_ms=100),
+            "batch": ClassSLO(ttft_ms=60_000, tpot_ms=1000),
+        }
+    )
+
+
+# ---- results ----------------------------------------------------------------------------------------
+
+
+class ClassResult(BaseModel):
+    completed: int
+    failed: int
+    rejected: int
+    ttft_p50_ms: float | None
+    ttft_p99_ms: float | None
+    tpot_p50_ms: float | None
+    tpot_p99_ms: float | None
+    output_tok_s: float
+    goodput_req_s: float
+    """Completed requests per second that met both SLOs of their class."""
+    spilled: int
+
+
+class SimResult(BaseModel):
+    policy: str
+    seed: int
+    duration_s: float
+    classes: dict[TrafficClass, ClassResult]
+    replica_busy_fraction: dict[str, float]
+
+
+# ---- simulation ---------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Request:
+    id: int
+    traffic_class: TrafficClass
+    shape: Workload
+    arrived: float
+    user: int | None = None
+    prefilled: int = 0
+    generated: int = 0
+    first_token_at: float | None = None
+    finished_at: float | None = None
+    spilled: bool = False
+
+    @property
+    def ttft_ms(self) -> float | None:
+        return None if self.first_token_at is None else (self.first_token_at - self.arrived) * 1e3
+
+    @property
+    def tpot_ms(self) -> float | None:
+        if self.first_token_at is None or self.finished_at is None or self.shape.output_len <= 1:
+            return None
+        return (self.finished_at - self.first_token_at) * 1e3 / (self.shape.output_len - 1)
+
+
+@dataclass(slots=True)
+class _Replica:
+    spec: SimReplica
+    model: ReplicaModel
+    healthy: bool = True
+    waiting: deque[_Request] = field(default_factory=deque)
+    running: list[_Request] = field(default_factory=list)
+    cycle_end: float | None = None
+    cycle_id: int = 0
+    busy_since: float | None = None
+    busy_total: float = 0.0
+
+    def snapshot(self) -> ReplicaLoad:
+        return ReplicaLoad(
+            name=self.spec.name,
+            traffic_class=self.spec.traffic_class,
+            in_flight=len(self.running) + len(self.waiting),
+            running=len(self.running),
+            waiting=len(self.waiting),
+            max_num_seqs=self.model.max_running,
+            healthy=self.healthy,
+            accepts_priority=self.spec.accepts_priority,
+        )
+
+
+class _Simulation:
+    def __init__(self, scenario: Scenario, settings: RoutingSettings, seed: int) -> None:
+        self.scenario, self.settings, self.seed = scenario, settings, seed
+        self.rng = random.Random(seed)
+        self.policy_rng = random.Random(seed + 1)
+        self.state = PolicyState()
+        self.now = 0.0
+        self.events: list[tuple[float, int, str, object]] = []
+        self.order = itertools.count()
+        self.ids = itertools.count()
+        self.contention = ModelConstants().co_residence_contention.value if scenario.co_resident else 1.0
+        arch, hardware, engine = resolve_model(scenario.model), load_hardware(scenario.hardware), load_engine(scenario.engine)
+        shapes = {"interactive": scenario.interactive.shape, "batch": scenario.batch.shape}
+        self.replicas = {
+            r.name: _Replica(r, build_replica(arch, hardware, r.layout, shapes[r.traffic_class], r.settings, engine))
+            for r in scenario.replicas
+        }
+        self.in_flight: dict[TrafficClass, int] = dict.fromkeys(TRAFFIC_CLASSES, 0)
+        self.gateway_queue: dict[TrafficClass, deque[_Request]] = {c: deque() for c in TRAFFIC_CLASSES}
+        self.done: dict[TrafficClass, list[_Request]] = {c: [] for c in TRAFFIC_CLASSES}
+        self.failed: dict[TrafficClass, int] = dict.fromkeys(TRAFFIC_CLASSES, 0)
+        self.rejected: dict[TrafficClass, int] = dict.fromkeys(TRAFFIC_CLASSES, 0)
+
+    # -- event plumbing
+    def at(self, time: float, kind: str, payload: object = None) -> None:
+        heapq.heappush(self.events, (time, next(self.order), kind, payload))
+
+    def run(self) -> SimResult:
+        s = self.scenario
+        for user in range(s.interactive.users):
+            self.at(self.rng.uniform(0, max(s.interactive.think_time_s, 1e-3)), "interactive", user)
+        if s.batch.rate_per_s > 0:
+            self.at(self.rng.expovariate(s.batch.rate_per_s), "batch_arrival")
+        if s.batch.burst_size > 0:
+            self.at(0.0, "batch_burst")
+        for failure in s.failures:
+            self.at(failure.at_s, "fail", failure.replica)
+            if failure.recover_at_s is not None:
+                self.at(failure.recover_at_s, "recover", failure.replica)
+        while self.events and self.events[0][0] <= s.duration_s:
+            self.now, _, kind, payload = heapq.heappop(self.events)
+            getattr(self, f"_on_{kind}")(payload)
+        return self._result()
+
+    # -- arrivals
+    def _on_interactive(self, user: int) -> None:
+        self._arrive(_Request(next(self.ids), "interactive", self.scenario.interactive.shape, self.now, user=user))
+
+    def _on_batch_arrival(self, _: object) -> None:
+        self._arrive(_Request(next(self.ids), "batch", self.scenario.batch.shape, self.now))
+        self.at(self.now + self.rng.expovariate(self.scenario.batch.rate_per_s), "batch_arrival")
+
+    def _on_batch_burst(self, _: object) -> None:
+        for _ in range(self.scenario.batch.burst_size):
+            self._arrive(_Request(next(self.ids), "batch", self.scenario.batch.shape, self.now))
+        self.at(self.now + self.scenario.batch.burst_every_s, "batch_burst")
+
+    def _arrive(self, request: _Request) -> None:
+        cls = request.traffic_class
+        verdict = admit(ClassLoad(self.in_flight[cls], len(self.gateway_queue[cls])), self.settings.limits[cls])
+        if verdict == "run":
+            self._dispatch(request)
+        elif verdict == "queue":
+            self.gateway_queue[cls].append(request)
+        else:
+            self.rejected[cls] += 1
+            self._user_again(request)
+
+    def _dispatch(self, request: _Request) -> None:
+        features = (
+            RequestFeatures(endpoint="chat", stream=True, max_tokens=request.shape.output_len)
+            if request.traffic_class == "interactive"
+            else RequestFeatures(endpoint="completions", stream=False, prompts=2, max_tokens=request.shape.output_len)
+        )
+        snapshot = [r.snapshot() for r in self.replicas.values()]
+        decision, self.state = route(features, request.traffic_class, snapshot, self.settings, self.state, self.policy_rng)
+        if not isinstance(decision, Route):
+            self.failed[request.traffic_class] += 1
+            self._user_again(request)
+            return
+        request.spilled = decision.spilled
+        self.in_flight[request.traffic_class] += 1
+        replica = self.replicas[decision.replica]
+        replica.waiting.append(request)
+        self._kick(replica)
+
+    # -- replicas
+    def _busy(self, replica: _Replica) -> bool:
+        return replica.cycle_end is not None
+
+    def _kick(self, replica: _Replica) -> None:
+        """Start a cycle if the replica is idle and has work."""
+        if self._busy(replica) or not replica.healthy:
+            return
+        while replica.waiting and len(replica.running) < replica.model.max_running:
+            replica.running.append(replica.waiting.popleft())
+        if not replica.running:
+            if replica.busy_since is not None:
+                replica.busy_total += self.now - replica.busy_since
+                replica.busy_since = None
+            return
+        if replica.busy_since is None:
+            replica.busy_since = self.now
+        decoding = [r for r in replica.running if r.prefilled >= r.shape.input_len]
+        prefilling = next((r for r in replica.running if r.prefilled < r.shape.input_len), None)
+        chunk, reached = 0, 0
+        if prefilling is not None:
+            room = max(1, replica.model.max_num_batched_tokens - len(decoding))
+            chunk = min(room, prefilling.shape.input_len - prefilling.prefilled)
+            reached = prefilling.prefilled + chunk
+        context = sum(r.shape.input_len + r.generated for r in decoding) / len(decoding) if decoding else 0.0
+        seconds = replica.model.cycle_seconds(len(decoding), context, chunk, reached)
+        others_busy = any(self._busy(o) for o in self.replicas.values() if o is not replica)
+        if others_busy:
+            seconds *= self.contention
+        replica.cycle_end = self.now + seconds
+        replica.cycle_id += 1
+        self.at(replica.cycle_end, "cycle", (replica.spec.name, replica.cycle_id, prefilling, chunk))
+
+    def _on_cycle(self, payload: tuple[str, int, _Request | None, int]) -> None:
+        name, cycle_id, prefilling, chunk = payload
+        replica = self.replicas[name]
+        if cycle_id != replica.cycle_id or not replica.healthy:
+            return  # the replica failed during this cycle
+        replica.cycle_end = None
+        for request in list(replica.running):
+            if request is prefilling:
+                request.prefilled += chunk
+                if request.prefilled >= request.shape.input_len:
+                    request.generated, request.first_token_at = 1, self.now
+            elif request.prefilled >= request.shape.input_len:
+                request.generated += 1
+            if request.generated >= request.shape.output_len:
+                replica.running.remove(request)
+                self._finish(request, ok=True)
+        self._kick(replica)
+
+    def _finish(self, request: _Request, ok: bool) -> None:
+        cls = request.traffic_class
+        self.in_flight[cls] -= 1
+        if ok:
+            request.finished_at = self.now
+            self.done[cls].append(request)
+        else:
+            self.failed[cls] += 1
+        self._user_again(request)
+        if self.gateway_queue[cls]:
+            self._dispatch(self.gateway_queue[cls].popleft())
+
+    def _user_again(self, request: _Request) -> None:
+        if request.user is not None:
+            think = self.rng.expovariate(1 / self.scenario.interactive.think_time_s) if self.scenario.interactive.think_time_s else 0.0
+            self.at(self.now + think, "interactive", request.user)
+
+    def _on_fail(self, name: str) -> None:
+        replica = self.replicas[name]
+        replica.healthy = False
+        replica.cycle_end = None
+        replica.cycle_id += 1
+        if replica.busy_since is not None:
+            replica.busy_total += self.now - replica.busy_since
+            replica.busy_since = None
+        lost = replica.running + list(replica.waiting)
+        replica.running, replica.waiting = [], deque()
+        for request in lost:
+            self._finish(request, ok=False)
+
+    def _on_recover(self, name: str) -> None:
+        self.replicas[name].healthy = True
+
+    # -- results
+    def _result(self) -> SimResult:
+        duration = self.scenario.duration_s
+        classes = {}
+        for cls in TRAFFIC_CLASSES:
+            done = self.done[cls]
+            slo = self.scenario.slo[cls]
+            ttfts = sorted(t for r in done if (t := r.ttft_ms) is not None)
+            tpots = sorted(t for r in done if (t := r.tpot_ms) is not None)
+            good = sum(
+                1 for r in done if (r.ttft_ms or 0.0) <= slo.ttft_ms and (r.tpot_ms or 0.0) <= slo.tpot_ms
+            )
+            classes[cls] = ClassResult(
+                completed=len(done),
+                failed=self.failed[cls],
+                rejected=self.rejected[cls],
+                ttft_p50_ms=_percentile(ttfts, 50),
+                ttft_p99_ms=_percentile(ttfts, 99),
+                tpot_p50_ms=_percentile(tpots, 50),
+                tpot_p99_ms=_percentile(tpots, 99),
+                output_tok_s=sum(r.shape.output_len for r in done) / duration,
+                goodput_req_s=good / duration,
+                spilled=sum(r.spilled for r in done),
+            )
+        for replica in self.replicas.values():
+            if replica.busy_since is not None:
+                replica.busy_total += duration - replica.busy_since
+                replica.busy_since = None
+        return SimResult(
+            policy=self.settings.policy,
+            seed=self.seed,
+            duration_s=duration,
+            classes=classes,
+            replica_busy_fraction={n: r.busy_total / duration for n, r in self.replicas.items()},
+        )
+
+
+def _percentile(sorted_values: list[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    index = min(len(sorted_values) - 1, max(0, round(q / 100 * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+def simulate(scenario: Scenario, policy_settings: RoutingSettings | None = None, seed: int = 0) -> SimResult:
+    """Run the scenario once under the routing settings (policy name included); same seed, same result."""
+    return _Simulation(scenario, policy_settings or RoutingSettings(), seed).run()
