@@ -132,10 +132,11 @@ class GenerationProxy:
         watcher: asyncio.Task[None] | None = None
         try:
             headers = scope["headers"]
-            exchange.client = self._keyring.authenticate(_header(headers, b"authorization"))
-            body = await self._read_body(headers, receive)
-            watcher = asyncio.create_task(self._watch_disconnect(receive, task, exchange))
-            await self._handle(exchange, headers, body, send)
+            exchange.client = client = self._keyring.authenticate(_header(headers, b"authorization"))
+            with client.admitted():  # the key's rate and concurrency limits count every request
+                body = await self._read_body(headers, receive)
+                watcher = asyncio.create_task(self._watch_disconnect(receive, task, exchange))
+                await self._handle(exchange, headers, body, send)
         except GatewayError as exc:
             if exchange.responding:
                 raise
@@ -197,12 +198,11 @@ class GenerationProxy:
             features, self._router.settings, _requested_class(headers), client.default_class
         )
         wants_usage = bool(view.stream_options and view.stream_options.include_usage)
-        with client.admitted():
-            queued_at = time.perf_counter()
-            async with self._gates[traffic_class].slot():
-                queue_wait = time.perf_counter() - queued_at
-                self._metrics.queue_wait.labels(traffic_class).observe(queue_wait)
-                await self._forward(exchange, features, body, wants_usage, queue_wait, send)
+        queued_at = time.perf_counter()
+        async with self._gates[traffic_class].slot():
+            queue_wait = time.perf_counter() - queued_at
+            self._metrics.queue_wait.labels(traffic_class).observe(queue_wait)
+            await self._forward(exchange, features, body, wants_usage, queue_wait, send)
 
     async def _forward(
         self,
