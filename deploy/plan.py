@@ -85,7 +85,7 @@ class EngineArgs(BaseModel):
 
     @model_validator(mode="after")
     def _extra_names_are_vllm_arguments(self) -> EngineArgs:
-        known = vllm_engine_argument_names()
+        known = vllm_engine_argument_names() if self.extra else None  # importing vLLM takes seconds
         if known is not None:
             unknown = sorted(set(self.extra) - known)
             if unknown:

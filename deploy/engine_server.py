@@ -1,0 +1,160 @@
+"""A Serve deployment that runs vLLM's own OpenAI server for one replica of a plan.
+
+This is the `http` data path: Ray places the replica (its placement group reserves one bundle
+per worker, spread over the nodes as the plan says), and inside that replica vLLM's OpenAI server
+runs as a child process. The gateway then speaks HTTP straight to it: one hop, no Ray message
+per token. On this machine that path measured close to direct vLLM, where Ray Serve LLM's own
+OpenAI path cost 4.8x the TTFT (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from deploy.plan import EngineArgs, Replica
+
+logger = logging.getLogger("tandem.engine")
+
+START_TIMEOUT_S = float(os.environ.get("TANDEM_ENGINE_START_TIMEOUT_S", "900"))
+STOP_GRACE_S = 15.0
+
+
+def vllm_server_args(
+    model_source: str, served_name: str, replica: Replica, host: str, port: int
+) -> list[str]:
+    """The command-line arguments of vLLM's OpenAI server for one replica."""
+    args = [
+        "--model", model_source,
+        "--served-model-name", served_name,
+        "--host", host,
+        "--port", str(port),
+        "--tensor-parallel-size", str(replica.tensor_parallel_size),
+        "--pipeline-parallel-size", str(replica.pipeline_parallel_size),
+        "--disable-uvicorn-access-log",
+    ]  # fmt: skip
+    return args + _engine_flags(replica.engine)
+
+
+def _engine_flags(engine: EngineArgs) -> list[str]:
+    flags: list[str] = []
+    for key, value in engine.to_vllm_kwargs().items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, (dict, list)):
+            flags += [flag, json.dumps(value)]
+        else:
+            flags += [flag, str(value)]
+    return flags
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+class EngineServer:
+    """One replica: starts vLLM's OpenAI server, reports its URL, and is healthy while it is.
+
+    Serve calls `check_health` periodically; when it raises, Serve restarts the replica, and
+    the child process goes with the old one (see deploy.engine_process).
+    """
+
+    async def __init__(self, model_source: str, served_name: str, replica: dict[str, Any], log_dir: str) -> None:
+        import ray
+
+        self.replica = Replica.model_validate(replica)
+        self.host = ray.util.get_node_ip_address()
+        self.port = _free_port(self.host)
+        self.log_path = Path(log_dir) / f"engine-{self.replica.name}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        command = [
+            sys.executable, "-m", "deploy.engine_process", "--parent-pid", str(os.getpid()), "--",
+            *vllm_server_args(model_source, served_name, self.replica, self.host, self.port),
+        ]  # fmt: skip
+        env = {**os.environ, **self.replica.env}
+        with self.log_path.open("ab") as log:
+            # Its own session, so a Ctrl-C meant for `gateway up` reaches it only through us.
+            self._process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        self._session: aiohttp.ClientSession | None = None
+        # Serve reports the replica as running once __init__ returns, so it returns when the
+        # engine answers: `serve.run` then means "ready to serve".
+        await self.wait_ready()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    async def wait_ready(self) -> str:
+        """Wait until vLLM answers /health; return its OpenAI base URL. Raises with the log's tail."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(
+                    f"engine {self.replica.name!r} exited with code {self._process.returncode} while "
+                    f"starting; last lines of {self.log_path}:\n{self._log_tail()}"
+                )
+            if await self._healthy():
+                return self.base_url
+            await asyncio.sleep(0.5)
+        raise TimeoutError(
+            f"engine {self.replica.name!r} not ready after {START_TIMEOUT_S:.0f} s; see {self.log_path}"
+        )
+
+    async def url(self) -> str:
+        """The replica's OpenAI base URL."""
+        return self.base_url
+
+    async def check_health(self) -> None:
+        if self._process.poll() is not None:
+            raise RuntimeError(f"engine {self.replica.name!r} exited with code {self._process.returncode}")
+        if not await self._healthy():
+            raise RuntimeError(f"engine {self.replica.name!r} does not answer /health")
+
+    async def _healthy(self) -> bool:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+        try:
+            async with self._session.get(f"http://{self.host}:{self.port}/health") as response:
+                return response.status == 200
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return False
+
+    def _log_tail(self, lines: int = 30) -> str:
+        try:
+            with self.log_path.open(errors="replace") as log:
+                return "".join(deque(log, maxlen=lines))
+        except OSError:
+            return "(no log)"
+
+    def stop(self) -> None:
+        """End the child process group: SIGTERM, then SIGKILL after a grace period."""
+        if self._process.poll() is not None:
+            return
+        try:
+            os.killpg(self._process.pid, signal.SIGTERM)
+            self._process.wait(timeout=STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(self._process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def __del__(self) -> None:
+        # Serve calls __del__ on graceful replica shutdown.
+        self.stop()

@@ -1,0 +1,43 @@
+"""The gateway as a Serve deployment: it runs the gateway's own HTTP server inside the cluster.
+
+The gateway does not sit behind Serve's HTTP proxy: that proxy would add an actor hop per
+request and per stream chunk. Instead this replica starts the gateway's uvicorn server on its
+own thread and port, so a deployed stack outlives the command that deployed it, and Serve
+still restarts it if it dies.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.serve.handle import DeploymentHandle
+
+from gateway.config import GatewayConfig
+
+
+class GatewayServer:
+    async def __init__(self, config: dict[str, Any], data_path: str, engines: dict[str, DeploymentHandle]) -> None:
+        from gateway.backends import HandleBackend
+        from gateway.server import start_in_thread
+
+        gateway_config = GatewayConfig.model_validate(config)
+        backends = None
+        if data_path == "http":
+            for replica in gateway_config.replicas:
+                replica.base_url = await engines[replica.name].url.remote()
+        else:
+            backends = {name: HandleBackend(handle) for name, handle in engines.items()}
+        self.config = gateway_config
+        settings = gateway_config.settings
+        self._server = start_in_thread(gateway_config, backends, host=settings.host, port=settings.port)
+
+    async def replica_urls(self) -> dict[str, str | None]:
+        """Each replica's OpenAI base URL (http data path), for status and tests."""
+        return {r.name: r.base_url for r in self.config.replicas}
+
+    async def check_health(self) -> None:
+        if not self._server.is_alive():
+            raise RuntimeError("the gateway's HTTP server has stopped")
+
+    def __del__(self) -> None:
+        self._server.stop()

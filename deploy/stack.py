@@ -1,0 +1,178 @@
+"""Run a plan: connect to (or start) Ray, deploy the Serve app, wait until it serves, tear down.
+
+`RayConnection` owns the one rule that matters for a shared cluster: stop only what we
+started. A local head started here is stopped on exit; a cluster we joined is left running.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+
+from deploy.builder import APP_NAME, GATEWAY_CPUS, GATEWAY_DEPLOYMENT, build_app
+from deploy.demo_model import cache_dir, ensure_demo_model
+from deploy.plan import DEMO_SOURCE, ServingPlan
+
+logger = logging.getLogger("tandem.deploy")
+
+SERVE_SHUTDOWN_TIMEOUT_S = 20.0
+READY_TIMEOUT_S = float(os.environ.get("TANDEM_READY_TIMEOUT_S", "900"))
+
+
+@dataclass(frozen=True)
+class Deployed:
+    """A running stack: where the gateway listens and where each replica's engine answers."""
+
+    base_url: str
+    model: str
+    replica_urls: dict[str, str | None]
+
+
+def resolve_model_source(plan: ServingPlan) -> str:
+    """The path or hub id vLLM loads: the demo model is made here if it is missing."""
+    if plan.model.source == DEMO_SOURCE:
+        return str(ensure_demo_model())
+    return str(Path(plan.model.source).expanduser()) if plan.model.is_local_path else plan.model.source
+
+
+def logical_cpus_needed(plan: ServingPlan) -> int:
+    """Ray CPUs the plan reserves (bundles are logical; the engines share the real cores)."""
+    reserved = sum(b["CPU"] for r in plan.replicas for b in r.placement_bundles(plan.cluster.accelerator))
+    return max(os.cpu_count() or 1, math.ceil(reserved + GATEWAY_CPUS))
+
+
+class RayConnection:
+    """Ray for one command: join the cluster at `address`, else start a local head we own."""
+
+    def __init__(self, address: str | None, num_cpus: int | None = None) -> None:
+        self.address = address
+        self.num_cpus = num_cpus
+        self.owns_cluster = False
+
+    def __enter__(self) -> RayConnection:
+        import ray
+
+        if self.address:
+            ray.init(address=self.address, namespace="tandem", log_to_driver=False)
+            return self
+        # Loopback only: the local head serves this machine, nothing else.
+        ray.init(
+            num_cpus=self.num_cpus,
+            namespace="tandem",
+            include_dashboard=False,
+            log_to_driver=False,
+            _node_ip_address="127.0.0.1",
+        )
+        self.owns_cluster = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import ray
+
+        if self.owns_cluster:
+            shutdown_serve()
+        ray.shutdown()
+
+
+def shutdown_serve(timeout_s: float = SERVE_SHUTDOWN_TIMEOUT_S) -> None:
+    """`serve.shutdown()`, bounded: when tried here it could hang for 45 s or more; the actors
+    it leaves are ended with the Ray processes when the local head stops."""
+    from ray import serve
+
+    worker = threading.Thread(target=serve.shutdown, daemon=True, name="serve-shutdown")
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        logger.warning("serve.shutdown() did not finish in %.0f s; stopping Ray's processes instead", timeout_s)
+
+
+def deploy(plan: ServingPlan, log_dir: Path | None = None) -> Deployed:
+    """Deploy the plan on the connected cluster and wait until the gateway answers /ready."""
+    from ray import serve
+
+    log_dir = log_dir or cache_dir() / "logs"
+    serve.start(proxy_location="Disabled")
+    app = build_app(plan, resolve_model_source(plan), str(log_dir))
+    handle = serve.run(app, name=APP_NAME, route_prefix=None)
+    replica_urls = handle.replica_urls.remote().result()
+    settings = plan.gateway
+    base_url = f"http://{_client_host(settings.host)}:{settings.port}/v1"
+    wait_ready(base_url)
+    return Deployed(base_url=base_url, model=plan.model.name, replica_urls=replica_urls)
+
+
+def _client_host(listen_host: str) -> str:
+    return "127.0.0.1" if listen_host in ("0.0.0.0", "::", "") else listen_host
+
+
+def wait_ready(base_url: str, timeout_s: float = READY_TIMEOUT_S) -> None:
+    """Poll the gateway's /ready until every replica answers."""
+    ready_url = base_url.removesuffix("/v1") + "/ready"
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.get(ready_url, timeout=5)
+            if response.status_code == 200:
+                return
+            last = f"HTTP {response.status_code}: {response.text[:200]}"
+        except httpx.HTTPError as exc:
+            last = repr(exc)
+        time.sleep(0.5)
+    raise TimeoutError(f"gateway at {ready_url} not ready after {timeout_s:.0f} s ({last})")
+
+
+def undeploy() -> bool:
+    """Delete Tandem's Serve app from the connected cluster; False when none was running."""
+    from ray import serve
+
+    if APP_NAME not in serve.status().applications:
+        return False
+    serve.delete(APP_NAME)
+    return True
+
+
+def app_status() -> dict[str, str] | None:
+    """Status of the app and of each deployment, or None when no Tandem app is deployed."""
+    from ray import serve
+
+    app = serve.status().applications.get(APP_NAME)
+    if app is None:
+        return None
+    status = {"app": str(app.status.value if hasattr(app.status, "value") else app.status)}
+    for name, deployment in app.deployments.items():
+        status[name] = str(getattr(deployment.status, "value", deployment.status))
+    return status
+
+
+@contextmanager
+def running_stack(plan: ServingPlan, address: str | None = None) -> Iterator[Deployed]:
+    """Deploy a plan for the length of a `with` block (tests, `gateway up`, live tuning)."""
+    with RayConnection(address, num_cpus=None if address else logical_cpus_needed(plan)) as connection:
+        deployed = deploy(plan)
+        try:
+            yield deployed
+        finally:
+            if not connection.owns_cluster:
+                undeploy()
+
+
+__all__ = [
+    "Deployed",
+    "GATEWAY_DEPLOYMENT",
+    "RayConnection",
+    "app_status",
+    "deploy",
+    "running_stack",
+    "undeploy",
+    "wait_ready",
+]

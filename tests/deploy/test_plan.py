@@ -1,0 +1,151 @@
+"""ServingPlan validation: every bad plan gets an error that names the field and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deploy.plan import PlanError, ServingPlan, dump_plan, load_plan, parse_plan, shipped_plan, SHIPPED_PLANS_DIR
+
+
+def demo_data() -> dict:
+    return yaml.safe_load(shipped_plan("cpu-demo").read_text())
+
+
+def spark_data() -> dict:
+    return yaml.safe_load(shipped_plan("llama-3.1-8b.dgx-spark-pair").read_text())
+
+
+def test_shipped_plans_all_validate() -> None:
+    paths = sorted(SHIPPED_PLANS_DIR.glob("*.yaml"))
+    assert len(paths) == 6
+    for path in paths:
+        plan = load_plan(path)
+        classes = sorted(r.traffic_class for r in plan.replicas)
+        assert classes == ["batch", "interactive"], path
+
+
+def test_spark_plans_run_tp2_interactive_and_pp2_batch_spread_over_both_boxes() -> None:
+    for path in SHIPPED_PLANS_DIR.glob("*.dgx-spark-pair.yaml"):
+        plan = load_plan(path)
+        interactive, batch = plan.replica_for("interactive"), plan.replica_for("batch")
+        assert (interactive.tensor_parallel_size, interactive.pipeline_parallel_size) == (2, 1)
+        assert (batch.tensor_parallel_size, batch.pipeline_parallel_size) == (1, 2)
+        for replica in plan.replicas:
+            assert replica.placement.strategy == "STRICT_SPREAD"
+            assert replica.placement_bundles(plan.cluster.accelerator) == [{"CPU": 2, "GPU": 0.5}] * 2
+
+
+def test_cpu_demo_plan_uses_real_tp2_and_pp2_without_eager_mode() -> None:
+    plan = load_plan(shipped_plan("cpu-demo"))
+    assert [r.layout for r in plan.replicas] == ["tp2-pp1", "tp1-pp2"]
+    assert not any(r.engine.enforce_eager for r in plan.replicas)
+    assert plan.replica_for("batch").placement_bundles(None) == [{"CPU": 0.5}, {"CPU": 0.5}]
+
+
+def expect_error(data: dict, *fragments: str) -> str:
+    with pytest.raises(PlanError) as info:
+        parse_plan(data)
+    message = str(info.value)
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
+
+
+def test_layout_larger_than_the_cluster_is_refused() -> None:
+    data = spark_data()
+    data["replicas"][0]["tensor_parallel_size"] = 4
+    expect_error(data, "replica 'interactive'", "= 4 is larger than the cluster's 2 devices")
+
+
+def test_strict_spread_needs_a_node_per_worker() -> None:
+    data = demo_data()
+    data["replicas"][0]["placement"]["strategy"] = "STRICT_SPREAD"
+    expect_error(data, "STRICT_SPREAD needs one node per worker (2)", "has 1")
+
+
+def test_memory_shares_past_one_are_refused() -> None:
+    data = spark_data()
+    data["replicas"][0]["engine"]["gpu_memory_utilization"] = 0.6
+    data["replicas"][1]["engine"]["gpu_memory_utilization"] = 0.5
+    expect_error(data, "gpu_memory_utilization add up to 1.10")
+
+
+def test_whole_gpu_bundles_cannot_be_co_resident() -> None:
+    data = spark_data()
+    for replica in data["replicas"]:
+        replica["placement"]["gpus_per_worker"] = 1
+    expect_error(data, "ask for 4 GPUs in all but the cluster has 2")
+
+
+def test_unknown_engine_argument_is_named_with_a_suggestion() -> None:
+    data = demo_data()
+    data["replicas"][1]["engine"]["max_num_seq"] = 8
+    expect_error(data, "replicas.1.engine", "'max_num_seq' (did you mean 'max_num_seqs'?)")
+
+
+def test_extra_engine_arguments_are_checked_against_vllm() -> None:
+    data = demo_data()
+    data["replicas"][0]["engine"]["extra"] = {"swap_space_gb_typo": 4}
+    expect_error(data, "vLLM does not know: swap_space_gb_typo")
+    data["replicas"][0]["engine"]["extra"] = {"kv_cache_dtype": "auto"}
+    assert parse_plan(data).replicas[0].engine.to_vllm_kwargs()["kv_cache_dtype"] == "auto"
+
+
+def test_missing_local_model_path_is_refused() -> None:
+    data = demo_data()
+    data["model"]["source"] = "/nonexistent/model-dir"
+    expect_error(data, "model.source", "'/nonexistent/model-dir' is not a directory")
+
+
+def test_eager_pipeline_parallel_on_cpu_is_refused_with_the_reason() -> None:
+    data = demo_data()
+    data["replicas"][1]["engine"]["enforce_eager"] = True
+    expect_error(data, "pipeline parallelism with enforce_eager fails on vLLM's CPU backend")
+
+
+def test_http_path_cannot_span_gpu_nodes() -> None:
+    data = spark_data()
+    data["data_path"] = "http"
+    expect_error(data, "cannot span nodes", "use data_path 'handle'")
+
+
+def test_duplicate_replica_names_and_bad_hysteresis() -> None:
+    data = demo_data()
+    data["replicas"][1]["name"] = "interactive"
+    expect_error(data, "replica names must be unique")
+    data = demo_data()
+    data["gateway"]["routing"] = {"spill_queue_threshold": 2, "spill_release_threshold": 2}
+    expect_error(data, "gateway.routing", "must be below spill_queue_threshold")
+
+
+def test_yaml_round_trip_keeps_the_plan(tmp_path: Path) -> None:
+    plan = load_plan(shipped_plan("gpt-oss-120b.dgx-spark-pair"))
+    path = dump_plan(plan, tmp_path / "plan.yaml", header="written by a test")
+    assert path.read_text().startswith("# written by a test\n")
+    assert load_plan(path) == plan
+
+
+def test_relative_model_path_resolves_against_the_plan_folder(tmp_path: Path) -> None:
+    (tmp_path / "models" / "tiny").mkdir(parents=True)
+    data = demo_data()
+    data["model"]["source"] = "./models/tiny"
+    (tmp_path / "plan.yaml").write_text(yaml.safe_dump(data))
+    assert load_plan(tmp_path / "plan.yaml").model.source == str(tmp_path / "models" / "tiny")
+
+
+def test_unreadable_plans_get_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(PlanError, match="no plan at"):
+        load_plan(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("model: [unclosed")
+    with pytest.raises(PlanError, match="not valid YAML"):
+        load_plan(tmp_path / "bad.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(PlanError, match="must hold a mapping"):
+        load_plan(tmp_path / "list.yaml")
+
+
+def test_plan_model_is_a_pydantic_contract() -> None:
+    assert ServingPlan.model_json_schema()["required"] == ["model", "replicas"]
