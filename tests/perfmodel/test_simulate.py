@@ -1,0 +1,42 @@
+"""The traffic simulation: seeded, bounded, routed by gateway.policy, and able to lose a replica."""
+
+from __future__ import annotations
+
+from gateway.config import RoutingSettings
+from tuner.perfmodel.simulate import BatchLoad, ClassSLO, InteractiveLoad, ReplicaFailure, Scenario, simulate
+
+SHORT = Scenario(duration_s=120, interactive=InteractiveLoad(users=6, think_time_s=1.0), batch=BatchLoad(rate_per_s=0.3))
+
+
+def test_same_seed_same_result_and_other_seed_differs() -> None:
+    first = simulate(SHORT, seed=3)
+    assert simulate(SHORT, seed=3) == first
+    assert simulate(SHORT, seed=4) != first
+    assert first.classes["interactive"].completed > 0 and first.classes["batch"].completed > 0
+
+
+def test_the_gateway_policy_decides_where_requests_run() -> None:
+    pinned = simulate(SHORT, RoutingSettings(policy="all-interactive"), seed=1)
+    spread = simulate(SHORT, RoutingSettings(policy="round-robin"), seed=1)
+    assert pinned.replica_busy_fraction["batch"] == 0.0
+    assert spread.replica_busy_fraction["batch"] > 0.3
+    assert pinned.policy == "all-interactive"
+
+
+def test_a_failed_replica_loses_its_requests_and_traffic_moves_to_the_other() -> None:
+    failing = SHORT.model_copy(update={"failures": (ReplicaFailure(replica="interactive", at_s=40),)})
+    result = simulate(failing, RoutingSettings(policy="class-aware"), seed=1)
+    healthy = simulate(SHORT, RoutingSettings(policy="class-aware"), seed=1)
+    interactive = result.classes["interactive"]
+    assert interactive.failed > 0
+    # Two thirds of the run without its own replica: interactive users are still served, by the batch replica.
+    assert interactive.completed > healthy.classes["interactive"].completed * 0.4
+    assert result.replica_busy_fraction["interactive"] < 0.4
+
+
+def test_goodput_counts_only_requests_within_slo() -> None:
+    impossible = ClassSLO(ttft_ms=1, tpot_ms=1)
+    strict = SHORT.model_copy(update={"slo": {"interactive": impossible, "batch": impossible}})
+    result = simulate(strict, seed=2)
+    assert all(c.goodput_req_s == 0 for c in result.classes.values())
+    assert simulate(SHORT, seed=2).classes["batch"].goodput_req_s > 0
