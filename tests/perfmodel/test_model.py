@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import pytest
 
@@ -152,3 +151,19 @@ def test_predict_is_fast_enough_for_the_tuner() -> None:
     for c in range(1, 101):
         predict("gpt-oss-120b", "dgx-spark-pair", Layout(pp=2), EQUAL, c)
     assert (time.perf_counter() - start) / 100 < 0.005
+
+
+def test_cli_json_prints_one_object_per_layout_and_concurrency() -> None:
+    from typer.testing import CliRunner
+
+    from tuner.cli import app
+
+    result = CliRunner().invoke(app, ["predict", "--model", "gpt-oss-120b", "--concurrency", "1,32", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.output.splitlines()]
+    assert [(r["layout"], r["concurrency"]) for r in rows] == [
+        (layout, c) for layout in ("tp1-pp1", "tp2-pp1", "tp1-pp2") for c in (1, 32)
+    ]
+    assert set(rows[0]) == {"layout", "tp", "pp", "concurrency", "ttft_ms", "tpot_ms", "output_tok_s", "fits"}
+    unknown = CliRunner().invoke(app, ["predict", "--model", "nope"])
+    assert unknown.exit_code == 2 and "gpt-oss-120b" in unknown.output

@@ -95,7 +95,7 @@ def _fmt(value: float | None, digits: int = 1) -> str:
 def _print_table(results: dict[str, list[Prediction]], title: str) -> None:
     table = Table(title=title)
     for column in ("layout", "concurrency", "running", "TTFT ms", "TPOT ms", "output tok/s", "req/s", "weights GB/dev", "max conc."):
-        table.add_column(column, justify="left" if column == "layout" else "right")
+        table.add_column(column, justify="left" if column == "layout" else "right", no_wrap=column == "layout")
     for layout, rows in results.items():
         for r in rows:
             table.add_row(
@@ -114,7 +114,7 @@ def _print_table(results: dict[str, list[Prediction]], title: str) -> None:
 
 def _print_winners(results: dict[str, list[Prediction]], levels: list[int]) -> None:
     table = Table(title="Which layout wins")
-    for column in ("concurrency", "best throughput", "x runner-up", "best TPOT", "x runner-up"):
+    for column in ("concurrency", "best throughput", "x runner-up", "best TTFT", "x runner-up"):
         table.add_column(column, justify="right")
     for i, level in enumerate(levels):
         fitting = [rows[i] for rows in results.values() if rows[i].fits]
@@ -122,10 +122,11 @@ def _print_winners(results: dict[str, list[Prediction]], levels: list[int]) -> N
             table.add_row(str(level), "none fits", "-", "-", "-")
             continue
         by_rate = sorted(fitting, key=lambda r: -(r.output_tok_s or 0.0))
-        by_tpot = sorted(fitting, key=lambda r: r.tpot_ms or float("inf"))
+        # In a closed loop TPOT ranks as throughput does; time to first token can rank otherwise.
+        by_ttft = sorted(fitting, key=lambda r: r.ttft_ms or float("inf"))
         rate_ratio = _ratio(by_rate, lambda r: r.output_tok_s or 0.0, higher=True)
-        tpot_ratio = _ratio(by_tpot, lambda r: r.tpot_ms or 0.0, higher=False)
-        table.add_row(str(level), by_rate[0].layout, rate_ratio, by_tpot[0].layout, tpot_ratio)
+        ttft_ratio = _ratio(by_ttft, lambda r: r.ttft_ms or 0.0, higher=False)
+        table.add_row(str(level), by_rate[0].layout, rate_ratio, by_ttft[0].layout, ttft_ratio)
     Console().print(table)
 
 
