@@ -57,6 +57,8 @@ async def _broken(request: web.Request) -> web.StreamResponse:
         return response
     if behaviour == "error-event":
         await response.write(b'data: {"error":{"message":"engine died","type":"InternalServerError","code":500}}\n\n')
+    elif behaviour == "not-json":
+        await response.write(b"data: {oops\n\n")
     elif behaviour == "no-done":
         await response.write(_chunk("c") + USAGE)
     elif behaviour == "no-usage":

@@ -133,7 +133,7 @@ def test_http_errors_and_dropped_connections_are_counted(upstream) -> None:
 
 @pytest.mark.parametrize(
     ("behaviour", "error_type"),
-    [("cut", "stream_cut"), ("no-done", "stream_cut"), ("no-usage", "missing_usage"), ("error-event", "stream_error")],
+    [("cut", "stream_cut"), ("no-done", "stream_cut"), ("no-usage", "missing_usage"), ("error-event", "stream_error"), ("not-json", "bad_stream")],
 )
 def test_broken_streams_are_counted_by_kind(broken_url, behaviour: str, error_type: str) -> None:
     result = run_benchmark(config(broken_url, ClosedLoop(concurrency=2), Bounds(num_requests=4), model=behaviour))

@@ -125,6 +125,8 @@ class StreamingClient:
             return record.fail("connection", f"{type(exc).__name__}: {exc}")
         except orjson.JSONDecodeError as exc:
             return record.fail("bad_stream", f"unparseable stream event: {exc}")
+        except Exception as exc:  # noqa: BLE001 - a benchmark counts what it did not foresee, it does not stop
+            return record.fail("client_error", f"{type(exc).__name__}: {exc}")
 
     async def _read_stream(self, response: aiohttp.ClientResponse, record: RequestRecord) -> RequestRecord:
         lines = _SSELines()
@@ -139,6 +141,8 @@ class StreamingClient:
                     done = True
                     continue
                 event = orjson.loads(payload)
+                if not isinstance(event, dict):
+                    return record.fail("bad_stream", f"stream event is not a JSON object: {payload[:80]!r}")
                 if error := event.get("error"):
                     message = error.get("message", str(error)) if isinstance(error, dict) else str(error)
                     return record.fail("stream_error", message)
