@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from tuner.bench.cli import bench_app
+from tuner.optimize.cli import optimize_app
 from tuner.perfmodel.cli import predict_app
 
 app = typer.Typer(
@@ -15,3 +16,4 @@ app = typer.Typer(
 # Subcommands register below, one line each (bench, predict, optimize).
 app.add_typer(bench_app, name="bench")
 app.add_typer(predict_app, name="predict")
+app.add_typer(optimize_app, name="optimize")

@@ -1,0 +1,39 @@
+"""`tuner optimize`: one Optuna study per model x cluster x traffic class, evaluated by the
+performance model or live on Ray, ending in a ServingPlan that `gateway deploy` runs.
+
+Public API:
+  optimize(OptimizeRequest, reporter) -> OptimizeResult   (the whole run; the CLI is a thin layer)
+  SearchSpace / Candidate, ClassObjective / Measurement, ModelEvaluator / LiveEvaluator,
+  make_sampler, resolve_model_choice, resolve_target       (the parts, for benchmarks and tests)
+"""
+
+from __future__ import annotations
+
+from tuner.optimize.compose import NoFeasibleTrial
+from tuner.optimize.evaluators import Infeasible, LiveEvaluator, ModelEvaluator
+from tuner.optimize.objectives import ClassObjective, Measurement, parse_slo
+from tuner.optimize.runner import OptimizeRequest, OptimizeResult, optimize
+from tuner.optimize.space import Candidate, SearchSpace
+from tuner.optimize.study import make_sampler, study_name
+from tuner.optimize.targets import ClusterTarget, TargetError, resolve_model_choice, resolve_target
+
+__all__ = [
+    "Candidate",
+    "ClassObjective",
+    "ClusterTarget",
+    "Infeasible",
+    "LiveEvaluator",
+    "Measurement",
+    "ModelEvaluator",
+    "NoFeasibleTrial",
+    "OptimizeRequest",
+    "OptimizeResult",
+    "SearchSpace",
+    "TargetError",
+    "make_sampler",
+    "optimize",
+    "parse_slo",
+    "resolve_model_choice",
+    "resolve_target",
+    "study_name",
+]

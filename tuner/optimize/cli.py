@@ -1,0 +1,144 @@
+"""`tuner optimize`: per-class Bayesian search of layouts and engine settings; writes a ServingPlan.
+
+Exit codes: 0 with a plan written, 1 when no usable plan came out (no feasible trial: the
+message says why), 2 for bad input (unknown model or cluster, a cluster that cannot hold the
+model, malformed SLOs).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import optuna
+import typer
+from optuna.trial import FrozenTrial, TrialState
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from deploy.plan import PlanError
+from tuner.optimize.compose import INFEASIBLE, NoFeasibleTrial
+from tuner.optimize.objectives import parse_slo
+from tuner.optimize.runner import DEFAULT_STORAGE, OptimizeRequest, OptimizeResult, Reporter, optimize
+from tuner.optimize.targets import BUILT_IN_TARGETS, TargetError
+from tuner.workloads import WORKLOADS
+
+optimize_app = typer.Typer(help="Tune layouts and engine settings per traffic class and write a deployable plan.")
+console = Console(stderr=True)
+
+
+class ProgressReporter(Reporter):
+    """A rich progress bar per phase, a line per infeasible trial."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.tasks: dict[str, TaskID] = {}
+
+    def phase(self, label: str, total: int) -> None:
+        self.tasks[label] = self.progress.add_task(label, total=total)
+
+    def trial(self, label: str, trial: FrozenTrial) -> None:
+        self.progress.advance(self.tasks[label])
+        if trial.user_attrs.get(INFEASIBLE):
+            self.progress.console.print(f"[yellow]{label} trial {trial.number} infeasible:[/] {trial.user_attrs[INFEASIBLE]}")
+        elif trial.state == TrialState.COMPLETE and "live" in label:
+            self.progress.console.print(f"{label} trial {trial.number}: {trial.user_attrs.get('candidate')} -> {trial.values}")
+
+
+def _slo(text: str | None, option: str) -> dict | None:
+    if text is None:
+        return None
+    try:
+        return parse_slo(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint=option) from None
+
+
+def _table(result: OptimizeResult) -> Table:
+    table = Table(title=f"tuner optimize: {result.model} on {result.cluster} ({result.evaluate})")
+    for column in ("class", "trials", "infeasible", "chosen", "TTFT p90 ms", "TPOT p50 ms", "output tok/s", "vs template"):
+        table.add_column(column, justify="left" if column in ("class", "chosen", "vs template") else "right")
+    for name, summary in result.classes.items():
+        m = summary.chosen.measured
+        ratio = ", ".join(f"{k.removesuffix('_ms')} x{v:.2f}" for k, v in summary.baseline_ratio.items()) or "-"
+        table.add_row(
+            name,
+            str(summary.trials),
+            str(summary.infeasible),
+            summary.chosen.settings,
+            f"{m.ttft_p90_ms:,.1f}",
+            f"{m.tpot_p50_ms:,.2f}",
+            f"{m.output_tok_s:,.1f}",
+            ratio,
+        )
+    return table
+
+
+@optimize_app.callback(invoke_without_command=True)
+def optimize_command(
+    model: Annotated[str, typer.Option(help="Model alias (llama-3.1-8b, gpt-oss-20b, ...), hub id, local HF dir, or 'demo'.")],
+    cluster: Annotated[str, typer.Option(help=f"{' | '.join(BUILT_IN_TARGETS)} | a cluster-target YAML file.")] = "dgx-spark-pair",
+    evaluate: Annotated[str, typer.Option(help="model: the performance model (seconds); live: deploy and bench each trial.")] = "model",
+    trials: Annotated[int, typer.Option(min=1, help="Trials per class (a resumed study counts the ones it has).")] = 40,
+    workload: Annotated[str, typer.Option(help=f"Request shape: {', '.join(WORKLOADS)}.")] = "equal",
+    slo: Annotated[str | None, typer.Option(help="Batch SLOs, e.g. tpot_p99:200,ttft_p99:10000 (the default).")] = None,
+    interactive_slo: Annotated[str | None, typer.Option(help="Optional interactive SLOs, e.g. ttft_p90:1000.")] = None,
+    interactive_concurrency: Annotated[int, typer.Option(min=1, help="Concurrency the interactive class is judged at.")] = 4,
+    batch_concurrency: Annotated[int, typer.Option(min=1, help="Concurrency the batch class is judged at.")] = 64,
+    storage: Annotated[str, typer.Option(help="Optuna storage URL; the same one resumes the studies.")] = DEFAULT_STORAGE,
+    out: Annotated[Path, typer.Option(help="Folder for the plan and the report.")] = Path("plans"),
+    seed: Annotated[int, typer.Option(help="Sampler seed (model-evaluated studies are reproducible with it).")] = 0,
+    routing_trials: Annotated[int, typer.Option(min=0, help="Simulated trials for the spill thresholds (0: keep the template's).")] = 20,
+    warm_start: Annotated[int, typer.Option(min=0, help="Live: model-ranked points tried first.")] = 2,
+    live_requests: Annotated[int, typer.Option(min=1, help="Live: measured requests per trial (at most).")] = 64,
+    live_duration: Annotated[float, typer.Option(min=1, help="Live: longest measured phase per trial, seconds.")] = 60.0,
+    trial_timeout: Annotated[float, typer.Option(min=1, help="Live: a trial not started and measured by then is infeasible.")] = 600.0,
+    ray_address: Annotated[str | None, typer.Option(help="Live: join this Ray cluster instead of starting a local one.")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
+) -> None:
+    """Find the best layout and engine settings per traffic class; write plans/<model>.<cluster>.yaml."""
+    if evaluate not in ("model", "live"):
+        raise typer.BadParameter("choose model or live", param_hint="--evaluate")
+    if workload not in WORKLOADS:
+        raise typer.BadParameter(f"choose one of {', '.join(WORKLOADS)}", param_hint="--workload")
+    request = OptimizeRequest(
+        model=model,
+        cluster=cluster,
+        evaluate=evaluate,  # type: ignore[arg-type]
+        trials=trials,
+        workload=workload,
+        batch_slo=_slo(slo, "--slo"),
+        interactive_slo=_slo(interactive_slo, "--interactive-slo") or {},
+        interactive_concurrency=interactive_concurrency,
+        batch_concurrency=batch_concurrency,
+        storage=storage,
+        out=out,
+        seed=seed,
+        routing_trials=routing_trials,
+        warm_start=warm_start,
+        live_requests=live_requests,
+        live_duration_s=live_duration,
+        trial_timeout_s=trial_timeout,
+        ray_address=ray_address,
+    )
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=json_output
+    )
+    try:
+        with progress:
+            result = optimize(request, ProgressReporter(progress))
+    except (TargetError, PlanError) as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    except NoFeasibleTrial as exc:
+        console.print(f"[red]no plan written:[/] {exc}")
+        raise typer.Exit(1) from None
+    if json_output:
+        print(result.model_dump_json(indent=2))
+        return
+    Console().print(_table(result))
+    for note in result.notes:
+        console.print(f"note: {note}")
+    console.print(f"plan: {result.plan_path}\nreport: {result.report_path}")

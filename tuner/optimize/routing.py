@@ -1,0 +1,136 @@
+"""The gateway's spill-over thresholds, tuned on the traffic simulation over the chosen replicas.
+
+Spilling interactive requests onto the batch replica only matters when both replicas run at
+once, so per-class trials cannot price it. Once both replicas are chosen, a small study (named
+`<model>.<cluster>.routing`) searches spill_queue_threshold, spill_release_threshold (below the
+queue threshold: conditional) and spill_target_headroom, each trial a seeded run of
+`tuner.perfmodel.simulate` with the gateway's own policy code: interactive users bursting to
+`users_per_slot` x the interactive concurrency, batch arrivals at `batch_load` of the batch
+replica's predicted rate. Objective: interactive goodput (requests/s meeting the interactive SLO),
+subject to batch output staying within `batch_tolerance` of what the template's thresholds give.
+It needs a performance-model hardware profile; without one the template's thresholds are kept.
+"""
+
+from __future__ import annotations
+
+import optuna
+from optuna.trial import FrozenTrial
+
+from deploy.plan import Replica
+from gateway.config import RoutingSettings
+from tuner.optimize.compose import CONSTRAINTS
+from tuner.optimize.study import make_sampler
+from tuner.optimize.objectives import ClassObjective
+from tuner.perfmodel import EngineSettings, Layout
+from tuner.perfmodel.simulate import BatchLoad, ClassSLO, InteractiveLoad, Scenario, SimReplica, SimResult, simulate
+from tuner.workloads import Workload
+
+USERS_PER_SLOT = 4
+THINK_TIME_S = 1.0
+BATCH_LOAD = 0.7
+BATCH_TOLERANCE = 0.1
+SIM_DURATION_S = 120.0
+DEFAULT_INTERACTIVE_SIM_SLO = ClassSLO(ttft_ms=1000, tpot_ms=100)
+
+
+def _sim_replica(replica: Replica) -> SimReplica:
+    engine = replica.engine
+    return SimReplica(
+        name=replica.name,
+        traffic_class=replica.traffic_class,
+        layout=Layout(tp=replica.tensor_parallel_size, pp=replica.pipeline_parallel_size),
+        settings=EngineSettings(
+            max_num_seqs=engine.max_num_seqs,
+            max_num_batched_tokens=engine.max_num_batched_tokens,
+            gpu_memory_utilization=engine.gpu_memory_utilization,
+        ),
+        accepts_priority=engine.scheduling_policy == "priority",
+    )
+
+
+def routing_scenario(
+    model: str,
+    hardware: str,
+    replicas: list[Replica],
+    workload: Workload,
+    interactive: ClassObjective,
+    batch: ClassObjective,
+    batch_request_rate: float,
+) -> Scenario:
+    slo = {
+        "interactive": ClassSLO(
+            ttft_ms=interactive.slo.get("ttft_p90_ms", DEFAULT_INTERACTIVE_SIM_SLO.ttft_ms),
+            tpot_ms=interactive.slo.get("tpot_p50_ms", DEFAULT_INTERACTIVE_SIM_SLO.tpot_ms),
+        ),
+        "batch": ClassSLO(
+            ttft_ms=batch.slo.get("ttft_p99_ms", 60_000), tpot_ms=batch.slo.get("tpot_p99_ms", 1_000)
+        ),
+    }
+    return Scenario(
+        model=model,
+        hardware=hardware,
+        replicas=tuple(_sim_replica(r) for r in replicas),
+        interactive=InteractiveLoad(users=USERS_PER_SLOT * interactive.concurrency, think_time_s=THINK_TIME_S, shape=workload),
+        batch=BatchLoad(rate_per_s=BATCH_LOAD * batch_request_rate, shape=workload),
+        duration_s=SIM_DURATION_S,
+        slo=slo,
+    )
+
+
+def _suggest(trial: optuna.Trial, base: RoutingSettings) -> RoutingSettings:
+    queue = trial.suggest_int("spill_queue_threshold", 1, 32, log=True)
+    release = trial.suggest_int("spill_release_threshold", 0, queue - 1) if queue > 1 else 0
+    headroom = trial.suggest_int("spill_target_headroom", 0, 64, step=4)
+    return base.model_copy(
+        update={"spill_queue_threshold": queue, "spill_release_threshold": release, "spill_target_headroom": headroom}
+    )
+
+
+def tune_routing(
+    study_name: str,
+    storage: str | optuna.storages.BaseStorage,
+    scenario: Scenario,
+    base: RoutingSettings,
+    n_trials: int,
+    seed: int,
+    callbacks: list | None = None,
+) -> tuple[RoutingSettings, optuna.Study]:
+    """The thresholds with the best interactive goodput that keep batch output near the base's."""
+    floor = (1 - BATCH_TOLERANCE) * simulate(scenario, base, seed).classes["batch"].output_tok_s
+    sampler = make_sampler(seed, constraint_count=1)
+    study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize", sampler=sampler, load_if_exists=True)
+    if not study.get_trials(deepcopy=False):
+        study.enqueue_trial(
+            {
+                "spill_queue_threshold": base.spill_queue_threshold,
+                "spill_release_threshold": base.spill_release_threshold,
+                "spill_target_headroom": base.spill_target_headroom,
+            }
+        )
+
+    def run(trial: optuna.Trial) -> float:
+        settings = _suggest(trial, base)
+        result: SimResult = simulate(scenario, settings, seed)
+        trial.set_user_attr(CONSTRAINTS, [floor - result.classes["batch"].output_tok_s])
+        trial.set_user_attr("interactive_ttft_p99_ms", result.classes["interactive"].ttft_p99_ms)
+        trial.set_user_attr("spilled", result.classes["interactive"].spilled)
+        return result.classes["interactive"].goodput_req_s
+
+    missing = max(0, n_trials - len(study.get_trials(deepcopy=False)))
+    if missing:
+        study.optimize(run, n_trials=missing, callbacks=callbacks or [])
+    feasible: list[FrozenTrial] = [t for t in study.get_trials(deepcopy=False) if t.value is not None and t.user_attrs[CONSTRAINTS][0] <= 0]
+    if not feasible:
+        return base, study
+    best = max(feasible, key=lambda t: (t.value, -t.number))
+    queue = best.params["spill_queue_threshold"]
+    return (
+        base.model_copy(
+            update={
+                "spill_queue_threshold": queue,
+                "spill_release_threshold": best.params.get("spill_release_threshold", 0),
+                "spill_target_headroom": best.params["spill_target_headroom"],
+            }
+        ),
+        study,
+    )

@@ -1,0 +1,352 @@
+"""`optimize(request)`: the whole tuning run, from a model and a cluster to a deployable plan.
+
+1. Resolve the model and the cluster target; build each class's search space, pruning layouts
+   whose weights cannot fit even at the largest memory share (a cluster that holds no layout is
+   an error that says how much each layout needs).
+2. Run one study per class (interactive, then batch). A new study is seeded with the template's
+   own settings (the baseline the result is compared to) and, in live mode where the performance
+   model knows the hardware, with the model's best points (warm start).
+3. Choose the interactive point, then the fastest batch point that fits in the memory left.
+4. Tune the gateway's spill thresholds on the simulator (where a hardware profile exists).
+5. Write the plan, the report, and return an `OptimizeResult`.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Literal
+
+from optuna.trial import FrozenTrial, TrialState
+from pydantic import BaseModel, ConfigDict, Field
+
+from deploy.plan import Replica, ServingPlan, dump_plan
+from gateway.config import TRAFFIC_CLASSES, RoutingSettings, TrafficClass
+from tuner.bench import WorkloadSpec
+from tuner.optimize.compose import (
+    INFEASIBLE,
+    MEASURED,
+    PREDICTED,
+    ROLE,
+    baseline_candidate,
+    baseline_trial,
+    compose_plan,
+    measurement,
+    pick_batch,
+    pick_interactive,
+    tuned_replica,
+)
+from tuner.optimize.evaluators import Evaluator, LiveEvaluator, ModelEvaluator
+from tuner.optimize.objectives import ClassObjective, Measurement, Metric
+from tuner.optimize.routing import routing_scenario, tune_routing
+from tuner.optimize.space import MIN_MEMORY_SHARE, Candidate, IntRange, SearchSpace, ShareRange
+from tuner.optimize.study import ClassStudy, make_sampler, open_study, recover_interrupted, study_name, warm_start
+from tuner.optimize.targets import ClusterTarget, ModelChoice, TargetError, resolve_model_choice, resolve_target
+from tuner.perfmodel import load_hardware
+from tuner.workloads import get_workload
+
+DEFAULT_STORAGE = "sqlite:///tandem-studies.db"
+INTERACTIVE_SEQS = IntRange(1, 64, log=True)
+BATCH_SEQS = IntRange(16, 512, step=16)
+ERROR_METRICS: tuple[Metric, ...] = ("ttft_p90_ms", "tpot_p50_ms", "output_tok_s")
+
+
+class OptimizeRequest(BaseModel):
+    """Everything `tuner optimize` takes (the CLI's flags, one to one)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    cluster: str = "dgx-spark-pair"
+    evaluate: Literal["model", "live"] = "model"
+    trials: int = Field(40, ge=1, description="Trials per class (the study's total, counting resumed ones).")
+    workload: str = "equal"
+    batch_slo: dict[Metric, float] | None = None
+    interactive_slo: dict[Metric, float] = Field(default_factory=dict)
+    interactive_concurrency: int = Field(4, ge=1)
+    batch_concurrency: int = Field(64, ge=1)
+    storage: str = DEFAULT_STORAGE
+    out: Path = Path("plans")
+    seed: int = 0
+    routing_trials: int = Field(20, ge=0)
+    warm_start: int = Field(2, ge=0, description="Model-ranked points queued first in a live study.")
+    live_requests: int = Field(64, ge=1, description="Measured requests per live trial (at most).")
+    live_duration_s: float = Field(60.0, gt=0, description="Longest measured phase of a live trial.")
+    trial_timeout_s: float = Field(600.0, gt=0, description="A live trial not served and measured by then is infeasible.")
+    ray_address: str | None = None
+
+
+class ChosenPoint(BaseModel):
+    trial: int
+    settings: str
+    params: dict[str, object]
+    measured: Measurement
+    predicted: Measurement | None = None
+
+
+class ClassSummary(BaseModel):
+    study: str
+    objective: str
+    trials: int
+    ran_now: int
+    infeasible: int
+    chosen: ChosenPoint
+    baseline: ChosenPoint | None
+    baseline_ratio: dict[str, float] = Field(description="Chosen / baseline for each objective figure.")
+    pareto_front: list[dict[str, float]] = Field(default_factory=list)
+    model_error: dict[str, float] = Field(
+        default_factory=dict, description="Median measured / predicted per figure over live trials."
+    )
+
+
+class OptimizeResult(BaseModel):
+    model: str
+    cluster: str
+    evaluate: str
+    workload: str
+    storage: str
+    plan_path: Path
+    report_path: Path | None = None
+    classes: dict[str, ClassSummary]
+    routing: dict[str, object]
+    notes: list[str] = Field(default_factory=list)
+
+
+class Reporter:
+    """Hooks the CLI's progress display plugs into; the default is silent."""
+
+    def phase(self, label: str, total: int) -> None: ...
+
+    def trial(self, label: str, trial: FrozenTrial) -> None: ...
+
+    def note(self, text: str) -> None: ...
+
+
+def _default_tokens(target: ClusterTarget, predictor: ModelEvaluator | None, template: ServingPlan, traffic_class: TrafficClass) -> int:
+    """vLLM's own max_num_batched_tokens default for the template's replica (vllm/engine/arg_utils.py,
+    get_batch_defaults, vLLM 0.32): by device memory on GPUs; 2048 x world size on the CPU."""
+    if predictor is not None:
+        from tuner.perfmodel import EngineSettings
+
+        return EngineSettings().resolved(predictor.hardware)[1]
+    replica = template.replica_for(traffic_class)
+    return 2048 * (replica.world_size if replica else 1)
+
+
+def _spaces(
+    target: ClusterTarget, template: ServingPlan, predictor: ModelEvaluator | None, model: ModelChoice
+) -> dict[TrafficClass, SearchSpace]:
+    budget = target.resolved_memory_budget(template)
+    shares = ShareRange(MIN_MEMORY_SHARE, round(budget - MIN_MEMORY_SHARE, 4)) if budget is not None else None
+    layouts = target.layouts()
+    if predictor is not None:
+        reasons: list[str] = []
+        fitting = []
+        for layout in layouts:
+            reason = predictor.memory_check(Candidate(layout, 1, True, target.max_num_batched_tokens[0], shares.high if shares else None))
+            (reasons.append(reason) if reason else fitting.append(layout))
+        if not fitting:
+            raise TargetError(f"cluster {target.name!r} cannot hold {model.key}: every layout fails, " + "; ".join(reasons))
+        layouts = fitting
+    spaces: dict[TrafficClass, SearchSpace] = {}
+    low, high, step = target.max_num_batched_tokens
+    for traffic_class, seqs in (("interactive", INTERACTIVE_SEQS), ("batch", BATCH_SEQS)):
+        replica = template.replica_for(traffic_class)
+        max_model_len = (replica.engine.max_model_len if replica else None) or high
+        spaces[traffic_class] = SearchSpace(
+            layouts=tuple(layout.name for layout in layouts),
+            max_num_seqs=seqs,
+            max_num_batched_tokens=IntRange(low, high, step),
+            max_model_len=max_model_len,
+            memory_share=shares,
+        )
+    return spaces
+
+
+def _chosen(trial: FrozenTrial, space: SearchSpace) -> ChosenPoint:
+    measured = measurement(trial)
+    assert measured is not None
+    return ChosenPoint(
+        trial=trial.number,
+        settings=space.from_params(trial.params).label(),
+        params=dict(trial.params),
+        measured=measured,
+        predicted=measurement(trial, PREDICTED),
+    )
+
+
+def _model_error(trials: list[FrozenTrial]) -> dict[str, float]:
+    pairs = [(m, p) for t in trials if (m := measurement(t)) and (p := measurement(t, PREDICTED))]
+    if not pairs:
+        return {}
+    return {metric: statistics.median(m.value(metric) / p.value(metric) for m, p in pairs) for metric in ERROR_METRICS}
+
+
+def _summary(cs: ClassStudy, chosen: FrozenTrial, ran_now: int) -> ClassSummary:
+    study, objective, space = cs.study, cs.objective, cs.space
+    trials = study.get_trials(deepcopy=False)
+    base = baseline_trial(study)
+    base_point = _chosen(base, space) if base is not None and base.state == TrialState.COMPLETE else None
+    chosen_point = _chosen(chosen, space)
+    ratio = {}
+    if base_point is not None:
+        for metric, _ in objective.targets:
+            ratio[metric] = chosen_point.measured.value(metric) / base_point.measured.value(metric)
+    front = []
+    if objective.is_multi_objective:
+        front = [dict(zip((m for m, _ in objective.targets), t.values, strict=True)) | {"trial": t.number} for t in study.best_trials]
+    return ClassSummary(
+        study=study.study_name,
+        objective=objective.describe(),
+        trials=len([t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]),
+        ran_now=ran_now,
+        infeasible=sum(1 for t in trials if t.user_attrs.get(INFEASIBLE)),
+        chosen=chosen_point,
+        baseline=base_point,
+        baseline_ratio=ratio,
+        pareto_front=sorted(front, key=lambda p: p[objective.targets[0][0]]),
+        model_error=_model_error(trials),
+    )
+
+
+def optimize(request: OptimizeRequest, reporter: Reporter | None = None) -> OptimizeResult:
+    """Tune one model on one cluster; see the module docstring for the steps."""
+    reporter = reporter or Reporter()
+    model = resolve_model_choice(request.model)
+    target = resolve_target(request.cluster)
+    template = target.template_plan(model)
+    shape = get_workload(request.workload)
+    hardware = load_hardware(target.hardware) if target.hardware else None
+    predictor = ModelEvaluator(model.architecture, hardware, shape) if hardware is not None else None
+    notes: list[str] = []
+    if request.evaluate == "model" and predictor is None:
+        raise TargetError(
+            f"cluster {target.name!r} has no performance-model hardware profile, so --evaluate model cannot price it; "
+            "use --evaluate live"
+        )
+    if request.evaluate == "live" and predictor is None:
+        notes.append(f"no performance-model profile for {target.name}: live trials run without a warm start or predictions")
+    spaces = _spaces(target, template, predictor, model)
+    objectives = {
+        "interactive": ClassObjective.interactive(request.interactive_concurrency, request.interactive_slo),
+        "batch": ClassObjective.batch(request.batch_concurrency, request.batch_slo),
+    }
+
+    with ExitStack() as stack:
+        evaluator: Evaluator
+        if request.evaluate == "live":
+            evaluator = stack.enter_context(
+                LiveEvaluator(
+                    template,
+                    WorkloadSpec.from_preset(request.workload),
+                    requests_per_trial=request.live_requests,
+                    max_duration_s=request.live_duration_s,
+                    timeout_s=request.trial_timeout_s,
+                    ray_address=request.ray_address,
+                    seed=request.seed,
+                )
+            )
+        else:
+            assert predictor is not None
+            evaluator = predictor
+        studies: dict[TrafficClass, ClassStudy] = {}
+        ran: dict[TrafficClass, int] = {}
+        for traffic_class in TRAFFIC_CLASSES:
+            objective, space = objectives[traffic_class], spaces[traffic_class]
+            name = study_name(model.key, target.name, traffic_class)
+            study = open_study(name, request.storage, objective, make_sampler(request.seed, len(objective.slo)))
+            recovered = recover_interrupted(study)
+            if recovered:
+                notes.append(f"{name}: {recovered} trial(s) interrupted earlier were queued again")
+            cs = ClassStudy(study, space, objective, template, evaluator, predictor)
+            warm = (
+                warm_start(space, objective, predictor, request.warm_start)
+                if request.evaluate == "live" and predictor is not None
+                else []
+            )
+            cs.seed_new_study(baseline_candidate(template, traffic_class, space, _default_tokens(target, predictor, template, traffic_class)), warm)
+            label = f"{traffic_class} ({request.evaluate})"
+            reporter.phase(label, request.trials)
+            ran[traffic_class] = cs.run(request.trials, callbacks=[lambda s, t, label=label: reporter.trial(label, t)])
+            studies[traffic_class] = cs
+
+    interactive_trial = pick_interactive(studies["interactive"].study, objectives["interactive"], spaces["interactive"])
+    interactive_point = spaces["interactive"].from_params(interactive_trial.params)
+    budget = target.resolved_memory_budget(template)
+    left = None if budget is None or interactive_point.memory_share is None else budget - interactive_point.memory_share
+    batch_trial = pick_batch(studies["batch"].study, objectives["batch"], spaces["batch"], left)
+    batch_point = spaces["batch"].from_params(batch_trial.params)
+    replicas: list[Replica] = [
+        tuned_replica(template, "interactive", interactive_point),
+        tuned_replica(template, "batch", batch_point),
+    ]
+
+    routing, routing_info = _tune_routing(request, model, target, template, replicas, predictor, objectives, batch_point, reporter)
+    notes.extend(routing_info.pop("notes", []))  # type: ignore[arg-type]
+    plan = compose_plan(template, replicas, routing)
+    plan_path = request.out / f"{model.key}.{target.name}.yaml"
+    dump_plan(plan, plan_path, header=_plan_header(request, model, target))
+    result = OptimizeResult(
+        model=model.key,
+        cluster=target.name,
+        evaluate=request.evaluate,
+        workload=request.workload,
+        storage=request.storage,
+        plan_path=plan_path,
+        classes={
+            "interactive": _summary(studies["interactive"], interactive_trial, ran["interactive"]),
+            "batch": _summary(studies["batch"], batch_trial, ran["batch"]),
+        },
+        routing=routing_info,
+        notes=notes,
+    )
+    from tuner.optimize.report import write_report
+
+    return result.model_copy(update={"report_path": write_report(result, {c: s.study for c, s in studies.items()}, predictor, spaces, request)})
+
+
+def _tune_routing(
+    request: OptimizeRequest,
+    model: ModelChoice,
+    target: ClusterTarget,
+    template: ServingPlan,
+    replicas: list[Replica],
+    predictor: ModelEvaluator | None,
+    objectives: dict[TrafficClass, ClassObjective],
+    batch_point: Candidate,
+    reporter: Reporter,
+) -> tuple[RoutingSettings, dict[str, object]]:
+    base = template.gateway.routing
+    if predictor is None or target.hardware is None or request.routing_trials == 0:
+        why = "no performance-model profile" if predictor is None else "--routing-trials 0"
+        return base, {"tuned": False, "notes": [f"spill thresholds kept from the template ({why})"], **_thresholds(base)}
+    rate = predictor.predict(batch_point, objectives["batch"].concurrency).request_s or 0.0
+    scenario = routing_scenario(
+        model.source, target.hardware, replicas, predictor.workload, objectives["interactive"], objectives["batch"], rate
+    )
+    reporter.phase("routing (simulated)", request.routing_trials)
+    tuned, study = tune_routing(
+        study_name(model.key, target.name, "routing"),
+        request.storage,
+        scenario,
+        base,
+        request.routing_trials,
+        request.seed,
+        callbacks=[lambda s, t: reporter.trial("routing (simulated)", t)],
+    )
+    best = max((t for t in study.get_trials(deepcopy=False) if t.value is not None), key=lambda t: t.value)
+    return tuned, {"tuned": True, "study": study.study_name, "interactive_goodput_req_s": best.value, **_thresholds(tuned)}
+
+
+def _thresholds(routing: RoutingSettings) -> dict[str, object]:
+    return routing.model_dump(include={"spill_queue_threshold", "spill_release_threshold", "spill_target_headroom"})
+
+
+def _plan_header(request: OptimizeRequest, model: ModelChoice, target: ClusterTarget) -> str:
+    return (
+        f"Written by `tuner optimize --model {request.model} --cluster {request.cluster} --evaluate {request.evaluate} "
+        f"--trials {request.trials} --workload {request.workload} --seed {request.seed}`.\n"
+        f"Studies: {request.storage} ({model.key}.{target.name}.interactive|batch|routing); report beside this file."
+    )
