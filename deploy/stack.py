@@ -64,8 +64,10 @@ class RayConnection:
         if self.address:
             ray.init(address=self.address, namespace="tandem", log_to_driver=False)
             return self
-        # Loopback only: the local head serves this machine, nothing else.
+        # Loopback only: the local head serves this machine, nothing else. address="local"
+        # starts a new head even when another Ray cluster runs here (ray.init would join it).
         ray.init(
+            address="local",
             num_cpus=self.num_cpus,
             namespace="tandem",
             include_dashboard=False,
