@@ -59,8 +59,10 @@ def gateway_config(plan: ServingPlan, replica_urls: dict[str, str] | None = None
 
 def build_app(plan: ServingPlan, model_source: str, log_dir: str) -> Application:
     """Bind every replica's engine deployment and the gateway that fronts them."""
-    build_engine = _http_engine if plan.data_path == "http" else _llm_server_engine
-    engines = {r.name: build_engine(plan, r, model_source, log_dir) for r in plan.replicas}
+    if plan.data_path == "http":
+        engines = {r.name: http_engine(plan, r, model_source, log_dir) for r in plan.replicas}
+    else:
+        engines = {r.name: _llm_server_engine(plan, r, model_source) for r in plan.replicas}
     gateway = serve.deployment(GatewayServer).options(
         name=GATEWAY_DEPLOYMENT,
         num_replicas=1,
@@ -71,9 +73,13 @@ def build_app(plan: ServingPlan, model_source: str, log_dir: str) -> Application
     return gateway.bind(gateway_config(plan).model_dump(mode="json"), plan.data_path, engines)
 
 
-def _http_engine(plan: ServingPlan, replica: Replica, model_source: str, log_dir: str) -> Application:
+def http_engine(
+    plan: ServingPlan, replica: Replica, model_source: str, log_dir: str, engine_cls: type = EngineServer
+) -> Application:
+    """One replica as an `EngineServer` deployment holding the replica's placement group.
+    `engine_cls` swaps the class behind the same deployment options (tests probe placement)."""
     bundles = replica.placement_bundles(plan.cluster.accelerator)
-    deployment = serve.deployment(EngineServer).options(
+    deployment = serve.deployment(engine_cls).options(
         name=engine_deployment_name(replica),
         num_replicas=1,
         # The replica's actor sits in the first bundle; the rest are held for its other workers.
@@ -113,7 +119,7 @@ def llm_config(plan: ServingPlan, replica: Replica, model_source: str) -> Any:
     )
 
 
-def _llm_server_engine(plan: ServingPlan, replica: Replica, model_source: str, log_dir: str) -> Application:
+def _llm_server_engine(plan: ServingPlan, replica: Replica, model_source: str) -> Application:
     from ray.serve.llm import build_llm_deployment
 
     return build_llm_deployment(

@@ -61,6 +61,14 @@ def _engine_flags(engine: EngineArgs) -> list[str]:
     return flags
 
 
+def _node_address(node_id: str) -> str:
+    """The address this node registered with Ray (127.0.0.1 for a local head started by Tandem),
+    rather than whatever interface the host would route out of."""
+    import ray
+
+    return next(n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == node_id)
+
+
 def _free_port(host: str) -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
@@ -78,7 +86,7 @@ class EngineServer:
         import ray
 
         self.replica = Replica.model_validate(replica)
-        self.host = ray.util.get_node_ip_address()
+        self.host = _node_address(ray.get_runtime_context().get_node_id())
         self.port = _free_port(self.host)
         self.log_path = Path(log_dir) / f"engine-{self.replica.name}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -246,6 +246,12 @@ class ServingPlan(BaseModel):
     def replica_for(self, traffic_class: TrafficClass) -> Replica | None:
         return next((r for r in self.replicas if r.traffic_class == traffic_class), None)
 
+    def replica_for_name(self, name: str) -> Replica:
+        for replica in self.replicas:
+            if replica.name == name:
+                return replica
+        raise KeyError(f"no replica named {name!r}; the plan has {[r.name for r in self.replicas]}")
+
 
 def _format_validation_error(error: ValidationError) -> str:
     lines = []

