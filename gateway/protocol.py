@@ -57,6 +57,8 @@ class CompletionView(_GenerationView):
         return 1
 
 
+_VALUE_CHECKS = frozenset({"greater_than_equal", "greater_than", "too_short"})
+
 VIEWS: dict[Endpoint, type[ChatView] | type[CompletionView]] = {"chat": ChatView, "completions": CompletionView}
 
 
@@ -70,7 +72,10 @@ def parse_view(endpoint: Endpoint, body: Any) -> ChatView | CompletionView:
         first = exc.errors()[0]
         param = ".".join(str(p) for p in first["loc"]) or None
         message = f"{param}: {first['msg']}" if param else first["msg"]
-        raise GatewayError(400, message, param=param, err_type=VALIDATION_ERROR_TYPE) from None
+        # vLLM's request models check types; values (n >= 1, some messages) it checks later, with
+        # its other error type. Answer each as vLLM would.
+        err_type = None if first["type"] in _VALUE_CHECKS else VALIDATION_ERROR_TYPE
+        raise GatewayError(400, message, param=param, err_type=err_type) from None
 
 
 def features_of(endpoint: Endpoint, view: ChatView | CompletionView) -> RequestFeatures:

@@ -157,6 +157,8 @@ class FakeUpstream:
         problem = _invalid_field(body, chat)
         if problem is not None:
             return _error(400, f"1 validation error: {problem}", "Bad Request")
+        if body.get("n", 1) < 1:  # vLLM checks values after its request model, with this type
+            return _error(400, f"n must be at least 1, got {body['n']}.")
         if body.get("model", self.model) != self.model:
             return _error(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError")
         if body.get("priority", 0) != 0 and self.scheduling_policy != "priority":
@@ -255,8 +257,6 @@ def _invalid_field(body: dict[str, Any], chat: bool) -> str | None:
         value = body.get(name)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
             return f"{name}: not an integer"
-    if body.get("n") is not None and body["n"] < 1:
-        return "n: must be at least 1"
     if not isinstance(body.get("stream", False), bool):
         return "stream: not a boolean"
     if chat and not isinstance(body.get("messages"), list):

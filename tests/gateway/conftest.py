@@ -1,80 +1,24 @@
 """Gateway test fixtures: fake upstreams, a gateway in front of them, and the `endpoint` fixture
-that the contract tests run against (the fake stack here; the real CPU stack where the session
-fixture `cpu_stack` from tests/conftest.py is available, under @pytest.mark.stack)."""
+that the contract tests run against (the fake stack; and the real CPU stack, from the session
+fixture `cpu_stack` in tests/conftest.py, under @pytest.mark.stack)."""
 
 from __future__ import annotations
 
 import contextlib
-import socket
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/fake_upstream.py
+sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/fake_upstream.py, whatever the import mode
 
 from fake_upstream import FakeUpstream  # noqa: E402
+from gateway_support import KEYS, PUBLIC_MODEL, USER_KEY, Endpoint, FakeStack, gateway_config  # noqa: E402
 
-from gateway.config import GatewayConfig  # noqa: E402
-from gateway.server import GatewayThread, start_in_thread  # noqa: E402
-
-PUBLIC_MODEL = "tandem-test"
-ADMIN_KEY = "sk-admin-0123456789"
-USER_KEY = "sk-user-0123456789"
-
-
-@dataclass
-class FakeStack:
-    """A gateway over two fake replicas: `tp` (interactive, fcfs) and `pp` (batch, priority)."""
-
-    gateway: GatewayThread
-    tp: FakeUpstream
-    pp: FakeUpstream
-    config: GatewayConfig
-
-    @property
-    def base_url(self) -> str:
-        return self.gateway.base_url
-
-    @property
-    def root_url(self) -> str:
-        return self.base_url.removesuffix("/v1")
-
-
-@dataclass
-class Endpoint:
-    """What the contract tests need to know about the server under test."""
-
-    base_url: str
-    model: str
-    api_key: str = "unused"
-    replica_urls: dict[str, str] = field(default_factory=dict)
-    replica_models: dict[str, str] = field(default_factory=dict)
-    fake: FakeStack | None = None
-
-
-def gateway_config(tp: FakeUpstream, pp: FakeUpstream, **settings: Any) -> GatewayConfig:
-    return GatewayConfig.model_validate(
-        {
-            "model": PUBLIC_MODEL,
-            "aliases": ["tandem-alias"],
-            "replicas": [
-                {"name": "tp", "traffic_class": "interactive", "model": tp.model, "base_url": tp.base_url},
-                {
-                    "name": "pp",
-                    "traffic_class": "batch",
-                    "model": pp.model,
-                    "base_url": pp.base_url,
-                    "scheduling_policy": "priority",
-                },
-            ],
-            "settings": settings,
-        }
-    )
+from gateway.server import start_in_thread  # noqa: E402
 
 
 @pytest.fixture
@@ -93,15 +37,6 @@ def make_stack() -> Iterator[Callable[..., FakeStack]]:
             return FakeStack(gateway, tp, pp, config)
 
         yield make
-
-
-KEYS = {
-    "keys": [
-        {"name": "admin", "key": ADMIN_KEY, "admin": True},
-        {"name": "user", "key": USER_KEY},
-        {"name": "batcher", "key": "sk-batch-0123456789", "default_class": "batch"},
-    ]
-}
 
 
 @pytest.fixture(scope="module")
@@ -144,8 +79,3 @@ def endpoint(request: pytest.FixtureRequest) -> Endpoint:
     )
 
 
-def free_port_refusing() -> int:
-    """A loopback port with nothing listening on it (connections are refused)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

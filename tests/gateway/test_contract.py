@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import Endpoint
+from gateway_support import Endpoint
 
 MESSAGES = [{"role": "user", "content": "Say something short."}]
 

@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import ADMIN_KEY, PUBLIC_MODEL, USER_KEY, FakeStack, free_port_refusing
+from gateway_support import ADMIN_KEY, PUBLIC_MODEL, USER_KEY, FakeStack, free_port_refusing
 
 CHAT = {"model": PUBLIC_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 BATCH = CHAT | {"n": 2}

@@ -1,0 +1,83 @@
+"""Helpers for the gateway tests: a gateway over two fake replicas, and the `Endpoint` that the
+contract tests run against. Fixtures built from these live in this folder's conftest.py."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+from fake_upstream import FakeUpstream
+
+from gateway.config import GatewayConfig
+from gateway.server import GatewayThread
+
+PUBLIC_MODEL = "tandem-test"
+ADMIN_KEY = "sk-admin-0123456789"
+USER_KEY = "sk-user-0123456789"
+
+
+@dataclass
+class FakeStack:
+    """A gateway over two fake replicas: `tp` (interactive, fcfs) and `pp` (batch, priority)."""
+
+    gateway: GatewayThread
+    tp: FakeUpstream
+    pp: FakeUpstream
+    config: GatewayConfig
+
+    @property
+    def base_url(self) -> str:
+        return self.gateway.base_url
+
+    @property
+    def root_url(self) -> str:
+        return self.base_url.removesuffix("/v1")
+
+
+@dataclass
+class Endpoint:
+    """What the contract tests need to know about the server under test."""
+
+    base_url: str
+    model: str
+    api_key: str = "unused"
+    replica_urls: dict[str, str] = field(default_factory=dict)
+    replica_models: dict[str, str] = field(default_factory=dict)
+    fake: FakeStack | None = None
+
+
+def gateway_config(tp: FakeUpstream, pp: FakeUpstream, **settings: Any) -> GatewayConfig:
+    return GatewayConfig.model_validate(
+        {
+            "model": PUBLIC_MODEL,
+            "aliases": ["tandem-alias"],
+            "replicas": [
+                {"name": "tp", "traffic_class": "interactive", "model": tp.model, "base_url": tp.base_url},
+                {
+                    "name": "pp",
+                    "traffic_class": "batch",
+                    "model": pp.model,
+                    "base_url": pp.base_url,
+                    "scheduling_policy": "priority",
+                },
+            ],
+            "settings": settings,
+        }
+    )
+
+
+KEYS = {
+    "keys": [
+        {"name": "admin", "key": ADMIN_KEY, "admin": True},
+        {"name": "user", "key": USER_KEY},
+        {"name": "batcher", "key": "sk-batch-0123456789", "default_class": "batch"},
+    ]
+}
+
+
+def free_port_refusing() -> int:
+    """A loopback port with nothing listening on it (connections are refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

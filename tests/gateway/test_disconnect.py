@@ -1,0 +1,102 @@
+"""A client that goes away stops the generation upstream: mid-stream, before the first token,
+while a non-streamed answer is being made, and while still queued for a class slot. The fake
+replica records an abort when its client (the gateway) closes the connection, as vLLM does."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import httpx
+import orjson
+
+from gateway_support import PUBLIC_MODEL, FakeStack
+
+ABORT_WITHIN_S = 1.0
+
+
+def body(**fields: object) -> dict:
+    return {"model": PUBLIC_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 200} | fields
+
+
+def raw_request(stack: FakeStack, payload: dict, request_id: str) -> socket.socket:
+    """Send a request on a bare socket, so that the test decides exactly when to hang up."""
+    data = orjson.dumps(payload)
+    sock = socket.create_connection(("127.0.0.1", stack.gateway.port))
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"X-Request-Id: {request_id}\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+        + data
+    )
+    return sock
+
+
+def wait_until(condition, timeout_s: float = 2.0) -> bool:  # noqa: ANN001
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def test_mid_stream(make_stack) -> None:
+    stack = make_stack()
+    stack.tp.token_delay_s = 0.05
+    with httpx.stream(
+        "POST", f"{stack.base_url}/chat/completions", json=body(stream=True), headers={"X-Request-Id": "mid-stream"}
+    ) as response:
+        lines = response.iter_lines()
+        assert next(lines).startswith("data: ")
+    hung_up = time.monotonic()
+    assert stack.tp.wait_for_abort("mid-stream", ABORT_WITHIN_S) is not None, "upstream kept generating"
+    assert time.monotonic() - hung_up < ABORT_WITHIN_S
+    assert "mid-stream" not in stack.tp.completed
+
+
+def test_before_first_token(make_stack) -> None:
+    stack = make_stack()
+    stack.tp.first_token_delay_s = 5
+    sock = raw_request(stack, body(stream=True), "before-first-token")
+    assert wait_until(lambda: "before-first-token" in stack.tp.request_ids)
+    sock.close()
+    assert stack.tp.wait_for_abort("before-first-token", ABORT_WITHIN_S) is not None
+
+
+def test_non_streaming(make_stack) -> None:
+    stack = make_stack()
+    stack.tp.first_token_delay_s = 5
+    sock = raw_request(stack, body(), "non-streaming")
+    assert wait_until(lambda: "non-streaming" in stack.tp.request_ids)
+    sock.close()
+    assert stack.tp.wait_for_abort("non-streaming", ABORT_WITHIN_S) is not None
+
+
+def test_while_queued_never_reaches_a_replica(make_stack) -> None:
+    stack = make_stack(routing={"limits": {"interactive": {"max_concurrency": 1, "max_queue": 4}}})
+    stack.tp.first_token_delay_s = 0.5
+    holder = threading.Thread(target=httpx.post, args=(f"{stack.base_url}/chat/completions",), kwargs={"json": body()})
+    holder.start()
+    assert wait_until(lambda: len(stack.tp.request_ids) == 1)
+    sock = raw_request(stack, body(), "queued")
+    time.sleep(0.1)  # in the class queue by now
+    sock.close()
+    holder.join()
+    time.sleep(0.2)
+    assert "queued" not in stack.tp.request_ids + stack.pp.request_ids
+    queued = [line for line in httpx.get(f"{stack.root_url}/metrics").text.splitlines() if line.startswith("tandem_gateway_class_queued")]
+    assert all(line.endswith(" 0.0") for line in queued)
+
+
+def test_gateway_serves_on_after_disconnects(make_stack) -> None:
+    stack = make_stack()
+    stack.tp.first_token_delay_s = 5
+    for i in range(20):
+        raw_request(stack, body(stream=bool(i % 2)), f"gone-{i}").close()
+    assert wait_until(lambda: stack.tp.active == 0)
+    stack.tp.first_token_delay_s = 0
+    reply = httpx.post(f"{stack.base_url}/chat/completions", json=body(max_tokens=3))
+    assert reply.status_code == 200
+    in_flight = [line for line in httpx.get(f"{stack.root_url}/metrics").text.splitlines() if line.startswith("tandem_gateway_replica_in_flight")]
+    assert all(line.endswith(" 0.0") for line in in_flight)
