@@ -14,12 +14,15 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
 
 from deploy.plan import PlanError, ServingPlan, load_plan, shipped_plan
+
+if TYPE_CHECKING:
+    from deploy.stack import Deployed
 
 app = typer.Typer(
     help="Tandem's gateway: one OpenAI endpoint over a TP and a PP replica.",
@@ -54,9 +57,16 @@ def _load(plan_path: Path | None, model: Path | None, port: int | None) -> Servi
         raise typer.Exit(2) from None
 
 
-def _print_welcome(base_url: str, model: str) -> None:
+def _print_welcome(deployed: Deployed) -> None:
+    base_url, model = deployed.base_url, deployed.model
     out = Console()
     out.print(f"\n[bold green]Tandem is serving[/bold green] [bold]{model}[/bold] at [bold]{base_url}[/bold]\n")
+    engines = {name: url for name, url in deployed.replica_urls.items() if url}
+    if engines:
+        out.print("vLLM's own servers behind it (to compare against):")
+        for name, url in engines.items():
+            out.print(f"  engine {name}: {url}", highlight=False)
+        out.print()
     out.print("Try it with curl:\n")
     out.print(
         f"  curl {base_url}/chat/completions -H 'Content-Type: application/json' \\\n"
@@ -97,7 +107,7 @@ def up(
     port: Annotated[Optional[int], typer.Option("--port", help="Gateway port (default: the plan's).")] = None,
 ) -> None:
     """Start local Ray, the plan's engines and the gateway; stop all of it on Ctrl-C."""
-    from deploy.stack import running_stack
+    from deploy.stack import running_stack  # imports Ray: only for the commands that need it
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     serving_plan = _load(plan, model, port)
@@ -108,7 +118,7 @@ def up(
     )
     try:
         with running_stack(serving_plan) as deployed:
-            _print_welcome(deployed.base_url, deployed.model)
+            _print_welcome(deployed)
             stop.wait()
             console.print("Stopping...")
     except Exception as exc:  # a failed start is reported, not dumped
@@ -135,7 +145,7 @@ def deploy_command(
     except Exception as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
-    _print_welcome(deployed.base_url, deployed.model)
+    _print_welcome(deployed)
 
 
 def _connect(address: str | None):

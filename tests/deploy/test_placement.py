@@ -10,11 +10,13 @@ the builder gives the real one, so the test needs no vLLM start.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import yaml
+from ray import cloudpickle
 
 from deploy.builder import http_engine
 from deploy.plan import parse_plan, shipped_plan
@@ -44,15 +46,25 @@ class PlacementProbe:
         }
 
 
+# Ray's workers cannot import this test module: ship the probe class by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
 @pytest.fixture(scope="module")
 def two_node_cluster() -> Iterator[list[str]]:
     import ray
     from ray import serve
+    from ray._private import ray_constants
     from ray.cluster_utils import Cluster
 
-    os.environ[LOOPBACK_ONLY_ENV] = "0"  # both "nodes" on 127.0.0.1, as deploy.stack does
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
-    cluster.add_node(num_cpus=2)
+    # Both "nodes" on 127.0.0.1, as deploy.stack does. Ray reads its switch for that once, at
+    # import, and this process imported Ray already: set the switch for the processes the
+    # cluster starts, and its module constant for this one.
+    os.environ[LOOPBACK_ONLY_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    loopback = {"node_ip_address": "127.0.0.1"}
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False, **loopback})
+    cluster.add_node(num_cpus=2, **loopback)
     ray.init(address=cluster.address, log_to_driver=False)
     cluster.wait_for_nodes()
     try:
