@@ -25,7 +25,6 @@ from deploy.plan import DEMO_SOURCE, ServingPlan
 logger = logging.getLogger("tandem.deploy")
 
 SERVE_SHUTDOWN_TIMEOUT_S = 20.0
-LOOPBACK_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 READY_TIMEOUT_S = float(os.environ.get("TANDEM_READY_TIMEOUT_S", "900"))
 
 

@@ -20,7 +20,6 @@ from ray import cloudpickle
 
 from deploy.builder import http_engine
 from deploy.plan import parse_plan, shipped_plan
-from deploy.stack import LOOPBACK_ONLY_ENV
 
 pytestmark = pytest.mark.ray
 
@@ -57,10 +56,10 @@ def two_node_cluster() -> Iterator[list[str]]:
     from ray._private import ray_constants
     from ray.cluster_utils import Cluster
 
-    # Both "nodes" on 127.0.0.1, as deploy.stack does. Ray reads its switch for that once, at
-    # import, and this process imported Ray already: set the switch for the processes the
-    # cluster starts, and its module constant for this one.
-    os.environ[LOOPBACK_ONLY_ENV] = "0"
+    # Both "nodes" on 127.0.0.1, like deploy.stack's local head. Ray's switch for single-machine
+    # clusters is read once, at import, and this process imported Ray already: set it for the
+    # processes the cluster starts, and its module constant for this one.
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False
     loopback = {"node_ip_address": "127.0.0.1"}
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False, **loopback})
