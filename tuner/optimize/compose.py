@@ -27,7 +27,6 @@ from tuner.optimize.space import Candidate, SearchSpace
 MEASURED = "measured"
 PREDICTED = "predicted"
 INFEASIBLE = "infeasible"
-CONSTRAINTS = "constraints"
 ROLE = "role"
 BASELINE = "baseline"
 WARM_START = "warm-start"
@@ -125,7 +124,7 @@ def measurement(trial: FrozenTrial, key: str = MEASURED) -> Measurement | None:
 def feasible_trials(study: optuna.Study, objective: ClassObjective) -> list[FrozenTrial]:
     """Completed trials that met every SLO."""
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return [t for t in done if all(c <= 0 for c in t.user_attrs.get(CONSTRAINTS, []))]
+    return [t for t in done if all(c <= 0 for c in t.constraints.values())]
 
 
 def infeasible_summary(study: optuna.Study, objective: ClassObjective) -> str:
@@ -141,7 +140,7 @@ def infeasible_summary(study: optuna.Study, objective: ClassObjective) -> str:
     parts += [f"{count} {reason}" for reason, count in sorted(reasons.items())]
     measured = [(t, m) for t in trials if (m := measurement(t)) is not None]
     if measured and objective.slo:
-        closest_trial, closest = min(measured, key=lambda tm: max(objective.constraints(tm[1])))
+        closest_trial, closest = min(measured, key=lambda tm: max(objective.constraints(tm[1]).values()))
         parts.append(
             f"none met {objective.describe().split(' subject to ')[-1]}; closest (trial {closest_trial.number}): "
             + "; ".join(objective.violations(closest))

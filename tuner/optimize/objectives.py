@@ -3,7 +3,8 @@
 - interactive: minimise TTFT p90 and TPOT p50 at low concurrency; two objectives, so the study
   returns a Pareto front and the plan takes its balanced point.
 - batch: maximise output tok/s at the target concurrency, subject to latency SLOs (TPOT p99,
-  TTFT p99 by default), given to Optuna's sampler through `constraints_func`.
+  TTFT p99 by default), given to Optuna as trial constraints (`Trial.set_constraint`, which
+  Optuna 5 reads in place of the deprecated `constraints_func`).
 
 A `Measurement` carries the same figures whichever evaluator produced them. The performance
 model predicts the steady state of a closed loop, where every request sees the same cycle: its
@@ -109,11 +110,12 @@ class ClassObjective(BaseModel):
     def values(self, measurement: Measurement) -> list[float]:
         return [measurement.value(metric) for metric, _ in self.targets]
 
-    def constraints(self, measurement: Measurement | None) -> list[float]:
-        """Optuna's convention: each value <= 0 when met. An unmeasured trial violates them all."""
+    def constraints(self, measurement: Measurement | None) -> dict[str, float]:
+        """Optuna's convention (`Trial.set_constraint`): each value <= 0 when met. An unmeasured
+        trial violates them all."""
         if measurement is None:
-            return [math.inf] * len(self.slo)
-        return [measurement.value(metric) - limit for metric, limit in self.slo.items()]
+            return {metric: math.inf for metric in self.slo}
+        return {metric: measurement.value(metric) - limit for metric, limit in self.slo.items()}
 
     def violations(self, measurement: Measurement) -> list[str]:
         """The SLOs a measurement misses, in words."""

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 import optuna
 from optuna.trial import TrialState
 
-from tuner.optimize.compose import CONSTRAINTS
 
 if TYPE_CHECKING:
     from tuner.optimize.evaluators import ModelEvaluator
@@ -68,7 +67,7 @@ def write_plot(
     batch = studies["batch"].get_trials(deepcopy=False)
     best_so_far, running = [], 0.0
     for trial in batch:
-        if trial.state == TrialState.COMPLETE and not any(c > 0 for c in trial.user_attrs.get(CONSTRAINTS, [])):
+        if trial.state == TrialState.COMPLETE and not any(c > 0 for c in trial.constraints.values()):
             running = max(running, trial.values[0])
         best_so_far.append(running)
     xs = [t.number for t in batch]

@@ -18,7 +18,6 @@ from optuna.trial import FrozenTrial
 
 from deploy.plan import Replica
 from gateway.config import RoutingSettings
-from tuner.optimize.compose import CONSTRAINTS
 from tuner.optimize.study import make_sampler
 from tuner.optimize.objectives import ClassObjective
 from tuner.perfmodel import EngineSettings, Layout
@@ -97,7 +96,7 @@ def tune_routing(
 ) -> tuple[RoutingSettings, optuna.Study]:
     """The thresholds with the best interactive goodput that keep batch output near the base's."""
     floor = (1 - BATCH_TOLERANCE) * simulate(scenario, base, seed).classes["batch"].output_tok_s
-    sampler = make_sampler(seed, constraint_count=1)
+    sampler = make_sampler(seed)
     study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize", sampler=sampler, load_if_exists=True)
     if not study.get_trials(deepcopy=False):
         study.enqueue_trial(
@@ -111,7 +110,7 @@ def tune_routing(
     def run(trial: optuna.Trial) -> float:
         settings = _suggest(trial, base)
         result: SimResult = simulate(scenario, settings, seed)
-        trial.set_user_attr(CONSTRAINTS, [floor - result.classes["batch"].output_tok_s])
+        trial.set_constraint("batch_output_floor_tok_s", floor - result.classes["batch"].output_tok_s)
         trial.set_user_attr("interactive_ttft_p99_ms", result.classes["interactive"].ttft_p99_ms)
         trial.set_user_attr("spilled", result.classes["interactive"].spilled)
         return result.classes["interactive"].goodput_req_s
@@ -119,7 +118,7 @@ def tune_routing(
     missing = max(0, n_trials - len(study.get_trials(deepcopy=False)))
     if missing:
         study.optimize(run, n_trials=missing, callbacks=callbacks or [])
-    feasible: list[FrozenTrial] = [t for t in study.get_trials(deepcopy=False) if t.value is not None and t.user_attrs[CONSTRAINTS][0] <= 0]
+    feasible: list[FrozenTrial] = [t for t in study.get_trials(deepcopy=False) if t.value is not None and all(c <= 0 for c in t.constraints.values())]
     if not feasible:
         return base, study
     best = max(feasible, key=lambda t: (t.value, -t.number))

@@ -215,6 +215,8 @@ def optimize(request: OptimizeRequest, reporter: Reporter | None = None) -> Opti
     """Tune one model on one cluster; see the module docstring for the steps."""
     reporter = reporter or Reporter()
     model = resolve_model_choice(request.model)
+    if request.storage.startswith("sqlite:///"):
+        Path(request.storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     target = resolve_target(request.cluster)
     template = target.template_plan(model)
     shape = get_workload(request.workload)
@@ -256,7 +258,7 @@ def optimize(request: OptimizeRequest, reporter: Reporter | None = None) -> Opti
         for traffic_class in TRAFFIC_CLASSES:
             objective, space = objectives[traffic_class], spaces[traffic_class]
             name = study_name(model.key, target.name, traffic_class)
-            study = open_study(name, request.storage, objective, make_sampler(request.seed, len(objective.slo)))
+            study = open_study(name, request.storage, objective, make_sampler(request.seed))
             recovered = recover_interrupted(study)
             if recovered:
                 notes.append(f"{name}: {recovered} trial(s) interrupted earlier were queued again")

@@ -14,6 +14,7 @@ their memory share are pruned before the evaluator is called, so no live trial i
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,7 +24,6 @@ from optuna.trial import FrozenTrial, TrialState
 from deploy.plan import ServingPlan
 from tuner.optimize.compose import (
     BASELINE,
-    CONSTRAINTS,
     INFEASIBLE,
     MEASURED,
     PREDICTED,
@@ -46,22 +46,12 @@ def study_name(model: str, cluster: str, traffic_class: str) -> str:
     return f"{model}.{cluster}.{traffic_class}"
 
 
-def make_sampler(seed: int | None, constraint_count: int = 0) -> optuna.samplers.BaseSampler:
-    """Multivariate TPE (grouped, for the conditional knobs); with `constraint_count` > 0 each
-    trial's CONSTRAINTS user attr (<= 0 when met) is given to it as `constraints_func`."""
-    constraints = None
-    if constraint_count:
-
-        def constraints(trial: FrozenTrial) -> list[float]:
-            return trial.user_attrs.get(CONSTRAINTS, [math.inf] * constraint_count)
-
-    return optuna.samplers.TPESampler(
-        seed=seed,
-        n_startup_trials=STARTUP_TRIALS,
-        multivariate=True,
-        group=True,
-        constraints_func=constraints,
-    )
+def make_sampler(seed: int | None) -> optuna.samplers.BaseSampler:
+    """Multivariate TPE, grouped for the conditional knobs. It reads each trial's constraints
+    (`Trial.set_constraint`) and ranks infeasible trials after feasible ones."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # `group`, stable since 2.8
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=STARTUP_TRIALS, multivariate=True, group=True)
 
 
 def open_study(name: str, storage: str | optuna.storages.BaseStorage, objective: ClassObjective, sampler: optuna.samplers.BaseSampler) -> optuna.Study:
@@ -99,7 +89,7 @@ def warm_start(
         if not prediction.fits:
             continue
         measured = measurement_from_prediction(prediction)
-        if any(c > 0 for c in objective.constraints(measured)):
+        if any(c > 0 for c in objective.constraints(measured).values()):
             continue
         # Lower is better: log-figures added, so each objective weighs by ratio, not by unit.
         score = sum(
@@ -115,6 +105,11 @@ def warm_start(
         if len(picked) == count:
             break
     return picked
+
+
+def _set_constraints(trial: optuna.Trial, constraints: dict[str, float]) -> None:
+    for name, value in constraints.items():
+        trial.set_constraint(name, value)
 
 
 @dataclass
@@ -157,10 +152,10 @@ class ClassStudy:
                 reason = exc.reason
         if reason is not None:
             trial.set_user_attr(INFEASIBLE, reason)
-            trial.set_user_attr(CONSTRAINTS, self.objective.constraints(None))
+            _set_constraints(trial, self.objective.constraints(None))
             raise optuna.TrialPruned(reason)
         trial.set_user_attr(MEASURED, measured.model_dump(mode="json"))
-        trial.set_user_attr(CONSTRAINTS, self.objective.constraints(measured))
+        _set_constraints(trial, self.objective.constraints(measured))
         values = self.objective.values(measured)
         return values if self.objective.is_multi_objective else values[0]
 
