@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_vs_vllm import free_port, run_vllm_client  # noqa: E402
+from benchmarks.bench_vs_vllm import free_port, run_vllm_client, write_prompts  # noqa: E402
 from deploy.demo_model import ensure_demo_model  # noqa: E402
 from tuner.bench import BenchConfig, Bounds, ClosedLoop, Endpoint, TrafficStream, WorkloadSpec, run_benchmark  # noqa: E402
 
@@ -74,9 +74,9 @@ def main() -> int:
             count = args.num_requests if shape[1] == 1 else max(args.num_requests // 4, 64)
             print(f"\n{figure} ({shape[0]} in / {shape[1]} out, {count} requests per run)")
             print(f"  {'conc':>5}{'vllm bench':>12}{'tuner bench':>13}{'ratio':>8}{'CPU/request':>14}{'CPU/chunk':>12}")
+            prompts = write_prompts(WorkloadSpec(input_len=shape[0], output_len=shape[1]), count, tokenizer, out)
             for concurrency in (int(c) for c in args.concurrency.split(",")):
-                vllm_args = argparse.Namespace(input_len=shape[0], output_len=shape[1], num_requests=count)
-                theirs = run_vllm_client(base, "m", tokenizer, concurrency, vllm_args, out)
+                theirs = run_vllm_client(base, "m", tokenizer, concurrency, prompts, shape[1], count, out)
                 requests_s, chunks_s, cpu = tandem(base, concurrency, shape, count, tokenizer)
                 ours, baseline = (requests_s, theirs["request_throughput"]) if shape[1] == 1 else (chunks_s, theirs["output_throughput"])
                 print(

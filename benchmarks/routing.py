@@ -1,0 +1,188 @@
+"""Prove the routing (issue #7): every routing policy on mixed traffic, simulated and live.
+
+Simulated: the perf model's traffic simulation of the Spark pair, for the shipped gpt-oss-120b and
+llama-3.1-8b plans, every policy on every scenario over --seeds seeds (95% confidence intervals),
+plus the steady mix without co-residence contention (the bound a perfect GPU partition gives).
+Live: one CPU stack (cpu-demo plan), the policy switched through PUT /admin/routing between runs,
+traffic from tuner.bench; the failure scenario last (it kills the interactive engine).
+
+Prints one table per scenario and the issue's targets, writes the results as JSON (results of
+settings not re-run are kept from the existing file), one chart per scenario, and with --docs the
+tables into docs/routing.md. The live part starts vLLM engines: run it under the machine's lock.
+
+    .venv/bin/python benchmarks/routing.py --simulated-only [--seeds 5]
+    flock /tmp/tandem-heavy.lock .venv/bin/python benchmarks/routing.py --live-only [--quick]
+    flock /tmp/tandem-heavy.lock .venv/bin/python benchmarks/routing.py --docs     # everything
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from rich.console import Console  # noqa: E402
+from rich.progress import Progress  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from benchmarks.routing.report import (  # noqa: E402
+    FIGURES,
+    TABLE_FIGURES,
+    RoutingReport,
+    check_targets,
+    markdown_tables,
+    ordering_check,
+    plot_scenario,
+    replace_results,
+    table_rows,
+)
+from benchmarks.routing.scenarios import SCENARIOS, plan_routing  # noqa: E402
+from deploy.plan import load_plan, shipped_plan  # noqa: E402
+from gateway.policy import POLICIES  # noqa: E402
+
+SPARK_PLANS = ("gpt-oss-120b", "llama-3.1-8b")
+LIVE_PLAN = "cpu-demo"
+LIVE_SETTING = f"live {LIVE_PLAN}"
+DEFAULT_OUTPUT = ROOT / "benchmarks" / "routing" / "results.json"
+DOCS = ROOT / "docs" / "routing.md"
+IMAGES = ROOT / "docs" / "img"
+console = Console()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--simulated-only", action="store_true", help="skip the live CPU stack")
+    only.add_argument("--live-only", action="store_true", help="skip the simulation")
+    parser.add_argument("--seeds", type=int, default=5, help="simulation seeds per policy and scenario (default 5)")
+    parser.add_argument("--quick", action="store_true", help="short runs: 2 seeds x 120 s simulated, 6 s live runs")
+    parser.add_argument("--sim-duration", type=float, default=300.0, help="simulated seconds per run (default 300)")
+    parser.add_argument("--live-duration", type=float, default=20.0, help="seconds of traffic per live run (default 20)")
+    parser.add_argument("-o", "--output", type=Path, default=DEFAULT_OUTPUT, help="results JSON")
+    parser.add_argument("--docs", action="store_true", help="write the charts and docs/routing.md's tables")
+    args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error("--seeds must be at least 1")
+    if args.quick:
+        args.seeds, args.sim_duration, args.live_duration = min(args.seeds, 2), 120.0, 6.0
+    return args
+
+
+def simulated(args: argparse.Namespace, progress: Progress) -> tuple[list, dict]:
+    from benchmarks.routing.simulated import run_simulated
+
+    plans = {key: load_plan(shipped_plan(f"{key}.dgx-spark-pair")) for key in SPARK_PLANS}
+    runs = len(SPARK_PLANS) * (len(SCENARIOS) + 3) * len(POLICIES)
+    task = progress.add_task("simulating", total=runs)
+    return run_simulated(
+        plans, args.seeds, args.sim_duration, progress=lambda what: progress.update(task, advance=1, description=what)
+    )
+
+
+def live(args: argparse.Namespace, progress: Progress) -> tuple[list, dict]:
+    from benchmarks.routing.live import run_live
+    from benchmarks.routing.scenarios import LIVE_SLO, live_scenarios
+    from deploy.demo_model import ensure_demo_model
+    from deploy.stack import running_stack
+
+    plan = load_plan(shipped_plan(LIVE_PLAN))
+    plan = plan.model_copy(update={"gateway": plan.gateway.model_copy(update={"port": _free_port()})})
+    routing = plan_routing(plan)
+    scenarios = list(live_scenarios(args.live_duration).values())
+    task = progress.add_task("starting the CPU stack", total=4 * len(POLICIES) + 1)
+    with running_stack(plan) as deployed:
+        results = run_live(
+            deployed.base_url,
+            deployed.model,
+            deployed.replica_urls,
+            routing,
+            scenarios,
+            tuple(POLICIES),
+            setting=LIVE_SETTING,
+            tokenizer=str(ensure_demo_model()),
+            progress=lambda what: progress.update(task, advance=1, description=what),
+        )
+        progress.update(task, description="stopping the CPU stack")
+    described = {
+        LIVE_SETTING: {
+            "routing": routing.model_dump(exclude={"policy"}),
+            "slo": {c: s.model_dump(exclude_none=True) for c, s in LIVE_SLO.items()},
+            "scenarios": [s.model_dump(mode="json") for s in scenarios],
+            "machine": _machine(),
+        }
+    }
+    return results, described
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _machine() -> str:
+    import os
+
+    return f"{platform.machine()}, {os.cpu_count()} cores, no GPU, Python {platform.python_version()}"
+
+
+def print_report(report: RoutingReport) -> None:
+    for setting in report.setting_names:
+        for scenario, result in report.of_setting(setting).items():
+            table = Table(title=f"{setting}: {scenario}", title_justify="left")
+            table.add_column("policy")
+            for figure in TABLE_FIGURES:
+                table.add_column(FIGURES[figure], justify="right")
+            for row in table_rows(result):
+                table.add_row(*row, style="bold" if row[0] == "class-aware" else None)
+            console.print(table)
+    targets = Table(title="targets", title_justify="left")
+    for column in ("setting", "target", "value", "bound", "met"):
+        targets.add_column(column)
+    for t in report.targets:
+        value = "-" if t.value is None else f"{t.value:.2f}"
+        targets.add_row(t.setting, t.target, value, f"{t.bound:g}", {True: "yes", False: "NO", None: "-"}[t.met])
+    console.print(targets)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    report = RoutingReport(command=" ".join(["benchmarks/routing.py", *(argv if argv is not None else sys.argv[1:])]), machine=_machine())
+    if args.output.is_file():  # keep what this command does not re-run
+        previous = RoutingReport.model_validate_json(args.output.read_text())
+        rerun = ("simulated",) * (not args.live_only) + ("live",) * (not args.simulated_only)
+        report.scenarios = [s for s in previous.scenarios if not s.setting.startswith(rerun)]
+        report.settings = {k: v for k, v in previous.settings.items() if not k.startswith(rerun)}
+    started = time.perf_counter()
+    with Progress(console=console, transient=True) as progress:
+        parts = ([simulated] if not args.live_only else []) + ([live] if not args.simulated_only else [])
+        for part in parts:
+            results, described = part(args, progress)
+            report.scenarios += results
+            report.settings |= described
+    report.scenarios.sort(key=lambda s: (not s.setting.startswith("simulated"), s.setting, SCENARIOS.index(s.scenario)))
+    for setting in report.setting_names:
+        report.targets += check_targets(report, setting)
+    if LIVE_SETTING in report.setting_names:
+        report.targets.append(ordering_check(report, f"simulated {SPARK_PLANS[0]}", LIVE_SETTING))
+    print_report(report)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(report.model_dump_json(indent=1) + "\n")
+    console.print(f"results: {args.output}  ({time.perf_counter() - started:.0f} s)")
+    if args.docs:
+        for scenario in SCENARIOS:
+            console.print(f"chart: {plot_scenario(report, scenario, IMAGES / f'routing-{scenario}.png')}")
+        DOCS.write_text(replace_results(DOCS.read_text(), markdown_tables(report)))
+        console.print(f"tables: {DOCS}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
