@@ -7,6 +7,7 @@ LoadBoard and the class gates at scrape time, costing nothing per request.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -62,65 +63,81 @@ class _LiveState(Collector):
         )
 
 
+class _Children:
+    """A metric's labelled children, looked up once per label set: prometheus_client's own
+    `labels()` validates and locks on every call, which costs more than the gateway's routing.
+    Bounded by the label sets that exist (endpoints, classes, replicas, statuses, key names)."""
+
+    def __init__(self, metric: Counter | Histogram) -> None:
+        self.metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *labels: str) -> Any:
+        child = self._children.get(labels)
+        if child is None:
+            child = self._children[labels] = self.metric.labels(*labels)
+        return child
+
+
 class GatewayMetrics:
     def __init__(self, board: LoadBoard, gates: Mapping[str, ClassGate], spilling: Callable[[], bool]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter(
+        self.requests = _Children(Counter(
             "tandem_gateway_requests",
             "Requests answered, by endpoint, class, replica ('-' when the gateway answered itself), status, key",
             ["endpoint", "traffic_class", "replica", "status", "key"],
             registry=r,
-        )
-        self.errors = Counter(
+        ))
+        self.errors = _Children(Counter(
             "tandem_gateway_errors",
             "Error answers, by status and origin (gateway or upstream)",
             ["status", "origin"],
             registry=r,
-        )
-        self.retries = Counter(
+        ))
+        self.retries = _Children(Counter(
             "tandem_gateway_retries", "Requests sent again after a replica failed before answering", ["replica"], registry=r
-        )
-        self.disconnects = Counter(
+        ))
+        self.disconnects = _Children(Counter(
             "tandem_gateway_client_disconnects", "Clients gone before the answer ended", ["traffic_class"], registry=r
-        )
-        self.ttft = Histogram(
+        ))
+        self.ttft = _Children(Histogram(
             "tandem_gateway_time_to_first_token_seconds",
             "Streamed requests: request received to first event sent",
             ["traffic_class", "replica"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
-        )
-        self.latency = Histogram(
+        ))
+        self.latency = _Children(Histogram(
             "tandem_gateway_request_seconds",
             "Request received to answer complete",
             ["traffic_class", "replica"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
-        )
-        self.queue_wait = Histogram(
+        ))
+        self.queue_wait = _Children(Histogram(
             "tandem_gateway_queue_seconds", "Time waiting for a class slot", ["traffic_class"], buckets=_LATENCY_BUCKETS, registry=r
-        )
-        self.overhead = Histogram(
+        ))
+        self.overhead = _Children(Histogram(
             "tandem_gateway_added_seconds",
             "Gateway time before the request leaves for the replica (parse, auth, classify, route), queue wait excluded",
             ["traffic_class", "replica"],
             buckets=_OVERHEAD_BUCKETS,
             registry=r,
-        )
-        self.tokens = Counter(
+        ))
+        self.tokens = _Children(Counter(
             "tandem_gateway_tokens",
             "Tokens used, by API key name, class and kind (prompt or completion)",
             ["key", "traffic_class", "kind"],
             registry=r,
-        )
+        ))
         r.register(_LiveState(board, gates, spilling))
 
     def count_usage(self, key: str, traffic_class: str, usage: Mapping[str, object]) -> None:
         for kind in ("prompt", "completion"):
             value = usage.get(f"{kind}_tokens")
             if isinstance(value, int) and value > 0:
-                self.tokens.labels(key, traffic_class, kind).inc(value)
+                self.tokens(key, traffic_class, kind).inc(value)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -39,7 +39,8 @@ def _uvicorn_config(
         loop="uvloop",
         http="httptools",
         lifespan="on",
-        access_log=False,  # one structured line per request comes from gateway.proxy instead
+        access_log=False,  # gateway.proxy logs each request (at DEBUG) with its class and replica
+        server_header=False,
         log_level="info",
         timeout_graceful_shutdown=5,
     )

@@ -80,7 +80,11 @@ class HttpBackend(Backend):
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, enable_cleanup_closed=True)
         self._session = aiohttp.ClientSession(
-            connector=connector, timeout=self._timeout, skip_auto_headers=("User-Agent",), auto_decompress=False
+            connector=connector,
+            timeout=self._timeout,
+            skip_auto_headers=("User-Agent",),
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),  # replicas set no cookies: skip the jar's work
         )
 
     async def close(self) -> None:
