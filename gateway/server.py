@@ -69,6 +69,10 @@ class GatewayThread:
     def is_alive(self) -> bool:
         return self._thread.is_alive()
 
+    def is_alive(self) -> bool:
+        """Whether the gateway's thread still runs (it ends when the server stops or fails)."""
+        return self._thread.is_alive()
+
     def stop(self, timeout_s: float = 10.0) -> None:
         self._server.should_exit = True
         self._thread.join(timeout_s)
