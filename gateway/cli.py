@@ -14,12 +14,12 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Callable, Optional, TypeVar
 
 import typer
 from rich.console import Console
 
-from deploy.plan import PlanError, ServingPlan, load_plan, shipped_plan
+from deploy.plan import PlanError, ServingPlan, load_plan, parse_plan, shipped_plan
 
 if TYPE_CHECKING:
     from deploy.stack import Deployed
@@ -31,6 +31,7 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 ADDRESS_ENV = "RAY_ADDRESS"
+T = TypeVar("T")
 
 PlanOption = Annotated[Optional[Path], typer.Option("--plan", help="Serving plan YAML.", exists=True, dir_okay=False)]
 AddressOption = Annotated[
@@ -50,9 +51,9 @@ def _load(plan_path: Path | None, model: Path | None, port: int | None) -> Servi
         if port is not None:
             changes["gateway"] = {**plan.gateway.model_dump(mode="json"), "port": port}
         if changes:
-            plan = ServingPlan.model_validate({**plan.model_dump(mode="json"), **changes})
+            plan = parse_plan({**plan.model_dump(mode="json"), **changes}, origin="the plan with your options")
         return plan
-    except (PlanError, ValueError) as exc:
+    except PlanError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
 
@@ -102,7 +103,7 @@ def _stop_on_sigterm() -> threading.Event:
 def up(
     plan: PlanOption = None,
     model: Annotated[
-        Optional[Path], typer.Option("--model", help="Serve this local HF-format model dir instead.", file_okay=False)
+        Optional[Path], typer.Option("--model", help="Serve this local HF-format model dir instead.", exists=True, file_okay=False)
     ] = None,
     port: Annotated[Optional[int], typer.Option("--port", help="Gateway port (default: the plan's).")] = None,
 ) -> None:
@@ -148,13 +149,16 @@ def deploy_command(
     _print_welcome(deployed)
 
 
-def _connect(address: str | None):
+def _on_cluster(address: str | None, query: Callable[[], T]) -> T:
+    """Run `query` connected to the cluster at `address` (else the one running here), never
+    stopping it; no cluster to ask is a clear error, not a traceback."""
     from deploy.stack import RayConnection
 
     try:
-        return RayConnection(address or "auto")
-    except Exception as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        with RayConnection(address or "auto"):
+            return query()
+    except ConnectionError as exc:
+        console.print(f"no Ray cluster to ask: {exc}")
         raise typer.Exit(1) from None
 
 
@@ -163,12 +167,7 @@ def status(address: AddressOption = None) -> None:
     """Show the deployed app's state, deployment by deployment."""
     from deploy.stack import app_status
 
-    try:
-        with _connect(address):
-            states = app_status()
-    except ConnectionError as exc:
-        console.print(f"no Ray cluster to ask: {exc}")
-        raise typer.Exit(1) from None
+    states = _on_cluster(address, app_status)
     if states is None:
         console.print("No Tandem app is deployed.")
         raise typer.Exit(1)
@@ -181,12 +180,7 @@ def down(address: AddressOption = None) -> None:
     """Remove the deployed app; the cluster itself keeps running."""
     from deploy.stack import undeploy
 
-    try:
-        with _connect(address):
-            removed = undeploy()
-    except ConnectionError as exc:
-        console.print(f"no Ray cluster to ask: {exc}")
-        raise typer.Exit(1) from None
+    removed = _on_cluster(address, undeploy)
     console.print("Removed the Tandem app." if removed else "No Tandem app was deployed.")
 
 
