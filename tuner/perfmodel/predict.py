@@ -98,22 +98,26 @@ class ReplicaModel:
     def max_running(self) -> int:
         return min(self.max_num_seqs, self.capacity.max_sequences)
 
-    def cycle_seconds(self, decode: float, context: float, prefill: float = 0.0, prefill_context: float = 0.0) -> float:
+    def cycle_seconds(
+        self, decode: float, context: float, prefill: float = 0.0, prefill_context: float = 0.0, prefill_sequences: float = 1.0
+    ) -> float:
         """One cycle: `decode` sequences at mean `context` advance one token, and `prefill` prompt
-        tokens (one chunk, reaching `prefill_context`) ride in the first micro-batch."""
+        tokens (chunks of `prefill_sequences` prompts, each reaching `prefill_context` on average)
+        ride along. One prompt's chunk rides in the first micro-batch; several prompts are shared
+        out over up to pp micro-batches, as vLLM schedules each micro-batch with its own budget."""
         pp = self.steps.pp
         groups = max(1, min(pp, math.ceil(decode))) if decode > 0 else 1
-        share = decode / groups
-        batches = [StepBatch(decode_tokens=share, decode_context=context) for _ in range(groups)]
-        if prefill > 0:
-            first = batches[0]
-            batches[0] = StepBatch(
-                decode_tokens=first.decode_tokens,
+        parts = max(1, min(pp, math.floor(prefill_sequences))) if prefill > 0 else 1
+        batches = [
+            StepBatch(
+                decode_tokens=decode / groups if i < groups else 0.0,
                 decode_context=context,
-                prefill_tokens=prefill,
-                prefill_context=prefill_context,
-                prefill_sequences=1,
+                prefill_tokens=prefill / parts if i < parts else 0.0,
+                prefill_context=prefill_context if i < parts else 0.0,
+                prefill_sequences=prefill_sequences / parts if i < parts and prefill > 0 else 0.0,
             )
+            for i in range(max(groups, parts))
+        ]
         return self.steps.cycle_seconds(batches) * self.contention
 
     def prefill_chunks(self, prompt: int, decode: float) -> list[int]:

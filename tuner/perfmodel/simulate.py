@@ -5,9 +5,11 @@ arrives at a Poisson rate or in bursts. Each request passes the gateway's own pu
 imported from gateway.policy (admission per class, then `route` over a snapshot of every
 replica's load), and runs on a replica modelled as vLLM's continuous batching: up to
 max_running sequences, each cycle advancing every running sequence one token while the first
-waiting prompt is prefilled in chunks. A cycle's length comes from the same step model as
-`predict`; while both co-resident replicas are busy, both slow down by the co-residence
-contention factor. A replica can fail mid-run (its requests fail; the policy must route around
+waiting prompts are prefilled in chunks that share the max_num_batched_tokens budget left
+beside the decode tokens (as vLLM's scheduler packs them). A cycle's length comes from the same
+step model as `predict`; co-resident replicas share the GPUs like processes time-sliced on one
+device: while another replica is busy, a cycle progresses at 1/contention of its speed, and a
+cycle in progress speeds up or slows down the moment the other replica goes idle or busy. A replica can fail mid-run (its requests fail; the policy must route around
 it) and come back. The run is seeded and bounded in simulated time.
 
     simulate(scenario, policy_settings, seed) -> SimResult
@@ -55,13 +57,15 @@ class InteractiveLoad(BaseModel):
 
 
 class BatchLoad(BaseModel):
-    """Batch requests: Poisson arrivals at `rate_per_s`, plus `burst_size` at once every `burst_every_s`."""
+    """Batch requests: Poisson arrivals at `rate_per_s`, plus `burst_size` at once every `burst_every_s`
+    from `burst_start_s` on."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     rate_per_s: float = Field(0.0, ge=0)
     burst_size: int = Field(0, ge=0)
     burst_every_s: float = Field(60.0, gt=0)
+    burst_start_s: float = Field(0.0, ge=0, description="When the first burst lands (e.g. on traffic already running).")
     shape: Workload = Workload(input_len=2048, output_len=128)
 
 
@@ -166,6 +170,10 @@ class _Replica:
     running: list[_Request] = field(default_factory=list)
     cycle_end: float | None = None
     cycle_id: int = 0
+    cycle_chunks: tuple[tuple[_Request, int], ...] = ()
+    """The prompt chunks the cycle in progress prefills."""
+    slowdown: float = 1.0
+    """The contention factor the cycle in progress runs at now."""
     busy_since: float | None = None
     busy_total: float = 0.0
 
@@ -216,7 +224,7 @@ class _Simulation:
         if s.batch.rate_per_s > 0:
             self.at(self.rng.expovariate(s.batch.rate_per_s), "batch_arrival")
         if s.batch.burst_size > 0:
-            self.at(0.0, "batch_burst")
+            self.at(s.batch.burst_start_s, "batch_burst")
         for failure in s.failures:
             self.at(failure.at_s, "fail", failure.replica)
             if failure.recover_at_s is not None:
@@ -282,34 +290,58 @@ class _Simulation:
             if replica.busy_since is not None:
                 replica.busy_total += self.now - replica.busy_since
                 replica.busy_since = None
+            self._rebalance()  # idle now: the others run alone
             return
         if replica.busy_since is None:
             replica.busy_since = self.now
         decoding = [r for r in replica.running if r.prefilled >= r.shape.input_len]
-        prefilling = next((r for r in replica.running if r.prefilled < r.shape.input_len), None)
-        chunk, reached = 0, 0
-        if prefilling is not None:
-            room = max(1, replica.model.max_num_batched_tokens - len(decoding))
-            chunk = min(room, prefilling.shape.input_len - prefilling.prefilled)
-            reached = prefilling.prefilled + chunk
+        room = max(1, replica.model.max_num_batched_tokens - len(decoding))
+        chunks: list[tuple[_Request, int]] = []
+        for request in replica.running:
+            if room and request.prefilled < request.shape.input_len:
+                chunk = min(room, request.shape.input_len - request.prefilled)
+                chunks.append((request, chunk))
+                room -= chunk
+        prefill = sum(chunk for _, chunk in chunks)
+        reached = sum(r.prefilled + chunk for r, chunk in chunks) / len(chunks) if chunks else 0.0
         context = sum(r.shape.input_len + r.generated for r in decoding) / len(decoding) if decoding else 0.0
-        seconds = replica.model.cycle_seconds(len(decoding), context, chunk, reached)
-        others_busy = any(self._busy(o) for o in self.replicas.values() if o is not replica)
-        if others_busy:
-            seconds *= self.contention
-        replica.cycle_end = self.now + seconds
-        replica.cycle_id += 1
-        self.at(replica.cycle_end, "cycle", (replica.spec.name, replica.cycle_id, prefilling, chunk))
+        seconds = replica.model.cycle_seconds(len(decoding), context, prefill, reached, max(len(chunks), 1))
+        replica.slowdown = self._slowdown(replica)
+        replica.cycle_chunks = tuple(chunks)
+        self._schedule_cycle(replica, self.now + seconds * replica.slowdown)
+        self._rebalance()
 
-    def _on_cycle(self, payload: tuple[str, int, _Request | None, int]) -> None:
-        name, cycle_id, prefilling, chunk = payload
+    def _slowdown(self, replica: _Replica) -> float:
+        others_busy = any(self._busy(o) for o in self.replicas.values() if o is not replica)
+        return self.contention if others_busy else 1.0
+
+    def _schedule_cycle(self, replica: _Replica, end: float) -> None:
+        replica.cycle_end = end
+        replica.cycle_id += 1
+        self.at(end, "cycle", (replica.spec.name, replica.cycle_id))
+
+    def _rebalance(self) -> None:
+        """Re-time every cycle in progress whose contention changed: the work left is kept, the
+        speed it is done at follows whether another replica is busy now."""
+        for replica in self.replicas.values():
+            if replica.cycle_end is None:
+                continue
+            slowdown = self._slowdown(replica)
+            if slowdown != replica.slowdown:
+                work_left = (replica.cycle_end - self.now) / replica.slowdown
+                replica.slowdown = slowdown
+                self._schedule_cycle(replica, self.now + work_left * slowdown)
+
+    def _on_cycle(self, payload: tuple[str, int]) -> None:
+        name, cycle_id = payload
         replica = self.replicas[name]
         if cycle_id != replica.cycle_id or not replica.healthy:
-            return  # the replica failed during this cycle
+            return  # the replica failed, or the cycle was re-timed, after this event was set
         replica.cycle_end = None
+        chunks = {id(request): chunk for request, chunk in replica.cycle_chunks}
         for request in list(replica.running):
-            if request is prefilling:
-                request.prefilled += chunk
+            if id(request) in chunks:
+                request.prefilled += chunks[id(request)]
                 if request.prefilled >= request.shape.input_len:
                     request.generated, request.first_token_at = 1, self.now
             elif request.prefilled >= request.shape.input_len:
@@ -348,6 +380,7 @@ class _Simulation:
         replica.running, replica.waiting = [], deque()
         for request in lost:
             self._finish(request, ok=False)
+        self._rebalance()
 
     def _on_recover(self, name: str) -> None:
         self.replicas[name].healthy = True
