@@ -1,0 +1,62 @@
+"""The routing thresholds each plan ships with, derived from its replicas' batch sizes."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.routing.scenarios import plan_routing
+from deploy.plan import load_plan, shipped_plan
+from gateway.config import RoutingSettings
+from gateway.policy import PolicyState, ReplicaLoad, RequestFeatures, route
+from gateway.routing_rules import routing_for, routing_for_replicas
+
+
+def test_thresholds_scale_with_the_replicas_batch_sizes() -> None:
+    small, large = routing_for(8, 32), routing_for(64, 512)
+    assert small.spill_queue_threshold == 2 and large.spill_queue_threshold == 16
+    assert large.spill_target_headroom == 64 and small.spill_target_headroom == 4
+    assert small.spill_release_threshold < small.spill_queue_threshold
+    # Interactive may run its own replica's slots plus what it may spill; batch its own plus the borrowed ones.
+    assert large.limits["interactive"].max_concurrency == 64 + 64
+    assert large.limits["batch"].max_concurrency == 512 + 64
+    assert large.limits["batch"].max_queue == 8 * (512 + 64)
+
+
+def test_batch_admission_leaves_no_room_to_borrow_when_borrowing_is_off() -> None:
+    no_borrow = routing_for(16, 64, RoutingSettings(batch_borrows_idle_interactive=False, policy="round-robin"))
+    assert no_borrow.limits["batch"].max_concurrency == 64
+    assert no_borrow.policy == "round-robin"  # what the rule does not set is kept
+
+
+def test_the_derived_settings_are_valid_and_keep_priorities() -> None:
+    base = RoutingSettings()
+    derived = routing_for(1, 1)
+    RoutingSettings.model_validate(derived.model_dump())  # hysteresis ordered, policy known
+    assert derived.limits["batch"].priority == base.limits["batch"].priority
+
+
+def test_each_shipped_plan_gets_its_own_rule() -> None:
+    spark = plan_routing(load_plan(shipped_plan("llama-3.1-8b.dgx-spark-pair")))
+    cpu = plan_routing(load_plan(shipped_plan("cpu-demo")))
+    assert spark.limits["batch"].max_concurrency == 256 + 16
+    assert cpu.limits["batch"].max_concurrency == 64 + 16
+    assert spark != cpu
+
+
+def test_a_plan_without_both_classes_is_refused() -> None:
+    with pytest.raises(ValueError, match="batch"):
+        routing_for_replicas([("interactive", 16), ("interactive", 32)])
+
+
+def test_spilling_starts_at_the_derived_threshold() -> None:
+    settings = routing_for(16, 128)
+    batch = ReplicaLoad(name="batch", traffic_class="batch", max_num_seqs=128)
+    chat = RequestFeatures(endpoint="chat", stream=True)
+
+    def to(queue: int) -> str:
+        interactive = ReplicaLoad(name="interactive", traffic_class="interactive", in_flight=16 + queue, max_num_seqs=16)
+        decision, _ = route(chat, "interactive", [interactive, batch], settings, PolicyState())
+        return decision.replica
+
+    assert to(settings.spill_queue_threshold - 1) == "interactive"
+    assert to(settings.spill_queue_threshold) == "batch"

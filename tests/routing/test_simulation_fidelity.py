@@ -1,0 +1,81 @@
+"""The simulator fixes made for the routing evaluation: co-resident replicas share the GPUs like
+time-sliced processes (a cycle speeds up the moment the other replica goes idle), waiting prompts
+share the step's token budget as vLLM packs them, and a burst can land on running traffic."""
+
+from __future__ import annotations
+
+from gateway.config import RoutingSettings
+from tuner.perfmodel.predict import Layout
+from tuner.perfmodel.simulate import BatchLoad, InteractiveLoad, Scenario, SimReplica, simulate
+from tuner.workloads import Workload
+
+CHAT = Workload(input_len=256, output_len=64)
+LONG = Workload(input_len=2048, output_len=128)
+PAIR = (
+    SimReplica(name="interactive", traffic_class="interactive", layout=Layout(tp=2)),
+    SimReplica(name="batch", traffic_class="batch", layout=Layout(pp=2)),
+)
+
+
+def scenario(**update: object) -> Scenario:
+    base = Scenario(
+        model="llama-3.1-8b",
+        replicas=PAIR,
+        interactive=InteractiveLoad(users=2, think_time_s=0.5, shape=CHAT),
+        batch=BatchLoad(),
+        duration_s=60,
+    )
+    return base.model_copy(update=update)
+
+
+def tpot(result, cls: str = "interactive") -> float:  # noqa: ANN001
+    value = result.classes[cls].tpot_p50_ms
+    assert value is not None
+    return value
+
+
+def test_an_idle_co_resident_replica_costs_nothing() -> None:
+    alone = scenario()
+    shared = simulate(alone, RoutingSettings(policy="all-interactive"), seed=1)
+    separate = simulate(alone.model_copy(update={"co_resident": False}), RoutingSettings(policy="all-interactive"), seed=1)
+    assert tpot(shared) == tpot(separate)
+
+
+def test_a_busy_co_resident_replica_slows_the_other_by_the_contention_factor() -> None:
+    busy = scenario(batch=BatchLoad(rate_per_s=2.0, shape=LONG))
+    shared = simulate(busy, RoutingSettings(policy="class-aware"), seed=1)
+    separate = simulate(busy.model_copy(update={"co_resident": False}), RoutingSettings(policy="class-aware"), seed=1)
+    assert shared.replica_busy_fraction["batch"] > 0.9
+    assert 1.8 < tpot(shared) / tpot(separate) <= 2.0 + 1e-9  # the assumed 2x, no more
+
+
+def test_contention_follows_the_other_replica_going_idle() -> None:
+    """A short batch burst: interactive cycles are slowed while it runs, and only then, so the
+    median interactive TPOT stays at the alone figure instead of doubling."""
+    burst = scenario(batch=BatchLoad(burst_size=2, burst_start_s=10, burst_every_s=1000, shape=Workload(input_len=64, output_len=8)))
+    slowed = simulate(burst, RoutingSettings(policy="class-aware"), seed=1)
+    alone = simulate(scenario(), RoutingSettings(policy="class-aware"), seed=1)
+    assert slowed.replica_busy_fraction["batch"] < 0.05
+    assert tpot(slowed) < 1.1 * tpot(alone)
+
+
+def test_prompts_arriving_together_are_prefilled_together() -> None:
+    """Eight users at once (no think time before the first request): vLLM packs their prompts into
+    one step's token budget, so their first tokens come together (not one prompt per step, which
+    would spread them from one to eight prefill times), and no later than one-by-one would."""
+    short = Workload(input_len=256, output_len=4)
+    together = scenario(interactive=InteractiveLoad(users=8, think_time_s=0.0, shape=short), duration_s=1.5)
+    one = scenario(interactive=InteractiveLoad(users=1, think_time_s=0.0, shape=short), duration_s=1.5)
+    eight = simulate(together, RoutingSettings(policy="all-interactive"), seed=1).classes["interactive"]
+    single = simulate(one, RoutingSettings(policy="all-interactive"), seed=1).classes["interactive"]
+    assert single.ttft_p50_ms is not None and eight.ttft_p50_ms is not None and eight.ttft_p99_ms is not None
+    assert eight.completed >= 8
+    assert eight.ttft_p50_ms > 0.9 * eight.ttft_p99_ms
+    assert eight.ttft_p99_ms <= 8 * single.ttft_p50_ms
+
+
+def test_a_burst_lands_when_it_is_told_to() -> None:
+    late = scenario(interactive=InteractiveLoad(users=0), batch=BatchLoad(burst_size=4, burst_start_s=100, shape=LONG))
+    early = late.model_copy(update={"batch": BatchLoad(burst_size=4, burst_start_s=1, shape=LONG)})
+    assert simulate(late, seed=1).classes["batch"].completed == 0
+    assert simulate(early, seed=1).classes["batch"].completed == 4
