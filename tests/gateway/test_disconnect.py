@@ -73,20 +73,24 @@ def test_non_streaming(make_stack) -> None:
     assert stack.tp.wait_for_abort("non-streaming", ABORT_WITHIN_S) is not None
 
 
+def queued_now(stack: FakeStack) -> float:
+    metrics = httpx.get(f"{stack.root_url}/metrics").text.splitlines()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics if line.startswith("tandem_gateway_class_queued"))
+
+
 def test_while_queued_never_reaches_a_replica(make_stack) -> None:
     stack = make_stack(routing={"limits": {"interactive": {"max_concurrency": 1, "max_queue": 4}}})
-    stack.tp.first_token_delay_s = 0.5
+    stack.tp.first_token_delay_s = 2.0
     holder = threading.Thread(target=httpx.post, args=(f"{stack.base_url}/chat/completions",), kwargs={"json": body()})
     holder.start()
     assert wait_until(lambda: len(stack.tp.request_ids) == 1)
     sock = raw_request(stack, body(), "queued")
-    time.sleep(0.1)  # in the class queue by now
+    assert wait_until(lambda: queued_now(stack) == 1)  # waiting for the class's one slot
     sock.close()
+    assert wait_until(lambda: queued_now(stack) == 0)  # the gateway noticed, while the slot is still taken
     holder.join()
     time.sleep(0.2)
     assert "queued" not in stack.tp.request_ids + stack.pp.request_ids
-    queued = [line for line in httpx.get(f"{stack.root_url}/metrics").text.splitlines() if line.startswith("tandem_gateway_class_queued")]
-    assert all(line.endswith(" 0.0") for line in queued)
 
 
 def test_gateway_serves_on_after_disconnects(make_stack) -> None:
