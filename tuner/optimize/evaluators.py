@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 from contextlib import contextmanager
@@ -101,7 +102,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _first_line(error: BaseException) -> str:
+def _failure_reason(error: BaseException) -> str:
     text = str(error).strip() or type(error).__name__
     lowered = text.lower()
     if "out of memory" in lowered or "outofmemory" in lowered or "cannot allocate memory" in lowered:
@@ -110,7 +111,10 @@ def _first_line(error: BaseException) -> str:
         kind = "timed out"
     else:
         kind = "failed to start"
-    detail = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    # A failed start carries the engine log's tail: its last exception line says why.
+    errors = [line for line in lines if re.match(r"^[\w.]*(Error|Exception): ", line)]
+    detail = errors[-1] if errors else lines[0] if lines else ""
     return f"{kind}: {detail[:300]}"
 
 
@@ -180,7 +184,7 @@ class LiveEvaluator:
             try:
                 deployed = deploy(plan)  # returns once the engine answers, or raises
             except Exception as exc:  # noqa: BLE001 - every start failure is the trial's result
-                raise Infeasible(_first_line(exc)) from None
+                raise Infeasible(_failure_reason(exc)) from None
             remaining = max(1.0, self.timeout_s - (time.monotonic() - started))
             config = BenchConfig(
                 endpoint=Endpoint(url=deployed.base_url, model=deployed.model, timeout_s=remaining),

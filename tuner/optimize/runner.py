@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -41,7 +42,7 @@ from tuner.optimize.compose import (
 from tuner.optimize.evaluators import Evaluator, LiveEvaluator, ModelEvaluator
 from tuner.optimize.objectives import ClassObjective, Measurement, Metric
 from tuner.optimize.routing import routing_scenario, tune_routing
-from tuner.optimize.space import MIN_MEMORY_SHARE, Candidate, IntRange, SearchSpace, ShareRange
+from tuner.optimize.space import MEMORY_SHARE_STEP, MIN_MEMORY_SHARE, Candidate, IntRange, SearchSpace, ShareRange
 from tuner.optimize.study import ClassStudy, make_sampler, open_study, recover_interrupted, study_name, warm_start
 from tuner.optimize.targets import ClusterTarget, ModelChoice, TargetError, resolve_model_choice, resolve_target
 from tuner.perfmodel import load_hardware
@@ -135,11 +136,14 @@ def _default_tokens(target: ClusterTarget, predictor: ModelEvaluator | None, tem
     return 2048 * (replica.world_size if replica else 1)
 
 
-def _spaces(
+def search_spaces(
     target: ClusterTarget, template: ServingPlan, predictor: ModelEvaluator | None, model: ModelChoice
 ) -> dict[TrafficClass, SearchSpace]:
     budget = target.resolved_memory_budget(template)
-    shares = ShareRange(MIN_MEMORY_SHARE, round(budget - MIN_MEMORY_SHARE, 4)) if budget is not None else None
+    shares = None
+    if budget is not None:  # the other replica keeps at least MIN_MEMORY_SHARE; the top stays on the step grid
+        steps = math.floor((budget - 2 * MIN_MEMORY_SHARE) / MEMORY_SHARE_STEP + 1e-9)
+        shares = ShareRange(MIN_MEMORY_SHARE, round(MIN_MEMORY_SHARE + steps * MEMORY_SHARE_STEP, 4))
     layouts = target.layouts()
     if predictor is not None:
         reasons: list[str] = []
@@ -230,7 +234,7 @@ def optimize(request: OptimizeRequest, reporter: Reporter | None = None) -> Opti
         )
     if request.evaluate == "live" and predictor is None:
         notes.append(f"no performance-model profile for {target.name}: live trials run without a warm start or predictions")
-    spaces = _spaces(target, template, predictor, model)
+    spaces = search_spaces(target, template, predictor, model)
     objectives = {
         "interactive": ClassObjective.interactive(request.interactive_concurrency, request.interactive_slo),
         "batch": ClassObjective.batch(request.batch_concurrency, request.batch_slo),
