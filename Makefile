@@ -33,9 +33,14 @@ endif
 demo-model: $(STAMP)
 	$(BIN)/python -m deploy.demo_model
 
-# Extra tools for the comparison benchmarks (LiteLLM's proxy), kept out of the default install.
-bench: $(STAMP)
-	$(BIN)/pip install -q --disable-pip-version-check -e ".[$(ACCEL),dev,bench]"
+# LiteLLM's proxy for the gateway overhead comparison, in a virtualenv of its own (its pins
+# differ from Tandem's), kept out of the default install.
+bench: $(STAMP) .venv-litellm/.installed
+
+.venv-litellm/.installed:
+	$(PYTHON) -m venv .venv-litellm
+	.venv-litellm/bin/pip install -q --disable-pip-version-check 'litellm[proxy]'
+	touch $@
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .venv-litellm .pytest_cache

@@ -5,7 +5,7 @@ One run measures, against the same fast fake upstream (tests/fake_upstream.py):
   gateway   Tandem's gateway with every feature on: API keys, classification, class-aware
             routing with engine-load polling, metrics, one INFO log line per request
   naive     a FastAPI + httpx pass-through proxy (what a first attempt looks like)
-  litellm   LiteLLM's proxy, when `litellm` is importable (`make bench` installs it)
+  litellm   LiteLLM's proxy, from its own virtualenv .venv-litellm (`make bench` makes it)
 
 The proxy under test is pinned to core 0 (taskset); the upstream and the load generator share
 core 1. The load generator is a raw asyncio HTTP/1.1 client (keep-alive, one connection per
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.util
 import json
 import os
 import platform
@@ -44,6 +43,8 @@ from rich.console import Console
 from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
+# LiteLLM pins its own versions of the libraries Tandem uses: it lives in a virtualenv of its own.
+LITELLM_PYTHON = ROOT / ".venv-litellm" / "bin" / "python"
 MODEL = "bench-model"
 KEY = "sk-bench-0123456789"
 CONCURRENCY = (1, 8, 32, 64)
@@ -273,13 +274,13 @@ def run(seconds: float) -> list[Row]:
                 console.print(f"[bold]naive[/bold] FastAPI + httpx pass-through (core {PROXY_CORE})")
                 rows += _measure("naive", port, proxy.pid, MODEL, seconds)
 
-            if importlib.util.find_spec("litellm") is None:
-                console.print("[yellow]litellm is not importable: LiteLLM's proxy skipped (`make bench` installs it)[/yellow]")
+            if not LITELLM_PYTHON.exists():
+                console.print(f"[yellow]no {LITELLM_PYTHON}: LiteLLM's proxy skipped (`make bench` makes it)[/yellow]")
             else:
                 port = _free_port()
                 config = _litellm_config(upstream_port, workdir)
                 cli = "import sys; from litellm import run_server; sys.exit(run_server())"
-                args = [python, "-c", cli, "--config", str(config), "--port", str(port), "--num_workers", "1"]
+                args = [str(LITELLM_PYTHON), "-c", cli, "--config", str(config), "--port", str(port), "--num_workers", "1"]
                 with _process(args, port, PROXY_CORE, workdir / "litellm.log") as proxy:
                     console.print(f"[bold]litellm[/bold] proxy (core {PROXY_CORE})")
                     rows += _measure("litellm", port, proxy.pid, "tandem-bench", seconds)
