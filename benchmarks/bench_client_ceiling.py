@@ -9,7 +9,8 @@ machine, the fake sharing the cores). Two shapes:
 
 Baseline measured in the same run against the same upstream: vLLM's own benchmark client
 (`vllm bench serve`, run through its module). Also printed: this client's CPU time per request
-and per chunk, the cost that would otherwise be taken from the server under test.
+and per chunk (whole run: prompt building with the tokenizer, warm-up and measured phase), the
+cost that would otherwise be taken from the server under test.
 
     .venv/bin/python benchmarks/bench_client_ceiling.py [--concurrency 1,16,64] [--num-requests 2000]
 """

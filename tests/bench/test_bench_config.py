@@ -63,6 +63,9 @@ def test_prompts_are_deterministic_per_seed_and_stream_and_lengths_stay_in_range
         return [(p.text, p.output_len) for p in (factory.next() for _ in range(20))]
 
     assert texts(1, 0) == texts(1, 0)
+    prepared = PromptFactory(workload, seed=1, stream=0)
+    prepared.prepare(7)
+    assert [(p.text, p.output_len) for p in (prepared.next() for _ in range(20))] == texts(1, 0)
     assert texts(1, 0) != texts(2, 0)
     assert texts(1, 0) != texts(1, 1)
     low, high = length_range(50, 0.2)

@@ -13,6 +13,7 @@ the server's `usage`, and results report the actual mean input length.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -87,8 +88,19 @@ class PromptFactory:
         self._output_range = length_range(workload.output_len, workload.range_ratio)
         if tokenizer is not None:
             self._allowed = prompt_token_ids(tokenizer)
+        self._ready: deque[Prompt] = deque()
+
+    def prepare(self, count: int) -> None:
+        """Make the next ``count`` prompts now, so building them costs nothing during the run.
+
+        The order is the same as making them one by one, so results do not depend on it.
+        """
+        self._ready.extend(self._make() for _ in range(count))
 
     def next(self) -> Prompt:
+        return self._ready.popleft() if self._ready else self._make()
+
+    def _make(self) -> Prompt:
         input_len = int(self._rng.integers(self._input_range[0], self._input_range[1] + 1))
         output_len = int(self._rng.integers(self._output_range[0], self._output_range[1] + 1))
         text = self._from_tokens(input_len) if self._tokenizer is not None else self._from_words(input_len)
