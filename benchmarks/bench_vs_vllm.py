@@ -33,6 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.vllm_client import custom_dataset, run_vllm_bench  # noqa: E402
 from deploy.demo_model import ensure_demo_model  # noqa: E402
 from tuner.bench import BenchConfig, Bounds, ClosedLoop, Endpoint, TrafficStream, WorkloadSpec, run_benchmark  # noqa: E402
 from tuner.bench.prompts import PromptFactory, load_tokenizer  # noqa: E402
@@ -51,16 +52,6 @@ CHECKED = {"output tok/s", "requests/s", "TTFT p50 ms", "TPOT p50 ms"}
 """The figures that must agree. ITL and E2EL are shown too, but the ITL median is bimodal on a
 loaded CPU server (it often coalesces several tokens into one chunk, leaving gaps near 0 ms), so
 its ratio says nothing about the clients."""
-
-VLLM_CLIENT = """
-import json, sys
-from vllm.utils.argparse_utils import FlexibleArgumentParser
-from vllm.benchmarks.serve import add_cli_args, main
-parser = FlexibleArgumentParser()
-add_cli_args(parser)
-main(parser.parse_args(json.loads(sys.argv[1])))
-"""
-
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -108,23 +99,6 @@ def write_prompts(workload: WorkloadSpec, count: int, tokenizer: Path, out: Path
     return path
 
 
-def run_vllm_client(
-    base: str, model: str, tokenizer: Path, concurrency: int, prompts: Path, output_len: int, count: int, out: Path
-) -> dict:
-    """One `vllm bench serve` run over the given prompts; its saved results as a dict."""
-    result_file = out / f"vllm-c{concurrency}-{time.monotonic_ns()}.json"
-    cli = [
-        "--backend", "openai", "--base-url", base, "--model", model, "--tokenizer", str(tokenizer),
-        "--dataset-name", "custom", "--dataset-path", str(prompts), "--skip-chat-template",
-        "--custom-output-len", str(output_len), "--num-prompts", str(count),
-        "--max-concurrency", str(concurrency), "--ignore-eos", "--seed", "0", "--disable-tqdm",
-        "--percentile-metrics", "ttft,tpot,itl,e2el", "--save-result",
-        "--result-dir", str(out), "--result-filename", result_file.name,
-    ]
-    subprocess.run([sys.executable, "-c", VLLM_CLIENT, json.dumps(cli)], check=True, capture_output=True, cwd=out)
-    return json.loads(result_file.read_text())
-
-
 def run_tandem_client(base: str, model_dir: Path, concurrency: int, workload: WorkloadSpec, count: int) -> dict:
     config = BenchConfig(
         endpoint=Endpoint(url=f"{base}/v1", model=str(model_dir)),
@@ -164,9 +138,10 @@ def main() -> int:
                 order = ("vllm", "tandem") if repeat % 2 == 0 else ("tandem", "vllm")
                 for client in order:
                     if client == "vllm":
-                        runs["vllm"].append(run_vllm_client(
-                            base, str(model_dir), model_dir, concurrency, prompts, args.output_len, args.num_requests, out
-                        ))
+                        dataset = custom_dataset(prompts, args.output_len)
+                        runs["vllm"].append(
+                            run_vllm_bench(base, str(model_dir), model_dir, concurrency, args.num_requests, dataset, out)
+                        )
                     else:
                         runs["tandem"].append(run_tandem_client(base, model_dir, concurrency, workload, args.num_requests))
             print(f"\nconcurrency {concurrency}")

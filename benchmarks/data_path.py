@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.vllm_client import run_vllm_bench  # noqa: E402
+from benchmarks.vllm_client import random_dataset, run_vllm_bench  # noqa: E402
 from deploy.demo_model import ensure_demo_model  # noqa: E402
 from deploy.plan import ServingPlan, load_plan, shipped_plan  # noqa: E402
 from deploy.stack import running_stack  # noqa: E402
@@ -54,12 +54,10 @@ def measure(plan: ServingPlan, args: argparse.Namespace, out: Path, with_direct:
                     if target == "direct" and not with_direct:
                         continue
                     base, headers = (engine, None) if target == "direct" else (gateway, header)
+                    dataset = random_dataset(args.input_len, args.output_len)
                     runs[target].append(
-                        run_vllm_bench(
-                            base, stack.model, tokenizer, concurrency, args.input_len, args.output_len,
-                            args.num_requests, out, headers,
-                        )
-                    )  # fmt: skip
+                        run_vllm_bench(base, stack.model, tokenizer, concurrency, args.num_requests, dataset, out, headers)
+                    )
             figures[concurrency] = {name: medians(r) for name, r in runs.items() if r}
             print(f"  c={concurrency}: " + json.dumps(figures[concurrency]), flush=True)
     return figures

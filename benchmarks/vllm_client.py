@@ -23,24 +23,35 @@ main(parser.parse_args(json.loads(sys.argv[1])))
 """
 
 
+def random_dataset(input_len: int, output_len: int) -> list[str]:
+    """vLLM's random-token prompts of fixed lengths."""
+    return ["--dataset-name", "random", "--random-input-len", str(input_len), "--random-output-len", str(output_len)]
+
+
+def custom_dataset(prompts: Path, output_len: int) -> list[str]:
+    """Given prompts (JSONL of {"prompt": ...}), sent as they are."""
+    return [
+        "--dataset-name", "custom", "--dataset-path", str(prompts), "--skip-chat-template",
+        "--custom-output-len", str(output_len),
+    ]  # fmt: skip
+
+
 def run_vllm_bench(
     base: str,
     model: str,
     tokenizer: Path,
     concurrency: int,
-    input_len: int,
-    output_len: int,
     num_requests: int,
+    dataset: list[str],
     out: Path,
     headers: dict[str, str] | None = None,
 ) -> dict:
-    """One random-workload run at a fixed concurrency; vLLM's saved result as a dict
-    (median_ttft_ms, median_tpot_ms, output_throughput, ...). `base` has no /v1."""
+    """One run at a fixed concurrency; vLLM's saved result as a dict (median_ttft_ms,
+    median_tpot_ms, output_throughput, ...). `base` has no /v1."""
     result_file = out / f"vllm-c{concurrency}-{time.monotonic_ns()}.json"
     cli = [
         "--backend", "openai", "--base-url", base, "--model", model, "--tokenizer", str(tokenizer),
-        "--dataset-name", "random", "--random-input-len", str(input_len),
-        "--random-output-len", str(output_len), "--num-prompts", str(num_requests),
+        *dataset, "--num-prompts", str(num_requests),
         "--max-concurrency", str(concurrency), "--ignore-eos", "--seed", "0", "--disable-tqdm",
         "--percentile-metrics", "ttft,tpot,itl,e2el", "--save-result",
         "--result-dir", str(out), "--result-filename", result_file.name,
