@@ -13,6 +13,7 @@ tables into docs/routing.md. The live part starts vLLM engines: run it under the
     .venv/bin/python benchmarks/routing.py --simulated-only [--seeds 5]
     flock /tmp/tandem-heavy.lock .venv/bin/python benchmarks/routing.py --live-only [--quick]
     flock /tmp/tandem-heavy.lock .venv/bin/python benchmarks/routing.py --docs     # everything
+    .venv/bin/python benchmarks/routing.py --report-only --docs                    # tables and charts again
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     only = parser.add_mutually_exclusive_group()
     only.add_argument("--simulated-only", action="store_true", help="skip the live CPU stack")
     only.add_argument("--live-only", action="store_true", help="skip the simulation")
+    only.add_argument("--report-only", action="store_true", help="run nothing: rebuild the report from the results file")
     parser.add_argument("--seeds", type=int, default=5, help="simulation seeds per policy and scenario (default 5)")
     parser.add_argument("--quick", action="store_true", help="short runs: 2 seeds x 120 s simulated, 6 s live runs")
     parser.add_argument("--sim-duration", type=float, default=300.0, help="simulated seconds per run (default 300)")
@@ -157,12 +159,12 @@ def main(argv: list[str] | None = None) -> int:
     report = RoutingReport(command=" ".join(["benchmarks/routing.py", *(argv if argv is not None else sys.argv[1:])]), machine=_machine())
     if args.output.is_file():  # keep what this command does not re-run
         previous = RoutingReport.model_validate_json(args.output.read_text())
-        rerun = ("simulated",) * (not args.live_only) + ("live",) * (not args.simulated_only)
+        rerun = () if args.report_only else ("simulated",) * (not args.live_only) + ("live",) * (not args.simulated_only)
         report.scenarios = [s for s in previous.scenarios if not s.setting.startswith(rerun)]
         report.settings = {k: v for k, v in previous.settings.items() if not k.startswith(rerun)}
     started = time.perf_counter()
     with Progress(console=console, transient=True) as progress:
-        parts = ([simulated] if not args.live_only else []) + ([live] if not args.simulated_only else [])
+        parts = [] if args.report_only else [simulated] * (not args.live_only) + [live] * (not args.simulated_only)
         for part in parts:
             results, described = part(args, progress)
             report.scenarios += results
