@@ -17,7 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from gateway.config import GatewaySettings, TrafficClass
+from gateway.config import GatewaySettings, TrafficClass, describe_fields
 
 DEMO_SOURCE = "demo"
 """`model.source: demo` means the locally generated demo model (see deploy.demo_model)."""
@@ -253,21 +253,12 @@ class ServingPlan(BaseModel):
         raise KeyError(f"no replica named {name!r}; the plan has {[r.name for r in self.replicas]}")
 
 
-def _format_validation_error(error: ValidationError) -> str:
-    lines = []
-    for item in error.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "plan"
-        message = item["msg"].removeprefix("Value error, ")
-        lines.append(f"  {where}: {message}")
-    return "\n".join(lines)
-
-
 def parse_plan(data: Any, origin: str = "plan") -> ServingPlan:
     """Validate plan data, turning pydantic's errors into a PlanError that names each field."""
     try:
         return ServingPlan.model_validate(data)
     except ValidationError as exc:
-        raise PlanError(f"{origin} is not a valid serving plan:\n{_format_validation_error(exc)}") from None
+        raise PlanError(f"{origin} is not a valid serving plan:\n{describe_fields(exc)}") from None
 
 
 def load_plan(path: str | Path) -> ServingPlan:

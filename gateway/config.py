@@ -210,8 +210,12 @@ def load_config(path: str | Path) -> GatewayConfig:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
     except ValidationError as exc:
-        fields = "\n".join(
-            f"  {'.'.join(map(str, e['loc'])) or 'config'}: {e['msg'].removeprefix('Value error, ')}"
-            for e in exc.errors()
-        )
-        raise ConfigError(f"{path} is not a valid gateway config:\n{fields}") from None
+        raise ConfigError(f"{path} is not a valid gateway config:\n{describe_fields(exc)}") from None
+
+
+def describe_fields(error: ValidationError) -> str:
+    """One line per bad field, `  where.in.the.file: what is wrong`, for config-file errors."""
+    return "\n".join(
+        f"  {'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg'].removeprefix('Value error, ')}"
+        for e in error.errors()
+    )
