@@ -291,6 +291,8 @@ def plot_scenario(report: RoutingReport, scenario: str, path: Path) -> Path:
                     continue
                 ax.bar(index, estimate.mean, yerr=estimate.half_width or None, color=colors(index), capsize=3,
                        edgecolor="black" if name == TANDEM else None, linewidth=1.5 if name == TANDEM else 0)  # fmt: skip
+            if figure.endswith("_ms"):  # tails span 100 ms to minutes
+                ax.set_yscale("log")
             ax.set_xticks(range(len(policies)), policies, rotation=35, ha="right", fontsize=7)
             ax.set_title(f"{FIGURES[figure]}\n{setting}", fontsize=8)
     fig.suptitle(f"{scenario}: {report.of_setting(settings[0])[scenario].description}", fontsize=9)
