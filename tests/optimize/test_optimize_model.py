@@ -95,7 +95,7 @@ def test_cli_json_and_plan_file(tmp_path: Path) -> None:
         ["optimize", "--model", "gpt-oss-20b", "--trials", "12", "--routing-trials", "0", "--json",
          "--storage", f"sqlite:///{tmp_path / 's.db'}", "--out", str(tmp_path)],
     )  # fmt: skip
-    assert code == 0, result.output
+    assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["model"] == "gpt-oss-20b" and data["cluster"] == "dgx-spark-pair"
     assert Path(data["plan_path"]) == tmp_path / "gpt-oss-20b.dgx-spark-pair.yaml"

@@ -136,7 +136,8 @@ def optimize_command(
         console.print(f"[red]no plan written:[/] {exc}")
         raise typer.Exit(1) from None
     if json_output:
-        print(result.model_dump_json(indent=2))
+        # Flushed now: after a live run, Ray's leftover threads can end the interpreter abruptly.
+        print(result.model_dump_json(indent=2), flush=True)
         return
     Console().print(_table(result))
     for note in result.notes:
