@@ -142,23 +142,21 @@ def infeasible_summary(study: optuna.Study, objective: ClassObjective) -> str:
     if measured and objective.slo:
         closest_trial, closest = min(measured, key=lambda tm: max(objective.constraints(tm[1]).values()))
         parts.append(
-            f"none met {objective.describe().split(' subject to ')[-1]}; closest (trial {closest_trial.number}): "
+            f"none met {objective.slo_text()}; closest (trial {closest_trial.number}): "
             + "; ".join(objective.violations(closest))
         )
     return ", ".join(parts)
 
 
 def pick_interactive(study: optuna.Study, objective: ClassObjective, space: SearchSpace, tolerance: float = 0.02) -> FrozenTrial:
-    front = [t for t in study.best_trials if t in feasible_trials(study, objective)] if study.best_trials else []
+    feasible = feasible_trials(study, objective)
+    usable = {t.number for t in feasible}
+    front = [t for t in study.best_trials if t.number in usable]
     if not front:
         raise NoFeasibleTrial(f"no usable interactive trial: {infeasible_summary(study, objective)}")
     best = [min(t.values[i] for t in front) for i in range(len(objective.targets))]
     balanced = min(front, key=lambda t: max(v / b for v, b in zip(t.values, best, strict=True)))
-    near = [
-        t
-        for t in feasible_trials(study, objective)
-        if all(v <= bv * (1 + tolerance) for v, bv in zip(t.values, balanced.values, strict=True))
-    ]
+    near = [t for t in feasible if all(v <= bv * (1 + tolerance) for v, bv in zip(t.values, balanced.values, strict=True))]
     return min(near, key=lambda t: (space.from_params(t.params).memory_share or 0.0, t.number))
 
 

@@ -125,7 +125,9 @@ class ClassObjective(BaseModel):
             if measurement.value(metric) > limit
         ]
 
+    def slo_text(self) -> str:
+        return ", ".join(f"{m.removesuffix('_ms')} <= {v:g} ms" for m, v in self.slo.items())
+
     def describe(self) -> str:
         goal = " and ".join(f"{d[:3]} {m.removesuffix('_ms')}" for m, d in self.targets)
-        slo = ", ".join(f"{m.removesuffix('_ms')} <= {v:g} ms" for m, v in self.slo.items())
-        return f"{goal} at concurrency {self.concurrency}" + (f" subject to {slo}" if slo else "")
+        return f"{goal} at concurrency {self.concurrency}" + (f" subject to {self.slo_text()}" if self.slo else "")

@@ -93,8 +93,9 @@ def tune_routing(
     n_trials: int,
     seed: int,
     callbacks: list | None = None,
-) -> tuple[RoutingSettings, optuna.Study]:
-    """The thresholds with the best interactive goodput that keep batch output near the base's."""
+) -> tuple[RoutingSettings, FrozenTrial | None]:
+    """The thresholds with the best interactive goodput that keep batch output near the base's,
+    and the trial that found them (None: no trial kept batch output, the base is returned)."""
     floor = (1 - BATCH_TOLERANCE) * simulate(scenario, base, seed).classes["batch"].output_tok_s
     sampler = make_sampler(seed)
     study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize", sampler=sampler, load_if_exists=True)
@@ -120,7 +121,7 @@ def tune_routing(
         study.optimize(run, n_trials=missing, callbacks=callbacks or [])
     feasible: list[FrozenTrial] = [t for t in study.get_trials(deepcopy=False) if t.value is not None and all(c <= 0 for c in t.constraints.values())]
     if not feasible:
-        return base, study
+        return base, None
     best = max(feasible, key=lambda t: (t.value, -t.number))
     queue = best.params["spill_queue_threshold"]
     return (
@@ -131,5 +132,5 @@ def tune_routing(
                 "spill_target_headroom": best.params["spill_target_headroom"],
             }
         ),
-        study,
+        best,
     )

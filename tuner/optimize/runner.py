@@ -333,8 +333,9 @@ def _tune_routing(
         model.source, target.hardware, replicas, predictor.workload, objectives["interactive"], objectives["batch"], rate
     )
     reporter.phase("routing (simulated)", request.routing_trials)
-    tuned, study = tune_routing(
-        study_name(model.key, target.name, "routing"),
+    name = study_name(model.key, target.name, "routing")
+    tuned, best = tune_routing(
+        name,
         request.storage,
         scenario,
         base,
@@ -342,8 +343,8 @@ def _tune_routing(
         request.seed,
         callbacks=[lambda s, t: reporter.trial("routing (simulated)", t)],
     )
-    best = max((t for t in study.get_trials(deepcopy=False) if t.value is not None), key=lambda t: t.value)
-    return tuned, {"tuned": True, "study": study.study_name, "interactive_goodput_req_s": best.value, **_thresholds(tuned)}
+    goodput = None if best is None else best.value
+    return tuned, {"tuned": best is not None, "study": name, "interactive_goodput_req_s": goodput, **_thresholds(tuned)}
 
 
 def _thresholds(routing: RoutingSettings) -> dict[str, object]:
