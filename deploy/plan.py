@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gateway.config import GatewaySettings, TrafficClass, describe_fields
+from gateway.routing_rules import routing_for_replicas
 
 DEMO_SOURCE = "demo"
 """`model.source: demo` means the locally generated demo model (see deploy.demo_model)."""
@@ -241,6 +242,16 @@ class ServingPlan(BaseModel):
                     f"the replicas ask for {gpu_use:g} GPUs in all but the cluster has {cluster.devices}; "
                     "lower placement.gpus_per_worker so they can be co-resident"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _routing_from_replicas(self) -> ServingPlan:
+        """A plan that sets no routing gets the rule derived from its replicas' batch sizes
+        (gateway.routing_rules), so every plan ships with thresholds that fit it."""
+        classes = {r.traffic_class for r in self.replicas}
+        if "routing" not in self.gateway.model_fields_set and classes == {"interactive", "batch"}:
+            replicas = ((r.traffic_class, r.engine.max_num_seqs) for r in self.replicas)
+            self.gateway.routing = routing_for_replicas(replicas, self.gateway.routing)
         return self
 
     def replica_for(self, traffic_class: TrafficClass) -> Replica | None:

@@ -104,12 +104,25 @@ def deploy(plan: ServingPlan, log_dir: Path | None = None) -> Deployed:
     log_dir = log_dir or cache_dir() / "logs"
     serve.start(proxy_location="Disabled")
     app = build_app(plan, resolve_model_source(plan), str(log_dir))
-    handle = serve.run(app, name=APP_NAME, route_prefix=None)
+    try:
+        handle = serve.run(app, name=APP_NAME, route_prefix=None)
+    except RuntimeError as exc:
+        # Serve says only which deployments failed; why (an engine's log tail) is in their status.
+        raise RuntimeError(f"{exc}\n{_failure_details()}") from None
     replica_urls = handle.replica_urls.remote().result()
     settings = plan.gateway
     base_url = f"http://{_client_host(settings.host)}:{settings.port}/v1"
     wait_ready(base_url)
     return Deployed(base_url=base_url, model=plan.model.name, replica_urls=replica_urls)
+
+
+def _failure_details() -> str:
+    from ray import serve
+
+    app = serve.status().applications.get(APP_NAME)
+    if app is None:
+        return ""
+    return "\n".join(f"{name}: {d.message}" for name, d in app.deployments.items() if d.message)
 
 
 def _client_host(listen_host: str) -> str:
@@ -160,11 +173,10 @@ def app_status() -> dict[str, str] | None:
 def running_stack(plan: ServingPlan, address: str | None = None) -> Iterator[Deployed]:
     """Deploy a plan for the length of a `with` block (tests, `gateway up`, live tuning)."""
     with RayConnection(address, num_cpus=None if address else logical_cpus_needed(plan)) as connection:
-        deployed = deploy(plan)
         try:
-            yield deployed
+            yield deploy(plan)
         finally:
-            if not connection.owns_cluster:
+            if not connection.owns_cluster:  # a failed deploy is removed too: Serve would retry it
                 undeploy()
 
 

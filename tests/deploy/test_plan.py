@@ -149,3 +149,19 @@ def test_unreadable_plans_get_clear_errors(tmp_path: Path) -> None:
 
 def test_plan_model_is_a_pydantic_contract() -> None:
     assert ServingPlan.model_json_schema()["required"] == ["model", "replicas"]
+
+
+def test_a_plan_without_routing_gets_thresholds_derived_from_its_replicas() -> None:
+    plan = load_plan(shipped_plan("cpu-demo"))  # interactive max_num_seqs 16, batch 64
+    routing = plan.gateway.routing
+    assert (routing.spill_queue_threshold, routing.spill_release_threshold, routing.spill_target_headroom) == (4, 1, 8)
+    assert routing.limits["interactive"].max_concurrency == 16 + 8
+    assert routing.limits["batch"].max_concurrency == 64 + 16
+
+
+def test_routing_a_plan_sets_is_kept_as_written() -> None:
+    data = demo_data()
+    data["gateway"]["routing"] = {"spill_queue_threshold": 9, "spill_release_threshold": 3}
+    routing = parse_plan(data).gateway.routing
+    assert (routing.spill_queue_threshold, routing.spill_release_threshold) == (9, 3)
+    assert routing.limits["interactive"].max_concurrency == 32  # the settings' own default
