@@ -112,10 +112,11 @@ def _failure_reason(error: BaseException) -> str:
     else:
         kind = "failed to start"
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    # A failed start carries the engine log's tail: its last exception line says why.
-    errors = [line for line in lines if re.match(r"^[\w.]*(Error|Exception): ", line)]
-    detail = errors[-1] if errors else lines[0] if lines else ""
-    return f"{kind}: {detail[:300]}"
+    # A failed start carries the engine log's tail: its last exception line says why, and the
+    # line after it holds the detail where the exception is a summary (pydantic's "1 validation error").
+    errors = [i for i, line in enumerate(lines) if re.match(r"^[\w.]*(Error|Exception): ", line)]
+    detail = " ".join(lines[errors[-1] : errors[-1] + 2]) if errors else lines[0] if lines else ""
+    return f"{kind}: {detail[:400]}"
 
 
 @contextmanager
