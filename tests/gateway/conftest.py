@@ -53,9 +53,12 @@ def fake_stack() -> Iterator[FakeStack]:
             gateway.stop()
 
 
-@pytest.fixture(params=["fake", pytest.param("stack", marks=pytest.mark.stack)])
+@pytest.fixture(
+    params=["fake", pytest.param("stack", marks=pytest.mark.stack), pytest.param("stack-handle", marks=pytest.mark.stack)]
+)
 def endpoint(request: pytest.FixtureRequest) -> Endpoint:
-    """The server the contract tests talk to."""
+    """The server the contract tests talk to: the fake upstreams, the real CPU stack over HTTP to
+    vLLM's own servers, or the real CPU stack over Serve handles to ray.serve.llm's LLMServer."""
     if request.param == "fake":
         fake: FakeStack = request.getfixturevalue("fake_stack")
         return Endpoint(
@@ -66,15 +69,12 @@ def endpoint(request: pytest.FixtureRequest) -> Endpoint:
             replica_models={"tp": fake.tp.model, "pp": fake.pp.model},
             fake=fake,
         )
-    try:
-        cpu_stack = request.getfixturevalue("cpu_stack")
-    except pytest.FixtureLookupError:
-        pytest.skip("the real CPU stack fixture (tests/conftest.py: cpu_stack) is not available")
-    models = {name: httpx.get(f"{url}/models").json()["data"][0]["id"] for name, url in cpu_stack.replica_urls.items()}
+    stack = request.getfixturevalue("cpu_stack" if request.param == "stack" else "cpu_stack_handle")
+    models = {name: httpx.get(f"{url}/models").json()["data"][0]["id"] for name, url in stack.replica_urls.items()}
     return Endpoint(
-        base_url=cpu_stack.base_url,
-        model=cpu_stack.model,
-        replica_urls=dict(cpu_stack.replica_urls),
+        base_url=stack.base_url,
+        model=stack.model,
+        replica_urls=dict(stack.replica_urls),
         replica_models=models,
     )
 
