@@ -200,7 +200,9 @@ def _litellm_config(upstream_port: int, workdir: Path) -> Path:
                     "api_key": "unused",
                 },
             }
-        ]
+        ],
+        # LiteLLM refuses to start open; the same key as the gateway's, so both check one.
+        "general_settings": {"master_key": KEY},
     }
     path = workdir / "litellm.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -280,7 +282,7 @@ def run(seconds: float) -> list[Row]:
                 port = _free_port()
                 config = _litellm_config(upstream_port, workdir)
                 cli = "import sys; from litellm import run_server; sys.exit(run_server())"
-                args = [str(LITELLM_PYTHON), "-c", cli, "--config", str(config), "--port", str(port), "--num_workers", "1"]
+                args = [str(LITELLM_PYTHON), "-c", cli, "--config", str(config), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"]
                 with _process(args, port, PROXY_CORE, workdir / "litellm.log") as proxy:
                     console.print(f"[bold]litellm[/bold] proxy (core {PROXY_CORE})")
                     rows += _measure("litellm", port, proxy.pid, "tandem-bench", seconds)
