@@ -52,6 +52,19 @@ def logical_cpus_needed(plan: ServingPlan) -> int:
     return max(os.cpu_count() or 1, math.ceil(reserved + GATEWAY_CPUS) + len(plan.replicas))
 
 
+def ray_on_loopback_only() -> None:
+    """Make every Ray process started from here on register and listen on 127.0.0.1.
+
+    `_node_ip_address` alone is not enough: Ray's processes still pick the address the host
+    would route out of unless its single-machine switch is off. The switch is read from the
+    environment by each new process, and once, at import, by this one (already done), so both
+    are set."""
+    from ray._private import ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
 class RayConnection:
     """Ray for one command: join the cluster at `address`, else start a local head we own."""
 
@@ -68,6 +81,7 @@ class RayConnection:
             return self
         # Loopback only: the local head serves this machine, nothing else. address="local"
         # starts a new head even when another Ray cluster runs here (ray.init would join it).
+        ray_on_loopback_only()
         ray.init(
             address="local",
             num_cpus=self.num_cpus,

@@ -9,7 +9,6 @@ the builder gives the real one, so the test needs no vLLM start.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -20,6 +19,7 @@ from ray import cloudpickle
 
 from deploy.builder import http_engine
 from deploy.plan import parse_plan, shipped_plan
+from deploy.stack import ray_on_loopback_only
 
 pytestmark = pytest.mark.ray
 
@@ -53,14 +53,9 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 def two_node_cluster() -> Iterator[list[str]]:
     import ray
     from ray import serve
-    from ray._private import ray_constants
     from ray.cluster_utils import Cluster
 
-    # Both "nodes" on 127.0.0.1, like deploy.stack's local head. Ray's switch for single-machine
-    # clusters is read once, at import, and this process imported Ray already: set it for the
-    # processes the cluster starts, and its module constant for this one.
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    ray_constants.ENABLE_RAY_CLUSTER = False
+    ray_on_loopback_only()  # both "nodes" on 127.0.0.1, like deploy.stack's local head
     loopback = {"node_ip_address": "127.0.0.1"}
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False, **loopback})
     cluster.add_node(num_cpus=2, **loopback)
