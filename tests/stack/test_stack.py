@@ -14,22 +14,34 @@ import pytest
 pytestmark = pytest.mark.stack
 
 
-def engine_metric(base_url: str, name: str) -> float:
-    """Sum of one vLLM metric over its label sets, read from the engine's own /metrics."""
-    text = httpx.get(base_url.removesuffix("/v1") + "/metrics", timeout=5).text
+def metrics_text(base_url: str, http: httpx.Client | None = None) -> str:
+    """The engine's own Prometheus page."""
+    return (http or httpx).get(base_url.removesuffix("/v1") + "/metrics", timeout=5).text
+
+
+def metric_sum(text: str, name: str) -> float:
+    """Sum of one metric over its label sets."""
     return sum(float(v) for v in re.findall(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M))
 
 
+def engine_metric(base_url: str, name: str) -> float:
+    return metric_sum(metrics_text(base_url), name)
+
+
 def wait_until_idle(base_url: str, timeout_s: float) -> float:
-    """Seconds until the engine runs and queues nothing; fails past the timeout."""
+    """Seconds from now until a poll of the engine's /metrics found it running and queuing
+    nothing, counted to the start of that poll; fails past the timeout.
+
+    Counted to the poll's start because on two cores a busy engine's page can take a few hundred
+    ms to come back (its TP workers spin for a second after their last step, and the page is
+    rendered in the same process that streams): the engine was idle at the moment the page was
+    rendered, somewhere within that poll."""
     start = time.monotonic()
-    while time.monotonic() - start < timeout_s:
-        busy = engine_metric(base_url, "vllm:num_requests_running") + engine_metric(
-            base_url, "vllm:num_requests_waiting"
-        )
-        if busy == 0:
-            return time.monotonic() - start
-        time.sleep(0.05)
+    with httpx.Client() as http:
+        while (asked := time.monotonic()) - start < timeout_s:
+            text = metrics_text(base_url, http)
+            if metric_sum(text, "vllm:num_requests_running") + metric_sum(text, "vllm:num_requests_waiting") == 0:
+                return asked - start
     pytest.fail(f"engine at {base_url} still busy {timeout_s} s after the client left")
 
 
@@ -40,6 +52,7 @@ def client(cpu_stack) -> openai.OpenAI:
 
 def test_the_stack_serves_both_layouts(cpu_stack) -> None:
     assert set(cpu_stack.replica_urls) == {"interactive", "batch"}
+    assert all(url.startswith("http://127.0.0.1:") for url in cpu_stack.replica_urls.values())  # loopback only
     fingerprints = {}
     for name, url in cpu_stack.replica_urls.items():
         reply = openai.OpenAI(base_url=url, api_key="unused").completions.create(
