@@ -13,6 +13,13 @@ import pytest
 
 pytestmark = pytest.mark.stack
 
+# The gateway closes the upstream request at once (tests/gateway/test_disconnect.py holds it to
+# 1 s against the fake upstream). The real engine then needs its API server to notice, and on two
+# cores that server is starved by the engine's own TP workers, pinned to both cores while they
+# generate: measured here between 0.1 s and about 1.3 s. The bound below is that measurement with
+# margin, not the gateway's target.
+ENGINE_STOPS_WITHIN_S = 2.0
+
 
 def metrics_text(base_url: str, http: httpx.Client | None = None) -> str:
     """The engine's own Prometheus page."""
@@ -116,7 +123,7 @@ def test_client_leaving_mid_stream_stops_the_engine(cpu_stack) -> None:
                 next(lines)
             assert r.headers["x-tandem-replica"] == "interactive"
             assert engine_metric(engine, "vllm:num_requests_running") == 1
-    assert wait_until_idle(engine, timeout_s=1.0) < 1.0
+    assert wait_until_idle(engine, timeout_s=ENGINE_STOPS_WITHIN_S) < ENGINE_STOPS_WITHIN_S
 
 
 def test_client_leaving_before_the_first_token_stops_the_engine(cpu_stack) -> None:
@@ -124,7 +131,7 @@ def test_client_leaving_before_the_first_token_stops_the_engine(cpu_stack) -> No
     with httpx.Client(timeout=60) as http:
         with post_long_generation(http, cpu_stack, "interactive", stream=True) as r:
             assert r.status_code == 200  # headers only: no body read
-    assert wait_until_idle(engine, timeout_s=1.0) < 1.0
+    assert wait_until_idle(engine, timeout_s=ENGINE_STOPS_WITHIN_S) < ENGINE_STOPS_WITHIN_S
 
 
 def test_client_giving_up_on_a_non_streamed_request_stops_the_engine(cpu_stack) -> None:
@@ -132,4 +139,4 @@ def test_client_giving_up_on_a_non_streamed_request_stops_the_engine(cpu_stack) 
     with pytest.raises(httpx.ReadTimeout), httpx.Client(timeout=1.0) as http:
         with post_long_generation(http, cpu_stack, "batch", stream=False) as r:
             r.read()
-    assert wait_until_idle(engine, timeout_s=1.0) < 1.0
+    assert wait_until_idle(engine, timeout_s=ENGINE_STOPS_WITHIN_S) < ENGINE_STOPS_WITHIN_S
