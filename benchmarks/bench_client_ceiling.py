@@ -26,7 +26,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_vs_vllm import free_port, run_vllm_client, write_prompts  # noqa: E402
+from benchmarks.bench_vs_vllm import write_prompts  # noqa: E402
+from benchmarks.vllm_client import custom_dataset, run_vllm_bench  # noqa: E402
+from deploy.ports import free_port  # noqa: E402
 from deploy.demo_model import ensure_demo_model  # noqa: E402
 from tuner.bench import BenchConfig, Bounds, ClosedLoop, Endpoint, TrafficStream, WorkloadSpec, run_benchmark  # noqa: E402
 
@@ -77,7 +79,7 @@ def main() -> int:
             print(f"  {'conc':>5}{'vllm bench':>12}{'tuner bench':>13}{'ratio':>8}{'CPU/request':>14}{'CPU/chunk':>12}")
             prompts = write_prompts(WorkloadSpec(input_len=shape[0], output_len=shape[1]), count, tokenizer, out)
             for concurrency in (int(c) for c in args.concurrency.split(",")):
-                theirs = run_vllm_client(base, "m", tokenizer, concurrency, prompts, shape[1], count, out)
+                theirs = run_vllm_bench(base, "m", tokenizer, concurrency, count, custom_dataset(prompts, shape[1]), out)
                 requests_s, chunks_s, cpu = tandem(base, concurrency, shape, count, tokenizer)
                 ours, baseline = (requests_s, theirs["request_throughput"]) if shape[1] == 1 else (chunks_s, theirs["output_throughput"])
                 print(

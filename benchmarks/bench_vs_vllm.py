@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,7 @@ from benchmarks.vllm_client import custom_dataset, run_vllm_bench  # noqa: E402
 from deploy.demo_model import ensure_demo_model  # noqa: E402
 from tuner.bench import BenchConfig, Bounds, ClosedLoop, Endpoint, TrafficStream, WorkloadSpec, run_benchmark  # noqa: E402
 from tuner.bench.prompts import PromptFactory, load_tokenizer  # noqa: E402
+from deploy.ports import free_port  # noqa: E402
 
 FIGURES = {  # name -> (vLLM result key, tuner-bench Metrics accessor)
     "output tok/s": ("output_throughput", lambda m: m.output_throughput),
@@ -52,11 +52,6 @@ CHECKED = {"output tok/s", "requests/s", "TTFT p50 ms", "TPOT p50 ms"}
 """The figures that must agree. ITL and E2EL are shown too, but the ITL median is bimodal on a
 loaded CPU server (it often coalesces several tokens into one chunk, leaving gaps near 0 ms), so
 its ratio says nothing about the clients."""
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextmanager

@@ -42,6 +42,8 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from deploy.ports import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 # LiteLLM pins its own versions of the libraries Tandem uses: it lives in a virtualenv of its own.
 LITELLM_PYTHON = ROOT / ".venv-litellm" / "bin" / "python"
@@ -113,11 +115,6 @@ async def _load(port: int, request: bytes, concurrency: int, seconds: float, war
 
 
 # ---- processes under test ------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 def _wait_listening(port: int, process: subprocess.Popen, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
@@ -257,20 +254,20 @@ def run(seconds: float) -> list[Row]:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="gateway-overhead-") as tmp:
         workdir = Path(tmp)
-        upstream_port = _free_port()
+        upstream_port = free_port()
         upstream_args = [python, "tests/fake_upstream.py", "--port", str(upstream_port), "--model", MODEL]
         with _process(upstream_args, upstream_port, LOAD_CORE, workdir / "upstream.log"):
             console.print(f"[bold]direct[/bold] to the fake upstream (core {LOAD_CORE})")
             rows += _measure("direct", upstream_port, None, MODEL, seconds)
 
-            port = _free_port()
+            port = free_port()
             config = _gateway_config(upstream_port, port, workdir)
             serve = f"from gateway.server import run_serve_command; run_serve_command({str(config)!r})"
             with _process([python, "-c", serve], port, PROXY_CORE, workdir / "gateway.log") as gateway:
                 console.print(f"[bold]gateway[/bold] (core {PROXY_CORE}, every feature on)")
                 rows += _measure("gateway", port, gateway.pid, "tandem-bench", seconds)
 
-            port = _free_port()
+            port = free_port()
             naive = [python, "-c", NAIVE_PROXY, f"http://127.0.0.1:{upstream_port}/v1", str(port)]
             with _process(naive, port, PROXY_CORE, workdir / "naive.log") as proxy:
                 console.print(f"[bold]naive[/bold] FastAPI + httpx pass-through (core {PROXY_CORE})")
@@ -279,7 +276,7 @@ def run(seconds: float) -> list[Row]:
             if not LITELLM_PYTHON.exists():
                 console.print(f"[yellow]no {LITELLM_PYTHON}: LiteLLM's proxy skipped (`make bench` makes it)[/yellow]")
             else:
-                port = _free_port()
+                port = free_port()
                 config = _litellm_config(upstream_port, workdir)
                 cli = "import sys; from litellm import run_server; sys.exit(run_server())"
                 args = [str(LITELLM_PYTHON), "-c", cli, "--config", str(config), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"]

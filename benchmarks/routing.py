@@ -45,6 +45,7 @@ from benchmarks.routing.report import (  # noqa: E402
 from benchmarks.routing.scenarios import SCENARIOS, plan_routing  # noqa: E402
 from deploy.plan import load_plan, shipped_plan  # noqa: E402
 from gateway.policy import POLICIES  # noqa: E402
+from deploy.ports import free_port  # noqa: E402
 
 SPARK_PLANS = ("gpt-oss-120b", "llama-3.1-8b")
 LIVE_PLAN = "cpu-demo"
@@ -93,7 +94,7 @@ def live(args: argparse.Namespace, progress: Progress) -> tuple[list, dict]:
     from deploy.stack import running_stack
 
     plan = load_plan(shipped_plan(LIVE_PLAN))
-    plan = plan.model_copy(update={"gateway": plan.gateway.model_copy(update={"port": _free_port()})})
+    plan = plan.model_copy(update={"gateway": plan.gateway.model_copy(update={"port": free_port()})})
     routing = plan_routing(plan)
     scenarios = list(live_scenarios(args.live_duration).values())
     task = progress.add_task("starting the CPU stack", total=4 * len(POLICIES) + 1)
@@ -120,13 +121,6 @@ def live(args: argparse.Namespace, progress: Progress) -> tuple[list, dict]:
     }
     return results, described
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _machine() -> str:

@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from typing import Any
 import aiohttp
 
 from deploy.plan import EngineArgs, Replica
+from deploy.ports import free_port
 
 logger = logging.getLogger("tandem.engine")
 
@@ -69,11 +69,6 @@ def _node_address(node_id: str) -> str:
     return next(n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == node_id)
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
 
 class EngineServer:
     """One replica: starts vLLM's OpenAI server, reports its URL, and is healthy while it is.
@@ -87,7 +82,7 @@ class EngineServer:
 
         self.replica = Replica.model_validate(replica)
         self.host = _node_address(ray.get_runtime_context().get_node_id())
-        self.port = _free_port(self.host)
+        self.port = free_port(self.host)
         self.log_path = Path(log_dir) / f"engine-{self.replica.name}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         command = [

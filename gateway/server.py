@@ -67,9 +67,6 @@ class GatewayThread:
         return f"http://{self._server.config.host}:{self.port}/v1"
 
     def is_alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def is_alive(self) -> bool:
         """Whether the gateway's thread still runs (it ends when the server stops or fails)."""
         return self._thread.is_alive()
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ import psutil
 import pytest
 
 from deploy.plan import ServingPlan, load_plan, shipped_plan
+from deploy.ports import free_port
 
 STACK_START_TIMEOUT_S = 900
 STACK_STOP_TIMEOUT_S = 90
@@ -40,11 +40,6 @@ class CpuStack:
     plan: ServingPlan
     log: Path
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _wait_for_welcome(process: subprocess.Popen, log: Path) -> str:

@@ -3,7 +3,6 @@ contract tests run against. Fixtures built from these live in this folder's conf
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +10,7 @@ from fake_upstream import FakeUpstream
 
 from gateway.config import GatewayConfig
 from gateway.server import GatewayThread
+from deploy.ports import free_port
 
 PUBLIC_MODEL = "tandem-test"
 ADMIN_KEY = "sk-admin-0123456789"
@@ -78,6 +78,4 @@ KEYS = {
 
 def free_port_refusing() -> int:
     """A loopback port with nothing listening on it (connections are refused)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_port()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -13,16 +12,12 @@ import pytest
 from benchmarks.routing.live import kill_engine, sample_of
 from benchmarks.routing.scenarios import LIVE_SLO
 from tuner.bench.client import RequestRecord
+from deploy.ports import free_port
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_the_server_behind_a_url_is_killed_with_its_children() -> None:
-    port = _free_port()
+    port = free_port()
     # A listening parent with a child, like vLLM's API server and its engine core.
     code = (
         "import socket, subprocess, sys, time\n"

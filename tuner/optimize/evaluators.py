@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import time
 from contextlib import contextmanager
 from typing import Iterator, Protocol
@@ -26,6 +25,7 @@ from tuner.optimize.space import Candidate
 from tuner.perfmodel import EngineSettings, HardwareProfile, ModelArchitecture, Prediction
 from tuner.perfmodel.predict import build_replica, predict_replica
 from tuner.workloads import Workload
+from deploy.ports import free_port
 
 MAX_FAILED_FRACTION = 0.05
 """A live trial that loses more than this share of its requests is infeasible, not slow."""
@@ -95,11 +95,6 @@ def measurement_from_prediction(prediction: Prediction) -> Measurement:
         output_tok_s=prediction.output_tok_s,
     )
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _failure_reason(error: BaseException) -> str:
@@ -179,7 +174,7 @@ class LiveEvaluator:
     def evaluate(self, candidate: Candidate, replica: Replica, objective: ClassObjective) -> Measurement:
         from deploy.stack import deploy, undeploy
 
-        plan = single_replica_plan(self.template, replica, _free_port())
+        plan = single_replica_plan(self.template, replica, free_port())
         started = time.monotonic()
         try:
             try:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Literal
@@ -28,9 +27,7 @@ from gateway.config import TRAFFIC_CLASSES, RoutingSettings, TrafficClass
 from tuner.bench import WorkloadSpec
 from tuner.optimize.compose import (
     INFEASIBLE,
-    MEASURED,
     PREDICTED,
-    ROLE,
     baseline_candidate,
     baseline_trial,
     compose_plan,
