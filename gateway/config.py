@@ -53,6 +53,22 @@ class RoutingSettings(BaseModel):
     batch_borrows_idle_interactive: bool = Field(
         True, description="Batch may run on the interactive replica while that replica is idle."
     )
+    batch_yield_fraction: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="While interactive requests are in flight, batch may have at most this fraction of its "
+        "max_concurrency in flight (0: no new batch request starts); 1: batch never yields. See gateway.policy.batch_yield.",
+    )
+    batch_yield_settle_s: float = Field(
+        2.0, ge=0, description="A hold ends once interactive has had nothing in flight for this long (hysteresis)."
+    )
+    batch_yield_max_hold_s: float = Field(
+        30.0, gt=0, description="Starvation bound: a hold lasts at most this long, then batch_yield_release_s follows."
+    )
+    batch_yield_release_s: float = Field(
+        10.0, gt=0, description="After a hold cut short by the bound, batch runs at its full limit at least this long."
+    )
     limits: dict[TrafficClass, ClassLimits] = Field(
         default_factory=lambda: {
             "interactive": ClassLimits(max_concurrency=32, max_queue=128, priority=0),

@@ -19,7 +19,10 @@ from gateway.policy import (
     Reject,
     RequestFeatures,
     Route,
+    YieldState,
     admit,
+    batch_limits,
+    batch_yield,
     route,
 )
 
@@ -243,3 +246,90 @@ def test_every_named_policy_is_routable() -> None:
         assert isinstance(decision, Route)
     with pytest.raises(ValueError, match="unknown routing policy"):
         RoutingSettings(policy="fastest")
+
+
+# ---- batch yielding ----------------------------------------------------------------------------------
+
+YIELDING = RoutingSettings(
+    batch_yield_fraction=0.0, batch_yield_settle_s=2.0, batch_yield_max_hold_s=30.0, batch_yield_release_s=10.0
+)
+BATCH_LIMITS = ClassLimits(max_concurrency=144, max_queue=1152)
+
+
+def yield_trace(settings: RoutingSettings, steps: list[tuple[float, int]]) -> list[tuple[bool, int]]:
+    """(holding, batch max_concurrency) after each (time, interactive requests active) step."""
+    state, seen = YieldState(), []
+    for now, active in steps:
+        state = batch_yield(active, now, settings, state)
+        seen.append((state.holding, batch_limits(BATCH_LIMITS, settings, state).max_concurrency))
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("name", "steps", "expected"),
+    [
+        ("no interactive work: batch runs free", [(0, 0), (50, 0)], [(False, 144), (False, 144)]),
+        ("holds as soon as interactive is active", [(0, 0), (1, 1), (5, 3)], [(False, 144), (True, 0), (True, 0)]),
+        # hysteresis: idle for 1.5 s (< settle 2 s) keeps the hold; idle for 2 s ends it
+        ("a short idle gap keeps the hold", [(0, 1), (3, 0), (4.5, 0), (5, 1)], [(True, 0)] * 4),
+        ("a settled idle gap ends it", [(0, 1), (3, 0), (5, 0), (6, 1)], [(True, 0), (True, 0), (False, 144), (True, 0)]),
+        # starvation bound: held at most 30 s, then free for 10 s although interactive stays active
+        (
+            "the bound forces a release",
+            [(0, 1), (29.9, 1), (30, 1), (39.9, 1), (40, 1)],
+            [(True, 0), (True, 0), (False, 144), (False, 144), (True, 0)],
+        ),
+        ("a forced release lasts even if interactive idles", [(0, 1), (30, 1), (31, 0), (35, 2)], [(True, 0), (False, 144), (False, 144), (False, 144)]),
+    ],
+)
+def test_batch_yield_table(name: str, steps: list[tuple[float, int]], expected: list[tuple[bool, int]]) -> None:
+    assert yield_trace(YIELDING, steps) == expected, name
+
+
+@pytest.mark.parametrize(("fraction", "held"), [(0.0, 0), (0.1, 14), (0.25, 36), (0.5, 72)])
+def test_a_hold_keeps_that_fraction_of_the_batch_limit(fraction: float, held: int) -> None:
+    settings = YIELDING.model_copy(update={"batch_yield_fraction": fraction})
+    assert yield_trace(settings, [(0, 1)]) == [(True, held)]
+    # the queue is untouched, so held batch requests wait rather than fail
+    limits = batch_limits(BATCH_LIMITS, settings, YieldState(holding=True))
+    assert limits.max_queue == BATCH_LIMITS.max_queue
+    assert admit(ClassLoad(in_flight=held, queued=5), limits) == "queue"
+
+
+def test_yielding_off_never_holds() -> None:
+    off = RoutingSettings()
+    assert off.batch_yield_fraction == 1.0
+    assert yield_trace(off, [(0, 5), (100, 5), (1000, 5)]) == [(False, 144)] * 3
+
+
+def test_batch_is_never_held_to_zero_for_longer_than_the_bound() -> None:
+    """Interactive busy without a break for an hour, evaluated when the state says it changes (as
+    the simulation does) and on every interactive arrival between: no hold outlasts max_hold_s,
+    and batch runs at its full limit at least release / (max_hold + release) of the time."""
+    state, now, held_since, longest, free_time = YieldState(), 0.0, None, 0.0, 0.0
+    while now < 3600:
+        state = batch_yield(1, now, YIELDING, state)
+        if state.holding and held_since is None:
+            held_since = now
+        if not state.holding and held_since is not None:
+            longest, held_since = max(longest, now - held_since), None
+        step = min(0.7, (state.next_change(YIELDING) or now + 0.7) - now)  # arrivals every 0.7 s, or the timer
+        free_time += 0 if state.holding else step
+        now += max(step, 1e-9)
+    assert longest <= YIELDING.batch_yield_max_hold_s + 1e-6
+    assert free_time / 3600 >= 10 / (30 + 10) - 0.01
+
+
+def test_next_change_names_the_timer_the_caller_must_set() -> None:
+    assert YieldState().next_change(YIELDING) is None
+    assert YieldState(holding=True, since=5).next_change(YIELDING) == 35  # the bound
+    assert YieldState(holding=True, since=5, interactive_idle_since=10).next_change(YIELDING) == 12  # settle first
+    assert YieldState(since=40, forced=True).next_change(YIELDING) == 50  # the forced release ends
+
+
+@pytest.mark.parametrize(
+    "bad", [{"batch_yield_fraction": -0.1}, {"batch_yield_fraction": 1.5}, {"batch_yield_max_hold_s": 0}, {"batch_yield_release_s": 0}]
+)
+def test_yield_settings_that_could_starve_batch_are_refused(bad: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        RoutingSettings(**bad)
