@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tuner.perfmodel import EngineSettings, Layout, load_engine, load_hardware, predict, resolve_model
+from tuner.perfmodel import EngineSettings, Layout, ModelConstants, load_engine, load_hardware, predict, resolve_model
 from tuner.perfmodel.collectives import CollectiveCurve, CollectivePoint
 from tuner.perfmodel.step import StepBatch, StepModel
 from tuner.workloads import get_workload
@@ -138,10 +138,37 @@ def test_co_resident_busy_replica_slows_steps() -> None:
     assert shared.tpot_ms == pytest.approx(2 * alone.tpot_ms)
 
 
-def test_moe_expert_reads_grow_with_batch_until_every_expert_is_touched() -> None:
-    steps = StepModel(resolve_model("gpt-oss-120b"), load_hardware("dgx-spark"), load_engine("vllm"))
-    touched = [steps.distinct_experts(t) for t in (1, 2, 8, 64, 1024)]
+def _constants(skew: float) -> ModelConstants:
+    base = ModelConstants()
+    return base.model_copy(update={"expert_popularity_skew": base.expert_popularity_skew.model_copy(update={"value": skew})})
+
+
+@pytest.mark.parametrize("skew", [0.0, ModelConstants().expert_popularity_skew.value])
+def test_moe_expert_reads_grow_with_batch_until_every_expert_is_touched(skew: float) -> None:
+    steps = StepModel(resolve_model("gpt-oss-120b"), load_hardware("dgx-spark"), load_engine("vllm"), constants=_constants(skew))
+    touched = [steps.distinct_experts(t) for t in (1, 2, 8, 64, 1024, 100_000)]
     assert touched[0] == pytest.approx(4) and touched == sorted(touched) and touched[-1] == pytest.approx(128, rel=1e-6)
+
+
+def test_skewed_popularity_touches_fewer_experts_and_zero_skew_is_uniform_routing() -> None:
+    arch, spark, engine = resolve_model("qwen3-coder-30b-a3b"), load_hardware("dgx-spark"), load_engine("vllm")
+    uniform = StepModel(arch, spark, engine, constants=_constants(0.0))
+    skewed = StepModel(arch, spark, engine, constants=_constants(1.0))
+    e, k = arch.num_experts, arch.experts_per_token
+    for tokens in (2, 32, 256):
+        assert uniform.distinct_experts(tokens) == pytest.approx(e * (1 - (1 - k / e) ** tokens))
+        assert skewed.distinct_experts(tokens) < uniform.distinct_experts(tokens)
+
+
+def test_multi_token_launch_overhead_applies_to_batched_steps_only() -> None:
+    arch, spark = resolve_model("gpt-oss-20b"), load_hardware("dgx-spark")
+    llama = load_engine("llama.cpp")
+    graphed = llama.model_copy(update={"multi_token_layer_overhead_us": llama.multi_token_layer_overhead_us.model_copy(update={"value": 0})})
+    eager, plain = StepModel(arch, spark, llama), StepModel(arch, spark, graphed)
+    one, two = StepBatch(decode_tokens=1, decode_context=512), StepBatch(decode_tokens=2, decode_context=512)
+    assert eager.cycle_seconds([one]) == plain.cycle_seconds([one])
+    added = eager.cycle_seconds([two]) - plain.cycle_seconds([two])
+    assert added == pytest.approx(arch.num_layers * llama.multi_token_layer_overhead_us.value * 1e-6)
 
 
 def test_predict_is_fast_enough_for_the_tuner() -> None:

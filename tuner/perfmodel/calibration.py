@@ -35,8 +35,8 @@ class CalibrationPoint(BaseModel):
     batch: int = Field(ge=1)
     context: int = Field(ge=1)
     chunk: int | None = Field(None, ge=1, description="Prefill tokens per step (prefill points).")
-    identical_tokens: bool = False
     measured_tok_s: float = Field(gt=0)
+    holdout: bool = Field(False, description="Not used to fit any constant: a check of the model out of sample.")
     source: str
     note: str = ""
 
@@ -66,11 +66,7 @@ def predict_point(point: CalibrationPoint, engine: EngineProfile | None = None) 
     model = model.with_weights(**WeightFormats.model_validate(point.weights).model_dump(exclude_unset=True))
     steps = StepModel(model, load_hardware(CALIBRATION_HARDWARE), engine or load_engine(point.engine))
     if point.kind == "decode":
-        batch = StepBatch(
-            decode_tokens=point.batch,
-            decode_context=point.context,
-            routing_tokens=1 if point.identical_tokens else None,
-        )
+        batch = StepBatch(decode_tokens=point.batch, decode_context=point.context)
         return point.batch / steps.cycle_seconds([batch])
     total_tokens = point.batch * point.context
     chunk = point.chunk or total_tokens

@@ -8,8 +8,12 @@ reads, which grow with the batch, are counted where they happen):
            bytes read and written, over the engine's achieved share of memory bandwidth;
   compute  matmul and attention FLOPs over the engine's achieved share of the tensor peak.
 
-A MoE layer whose tokens route independently touches E * (1 - (1 - k/E)^tokens) distinct
-experts on average (each token picks k of E). TP splits every layer across ranks and adds two
+A MoE layer's tokens each pick k of its E experts. Experts are not equally popular: expert i
+(ranked by popularity) is chosen with a probability proportional to i^-s (Zipf, s =
+`expert_popularity_skew`; s = 0 is uniform routing), capped at 1 (an expert cannot be chosen
+twice by one token). T independently routed tokens then touch sum_i 1 - (1 - pi_i)^T distinct
+experts, where pi_i is expert i's chance to be among a token's k (so one token touches exactly
+k). With uniform routing this is E * (1 - (1 - k/E)^T). TP splits every layer across ranks and adds two
 all-reduces of the step's activations per layer (after attention and after the MLP), plus one
 for the vocab-parallel embedding and a gather of the logits. PP splits the layers into stages
 and adds a point-to-point hand-off of the activations between stages.
@@ -39,9 +43,6 @@ class StepBatch:
     """Context length reached by the end of the prefill chunk (what its queries attend to)."""
     prefill_sequences: float = 0.0
     """Sequences whose prompt chunk is in this step."""
-    routing_tokens: float | None = None
-    """Tokens that route independently through MoE layers; None means all of them. (llama.cpp's
-    batched bench feeds every sequence the same token: there, only one token's worth routes.)"""
 
     @property
     def tokens(self) -> float:
@@ -80,6 +81,8 @@ class StepModel:
         self.tp_link: LinkProfile | None = hardware.link_for(tp) if tp > 1 else None
         self.pp_link: LinkProfile | None = hardware.link_for(tp * pp) if pp > 1 else None
         self.stages = model.stage_layers(pp)
+        self._expert_inclusion = _expert_inclusion(model, self.constants.expert_popularity_skew.value)
+        self._multi_token_overhead = engine.multi_token_layer_overhead_us.value * 1e-6
         self._attention_bytes = model.attention_bytes(tp) + model.router_bytes
         self._expert_bytes = model.expert_bytes(tp)
         self._kv_token_bytes = model.kv_bytes_per_token_layer(tp)
@@ -94,20 +97,19 @@ class StepModel:
 
     # ---- one layer ------------------------------------------------------------------------------
 
-    def distinct_experts(self, routing_tokens: float) -> float:
-        """Expected experts a layer touches when `routing_tokens` each pick k of E at random."""
-        m = self.model
-        if not m.is_moe:
+    def distinct_experts(self, tokens: float) -> float:
+        """Expected experts a layer touches when `tokens` each pick k of E by expert popularity."""
+        if not self.model.is_moe:
             return 1.0
-        if routing_tokens <= 0:
+        if tokens <= 0:
             return 0.0
-        return m.num_experts * (1.0 - (1.0 - m.experts_per_token / m.num_experts) ** routing_tokens)
+        return sum(1.0 - (1.0 - p) ** tokens for p in self._expert_inclusion)
 
     def layer_seconds(self, batch: StepBatch, sliding: bool) -> float:
-        """Time of one layer on one device: the larger of its memory time and compute time."""
+        """Time of one layer on one device: the larger of its memory time and compute time, plus
+        the engine's launch overhead when a multi-token step runs without CUDA graphs."""
         m = self.model
-        routing = batch.tokens if batch.routing_tokens is None else batch.routing_tokens
-        weight_bytes = self._attention_bytes + self.distinct_experts(routing) * self._expert_bytes
+        weight_bytes = self._attention_bytes + self.distinct_experts(batch.tokens) * self._expert_bytes
         window = float(m.sliding_window) if sliding and m.sliding_window else float("inf")
         decode_attended = min(batch.decode_context, window)
         prefill_attended = min(batch.prefill_context, window)
@@ -120,7 +122,8 @@ class StepModel:
         decode_flops = batch.decode_tokens * (2 * active + self._score_flops * decode_attended)
         prefill_flops = batch.prefill_tokens * (2 * active + self._score_flops * max(prefill_mean_attended, 0.0))
         compute = decode_flops / self.decode_flops_rate + prefill_flops / self.prefill_flops_rate
-        return max((weight_bytes + kv_bytes) / self.bandwidth, compute)
+        launches = self._multi_token_overhead if batch.tokens > 1 else 0.0
+        return max((weight_bytes + kv_bytes) / self.bandwidth, compute) + launches
 
     # ---- one stage ------------------------------------------------------------------------------
 
@@ -170,6 +173,22 @@ class StepModel:
             sum(times) + (self.pp - 1) * self.handoff_seconds(b.tokens) for times, b in zip(per_batch, micro_batches, strict=True)
         )
         return max(busiest_stage, longest_pass)
+
+
+def _expert_inclusion(model: ModelArchitecture, skew: float) -> tuple[float, ...]:
+    """Each expert's chance to be among one token's k, for Zipf popularity i^-skew: shares
+    proportional to popularity, capped at 1, summing to k (water-filling: the experts a token
+    would pick more than surely are capped and the rest share what is left)."""
+    if not model.is_moe:
+        return ()
+    weights = [rank**-skew for rank in range(1, model.num_experts + 1)]  # descending
+    k = model.experts_per_token
+    for capped in range(k):
+        rest = sum(weights[capped:])
+        shares = [(k - capped) * w / rest for w in weights[capped:]]
+        if shares[0] <= 1.0:
+            return (1.0,) * capped + tuple(shares)
+    return (1.0,) * k + (0.0,) * (model.num_experts - k)
 
 
 def _compute_dtype(model: ModelArchitecture) -> ComputeDtype:
