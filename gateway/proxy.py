@@ -55,18 +55,13 @@ class ClientGone(Exception):
     """The client disconnected; there is nobody left to answer."""
 
 
-def request_id_of(scope: Scope) -> str:
-    """The client's X-Request-Id if it sent one (as vLLM honours it), else a fresh one; the
-    middleware in gateway.app stores it in the scope so every response carries it."""
-    return scope["state"]["request_id"]
-
-
 _ID_PREFIX = uuid.uuid4().hex[:12]
 _id_counter = itertools.count(1)
 
 
 def new_request_id(headers: list[tuple[bytes, bytes]]) -> str:
-    """Unique per process start and request (a random prefix and a counter: no syscall)."""
+    """The client's X-Request-Id if it sent one (as vLLM honours it), else one unique per process
+    start and request (a random prefix and a counter: no syscall)."""
     for name, value in headers:
         if name == REQUEST_ID_HEADER and 0 < len(value) <= 128:
             return value.decode("latin-1")
@@ -132,12 +127,14 @@ class GenerationProxy:
         self._metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        exchange = _Exchange(self.endpoint, request_id_of(scope), time.perf_counter())
+        """Serve one request. The app calls this ahead of the framework's middleware (see
+        gateway.app), so it answers every failure itself, in the OpenAI envelope."""
+        headers = scope["headers"]
+        exchange = _Exchange(self.endpoint, new_request_id(headers), time.perf_counter())
         task = asyncio.current_task()
         assert task is not None
         watcher: asyncio.Task[None] | None = None
         try:
-            headers = scope["headers"]
             exchange.client = client = self._keyring.authenticate(_header(headers, b"authorization"))
             with client.admitted():  # the key's rate and concurrency limits count every request
                 body = await self._read_body(headers, receive)
@@ -154,6 +151,11 @@ class GenerationProxy:
                 task.uncancel()
             exchange.status = 499  # nginx's "client closed request": nothing was sent
             self._metrics.disconnects(exchange.traffic_class or "-").inc()
+        except Exception as exc:
+            log.exception("request %s failed inside the gateway", exchange.request_id)
+            if exchange.responding:
+                raise  # headers are out: the server can only drop the connection
+            await self._send_error(exchange, GatewayError(500, f"internal gateway error ({type(exc).__name__})"), send)
         finally:
             if watcher is not None:
                 watcher.cancel()
@@ -265,6 +267,7 @@ class GenerationProxy:
 
     def _response_headers(self, exchange: _Exchange) -> list[tuple[bytes, bytes]]:
         return [
+            (b"x-request-id", exchange.request_id.encode("latin-1")),
             (b"x-tandem-class", (exchange.traffic_class or "-").encode()),
             (b"x-tandem-replica", exchange.replica.encode()),
         ]

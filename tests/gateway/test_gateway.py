@@ -10,7 +10,11 @@ import httpx
 import openai
 import pytest
 
-from gateway_support import ADMIN_KEY, PUBLIC_MODEL, USER_KEY, FakeStack, free_port_refusing
+from fake_upstream import FakeUpstream
+from gateway_support import ADMIN_KEY, PUBLIC_MODEL, USER_KEY, FakeStack, free_port_refusing, gateway_config
+
+from gateway.backends.http import HttpBackend
+from gateway.server import start_in_thread
 
 CHAT = {"model": PUBLIC_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 BATCH = CHAT | {"n": 2}
@@ -98,6 +102,32 @@ def test_upstream_errors_pass_through(make_stack) -> None:
     reply = post(stack, CHAT)
     assert reply.status_code == 500
     assert reply.json() == {"error": {"message": "injected failure", "type": "BadRequestError", "param": None, "code": 500}}
+
+
+class _BuggyOnce(HttpBackend):
+    """An HTTP backend whose first send fails with an error no one planned for."""
+
+    failed = False
+
+    async def send(self, *args, **kwargs):
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("a bug")
+        return await super().send(*args, **kwargs)
+
+
+def test_a_bug_inside_the_gateway_is_a_500_envelope_and_the_next_request_is_served() -> None:
+    with FakeUpstream(model="upstream-tp").running() as tp, FakeUpstream(model="upstream-pp").running() as pp:
+        config = gateway_config(tp, pp)
+        gateway = start_in_thread(config, backends={"tp": _BuggyOnce(tp.base_url), "pp": HttpBackend(pp.base_url)})
+        try:
+            stack = FakeStack(gateway, tp, pp, config)
+            broken = post(stack, CHAT, **{"X-Request-Id": "bug-1"})
+            assert broken.status_code == 500 and broken.headers["x-request-id"] == "bug-1"
+            assert broken.json()["error"]["message"] == "internal gateway error (RuntimeError)"
+            assert post(stack, CHAT).status_code == 200
+        finally:
+            gateway.stop()
 
 
 def test_no_ready_replica_is_503(make_stack) -> None:
