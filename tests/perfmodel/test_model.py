@@ -126,6 +126,9 @@ def _crossover(hardware: str, workload: str, levels=(1, 8, 32, 64, 128, 256)) ->
 
 
 def test_tp_pp_crossover_on_spark_pair_but_not_on_nvlink() -> None:
+    """Holds for prefill-heavy traffic only: with equal, chat or decode-heavy traffic TP=2 stays
+    ahead on the Spark pair up to 256 (PP/TP 0.89-0.98 there), and on the H100 node PP=2 leads
+    from 8 for equal and decode-heavy (docs/perfmodel.md, worked example)."""
     spark = _crossover("dgx-spark-pair", "prefill-heavy")
     nvlink = _crossover("h100-sxm-node", "prefill-heavy")
     assert spark is not None
