@@ -13,10 +13,15 @@ A MoE layer's tokens each pick k of its E experts. Experts are not equally popul
 `expert_popularity_skew`; s = 0 is uniform routing), capped at 1 (an expert cannot be chosen
 twice by one token). T independently routed tokens then touch sum_i 1 - (1 - pi_i)^T distinct
 experts, where pi_i is expert i's chance to be among a token's k (so one token touches exactly
-k). With uniform routing this is E * (1 - (1 - k/E)^T). TP splits every layer across ranks and adds two
-all-reduces of the step's activations per layer (after attention and after the MLP), plus one
-for the vocab-parallel embedding and a gather of the logits. PP splits the layers into stages
-and adds a point-to-point hand-off of the activations between stages.
+k). With uniform routing this is E * (1 - (1 - k/E)^T).
+
+A step of more than one token adds the engine's `multi_token_layer_overhead_us` per layer: the
+host launching every kernel when the engine replays CUDA graphs only for single-token steps.
+
+TP splits every layer across ranks and adds two all-reduces of the step's activations per layer
+(after attention and after the MLP), plus one for the vocab-parallel embedding and a gather of
+the logits. PP splits the layers into stages and adds a point-to-point hand-off of the
+activations between stages.
 """
 
 from __future__ import annotations
