@@ -313,12 +313,12 @@ def batch_yield(interactive_active: int, now: float, settings: RoutingSettings, 
         return YieldState()
     idle_since = None if interactive_active else (now if state.interactive_idle_since is None else state.interactive_idle_since)
     if state.holding:
-        if now - state.since >= settings.batch_yield_max_hold_s:
+        if now >= state.since + settings.batch_yield_max_hold_s:  # the sums next_change() names, exactly
             return YieldState(holding=False, since=now, forced=True, interactive_idle_since=idle_since)
-        if idle_since is not None and now - idle_since >= settings.batch_yield_settle_s:
+        if idle_since is not None and now >= idle_since + settings.batch_yield_settle_s:
             return YieldState(holding=False, since=now, interactive_idle_since=idle_since)
         return replace(state, interactive_idle_since=idle_since)
-    if state.forced and now - state.since < settings.batch_yield_release_s:
+    if state.forced and now < state.since + settings.batch_yield_release_s:
         return replace(state, interactive_idle_since=idle_since)
     if interactive_active:
         return YieldState(holding=True, since=now)

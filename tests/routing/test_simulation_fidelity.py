@@ -79,3 +79,44 @@ def test_a_burst_lands_when_it_is_told_to() -> None:
     early = late.model_copy(update={"batch": BatchLoad(burst_size=4, burst_start_s=1, shape=LONG)})
     assert simulate(late, seed=1).classes["batch"].completed == 0
     assert simulate(early, seed=1).classes["batch"].completed == 4
+
+
+def yielding(fraction: float, max_hold_s: float = 30.0) -> RoutingSettings:
+    return RoutingSettings(
+        policy="class-aware", batch_yield_fraction=fraction, batch_yield_max_hold_s=max_hold_s, batch_yield_release_s=5.0
+    )
+
+
+def busy_users_beside_batch() -> Scenario:
+    """Users who never leave the interactive replica idle, beside short batch jobs (so a held
+    batch replica drains within seconds)."""
+    return scenario(
+        interactive=InteractiveLoad(users=4, think_time_s=0.1, shape=CHAT),
+        batch=BatchLoad(rate_per_s=1.0, shape=Workload(input_len=1024, output_len=32)),
+        duration_s=120,
+    )
+
+
+def test_batch_held_to_zero_leaves_interactive_the_gpus_but_not_forever() -> None:
+    """Users never idle beside a batch stream: held at 0 with a 30 s bound, the batch replica
+    drains and idles between releases, so interactive TPOT falls toward its alone figure while
+    batch still completes work; a fraction above 0 keeps the batch replica busy, and time-sliced,
+    interactive is no faster than without yielding."""
+    busy = busy_users_beside_batch()
+    free = simulate(busy, yielding(1.0), seed=1)
+    held = simulate(busy, yielding(0.0), seed=1)
+    half = simulate(busy, yielding(0.5), seed=1)
+    assert free.batch_held_fraction == 0.0 and held.batch_held_fraction > 0.5
+    assert held.class_busy_fraction["batch"] < free.class_busy_fraction["batch"]
+    assert tpot(held) < 0.8 * tpot(free)
+    assert held.classes["batch"].completed > 0  # the starvation bound lets batch through
+    assert held.classes["batch"].output_tok_s < free.classes["batch"].output_tok_s  # the price
+    assert half.class_busy_fraction["batch"] > 0.9 and tpot(half) > 0.95 * tpot(free)
+
+
+def test_a_longer_hold_bound_trades_more_batch_for_interactive() -> None:
+    busy = busy_users_beside_batch()
+    short, long = simulate(busy, yielding(0.0, 10.0), seed=1), simulate(busy, yielding(0.0, 60.0), seed=1)
+    assert long.batch_held_fraction > short.batch_held_fraction
+    assert long.classes["batch"].output_tok_s < short.classes["batch"].output_tok_s
+    assert tpot(long) < tpot(short)

@@ -10,7 +10,9 @@ beside the decode tokens (as vLLM's scheduler packs them). A cycle's length come
 step model as `predict`; co-resident replicas share the GPUs like processes time-sliced on one
 device: while another replica is busy, a cycle progresses at 1/contention of its speed, and a
 cycle in progress speeds up or slows down the moment the other replica goes idle or busy. A replica can fail mid-run (its requests fail; the policy must route around
-it) and come back. The run is seeded and bounded in simulated time.
+it) and come back. Batch admission follows the gateway's batch yielding (gateway.policy.batch_yield:
+held while interactive work is active, re-evaluated on every arrival and completion and at the
+moment the state says it changes). The run is seeded and bounded in simulated time.
 
     simulate(scenario, policy_settings, seed) -> SimResult
 """
@@ -26,7 +28,19 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.config import TRAFFIC_CLASSES, RoutingSettings, TrafficClass
-from gateway.policy import ClassLoad, PolicyState, ReplicaLoad, RequestFeatures, Route, admit, route
+from gateway.config import ClassLimits
+from gateway.policy import (
+    ClassLoad,
+    PolicyState,
+    ReplicaLoad,
+    RequestFeatures,
+    Route,
+    YieldState,
+    admit,
+    batch_limits,
+    batch_yield,
+    route,
+)
 from tuner.perfmodel.architecture import resolve_model
 from tuner.perfmodel.engine import EngineSettings, ModelConstants, load_engine
 from tuner.perfmodel.hardware import load_hardware
@@ -132,6 +146,10 @@ class SimResult(BaseModel):
     duration_s: float
     classes: dict[TrafficClass, ClassResult]
     replica_busy_fraction: dict[str, float]
+    class_busy_fraction: dict[TrafficClass, float]
+    """Per class, the busiest replica serving it: how much of the run it had work."""
+    batch_held_fraction: float = 0.0
+    """Share of the run during which batch admissions were held for interactive work."""
 
 
 # ---- simulation ---------------------------------------------------------------------------------------
@@ -196,6 +214,8 @@ class _Simulation:
         self.rng = random.Random(seed)
         self.policy_rng = random.Random(seed + 1)
         self.state = PolicyState()
+        self.yield_state = YieldState()
+        self.held_total = 0.0
         self.now = 0.0
         self.events: list[tuple[float, int, str, object]] = []
         self.order = itertools.count()
@@ -249,7 +269,9 @@ class _Simulation:
 
     def _arrive(self, request: _Request) -> None:
         cls = request.traffic_class
-        verdict = admit(ClassLoad(self.in_flight[cls], len(self.gateway_queue[cls])), self.settings.limits[cls])
+        if cls == "interactive":
+            self._update_yield(arriving=1)
+        verdict = admit(ClassLoad(self.in_flight[cls], len(self.gateway_queue[cls])), self._limits(cls))
         if verdict == "run":
             self._dispatch(request)
         elif verdict == "queue":
@@ -360,8 +382,37 @@ class _Simulation:
         else:
             self.failed[cls] += 1
         self._user_again(request)
-        if self.gateway_queue[cls]:
+        self._grant(cls)
+        if cls == "interactive":
+            self._update_yield()
+
+    def _limits(self, cls: TrafficClass) -> ClassLimits:
+        limits = self.settings.limits[cls]
+        return batch_limits(limits, self.settings, self.yield_state) if cls == "batch" else limits
+
+    def _grant(self, cls: TrafficClass) -> None:
+        """Dispatch queued requests of the class while it is under its (current) limit."""
+        while self.gateway_queue[cls] and admit(ClassLoad(self.in_flight[cls], 0), self._limits(cls)) == "run":
             self._dispatch(self.gateway_queue[cls].popleft())
+
+    def _update_yield(self, arriving: int = 0) -> None:
+        """Re-evaluate batch yielding now (with `arriving` interactive requests about to be admitted);
+        batch admissions follow the new limit, and a timer is set for when the state would change
+        by itself."""
+        active = self.in_flight["interactive"] + len(self.gateway_queue["interactive"]) + arriving
+        state = batch_yield(active, self.now, self.settings, self.yield_state)
+        if state == self.yield_state:
+            return
+        if self.yield_state.holding and not state.holding:
+            self.held_total += self.now - self.yield_state.since
+        self.yield_state = state
+        change = state.next_change(self.settings)
+        if change is not None:
+            self.at(max(change, self.now), "yield_check")
+        self._grant("batch")
+
+    def _on_yield_check(self, _: object) -> None:
+        self._update_yield()
 
     def _user_again(self, request: _Request) -> None:
         if request.user is not None:
@@ -413,12 +464,20 @@ class _Simulation:
             if replica.busy_since is not None:
                 replica.busy_total += duration - replica.busy_since
                 replica.busy_since = None
+        if self.yield_state.holding:
+            self.held_total += duration - self.yield_state.since
+        busy = {n: r.busy_total / duration for n, r in self.replicas.items()}
         return SimResult(
             policy=self.settings.policy,
             seed=self.seed,
             duration_s=duration,
             classes=classes,
-            replica_busy_fraction={n: r.busy_total / duration for n, r in self.replicas.items()},
+            replica_busy_fraction=busy,
+            class_busy_fraction={
+                cls: max((busy[n] for n, r in self.replicas.items() if r.spec.traffic_class == cls), default=0.0)
+                for cls in TRAFFIC_CLASSES
+            },
+            batch_held_fraction=self.held_total / duration,
         )
 
 
