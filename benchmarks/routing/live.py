@@ -61,9 +61,19 @@ def kill_engine(url: str) -> list[int]:
         except psutil.NoSuchProcess:
             pass
     _, alive = psutil.wait_procs(processes, timeout=10)
-    if alive:
-        raise RuntimeError(f"processes {[p.pid for p in alive]} survived SIGKILL")
+    running = [p for p in alive if _running(p)]
+    if running:
+        raise RuntimeError(f"processes {[p.pid for p in running]} survived SIGKILL")
     return sorted(p.pid for p in processes)
+
+
+def _running(process: psutil.Process) -> bool:
+    """Alive and not a zombie: a killed worker whose dead parent's reaper has not collected it yet
+    is gone (on this machine one stayed a zombie past the 10 s wait and failed a whole live run)."""
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _streams(scenario: LiveScenario) -> list[TrafficStream]:
@@ -177,8 +187,13 @@ def run_live(
         outcomes = []
         for policy in failure_policies if scenario.fail_replica else policies:
             switch_policy(base_url, routing, policy)
-            sample, note = run_live_scenario(base_url, model, replica_urls, scenario, tokenizer=tokenizer)
-            outcomes.append(PolicyResult(policy=policy, samples=[sample], note=note))
+            try:
+                sample, note = run_live_scenario(base_url, model, replica_urls, scenario, tokenizer=tokenizer)
+            except Exception as exc:  # one broken run (e.g. an engine kill that did not finish) is reported, not fatal
+                log.warning("live run %s / %s failed: %s", scenario.name, policy, exc)
+                outcomes.append(PolicyResult(policy=policy, samples=[], note=f"run failed: {exc}"))
+            else:
+                outcomes.append(PolicyResult(policy=policy, samples=[sample], note=note))
             if progress:
                 progress(f"{setting} {scenario.name} {policy}")
         results.append(ScenarioResult(setting=setting, scenario=scenario.name, description=DESCRIPTIONS[scenario.name], policies=outcomes))

@@ -28,6 +28,9 @@ FIGURES: dict[str, str] = {
     "batch_goodput_req_s": "batch goodput req/s",
     "goodput_req_s": "goodput req/s",
     "failed": "failed",
+    "batch_held_fraction": "batch held",
+    "interactive_replica_busy": "int. replica busy",
+    "batch_replica_busy": "batch replica busy",
 }
 """Every figure a run reports, with its column title. Goodput counts requests meeting their class's SLOs."""
 Sample = dict[str, float | None]
@@ -82,6 +85,22 @@ class ScenarioResult(BaseModel):
         return next((p for p in self.policies if p.policy == name), None)
 
 
+class YieldPoint(BaseModel):
+    """Class-aware on the steady mix at one setting of batch yielding (gateway.policy.batch_yield)."""
+
+    setting: str
+    fraction: float
+    max_hold_s: float
+    release_s: float
+    result: PolicyResult
+
+    @property
+    def label(self) -> str:
+        if self.fraction >= 1:
+            return "off"
+        return f"{self.fraction:g} of slots, hold <= {self.max_hold_s:g} s"
+
+
 class TargetCheck(BaseModel):
     setting: str
     target: str
@@ -100,6 +119,7 @@ class RoutingReport(BaseModel):
         default_factory=dict, description="Per setting: routing thresholds, SLOs, load sizes used."
     )
     scenarios: list[ScenarioResult] = Field(default_factory=list)
+    yield_sweep: list[YieldPoint] = Field(default_factory=list, description="The batch-yield trade-off, per setting.")
     targets: list[TargetCheck] = Field(default_factory=list)
 
     def of_setting(self, setting: str) -> dict[str, ScenarioResult]:
@@ -124,6 +144,13 @@ def _ratio(value: float | None, reference: float | None) -> float | None:
     return None if value is None or not reference else value / reference
 
 
+def alone(report: RoutingReport, setting: str, figure: str) -> float | None:
+    """The figure's "alone" reference in the setting: interactive figures from the TP replica serving
+    interactive alone, batch figures from the PP replica serving batch alone (REFERENCES)."""
+    scenario, policy = REFERENCES["batch" if figure.startswith("batch") else "interactive"]
+    return _mean(report.of_setting(setting).get(scenario), policy, figure)
+
+
 def goodput_ranking(steady: ScenarioResult) -> list[str]:
     """Policies by mean goodput, best first."""
     return sorted(
@@ -138,9 +165,7 @@ def check_targets(report: RoutingReport, setting: str) -> list[TargetCheck]:
     steady = runs.get("steady")
     checks: list[TargetCheck] = []
     alone_scenario, alone_policy = REFERENCES["interactive"]
-    ttft = _ratio(
-        _mean(steady, TANDEM, "interactive_ttft_p99_ms"), _mean(runs.get(alone_scenario), alone_policy, "interactive_ttft_p99_ms")
-    )
+    ttft = _ratio(_mean(steady, TANDEM, "interactive_ttft_p99_ms"), alone(report, setting, "interactive_ttft_p99_ms"))
     checks.append(
         TargetCheck(
             setting=setting,
@@ -152,7 +177,7 @@ def check_targets(report: RoutingReport, setting: str) -> list[TargetCheck]:
         )
     )
     alone_scenario, alone_policy = REFERENCES["batch"]
-    tok = _ratio(_mean(steady, TANDEM, "batch_output_tok_s"), _mean(runs.get(alone_scenario), alone_policy, "batch_output_tok_s"))
+    tok = _ratio(_mean(steady, TANDEM, "batch_output_tok_s"), alone(report, setting, "batch_output_tok_s"))
     checks.append(
         TargetCheck(
             setting=setting,
@@ -245,6 +270,7 @@ def markdown_tables(report: RoutingReport) -> str:
                 if policy.note:
                     lines.append(f"| ↳ {policy.note} |" + " |" * len(TABLE_FIGURES))
             lines.append("")
+    lines += yield_tables(report)
     if report.targets:
         lines += ["### Targets\n", "| setting | target | value | bound | met | how |", "|---|---|---|---|---|---|"]
         for t in report.targets:
@@ -253,6 +279,65 @@ def markdown_tables(report: RoutingReport) -> str:
             lines.append(f"| {t.setting} | {t.target} | {value} | {t.bound:g} | {met} | {t.detail} |")
         lines.append("")
     return "\n".join(lines)
+
+
+YIELD_FIGURES = (
+    "interactive_tpot_p50_ms",
+    "interactive_goodput_req_s",
+    "batch_goodput_req_s",
+    "goodput_req_s",
+    "batch_held_fraction",
+    "interactive_replica_busy",
+    "batch_replica_busy",
+)
+
+
+def _times(value: float | None, reference: float | None) -> str:
+    ratio = _ratio(value, reference)
+    return "" if ratio is None else f" ({ratio:.2f}x)"
+
+
+YIELD_COLUMNS = ("batch yield", "int. TTFT p99 ms (x alone)", "batch out tok/s (x alone)", *(FIGURES[f] for f in YIELD_FIGURES))
+
+
+def yield_settings(report: RoutingReport) -> list[str]:
+    return list(dict.fromkeys(p.setting for p in report.yield_sweep))
+
+
+def yield_rows(report: RoutingReport, setting: str) -> list[list[str]]:
+    """One row per batch-yield point of the setting (YIELD_COLUMNS); TTFT p99 and batch tok/s also
+    as multiples of their "alone" references."""
+    ttft_alone, tok_alone = alone(report, setting, "interactive_ttft_p99_ms"), alone(report, setting, "batch_output_tok_s")
+    rows = []
+    for point in (p for p in report.yield_sweep if p.setting == setting):
+        ttft, tok = point.result.estimate("interactive_ttft_p99_ms"), point.result.estimate("batch_output_tok_s")
+        rows.append(
+            [
+                point.label,
+                ttft.text() + _times(ttft.mean, ttft_alone),
+                tok.text() + _times(tok.mean, tok_alone),
+                *(point.result.estimate(f).text() for f in YIELD_FIGURES),
+            ]
+        )
+    return rows
+
+
+def yield_tables(report: RoutingReport) -> list[str]:
+    """The batch-yield sweep as markdown, a table per setting."""
+    lines: list[str] = []
+    for setting in yield_settings(report):
+        points = [p for p in report.yield_sweep if p.setting == setting]
+        n = max(p.result.estimate("goodput_req_s").n for p in points)
+        release = ", ".join(sorted({f"{p.release_s:g} s" for p in points}))
+        lines += [
+            f"**batch yielding, {setting}**: class-aware on the steady mix; a hold cut short by its bound "
+            f"is followed by {release} at the full batch limit (n={n}; mean ±95% CI)\n",
+            "| " + " | ".join(YIELD_COLUMNS) + " |",
+            "|" + "---|" * len(YIELD_COLUMNS),
+            *("| " + " | ".join(row) + " |" for row in yield_rows(report, setting)),
+            "",
+        ]
+    return lines
 
 
 BEGIN, END = "<!-- routing-results:begin -->", "<!-- routing-results:end -->"
@@ -296,6 +381,54 @@ def plot_scenario(report: RoutingReport, scenario: str, path: Path) -> Path:
             ax.set_xticks(range(len(policies)), policies, rotation=35, ha="right", fontsize=7)
             ax.set_title(f"{FIGURES[figure]}\n{setting}", fontsize=8)
     fig.suptitle(f"{scenario}: {report.of_setting(settings[0])[scenario].description}", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_yield(report: RoutingReport, path: Path) -> Path:
+    """The batch-yield trade-off, a row per setting: interactive TTFT p99 and TPOT p50 (as multiples
+    of the TP replica alone) and goodput, each against batch output (as a multiple of the PP replica
+    alone); the issue's targets as dashed lines (the corner they bound is where both are met)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = yield_settings(report)
+    fig, axes = plt.subplots(len(settings), 3, figsize=(14, 3.6 * len(settings)), squeeze=False)
+    for row, setting in enumerate(settings):
+        points = [p for p in report.yield_sweep if p.setting == setting]
+        tok_alone = alone(report, setting, "batch_output_tok_s")
+        x = [_ratio(p.result.estimate("batch_output_tok_s").mean, tok_alone) or 0.0 for p in points]
+        panels = (
+            ("interactive_ttft_p99_ms", "int. TTFT p99 / alone", 1.2),
+            ("interactive_tpot_p50_ms", "int. TPOT p50 / alone", None),
+        )
+        for col, (figure, title, bound) in enumerate(panels):
+            ax, reference = axes[row][col], alone(report, setting, figure)
+            y = [_ratio(p.result.estimate(figure).mean, reference) or 0.0 for p in points]
+            ax.plot(x, y, "o-", color="tab:blue")
+            for xi, yi, point in zip(x, y, points, strict=True):
+                ax.annotate("off" if point.fraction >= 1 else f"{point.fraction:g}/{point.max_hold_s:g}s", (xi, yi), fontsize=7,
+                            textcoords="offset points", xytext=(3, 3))  # fmt: skip
+            if bound is not None:
+                ax.axhline(bound, color="tab:red", linestyle="--", linewidth=1)
+            ax.axvline(0.95, color="tab:red", linestyle="--", linewidth=1)
+            ax.set_xlabel("batch output tok/s / PP replica alone")
+            ax.set_title(f"{title}\n{setting}", fontsize=8)
+        ax = axes[row][2]
+        for figure, color in (("goodput_req_s", "black"), ("batch_goodput_req_s", "tab:orange"), ("interactive_goodput_req_s", "tab:green")):
+            estimates = [p.result.estimate(figure) for p in points]
+            ax.errorbar(x, [e.mean or 0.0 for e in estimates], yerr=[e.half_width for e in estimates], fmt="o-", color=color,
+                        capsize=2, label=FIGURES[figure])  # fmt: skip
+        ax.axvline(0.95, color="tab:red", linestyle="--", linewidth=1)
+        ax.set_xlabel("batch output tok/s / PP replica alone")
+        ax.set_title(f"goodput req/s\n{setting}", fontsize=8)
+        ax.legend(fontsize=7)
+    fig.suptitle("batch yielding on the steady mix (labels: fraction of batch slots while held / longest hold)", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)

@@ -1,4 +1,5 @@
-"""Every policy on every scenario in the perf model's traffic simulation, over several seeds.
+"""Every policy on every scenario in the perf model's traffic simulation, over several seeds; and the
+batch-yield trade-off (class-aware on the steady mix with gateway.policy.batch_yield swept).
 
 The simulation routes with gateway.policy itself (tuner.perfmodel.simulate imports it), so the
 policies measured here are the gateway's, byte for byte. The routing thresholds are the plan's
@@ -10,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 
-from benchmarks.routing.report import PolicyResult, Sample, ScenarioResult
+from benchmarks.routing.report import PolicyResult, Sample, ScenarioResult, YieldPoint
 from benchmarks.routing.scenarios import DESCRIPTIONS, SCENARIOS, ScenarioName, plan_routing, simulated_scenarios
 from deploy.plan import ServingPlan
 from gateway.policy import POLICIES
@@ -30,6 +31,9 @@ def sample_of(result: SimResult) -> Sample:
         "batch_goodput_req_s": batch.goodput_req_s,
         "goodput_req_s": interactive.goodput_req_s + batch.goodput_req_s,
         "failed": float(interactive.failed + batch.failed + interactive.rejected + batch.rejected),
+        "batch_held_fraction": result.batch_held_fraction,
+        "interactive_replica_busy": result.class_busy_fraction.get("interactive"),
+        "batch_replica_busy": result.class_busy_fraction.get("batch"),
     }
 
 
@@ -64,12 +68,16 @@ def run_simulated(
     duration_s: float,
     *,
     contention_off: bool = True,
+    yield_sweep: bool = True,
     progress: ProgressFn | None = None,
-) -> tuple[list[ScenarioResult], dict[str, dict[str, object]]]:
+) -> tuple[list[ScenarioResult], dict[str, dict[str, object]], list[YieldPoint]]:
     """Every plan's five scenarios; and, with `contention_off`, the steady mix and its references
     again with co-residence contention turned off (the bound a perfect GPU partition would give).
-    Returns the results and, per setting, what was run (thresholds, SLOs, load sizes)."""
+    With `yield_sweep`, also the batch-yield trade-off (sweep.YIELD_POINTS) on each contended
+    steady mix. Returns the results, per setting what was run (thresholds, SLOs, load sizes), and
+    the sweep's points."""
     results: list[ScenarioResult] = []
+    sweep: list[YieldPoint] = []
     described: dict[str, dict[str, object]] = {}
     for key, plan in plans.items():
         variants = [(f"simulated {key}", True)]
@@ -79,6 +87,8 @@ def run_simulated(
             scenarios = simulated_scenarios(plan, duration_s, co_resident=co_resident)
             only = SCENARIOS if co_resident else ("steady", "interactive-only", "batch-only")
             results += run_setting(setting, plan, scenarios, seeds, only=only, progress=progress)
+            if co_resident and yield_sweep:
+                sweep += run_yield_sweep(setting, plan, scenarios["steady"], seeds, progress)
             steady = scenarios["steady"]
             described[setting] = {
                 "routing": plan_routing(plan).model_dump(exclude={"policy"}),
@@ -93,4 +103,47 @@ def run_simulated(
                 "duration_s": duration_s,
                 "seeds": seeds,
             }
-    return results, described
+    return results, described, sweep
+
+
+# ---- the batch-yield trade-off --------------------------------------------------------------------------
+
+YIELD_RELEASE_S = 10.0
+YIELD_POINTS: tuple[tuple[float, float], ...] = (
+    (1.0, 30.0),  # off: the policy as it was
+    (0.5, 30.0),
+    (0.25, 30.0),
+    (0.0, 10.0),
+    (0.0, 20.0),
+    (0.0, 30.0),
+    (0.0, 45.0),
+    (0.0, 60.0),
+    (0.0, 90.0),
+    (0.0, 120.0),
+)
+"""(batch_yield_fraction, batch_yield_max_hold_s); release fixed at YIELD_RELEASE_S. A fraction
+above 0 keeps the batch replica busy (so, time-sliced, the interactive one still runs at half
+speed); at 0 the hold bound is the lever: a longer hold gives interactive more time alone."""
+
+
+def run_yield_sweep(
+    setting: str, plan: ServingPlan, steady: Scenario, seeds: int, progress: ProgressFn | None = None
+) -> list[YieldPoint]:
+    """Every YIELD_POINTS setting of the plan's class-aware routing on the steady mix, seeds 0..seeds-1."""
+    routing = plan_routing(plan).model_copy(update={"policy": "class-aware", "batch_yield_release_s": YIELD_RELEASE_S})
+    points = []
+    for fraction, max_hold_s in YIELD_POINTS:
+        settings = routing.model_copy(update={"batch_yield_fraction": fraction, "batch_yield_max_hold_s": max_hold_s})
+        samples = [sample_of(simulate(steady, settings, seed)) for seed in range(seeds)]
+        points.append(
+            YieldPoint(
+                setting=setting,
+                fraction=fraction,
+                max_hold_s=max_hold_s,
+                release_s=YIELD_RELEASE_S,
+                result=PolicyResult(policy="class-aware", samples=samples),
+            )
+        )
+        if progress:
+            progress(f"{setting} yield {fraction:g} / hold {max_hold_s:g} s")
+    return points

@@ -57,3 +57,18 @@ def test_each_class_is_judged_by_its_own_slo() -> None:
     assert sample["batch_output_tok_s"] == pytest.approx(6.5)
     assert sample["failed"] == 1.0
     assert sample["interactive_ttft_p50_ms"] == pytest.approx(250.0)
+
+
+def test_a_killed_process_left_a_zombie_counts_as_gone() -> None:
+    from benchmarks.routing.live import _running
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    process = psutil.Process(child.pid)
+    assert _running(process)
+    child.kill()
+    deadline = time.monotonic() + 5
+    while process.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:  # not reaped: we do not wait()
+        time.sleep(0.05)
+    assert process.status() == psutil.STATUS_ZOMBIE and not _running(process)
+    child.wait()
+    assert not _running(process)

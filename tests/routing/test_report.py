@@ -17,8 +17,11 @@ from benchmarks.routing.report import (
     kendall_tau,
     markdown_tables,
     ordering_check,
+    YieldPoint,
     plot_scenario,
+    plot_yield,
     replace_results,
+    yield_rows,
 )
 
 
@@ -105,3 +108,28 @@ def test_markdown_has_a_table_per_scenario_and_fills_only_the_marked_section() -
 def test_one_chart_per_scenario(tmp_path: Path) -> None:
     path = plot_scenario(report(), "steady", tmp_path / "routing-steady.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def with_sweep() -> RoutingReport:
+    full = report()
+    full.yield_sweep = [
+        YieldPoint(setting="sim", fraction=fraction, max_hold_s=hold, release_s=10, result=PolicyResult(policy="class-aware", samples=[figures]))
+        for fraction, hold, figures in (
+            (1.0, 30, {"interactive_ttft_p99_ms": 200.0, "batch_output_tok_s": 90.0, "goodput_req_s": 3.0}),
+            (0.0, 60, {"interactive_ttft_p99_ms": 120.0, "batch_output_tok_s": 50.0, "goodput_req_s": 2.0, "batch_held_fraction": 0.8}),
+        )
+    ]
+    return full
+
+
+def test_the_yield_sweep_is_read_against_the_alone_references() -> None:
+    rows = yield_rows(with_sweep(), "sim")
+    assert rows[0][:3] == ["off", "200 (2.00x)", "90.0 (0.90x)"]  # alone: TTFT p99 100 ms, 100 tok/s
+    assert rows[1][:3] == ["0 of slots, hold <= 60 s", "120 (1.20x)", "50.0 (0.50x)"]
+    tables = markdown_tables(with_sweep())
+    assert "**batch yielding, sim**" in tables and "| 0 of slots, hold <= 60 s | 120 (1.20x) |" in tables
+    assert "batch yielding" not in markdown_tables(report())  # no sweep, no table
+
+
+def test_the_yield_chart_is_drawn(tmp_path: Path) -> None:
+    assert plot_yield(with_sweep(), tmp_path / "routing-yield.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from benchmarks.routing.scenarios import SCENARIOS, plan_routing, simulated_scenarios
-from benchmarks.routing.simulated import run_setting
+from benchmarks.routing.simulated import YIELD_POINTS, run_setting, run_yield_sweep
 from deploy.plan import load_plan, shipped_plan
 
 PLAN = load_plan(shipped_plan("llama-3.1-8b.dgx-spark-pair"))
@@ -36,3 +36,13 @@ def test_every_policy_runs_with_the_plan_thresholds_and_replays_by_seed() -> Non
     failure = results[1].policy("class-aware")
     assert failure is not None and failure.estimate("failed").mean > 0
     assert plan_routing(PLAN).spill_target_headroom == 32
+
+
+def test_the_yield_sweep_runs_every_point_of_the_lever() -> None:
+    steady = simulated_scenarios(PLAN, 60)["steady"]
+    points = run_yield_sweep("sim", PLAN, steady, seeds=1)
+    assert [(p.fraction, p.max_hold_s) for p in points] == list(YIELD_POINTS)
+    off, longest = points[0], points[-1]
+    assert off.fraction == 1.0 and off.result.estimate("batch_held_fraction").mean == 0.0
+    assert longest.result.estimate("batch_held_fraction").mean > 0.5
+    assert longest.result.estimate("interactive_replica_busy").mean > 0.9  # the users keep it busy
