@@ -120,7 +120,9 @@ def markdown(result: OptimizeResult, png_name: str) -> str:
         "## Routing",
         "",
         f"spill_queue_threshold {routing['spill_queue_threshold']}, spill_release_threshold "
-        f"{routing['spill_release_threshold']}, spill_target_headroom {routing['spill_target_headroom']} "
+        f"{routing['spill_release_threshold']}, spill_target_headroom {routing['spill_target_headroom']}, "
+        f"batch_yield_fraction {routing.get('batch_yield_fraction', 1.0):g}, batch_yield_max_hold_s "
+        f"{routing.get('batch_yield_max_hold_s', '-')} "
         f"({'tuned on the simulator' if routing.get('tuned') else 'kept from the template'}).",
     ]
     front = result.classes["interactive"].pareto_front

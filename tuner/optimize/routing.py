@@ -1,9 +1,11 @@
-"""The gateway's spill-over thresholds, tuned on the traffic simulation over the chosen replicas.
+"""The gateway's spill-over thresholds and batch yielding, tuned on the traffic simulation over the
+chosen replicas.
 
 Spilling interactive requests onto the batch replica only matters when both replicas run at
 once, so per-class trials cannot price it. Once both replicas are chosen, a small study (named
 `<model>.<cluster>.routing`) searches spill_queue_threshold, spill_release_threshold (below the
-queue threshold: conditional) and spill_target_headroom, each trial a seeded run of
+queue threshold: conditional), spill_target_headroom, batch_yield_fraction and (while batch yields)
+batch_yield_max_hold_s, each trial a seeded run of
 `tuner.perfmodel.simulate` with the gateway's own policy code: interactive users bursting to
 `users_per_slot` x the interactive concurrency, batch arrivals at `batch_load` of the batch
 replica's predicted rate. Objective: interactive goodput (requests/s meeting the interactive SLO),
@@ -77,11 +79,20 @@ def routing_scenario(
 
 
 def _suggest(trial: optuna.Trial, base: RoutingSettings) -> RoutingSettings:
+    """A trial's routing settings; replayed on optuna.trial.FixedTrial(params) for the one kept."""
     queue = trial.suggest_int("spill_queue_threshold", 1, 32, log=True)
     release = trial.suggest_int("spill_release_threshold", 0, queue - 1) if queue > 1 else 0
     headroom = trial.suggest_int("spill_target_headroom", 0, 64, step=4)
+    fraction = trial.suggest_float("batch_yield_fraction", 0.0, 1.0, step=0.25)
+    hold = trial.suggest_float("batch_yield_max_hold_s", 5.0, 120.0, log=True) if fraction < 1 else base.batch_yield_max_hold_s
     return base.model_copy(
-        update={"spill_queue_threshold": queue, "spill_release_threshold": release, "spill_target_headroom": headroom}
+        update={
+            "spill_queue_threshold": queue,
+            "spill_release_threshold": release,
+            "spill_target_headroom": headroom,
+            "batch_yield_fraction": fraction,
+            "batch_yield_max_hold_s": hold,
+        }
     )
 
 
@@ -105,6 +116,8 @@ def tune_routing(
                 "spill_queue_threshold": base.spill_queue_threshold,
                 "spill_release_threshold": base.spill_release_threshold,
                 "spill_target_headroom": base.spill_target_headroom,
+                "batch_yield_fraction": base.batch_yield_fraction,
+                **({"batch_yield_max_hold_s": base.batch_yield_max_hold_s} if base.batch_yield_fraction < 1 else {}),
             }
         )
 
@@ -123,14 +136,4 @@ def tune_routing(
     if not feasible:
         return base, None
     best = max(feasible, key=lambda t: (t.value, -t.number))
-    queue = best.params["spill_queue_threshold"]
-    return (
-        base.model_copy(
-            update={
-                "spill_queue_threshold": queue,
-                "spill_release_threshold": best.params.get("spill_release_threshold", 0),
-                "spill_target_headroom": best.params["spill_target_headroom"],
-            }
-        ),
-        best,
-    )
+    return _suggest(optuna.trial.FixedTrial(best.params), base), best

@@ -345,7 +345,15 @@ def _tune_routing(
 
 
 def _thresholds(routing: RoutingSettings) -> dict[str, object]:
-    return routing.model_dump(include={"spill_queue_threshold", "spill_release_threshold", "spill_target_headroom"})
+    return routing.model_dump(
+        include={
+            "spill_queue_threshold",
+            "spill_release_threshold",
+            "spill_target_headroom",
+            "batch_yield_fraction",
+            "batch_yield_max_hold_s",
+        }
+    )
 
 
 def _plan_header(request: OptimizeRequest, model: ModelChoice, target: ClusterTarget) -> str:
