@@ -116,8 +116,8 @@ class GenerationProxy:
         metrics: GatewayMetrics,
     ) -> None:
         self.endpoint = endpoint
-        self._config = config
         self._limits = config.settings.limits
+        self._served_names = config.served_names
         self._backends = backends
         self._replicas = {r.name: r for r in config.replicas}
         self._rewrites = {r.name: _ModelRewrite.for_replica(r, config.model) for r in config.replicas}
@@ -194,7 +194,7 @@ class GenerationProxy:
         except orjson.JSONDecodeError as exc:
             raise GatewayError(400, f"request body is not valid JSON: {exc}") from None
         view = parse_view(self.endpoint, body)
-        if view.model is not None and view.model not in self._config.served_names:
+        if view.model is not None and view.model not in self._served_names:
             raise GatewayError(404, f"The model `{view.model}` does not exist.", param="model")
         features = features_of(self.endpoint, view)
         cap = self._limits.max_tokens_cap

@@ -1,9 +1,9 @@
 """HTTP backend: any OpenAI-compatible upstream (`vllm serve`, the fake upstream in tests).
 
-aiohttp's client, not httpx: on this machine's measurements (DESIGN.md, and docs/gateway.md)
-httpx's connection pool fell from 1,100 to 590 req/s as concurrency grew while aiohttp held
-about 4,000 req/s on one core. Connections are kept alive and reused; a response abandoned
-mid-way closes its connection, which is how vLLM learns that the client went away and aborts.
+Over gateway.backends.http_client, a keep-alive HTTP/1.1 client made for this hop: on this
+machine aiohttp's client took about 40% of the gateway's CPU per request and httpx's pool fell
+from 1,100 to 590 req/s as concurrency grew (docs/benchmarks.md). A response abandoned mid-way
+closes its connection, which is how vLLM learns that the client went away and aborts.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
-import aiohttp
 import orjson
 
 from gateway.backends.base import (
@@ -23,40 +23,43 @@ from gateway.backends.base import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from gateway.backends.http_client import ConnectFailed, ConnectionDropped, HttpClient, HttpResponse
 from gateway.policy import Endpoint
 
 _PATHS: dict[Endpoint, str] = {"chat": "/chat/completions", "completions": "/completions"}
 _GAUGES = {b"vllm:num_requests_running": "running", b"vllm:num_requests_waiting": "waiting"}
+_JSON = ("Content-Type", "application/json")
 
 
 class _HttpResponse(UpstreamResponse):
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
+    def __init__(self, response: HttpResponse) -> None:
         self._response = response
         self.status = response.status
         self.streaming = response.content_type == "text/event-stream"
 
     async def read(self) -> bytes:
-        body = await self._response.read()
-        self._response.release()
-        return body
+        try:
+            return await self._response.read()
+        except ConnectionDropped as exc:
+            raise UpstreamBroken(str(exc)) from None
 
     async def events(self) -> AsyncIterator[bytes]:
-        content = self._response.content
-        while True:
-            try:
-                event = await content.readuntil(b"\n\n")
-            except (aiohttp.ClientError, OSError, ValueError) as exc:
-                raise UpstreamBroken(str(exc) or type(exc).__name__) from None
-            if not event:
-                return
-            yield event
+        pending = b""
+        try:
+            async for data in self._response.chunks():
+                pending += data
+                end = pending.rfind(b"\n\n")
+                if end >= 0:
+                    yield pending[: end + 2]
+                    pending = pending[end + 2 :]
+        except ConnectionDropped as exc:
+            raise UpstreamBroken(str(exc)) from None
+        if pending.strip():
+            raise UpstreamBroken("the stream ended inside an event")
 
     async def aclose(self) -> None:
-        # close(), not release(): an unfinished answer must end the connection so vLLM aborts it.
-        if not self._response.content.at_eof():
-            self._response.close()
-        else:
-            self._response.release()
+        # An unfinished answer ends its connection, so that vLLM aborts the generation.
+        self._response.close()
 
 
 class HttpBackend(Backend):
@@ -71,60 +74,60 @@ class HttpBackend(Backend):
         probe_timeout_s: float = 2.0,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._root = self.base_url.removesuffix("/v1")
+        parts = urlsplit(self.base_url)
+        self._origin = f"{parts.scheme}://{parts.netloc}"
+        self._paths = {endpoint: parts.path + path for endpoint, path in _PATHS.items()}
+        self._root = parts.path.removesuffix("/v1")
+        self._connect_timeout_s = connect_timeout_s
         self._first_byte_timeout_s = first_byte_timeout_s
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s)
-        self._probe_timeout = aiohttp.ClientTimeout(total=probe_timeout_s)
-        self._session: aiohttp.ClientSession | None = None
+        self._probe_timeout_s = probe_timeout_s
+        self._client: HttpClient | None = None
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, enable_cleanup_closed=True)
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=self._timeout,
-            skip_auto_headers=("User-Agent",),
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),  # replicas set no cookies: skip the jar's work
-        )
+        self._client = HttpClient(self._origin, connect_timeout_s=self._connect_timeout_s)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
 
     @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
+    def client(self) -> HttpClient:
+        if self._client is None:
             raise RuntimeError("HttpBackend.start() has not been awaited")
-        return self._session
+        return self._client
 
     async def send(self, endpoint: Endpoint, body: dict[str, Any], request_id: str) -> UpstreamResponse:
-        headers = {"Content-Type": "application/json", "X-Request-Id": request_id}
+        headers = (_JSON, ("X-Request-Id", request_id))
         try:
             async with asyncio.timeout(self._first_byte_timeout_s):
-                response = await self.session.post(
-                    self.base_url + _PATHS[endpoint], data=orjson.dumps(body), headers=headers
-                )
+                response = await self.client.request("POST", self._paths[endpoint], orjson.dumps(body), headers)
         except TimeoutError:
             raise UpstreamTimeout(f"no answer from {self.base_url} within {self._first_byte_timeout_s:g} s") from None
-        except aiohttp.ClientConnectorError as exc:
-            raise UpstreamUnavailable(f"cannot connect to {self.base_url}: {exc.os_error}", down=True) from None
-        except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
+        except ConnectFailed as exc:
+            raise UpstreamUnavailable(str(exc), down=True) from None
+        except ConnectionDropped as exc:
             raise UpstreamUnavailable(f"{self.base_url} dropped the request: {exc}") from None
         return _HttpResponse(response)
 
+    async def _get(self, path: str) -> tuple[int, bytes]:
+        """A probe: GET `path` below the server's root, bounded by the probe timeout."""
+        async with asyncio.timeout(self._probe_timeout_s):
+            response = await self.client.request("GET", self._root + path)
+            return response.status, await response.read()
+
     async def engine_load(self) -> EngineLoad:
-        async with self.session.get(self._root + "/metrics", timeout=self._probe_timeout) as response:
-            response.raise_for_status()
-            text = await response.read()
+        status, text = await self._get("/metrics")
+        if status != 200:
+            raise UpstreamUnavailable(f"{self.base_url}: /metrics answered {status}")
         return parse_vllm_load(text)
 
     async def ready(self) -> bool:
         try:
-            async with self.session.get(self._root + "/health", timeout=self._probe_timeout) as response:
-                return response.status == 200
-        except (aiohttp.ClientError, TimeoutError):
+            status, _ = await self._get("/health")
+        except (ConnectionError, TimeoutError):
             return False
+        return status == 200
 
 
 def parse_vllm_load(metrics: bytes) -> EngineLoad:

@@ -176,7 +176,7 @@ def test_concurrency_limits_answer_429(make_stack) -> None:
         routing={"limits": {"interactive": {"max_concurrency": 1, "max_queue": 1}, "batch": {"max_concurrency": 1}}},
         auth={"keys": [{"name": "two", "key": "sk-two-0123456789", "max_concurrent": 2}, {"name": "free", "key": USER_KEY}]},
     )
-    stack.tp.first_token_delay_s = 0.5
+    stack.tp.first_token_delay_s = 1.5  # long enough that all four overlap on a loaded machine
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         replies = list(pool.map(lambda _: post(stack, CHAT, "sk-two-0123456789"), range(3)))
         assert sorted(r.status_code for r in replies) == [200, 200, 429]  # the key: two at once

@@ -1,0 +1,267 @@
+"""A lean HTTP/1.1 client for the gateway's hop to its replicas.
+
+Why not aiohttp or httpx: the gateway's budget is 350 us of CPU per request on one core (issue
+#3), and aiohttp's client took about 40% of the gateway's CPU (URL and header objects, payload
+registry, trace hooks, timers); httpx's pool cost more. The hop needs little of what they do: one
+origin per client, keep-alive, a request with a body, an answer framed by Content-Length or
+chunked encoding, read whole or as it arrives. The answer is parsed by httptools (llhttp in C,
+uvicorn's own parser), so framing, chunked decoding and keep-alive rules come from a maintained
+parser, not from this module.
+
+Closing a response before its end closes its connection: that is how vLLM learns that the client
+went away, and it aborts the generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+import httptools
+
+# Body bytes buffered before reading from the socket pauses (a slow client backs the replica up).
+_HIGH_WATER = 256 * 1024
+# An idle connection is reused only this long: under uvicorn's 5 s keep-alive (vLLM's server), so
+# a request is not sent on a connection the server is closing at that moment.
+MAX_IDLE_S = 4.0
+
+
+class ConnectFailed(ConnectionError):
+    """No connection could be opened: refused, unreachable, or not within the connect timeout."""
+
+
+class ConnectionDropped(ConnectionError):
+    """The connection ended (or the answer was malformed) before the answer did."""
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection, one exchange at a time; httptools calls the on_* methods."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self._head: asyncio.Future[int] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self.headers: dict[bytes, bytes] = {}
+        self.body = bytearray()
+        self.complete = False
+        self.keep_alive = False  # read when the answer ends: the parser forgets it after
+        self.closed: ConnectionDropped | None = None
+        self.idle_since = 0.0
+        self._paused = False
+
+    def exchange(self, request: bytes) -> asyncio.Future[int]:
+        """Send one request; the returned future resolves to the status once the head is in."""
+        assert self.transport is not None and self.complete is False
+        self._head = asyncio.get_running_loop().create_future()
+        self.transport.write(request)
+        return self._head
+
+    def reset(self) -> None:
+        """Ready for the next exchange on this connection (the last one completed)."""
+        self._parser = httptools.HttpResponseParser(self)
+        self.headers = {}
+        self.body = bytearray()
+        self.complete = self.keep_alive = False
+        self._head = None
+
+    @property
+    def reusable(self) -> bool:
+        return self.complete and self.keep_alive and self.closed is None
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def take_body(self) -> bytes:
+        data = bytes(self.body)
+        self.body.clear()
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+        return data
+
+    async def wait(self, *, for_end: bool = False) -> None:
+        """Until more body (unless `for_end`), the end of the answer, or the end of the connection."""
+        if (self.body and not for_end) or self.complete or self.closed is not None:
+            return
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    # -- asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._lose(ConnectionDropped(f"malformed answer: {exc}"))
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lose(ConnectionDropped(f"connection lost: {exc}" if exc else "connection closed by the replica"))
+
+    def _lose(self, reason: ConnectionDropped) -> None:
+        if self.closed is None:
+            self.closed = reason
+        if self._head is not None and not self._head.done():
+            self._head.set_exception(reason)
+        self._wake()
+
+    # -- httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.lower()] = value
+
+    def on_headers_complete(self) -> None:
+        if self._head is not None and not self._head.done():
+            self._head.set_result(self._parser.get_status_code())
+
+    def on_body(self, body: bytes) -> None:
+        self.body += body
+        if len(self.body) > _HIGH_WATER and not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        self.keep_alive = self._parser.should_keep_alive()
+        self.complete = True
+        self._wake()
+
+
+class HttpResponse:
+    """An answer being received. Read it whole (`read`) or as it arrives (`chunks`), then `close`."""
+
+    def __init__(self, client: HttpClient, connection: _Connection, status: int) -> None:
+        self._client = client
+        self._connection = connection
+        self.status = status
+        self.headers = connection.headers
+        self._released = False
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get(b"content-type", b"").split(b";", 1)[0].strip().decode("latin-1")
+
+    @property
+    def complete(self) -> bool:
+        return self._connection.complete
+
+    async def read(self) -> bytes:
+        connection = self._connection
+        while not connection.complete:
+            if connection.closed is not None:
+                raise connection.closed
+            await connection.wait(for_end=True)
+        data = connection.take_body()
+        self.close()
+        return data
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """Body bytes as they arrive; raises ConnectionDropped if the answer stops before its end."""
+        connection = self._connection
+        while True:
+            await connection.wait()
+            if connection.body:
+                yield connection.take_body()
+            elif connection.complete:
+                return
+            elif connection.closed is not None:
+                raise connection.closed
+
+    def close(self) -> None:
+        """Give the connection back for reuse if the answer ended; otherwise close it."""
+        if not self._released:
+            self._released = True
+            self._client._release(self._connection)
+
+
+class HttpClient:
+    """Keep-alive HTTP/1.1 connections to one origin, `scheme://host[:port]` (http or https).
+
+    Connections are opened on demand and kept while idle, for at most MAX_IDLE_S. A request is
+    never sent twice: a connection dropped before the answer raises ConnectionDropped, and the
+    gateway decides where to send the request next (another replica)."""
+
+    def __init__(self, origin: str, *, connect_timeout_s: float = 5.0) -> None:
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path.strip("/"):
+            raise ValueError(f"not an http(s) origin: {origin!r}")
+        self._host = parts.hostname
+        self._port = parts.port or (443 if parts.scheme == "https" else 80)
+        self._ssl = ssl.create_default_context() if parts.scheme == "https" else None
+        default_port = self._port == (443 if parts.scheme == "https" else 80)
+        host = self._host if default_port else f"{self._host}:{self._port}"
+        self._host_header = f"Host: {host}\r\n".encode("latin-1")
+        self._connect_timeout_s = connect_timeout_s
+        self._idle: list[_Connection] = []
+        self._open: set[_Connection] = set()
+
+    async def request(
+        self, method: str, path: str, body: bytes = b"", headers: tuple[tuple[str, str], ...] = ()
+    ) -> HttpResponse:
+        """Send one request for `path` (from the root, with any query) and return once the answer's
+        status and headers are in. Raises ConnectFailed or ConnectionDropped. Cancelled while
+        waiting: the connection is closed."""
+        lines = [f"{method} {path} HTTP/1.1\r\n".encode("latin-1"), self._host_header]
+        lines += [f"{name}: {value}\r\n".encode("latin-1") for name, value in headers]
+        if body or method in ("POST", "PUT"):
+            lines.append(b"Content-Length: %d\r\n" % len(body))
+        lines += [b"\r\n", body]
+        request = b"".join(lines)
+        connection = await self._connection()
+        try:
+            status = await connection.exchange(request)
+        except BaseException:
+            # Dropped, timed out or cancelled: the replica must learn that nobody is waiting.
+            self._discard(connection)
+            raise
+        return HttpResponse(self, connection, status)
+
+    async def _connection(self) -> _Connection:
+        fresh_since = time.monotonic() - MAX_IDLE_S
+        while self._idle:
+            connection = self._idle.pop()
+            if connection.closed is None and connection.idle_since > fresh_since:
+                connection.reset()
+                return connection
+            self._discard(connection)
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self._connect_timeout_s):
+                _, connection = await loop.create_connection(_Connection, self._host, self._port, ssl=self._ssl)
+        except TimeoutError:
+            raise ConnectFailed(f"no connection to {self._host}:{self._port} within {self._connect_timeout_s:g} s") from None
+        except OSError as exc:
+            raise ConnectFailed(f"cannot connect to {self._host}:{self._port}: {exc.strerror or exc}") from None
+        self._open.add(connection)
+        return connection
+
+    def _release(self, connection: _Connection) -> None:
+        if connection.reusable:
+            connection.idle_since = time.monotonic()
+            self._idle.append(connection)
+        else:
+            self._discard(connection)
+
+    def _discard(self, connection: _Connection) -> None:
+        connection.close()
+        self._open.discard(connection)
+
+    async def aclose(self) -> None:
+        """Close every connection, idle or busy."""
+        for connection in self._open:
+            connection.close()
+        self._open.clear()
+        self._idle.clear()
