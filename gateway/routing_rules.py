@@ -1,7 +1,7 @@
 """The routing thresholds a plan ships with, derived from its replicas' batch sizes.
 
 Class-aware routing has five numbers to set (spill on, spill off, spill headroom, and each class's
-admission limit). They are not free constants: each is a fraction of what an engine can run at
+admission limit), and one switch (batch yielding). They are not free constants: each is a fraction of what an engine can run at
 once (`max_num_seqs`), so the same rule fits a 16-slot TP replica on the CPU and a 256-slot PP
 replica on the Spark pair. The rule, and why:
 
@@ -20,6 +20,17 @@ replica on the Spark pair. The rule, and why:
                            may borrow it when idle, may run (no request waits inside the batch
                            engine, where the gateway could no longer move it); 8x as many wait.
 
+  batch yielding           off (batch_yield_fraction 1, the base's), for every shipped plan. The
+                           rule picks, on the plan's simulated steady mix, the setting with the
+                           best goodput, and yields only where a setting beats "off" beyond its
+                           95% interval; none does (docs/routing.md, "Batch yielding"). Why: the
+                           replicas time-slice the same GPUs, and holding admissions cannot keep
+                           a steadily fed batch replica off them (admitted batch requests run to
+                           the end), so every hold costs batch goodput, and the interactive TTFT
+                           tail stays about 2x whatever the hold. A plan that weighs interactive
+                           latency above the total sets it (0 with a hold bound), or lets the
+                           tuner's routing study search it.
+
 An engine-side queue is invisible to routing: a request vLLM holds in its waiting queue cannot be
 sent elsewhere when a replica frees up or fails. Admission limits at the engine's own batch size
 keep the queue in the gateway. The tuner may search around these values (tuner/optimize); this
@@ -36,7 +47,7 @@ def routing_for(
     interactive_max_num_seqs: int, batch_max_num_seqs: int, base: RoutingSettings | None = None
 ) -> RoutingSettings:
     """Class-aware thresholds and class limits for replicas of these batch sizes; every other
-    setting (policy name, classification) is kept from `base`."""
+    setting (policy name, classification, batch yielding) is kept from `base`."""
     spill_on = max(2, interactive_max_num_seqs // 4)
     headroom = max(1, batch_max_num_seqs // 8)
     base = base or RoutingSettings()

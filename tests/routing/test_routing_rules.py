@@ -60,3 +60,12 @@ def test_spilling_starts_at_the_derived_threshold() -> None:
 
     assert to(settings.spill_queue_threshold - 1) == "interactive"
     assert to(settings.spill_queue_threshold) == "batch"
+
+
+def test_shipped_plans_keep_batch_yielding_off_and_a_base_that_sets_it_keeps_it() -> None:
+    """The rule's choice from the simulated trade-off (docs/routing.md): no hold beat "off" on
+    goodput for either Spark plan, so plans ship without yielding; a plan that asks for it keeps it."""
+    for name in ("gpt-oss-120b.dgx-spark-pair", "llama-3.1-8b.dgx-spark-pair", "cpu-demo"):
+        assert plan_routing(load_plan(shipped_plan(name))).batch_yield_fraction == 1.0
+    held = routing_for(16, 128, RoutingSettings(batch_yield_fraction=0.0, batch_yield_max_hold_s=45.0))
+    assert (held.batch_yield_fraction, held.batch_yield_max_hold_s) == (0.0, 45.0)
