@@ -3,7 +3,7 @@
 One run measures, against the same fast fake upstream (tests/fake_upstream.py):
   direct    the load generator talks to the upstream itself (the baseline)
   gateway   Tandem's gateway with every feature on: API keys, classification, class-aware
-            routing with engine-load polling, metrics, one INFO log line per request
+            routing with engine-load polling, metrics (the per-request log line is at DEBUG, its default level)
   naive     a FastAPI + httpx pass-through proxy (what a first attempt looks like)
   litellm   LiteLLM's proxy, from its own virtualenv .venv-litellm (`make bench` makes it)
 
