@@ -388,6 +388,16 @@ def plot_scenario(report: RoutingReport, scenario: str, path: Path) -> Path:
     return path
 
 
+def _draw_lever(ax: object, x: list[float], y: list[float], points: list[YieldPoint], color: str = "tab:blue", label: str | None = None) -> None:
+    """The hold-to-zero points as a line in order of their hold bound, a fraction above zero as
+    squares, "off" as a star."""
+    held = sorted((p.max_hold_s, xi, yi) for xi, yi, p in zip(x, y, points, strict=True) if p.fraction == 0)
+    ax.plot([h[1] for h in held], [h[2] for h in held], "o-", color=color, label=label)  # type: ignore[attr-defined]
+    for xi, yi, point in zip(x, y, points, strict=True):
+        if point.fraction > 0:
+            ax.plot(xi, yi, "*" if point.fraction >= 1 else "s", color=color, markersize=10 if point.fraction >= 1 else 6)  # type: ignore[attr-defined]
+
+
 def plot_yield(report: RoutingReport, path: Path) -> Path:
     """The batch-yield trade-off, a row per setting: interactive TTFT p99 and TPOT p50 (as multiples
     of the TP replica alone) and goodput, each against batch output (as a multiple of the PP replica
@@ -410,7 +420,7 @@ def plot_yield(report: RoutingReport, path: Path) -> Path:
         for col, (figure, title, bound) in enumerate(panels):
             ax, reference = axes[row][col], alone(report, setting, figure)
             y = [_ratio(p.result.estimate(figure).mean, reference) or 0.0 for p in points]
-            ax.plot(x, y, "o-", color="tab:blue")
+            _draw_lever(ax, x, y, points)
             for xi, yi, point in zip(x, y, points, strict=True):
                 ax.annotate("off" if point.fraction >= 1 else f"{point.fraction:g}/{point.max_hold_s:g}s", (xi, yi), fontsize=7,
                             textcoords="offset points", xytext=(3, 3))  # fmt: skip
@@ -422,13 +432,14 @@ def plot_yield(report: RoutingReport, path: Path) -> Path:
         ax = axes[row][2]
         for figure, color in (("goodput_req_s", "black"), ("batch_goodput_req_s", "tab:orange"), ("interactive_goodput_req_s", "tab:green")):
             estimates = [p.result.estimate(figure) for p in points]
-            ax.errorbar(x, [e.mean or 0.0 for e in estimates], yerr=[e.half_width for e in estimates], fmt="o-", color=color,
-                        capsize=2, label=FIGURES[figure])  # fmt: skip
+            ax.errorbar(x, [e.mean or 0.0 for e in estimates], yerr=[e.half_width for e in estimates], fmt="none", ecolor=color, capsize=2)
+            _draw_lever(ax, x, [e.mean or 0.0 for e in estimates], points, color=color, label=FIGURES[figure])
         ax.axvline(0.95, color="tab:red", linestyle="--", linewidth=1)
         ax.set_xlabel("batch output tok/s / PP replica alone")
         ax.set_title(f"goodput req/s\n{setting}", fontsize=8)
         ax.legend(fontsize=7)
-    fig.suptitle("batch yielding on the steady mix (labels: fraction of batch slots while held / longest hold)", fontsize=9)
+    fig.suptitle("batch yielding on the steady mix: held to 0 with the hold bound swept (line), held to a fraction (squares), "
+                 "off (star); labels: fraction / longest hold", fontsize=9)  # fmt: skip
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
