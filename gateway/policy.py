@@ -23,7 +23,7 @@ Output of route()
 Admission (per-class concurrency with a bounded queue) is the separate pure function admit():
   ClassLoad(in_flight, queued) + ClassLimits -> "run" | "queue" | "reject".
 
-Batch yielding (for class-aware plans whose replicas share GPUs) adjusts the batch class's limits:
+Batch yielding (for replicas that share GPUs; off unless set) adjusts the batch class's limits:
   batch_yield(interactive requests active, now, settings, YieldState) -> YieldState
   batch_limits(batch ClassLimits, settings, YieldState) -> the ClassLimits admit() applies now.
 

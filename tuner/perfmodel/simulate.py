@@ -27,8 +27,7 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.config import TRAFFIC_CLASSES, RoutingSettings, TrafficClass
-from gateway.config import ClassLimits
+from gateway.config import TRAFFIC_CLASSES, ClassLimits, RoutingSettings, TrafficClass
 from gateway.policy import (
     ClassLoad,
     PolicyState,
