@@ -18,9 +18,15 @@ from gateway.policy import ClassLoad, admit
 class ClassGate:
     """The slots of one traffic class."""
 
-    def __init__(self, traffic_class: TrafficClass, limits: Callable[[], ClassLimits]) -> None:
+    def __init__(
+        self,
+        traffic_class: TrafficClass,
+        limits: Callable[[], ClassLimits],
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
         self.traffic_class = traffic_class
         self._limits = limits
+        self._on_change = on_change or (lambda: None)  # told when in_flight + queued changes
         self.in_flight = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
 
@@ -40,6 +46,7 @@ class ClassGate:
         decision = admit(ClassLoad(self.in_flight, len(self._waiters)), self._limits())
         if decision == "run":
             self.in_flight += 1
+            self._on_change()
             return
         if decision == "reject":
             raise GatewayError(
@@ -49,6 +56,7 @@ class ClassGate:
             )
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
+        self._on_change()
         try:
             await waiter  # granted by grant(), which counts it in in_flight
         except asyncio.CancelledError:
@@ -56,11 +64,13 @@ class ClassGate:
                 self._release()  # granted and cancelled at once: pass the slot on
             else:
                 self._waiters.remove(waiter)
+                self._on_change()
             raise
 
     def _release(self) -> None:
         self.in_flight -= 1
         self.grant()
+        self._on_change()
 
     def grant(self) -> None:
         """Let queued requests in while there are free slots (also after the limits changed)."""

@@ -28,12 +28,13 @@ from gateway.admission import ClassGate
 from gateway.auth import KeyRing
 from gateway.backends.base import Backend
 from gateway.backends.http import HttpBackend
-from gateway.config import TRAFFIC_CLASSES, GatewayConfig, RoutingSettings
+from gateway.config import GatewayConfig, RoutingSettings
 from gateway.errors import GatewayError, error_body
 from gateway.load import LoadBoard
 from gateway.metrics import CONTENT_TYPE, GatewayMetrics
 from gateway.proxy import GenerationProxy, Receive, Scope, Send, new_request_id
 from gateway.router import Router
+from gateway.yielding import BatchYielding
 
 log = logging.getLogger("tandem.gateway")
 
@@ -113,9 +114,14 @@ def create_app(config: GatewayConfig, backends: Mapping[str, Backend] | None = N
     settings = config.settings
     board = LoadBoard(config.replicas)
     router = Router(settings.routing, board)
-    gates = {c: ClassGate(c, lambda c=c: router.settings.limits[c]) for c in TRAFFIC_CLASSES}
+    yielding = BatchYielding(lambda: router.settings)
+    gates = {
+        "interactive": ClassGate("interactive", lambda: router.settings.limits["interactive"], on_change=yielding.update),
+        "batch": ClassGate("batch", yielding.batch_limits),
+    }
+    yielding.watch(gates["interactive"], gates["batch"])
     keyring = KeyRing.from_settings(settings.auth)
-    metrics = GatewayMetrics(board, gates, lambda: router.spilling)
+    metrics = GatewayMetrics(board, gates, lambda: router.spilling, lambda: yielding.holding)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -190,6 +196,7 @@ def create_app(config: GatewayConfig, backends: Mapping[str, Backend] | None = N
             param = ".".join(map(str, first["loc"])) or None
             raise GatewayError(400, first["msg"].removeprefix("Value error, "), param=param) from None
         router.update(new)
+        yielding.update()
         for gate in gates.values():
             gate.grant()
         log.info("routing switched to policy %s", new.policy)

@@ -22,8 +22,14 @@ _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
 
 
 class _LiveState(Collector):
-    def __init__(self, board: LoadBoard, gates: Mapping[str, ClassGate], spilling: Callable[[], bool]) -> None:
-        self._board, self._gates, self._spilling = board, gates, spilling
+    def __init__(
+        self,
+        board: LoadBoard,
+        gates: Mapping[str, ClassGate],
+        spilling: Callable[[], bool],
+        holding_batch: Callable[[], bool],
+    ) -> None:
+        self._board, self._gates, self._spilling, self._holding_batch = board, gates, spilling, holding_batch
 
     def collect(self) -> Iterable[Metric]:
         replicas = self._board.snapshot()
@@ -61,6 +67,11 @@ class _LiveState(Collector):
         yield GaugeMetricFamily(
             "tandem_gateway_spilling", "1 while interactive traffic spills to the batch replica", value=self._spilling()
         )
+        yield GaugeMetricFamily(
+            "tandem_gateway_batch_held",
+            "1 while batch admissions yield to interactive work (routing.batch_yield_fraction)",
+            value=self._holding_batch(),
+        )
 
 
 class _Children:
@@ -80,7 +91,13 @@ class _Children:
 
 
 class GatewayMetrics:
-    def __init__(self, board: LoadBoard, gates: Mapping[str, ClassGate], spilling: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        board: LoadBoard,
+        gates: Mapping[str, ClassGate],
+        spilling: Callable[[], bool],
+        holding_batch: Callable[[], bool],
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = _Children(Counter(
@@ -131,7 +148,7 @@ class GatewayMetrics:
             ["key", "traffic_class", "kind"],
             registry=r,
         ))
-        r.register(_LiveState(board, gates, spilling))
+        r.register(_LiveState(board, gates, spilling, holding_batch))
 
     def count_usage(self, key: str, traffic_class: str, usage: Mapping[str, object]) -> None:
         for kind in ("prompt", "completion"):

@@ -30,7 +30,7 @@ def metric(stack: FakeStack, name: str, **labels: str) -> float:
     """Sum of a Prometheus series' samples whose labels include `labels`."""
     total = 0.0
     for line in httpx.get(f"{stack.root_url}/metrics").text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+        if line.split("{", 1)[0].split(" ", 1)[0] == name and all(f'{k}="{v}"' in line for k, v in labels.items()):
             total += float(line.rsplit(" ", 1)[1])
     return total
 
@@ -197,6 +197,39 @@ def test_policy_switch_at_runtime(make_stack) -> None:
     assert httpx.put(url, json={"policy": "all-batch"}, headers=admin).json()["policy"] == "all-batch"
     assert post(stack, CHAT, USER_KEY).headers["x-tandem-replica"] == "pp"
     assert httpx.get(url, headers=admin).json()["policy"] == "all-batch"
+
+
+def _batch_latency_beside_interactive(stack: FakeStack) -> tuple[float, float]:
+    """(seconds the batch request took, tandem_gateway_batch_held while it waited), sent 0.2 s
+    into an interactive request that runs for 1 s."""
+
+    def timed_batch() -> tuple[httpx.Response, float]:
+        started = time.monotonic()
+        return post(stack, BATCH), time.monotonic() - started
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        interactive = pool.submit(post, stack, CHAT)
+        time.sleep(0.2)
+        batch = pool.submit(timed_batch)
+        time.sleep(0.2)
+        held = metric(stack, "tandem_gateway_batch_held")
+        (reply, took), answered = batch.result(), interactive.result()
+    assert reply.status_code == answered.status_code == 200 and reply.headers["x-tandem-replica"] == "pp"
+    return took, held
+
+
+def test_batch_yields_to_interactive_work_once_switched_on(make_stack) -> None:
+    stack = make_stack()
+    stack.tp.first_token_delay_s = 1.0
+    took, held = _batch_latency_beside_interactive(stack)
+    assert took < 0.6 and held == 0  # off by default: batch runs beside interactive
+    url = f"{stack.root_url}/admin/routing"
+    settings = httpx.get(url).json() | {"batch_yield_fraction": 0, "batch_yield_settle_s": 0.3}
+    assert httpx.put(url, json=settings).status_code == 200
+    took, held = _batch_latency_beside_interactive(stack)
+    # held until the interactive request ended (0.8 s later) and interactive settled (0.3 s)
+    assert took >= 1.0 and held == 1
+    assert metric(stack, "tandem_gateway_batch_held") == 0
 
 
 def test_engine_load_is_polled(make_stack) -> None:

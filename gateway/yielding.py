@@ -1,0 +1,63 @@
+"""Batch yielding, live: gateway.policy.batch_yield applied to the gateway's own class gates.
+
+The policy is pure (the simulation runs the same functions); this module keeps its state, feeds
+it the interactive class's activity whenever that changes, re-evaluates it when the state would
+change by itself (the settle and starvation timers), and lets held batch requests in the moment a
+hold ends. Off (batch_yield_fraction = 1, the default) it costs one comparison per change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from gateway.admission import ClassGate
+from gateway.config import ClassLimits, RoutingSettings
+from gateway.policy import YieldState, batch_limits, batch_yield
+
+
+class BatchYielding:
+    """The yield state of one gateway; `watch` it over the interactive and batch gates."""
+
+    def __init__(self, settings: Callable[[], RoutingSettings]) -> None:
+        self._settings = settings
+        self.state = YieldState()
+        self._interactive: ClassGate | None = None
+        self._batch: ClassGate | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def watch(self, interactive: ClassGate, batch: ClassGate) -> None:
+        self._interactive, self._batch = interactive, batch
+
+    @property
+    def holding(self) -> bool:
+        return self.state.holding
+
+    def batch_limits(self) -> ClassLimits:
+        """The batch class's limits now (its gate reads them at every decision)."""
+        settings = self._settings()
+        return batch_limits(settings.limits["batch"], settings, self.state)
+
+    def update(self) -> None:
+        """Re-evaluate after the interactive class's activity or the settings changed."""
+        settings = self._settings()
+        if settings.batch_yield_fraction >= 1 and not self.state.holding and self._timer is None:
+            return
+        assert self._interactive is not None and self._batch is not None, "watch() the gates first"
+        loop = asyncio.get_running_loop()
+        active = self._interactive.in_flight + self._interactive.queued
+        state = batch_yield(active, loop.time(), settings, self.state)
+        if state == self.state:
+            return
+        self.state = state
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        change = state.next_change(settings)
+        if change is not None:
+            self._timer = loop.call_at(change, self._on_timer)
+        self._batch.grant()  # a hold that ended (or eased) lets queued batch requests in
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.update()
