@@ -29,9 +29,9 @@ from gateway.auth import KeyRing
 from gateway.backends.base import Backend
 from gateway.backends.http import HttpBackend
 from gateway.config import GatewayConfig, RoutingSettings
-from gateway.errors import GatewayError, error_body
+from gateway.errors import GatewayError, error_body, internal_error
 from gateway.load import LoadBoard
-from gateway.metrics import CONTENT_TYPE, GatewayMetrics
+from gateway.metrics import CONTENT_TYPE, GatewayMetrics, LiveState
 from gateway.proxy import GenerationProxy, Receive, Scope, Send, new_request_id
 from gateway.router import Router
 from gateway.yielding import BatchYielding
@@ -121,7 +121,7 @@ def create_app(config: GatewayConfig, backends: Mapping[str, Backend] | None = N
     }
     yielding.watch(gates["interactive"], gates["batch"])
     keyring = KeyRing.from_settings(settings.auth)
-    metrics = GatewayMetrics(board, gates, lambda: router.spilling, lambda: yielding.holding)
+    metrics = GatewayMetrics(LiveState(board, gates, lambda: router.spilling, lambda: yielding.holding))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -219,7 +219,8 @@ def create_app(config: GatewayConfig, backends: Mapping[str, Backend] | None = N
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.exception("request %s failed inside the gateway", request.scope.get("state", {}).get("request_id"))
         request_id = request.scope.get("state", {}).get("request_id", "")
-        return _error(500, f"internal gateway error ({type(exc).__name__})", {"X-Request-Id": request_id})
+        error = internal_error(exc)
+        return _error(error.status, error.message, {"X-Request-Id": request_id})
 
     app.add_middleware(_RequestId)
     return app

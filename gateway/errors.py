@@ -63,3 +63,9 @@ def error_body(status: int, message: str, param: str | None = None, err_type: st
     return orjson.dumps(
         {"error": {"message": message, "type": err_type or error_type(status), "param": param, "code": status}}
     )
+
+
+def internal_error(exc: Exception) -> GatewayError:
+    """The 500 for a failure nobody planned for: names the exception's type, never its text
+    (which may hold a request's content)."""
+    return GatewayError(500, f"internal gateway error ({type(exc).__name__})")

@@ -7,6 +7,7 @@ LoadBoard and the class gates at scrape time, costing nothing per request.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -21,18 +22,17 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
 
 
-class _LiveState(Collector):
-    def __init__(
-        self,
-        board: LoadBoard,
-        gates: Mapping[str, ClassGate],
-        spilling: Callable[[], bool],
-        holding_batch: Callable[[], bool],
-    ) -> None:
-        self._board, self._gates, self._spilling, self._holding_batch = board, gates, spilling, holding_batch
+@dataclass(frozen=True, eq=False)  # eq=False: the registry keys collectors by identity
+class LiveState(Collector):
+    """Where the live gauges are read from, at scrape time."""
+
+    board: LoadBoard
+    gates: Mapping[str, ClassGate]
+    spilling: Callable[[], bool]
+    holding_batch: Callable[[], bool]
 
     def collect(self) -> Iterable[Metric]:
-        replicas = self._board.snapshot()
+        replicas = self.board.snapshot()
         families = {
             "in_flight": GaugeMetricFamily(
                 "tandem_gateway_replica_in_flight", "Requests this gateway has in flight on the replica", labels=["replica"]
@@ -59,18 +59,18 @@ class _LiveState(Collector):
         queued = GaugeMetricFamily(
             "tandem_gateway_class_queued", "Requests waiting for a class slot", labels=["traffic_class"]
         )
-        for name, gate in self._gates.items():
+        for name, gate in self.gates.items():
             admitted.add_metric([name], gate.in_flight)
             queued.add_metric([name], gate.queued)
         yield admitted
         yield queued
         yield GaugeMetricFamily(
-            "tandem_gateway_spilling", "1 while interactive traffic spills to the batch replica", value=self._spilling()
+            "tandem_gateway_spilling", "1 while interactive traffic spills to the batch replica", value=self.spilling()
         )
         yield GaugeMetricFamily(
             "tandem_gateway_batch_held",
             "1 while batch admissions yield to interactive work (routing.batch_yield_fraction)",
-            value=self._holding_batch(),
+            value=self.holding_batch(),
         )
 
 
@@ -91,13 +91,7 @@ class _Children:
 
 
 class GatewayMetrics:
-    def __init__(
-        self,
-        board: LoadBoard,
-        gates: Mapping[str, ClassGate],
-        spilling: Callable[[], bool],
-        holding_batch: Callable[[], bool],
-    ) -> None:
+    def __init__(self, live: LiveState) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = _Children(Counter(
@@ -148,7 +142,7 @@ class GatewayMetrics:
             ["key", "traffic_class", "kind"],
             registry=r,
         ))
-        r.register(_LiveState(board, gates, spilling, holding_batch))
+        r.register(live)
 
     def count_usage(self, key: str, traffic_class: str, usage: Mapping[str, object]) -> None:
         for kind in ("prompt", "completion"):

@@ -32,7 +32,7 @@ from gateway.auth import Client, KeyRing
 from gateway.backends.base import Backend, UpstreamBroken, UpstreamResponse, UpstreamTimeout, UpstreamUnavailable
 from gateway.classify import CLASS_HEADER, classify
 from gateway.config import TRAFFIC_CLASSES, GatewayConfig, ReplicaEndpoint, TrafficClass
-from gateway.errors import GatewayError, error_body
+from gateway.errors import GatewayError, error_body, internal_error
 from gateway.metrics import GatewayMetrics
 from gateway.policy import Endpoint, RequestFeatures, Route
 from gateway.protocol import features_of, parse_view
@@ -155,7 +155,7 @@ class GenerationProxy:
             log.exception("request %s failed inside the gateway", exchange.request_id)
             if exchange.responding:
                 raise  # headers are out: the server can only drop the connection
-            await self._send_error(exchange, GatewayError(500, f"internal gateway error ({type(exc).__name__})"), send)
+            await self._send_error(exchange, internal_error(exc), send)
         finally:
             if watcher is not None:
                 watcher.cancel()

@@ -40,18 +40,21 @@ class ConnectionDropped(ConnectionError):
 class _Connection(asyncio.Protocol):
     """One keep-alive connection, one exchange at a time; httptools calls the on_* methods."""
 
+    # Per exchange, set by reset():
+    _parser: httptools.HttpResponseParser
+    _head: asyncio.Future[int] | None
+    headers: dict[bytes, bytes]
+    body: bytearray
+    complete: bool
+    keep_alive: bool  # read when the answer ends: the parser forgets it after
+
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self._parser = httptools.HttpResponseParser(self)
-        self._head: asyncio.Future[int] | None = None
         self._waiter: asyncio.Future[None] | None = None
-        self.headers: dict[bytes, bytes] = {}
-        self.body = bytearray()
-        self.complete = False
-        self.keep_alive = False  # read when the answer ends: the parser forgets it after
         self.closed: ConnectionDropped | None = None
         self.idle_since = 0.0
         self._paused = False
+        self.reset()
 
     def exchange(self, request: bytes) -> asyncio.Future[int]:
         """Send one request; the returned future resolves to the status once the head is in."""
@@ -61,7 +64,7 @@ class _Connection(asyncio.Protocol):
         return self._head
 
     def reset(self) -> None:
-        """Ready for the next exchange on this connection (the last one completed)."""
+        """Fresh state for one exchange: at creation, and again once the last one completed."""
         self._parser = httptools.HttpResponseParser(self)
         self.headers = {}
         self.body = bytearray()
