@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_vs_vllm import write_prompts  # noqa: E402
 from benchmarks.vllm_client import custom_dataset, run_vllm_bench  # noqa: E402
-from deploy.ports import free_port  # noqa: E402
 from deploy.demo_model import ensure_demo_model  # noqa: E402
+from deploy.ports import free_port  # noqa: E402
 from tuner.bench import BenchConfig, Bounds, ClosedLoop, Endpoint, TrafficStream, WorkloadSpec, run_benchmark  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,11 +46,17 @@ def fake_upstream(port: int) -> subprocess.Popen[bytes]:
     return server
 
 
-def tandem(base: str, concurrency: int, shape: tuple[int, int], num_requests: int, tokenizer: Path) -> tuple[float, float, float]:
+def tandem(
+    base: str, concurrency: int, shape: tuple[int, int], num_requests: int, tokenizer: Path
+) -> tuple[float, float, float]:
     """(requests/s, chunks/s, client CPU seconds) of one tuner-bench run."""
     config = BenchConfig(
         endpoint=Endpoint(url=f"{base}/v1", model="m"),
-        streams=[TrafficStream(workload=WorkloadSpec(input_len=shape[0], output_len=shape[1]), load=ClosedLoop(concurrency=concurrency))],
+        streams=[
+            TrafficStream(
+                workload=WorkloadSpec(input_len=shape[0], output_len=shape[1]), load=ClosedLoop(concurrency=concurrency)
+            )
+        ],
         bounds=Bounds(num_requests=num_requests, warmup_requests=concurrency),
         tokenizer=str(tokenizer),
     )
@@ -79,9 +85,15 @@ def main() -> int:
             print(f"  {'conc':>5}{'vllm bench':>12}{'tuner bench':>13}{'ratio':>8}{'CPU/request':>14}{'CPU/chunk':>12}")
             prompts = write_prompts(WorkloadSpec(input_len=shape[0], output_len=shape[1]), count, tokenizer, out)
             for concurrency in (int(c) for c in args.concurrency.split(",")):
-                theirs = run_vllm_bench(base, "m", tokenizer, concurrency, count, custom_dataset(prompts, shape[1]), out)
+                theirs = run_vllm_bench(
+                    base, "m", tokenizer, concurrency, count, custom_dataset(prompts, shape[1]), out
+                )
                 requests_s, chunks_s, cpu = tandem(base, concurrency, shape, count, tokenizer)
-                ours, baseline = (requests_s, theirs["request_throughput"]) if shape[1] == 1 else (chunks_s, theirs["output_throughput"])
+                ours, baseline = (
+                    (requests_s, theirs["request_throughput"])
+                    if shape[1] == 1
+                    else (chunks_s, theirs["output_throughput"])
+                )
                 print(
                     f"  {concurrency:>5}{baseline:>12,.0f}{ours:>13,.0f}{ours / baseline:>8.2f}"
                     f"{cpu / count * 1e3:>12.3f}ms{cpu / (count * shape[1]) * 1e6:>10.1f}us"

@@ -34,9 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.vllm_client import custom_dataset, run_vllm_bench  # noqa: E402
 from deploy.demo_model import ensure_demo_model  # noqa: E402
+from deploy.ports import free_port  # noqa: E402
 from tuner.bench import BenchConfig, Bounds, ClosedLoop, Endpoint, TrafficStream, WorkloadSpec, run_benchmark  # noqa: E402
 from tuner.bench.prompts import PromptFactory, load_tokenizer  # noqa: E402
-from deploy.ports import free_port  # noqa: E402
 
 FIGURES = {  # name -> (vLLM result key, tuner-bench Metrics accessor)
     "output tok/s": ("output_throughput", lambda m: m.output_throughput),
@@ -58,8 +58,15 @@ its ratio says nothing about the clients."""
 def vllm_server(model_dir: Path, port: int, log: Path) -> Iterator[str]:
     """vLLM's OpenAI server in its own process group, stopped (group and all) on exit."""
     command = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", str(model_dir), "--port", str(port), "--max-model-len", "2048",
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(model_dir),
+        "--port",
+        str(port),
+        "--max-model-len",
+        "2048",
     ]
     env = os.environ | {"VLLM_CPU_KVCACHE_SPACE": "1"}
     with log.open("wb") as sink:
@@ -125,8 +132,10 @@ def main() -> int:
     prompts = write_prompts(workload, args.num_requests, model_dir, out)
     disagreements = 0
     with vllm_server(model_dir, free_port(), out / "server.log") as base:
-        print(f"vLLM server up at {base}; workload random {args.input_len}/{args.output_len}, "
-              f"{args.num_requests} requests, {args.repeats} repeats; work dir {out}")
+        print(
+            f"vLLM server up at {base}; workload random {args.input_len}/{args.output_len}, "
+            f"{args.num_requests} requests, {args.repeats} repeats; work dir {out}"
+        )
         for concurrency in (int(c) for c in args.concurrency.split(",")):
             runs: dict[str, list[dict]] = {"vllm": [], "tandem": []}
             for repeat in range(args.repeats):
@@ -135,10 +144,14 @@ def main() -> int:
                     if client == "vllm":
                         dataset = custom_dataset(prompts, args.output_len)
                         runs["vllm"].append(
-                            run_vllm_bench(base, str(model_dir), model_dir, concurrency, args.num_requests, dataset, out)
+                            run_vllm_bench(
+                                base, str(model_dir), model_dir, concurrency, args.num_requests, dataset, out
+                            )
                         )
                     else:
-                        runs["tandem"].append(run_tandem_client(base, model_dir, concurrency, workload, args.num_requests))
+                        runs["tandem"].append(
+                            run_tandem_client(base, model_dir, concurrency, workload, args.num_requests)
+                        )
             print(f"\nconcurrency {concurrency}")
             print(f"  {'figure':<14}{'vllm bench':>12}{'tuner bench':>13}{'ratio':>8}")
             for name, (key, _) in FIGURES.items():
@@ -147,7 +160,11 @@ def main() -> int:
                 ratio = ours / theirs if theirs else float("nan")
                 flag = "" if name not in CHECKED or abs(ratio - 1) <= TOLERANCE else "  <-- beyond 10%"
                 disagreements += bool(flag)
-                each = " ".join(f"{run[key]:.1f}" for run in runs["vllm"]) + " | " + " ".join(f"{run[key]:.1f}" for run in runs["tandem"])
+                each = (
+                    " ".join(f"{run[key]:.1f}" for run in runs["vllm"])
+                    + " | "
+                    + " ".join(f"{run[key]:.1f}" for run in runs["tandem"])
+                )
                 print(f"  {name:<14}{theirs:>12.2f}{ours:>13.2f}{ratio:>8.3f}{flag}   runs: {each}")
             for client, client_runs in runs.items():
                 tokens = {(run["total_input_tokens"], run["total_output_tokens"]) for run in client_runs}

@@ -56,7 +56,9 @@ def measure(plan: ServingPlan, args: argparse.Namespace, out: Path, with_direct:
                     base, headers = (engine, None) if target == "direct" else (gateway, header)
                     dataset = random_dataset(args.input_len, args.output_len)
                     runs[target].append(
-                        run_vllm_bench(base, stack.model, tokenizer, concurrency, args.num_requests, dataset, out, headers)
+                        run_vllm_bench(
+                            base, stack.model, tokenizer, concurrency, args.num_requests, dataset, out, headers
+                        )
                     )
             figures[concurrency] = {name: medians(r) for name, r in runs.items() if r}
             print(f"  c={concurrency}: " + json.dumps(figures[concurrency]), flush=True)
@@ -84,8 +86,10 @@ def main() -> int:
 
     direct = results.get("http", {})
     missed = 0
-    print(f"\nrandom {args.input_len} in / {args.output_len} out, {args.num_requests} requests, "
-          f"median of {args.repeats} repeats, replica {args.replica!r}")
+    print(
+        f"\nrandom {args.input_len} in / {args.output_len} out, {args.num_requests} requests, "
+        f"median of {args.repeats} repeats, replica {args.replica!r}"
+    )
     print(f"{'path':<8}{'c':>4}{'TTFT p50 ms':>14}{'direct':>9}{'ratio':>8}{'out tok/s':>12}{'direct':>9}{'ratio':>8}")
     for path, by_concurrency in results.items():
         for concurrency, figures in by_concurrency.items():

@@ -116,6 +116,7 @@ async def _load(port: int, request: bytes, concurrency: int, seconds: float, war
 
 # ---- processes under test ------------------------------------------------------------------
 
+
 def _wait_listening(port: int, process: subprocess.Popen, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -279,7 +280,19 @@ def run(seconds: float) -> list[Row]:
                 port = free_port()
                 config = _litellm_config(upstream_port, workdir)
                 cli = "import sys; from litellm import run_server; sys.exit(run_server())"
-                args = [str(LITELLM_PYTHON), "-c", cli, "--config", str(config), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"]
+                args = [
+                    str(LITELLM_PYTHON),
+                    "-c",
+                    cli,
+                    "--config",
+                    str(config),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--num_workers",
+                    "1",
+                ]
                 with _process(args, port, PROXY_CORE, workdir / "litellm.log") as proxy:
                     console.print(f"[bold]litellm[/bold] proxy (core {PROXY_CORE})")
                     rows += _measure("litellm", port, proxy.pid, "tandem-bench", seconds)
@@ -297,7 +310,9 @@ def summarize(rows: list[Row]) -> dict:
             "added_ttfc_ms": mine[1].ttfc_p50_ms - direct[1].ttfc_p50_ms,  # type: ignore[operator]
             "peak_rps": max(r.rps for r in mine.values() if r.concurrency >= 8),
             "min_rps_c8_to_c64": min(r.rps for r in mine.values() if r.concurrency >= 8),
-            "cpu_us_per_request": statistics.median(r.cpu_us_per_request for r in mine.values() if r.cpu_us_per_request),
+            "cpu_us_per_request": statistics.median(
+                r.cpu_us_per_request for r in mine.values() if r.cpu_us_per_request
+            ),
         }
     return summary
 
@@ -337,7 +352,9 @@ def report(rows: list[Row], summary: dict) -> None:
         for name, (value, target, op) in checks.items():
             ok = value <= target if op == "<=" else value >= target
             ratio = value / target
-            console.print(f"  {'[green]met' if ok else '[red]missed'}[/] {name}: {value:,.2f} (target {op} {target:,}; {ratio:.2f}x)")
+            console.print(
+                f"  {'[green]met' if ok else '[red]missed'}[/] {name}: {value:,.2f} (target {op} {target:,}; {ratio:.2f}x)"
+            )
 
 
 def main() -> None:
@@ -350,7 +367,11 @@ def main() -> None:
     summary = summarize(rows)
     report(rows, summary)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    machine = {"cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(), "python": platform.python_version()}
+    machine = {
+        "cpus": os.cpu_count(),
+        "cpu": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+    }
     payload = {"machine": machine, "targets": TARGETS, "rows": [asdict(r) for r in rows], "summary": summary}
     args.json.write_text(json.dumps(payload, indent=2))
     console.print(f"written {args.json}")

@@ -34,6 +34,7 @@ from rich.table import Table  # noqa: E402
 from benchmarks.routing.report import (  # noqa: E402
     FIGURES,
     TABLE_FIGURES,
+    YIELD_COLUMNS,
     RoutingReport,
     check_targets,
     markdown_tables,
@@ -42,14 +43,13 @@ from benchmarks.routing.report import (  # noqa: E402
     plot_yield,
     replace_results,
     table_rows,
-    YIELD_COLUMNS,
     yield_rows,
     yield_settings,
 )
 from benchmarks.routing.scenarios import SCENARIOS, plan_routing  # noqa: E402
 from deploy.plan import load_plan, shipped_plan  # noqa: E402
-from gateway.policy import POLICIES  # noqa: E402
 from deploy.ports import free_port  # noqa: E402
+from gateway.policy import POLICIES  # noqa: E402
 
 SPARK_PLANS = ("gpt-oss-120b", "llama-3.1-8b")
 LIVE_PLAN = "cpu-demo"
@@ -64,11 +64,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     only = parser.add_mutually_exclusive_group()
     only.add_argument("--simulated-only", action="store_true", help="skip the live CPU stack")
     only.add_argument("--live-only", action="store_true", help="skip the simulation")
-    only.add_argument("--report-only", action="store_true", help="run nothing: rebuild the report from the results file")
+    only.add_argument(
+        "--report-only", action="store_true", help="run nothing: rebuild the report from the results file"
+    )
     parser.add_argument("--seeds", type=int, default=5, help="simulation seeds per policy and scenario (default 5)")
     parser.add_argument("--quick", action="store_true", help="short runs: 2 seeds x 120 s simulated, 6 s live runs")
     parser.add_argument("--sim-duration", type=float, default=300.0, help="simulated seconds per run (default 300)")
-    parser.add_argument("--live-duration", type=float, default=20.0, help="seconds of traffic per live run (default 20)")
+    parser.add_argument(
+        "--live-duration", type=float, default=20.0, help="seconds of traffic per live run (default 20)"
+    )
     parser.add_argument(
         "--live-plan",
         default=LIVE_PLAN,
@@ -116,7 +120,9 @@ def live(args: argparse.Namespace, progress: Progress) -> tuple[list, dict, list
     routing = plan_routing(plan)
     interactive = next(r.name for r in plan.replicas if r.traffic_class == "interactive")
     scenarios = [s for s in live_scenarios(args.live_duration, interactive).values() if s.name in args.live_scenarios]
-    task = progress.add_task("starting the CPU stack", total=sum(1 if s.fail_replica else len(POLICIES) for s in scenarios))
+    task = progress.add_task(
+        "starting the CPU stack", total=sum(1 if s.fail_replica else len(POLICIES) for s in scenarios)
+    )
     with running_stack(plan) as deployed:
         results = run_live(
             deployed.base_url,
@@ -133,7 +139,10 @@ def live(args: argparse.Namespace, progress: Progress) -> tuple[list, dict, list
     described = {
         args.live_setting: {
             "plan": args.live_plan,
-            "replicas": {r.name: f"TP={r.tensor_parallel_size} PP={r.pipeline_parallel_size}, max_num_seqs {r.engine.max_num_seqs}" for r in plan.replicas},
+            "replicas": {
+                r.name: f"TP={r.tensor_parallel_size} PP={r.pipeline_parallel_size}, max_num_seqs {r.engine.max_num_seqs}"
+                for r in plan.replicas
+            },
             "routing": routing.model_dump(exclude={"policy"}),
             "slo": {c: s.model_dump(exclude_none=True) for c, s in LIVE_SLO.items()},
             "scenarios": [s.model_dump(mode="json") for s in live_scenarios(args.live_duration, interactive).values()],
@@ -149,7 +158,11 @@ def _reruns(args: argparse.Namespace, setting: str, scenario: str | None = None)
         return False
     if setting.startswith("simulated"):
         return not args.live_only
-    return not args.simulated_only and setting == args.live_setting and (scenario is None or scenario in args.live_scenarios)
+    return (
+        not args.simulated_only
+        and setting == args.live_setting
+        and (scenario is None or scenario in args.live_scenarios)
+    )
 
 
 def _machine() -> str:
@@ -186,7 +199,9 @@ def print_report(report: RoutingReport) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    report = RoutingReport(command=" ".join(["benchmarks/routing.py", *(argv if argv is not None else sys.argv[1:])]), machine=_machine())
+    report = RoutingReport(
+        command=" ".join(["benchmarks/routing.py", *(argv if argv is not None else sys.argv[1:])]), machine=_machine()
+    )
     if args.output.is_file():  # keep what this command does not re-run
         previous = RoutingReport.model_validate_json(args.output.read_text())
         report.scenarios = [s for s in previous.scenarios if not _reruns(args, s.setting, s.scenario)]

@@ -35,7 +35,9 @@ def main() -> int:
     with running_stack(plan) as stack:
         ready_s = time.perf_counter() - started
         print(f"gateway up -> /ready: {ready_s:.1f} s (Ray start, two engines, gateway)", flush=True)
-        print(f"{'replica':<12}{'layout':<9}{'c':>4}{'out tok/s':>11}{'TTFT p50 ms':>13}{'TPOT p50 ms':>13}{'errors':>8}")
+        print(
+            f"{'replica':<12}{'layout':<9}{'c':>4}{'out tok/s':>11}{'TTFT p50 ms':>13}{'TPOT p50 ms':>13}{'errors':>8}"
+        )
         for replica in plan.replicas:
             for concurrency in args.concurrency:
                 config = BenchConfig(

@@ -65,7 +65,11 @@ def trials_to_target(study_parts: ClassStudy, target: float, budget: int) -> int
     study = study_parts.study
     for number in range(1, budget + 1):
         study.optimize(study_parts.run_trial, n_trials=1)
-        feasible = [t.values[0] for t in study.get_trials(deepcopy=False) if t.values and all(c <= 0 for c in t.constraints.values())]
+        feasible = [
+            t.values[0]
+            for t in study.get_trials(deepcopy=False)
+            if t.values and all(c <= 0 for c in t.constraints.values())
+        ]
         if feasible and max(feasible) >= target:
             return number
         if isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study):
@@ -123,13 +127,15 @@ def main() -> None:
               f"optimum {optimum:,.1f} tok/s (exhaustive: {exhaustive_s:.1f} s)")  # fmt: skip
         print(f"{'sampler':8} {'reached':>8} {'median':>7} {'mean*':>6} {'vs tpe (median)':>16}  trials per seed")
         for name, figures in result["samplers"].items():
-            ratio = (
-                f"x{figures['median'] / tpe['median']:.1f}" if figures["median"] and tpe["median"] else "n/a"
-            )
+            ratio = f"x{figures['median'] / tpe['median']:.1f}" if figures["median"] and tpe["median"] else "n/a"
             median = figures["median"] if figures["median"] is not None else f">{args.budget}"
-            print(f"{name:8} {figures['reached']:>8} {median!s:>7} {figures['mean_of_reached']!s:>6} {ratio:>16}  {figures['trials']}")
-    print(f"\nmedian: trials until within {WITHIN:.0%} of the exhaustive optimum (a seed that never got there counts as "
-          f"past the budget of {args.budget}); mean*: over the seeds that got there")
+            print(
+                f"{name:8} {figures['reached']:>8} {median!s:>7} {figures['mean_of_reached']!s:>6} {ratio:>16}  {figures['trials']}"
+            )
+    print(
+        f"\nmedian: trials until within {WITHIN:.0%} of the exhaustive optimum (a seed that never got there counts as "
+        f"past the budget of {args.budget}); mean*: over the seeds that got there"
+    )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
 

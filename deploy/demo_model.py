@@ -101,8 +101,7 @@ def _write_tokenizer(directory: Path) -> None:
 
 def _write_model(directory: Path) -> None:
     import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
-    from transformers import PreTrainedTokenizerFast
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     tokenizer = PreTrainedTokenizerFast.from_pretrained(directory)
     config = LlamaConfig(

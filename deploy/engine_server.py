@@ -32,9 +32,7 @@ START_TIMEOUT_S = float(os.environ.get("TANDEM_ENGINE_START_TIMEOUT_S", "900"))
 STOP_GRACE_S = 15.0
 
 
-def vllm_server_args(
-    model_source: str, served_name: str, replica: Replica, host: str, port: int
-) -> list[str]:
+def vllm_server_args(model_source: str, served_name: str, replica: Replica, host: str, port: int) -> list[str]:
     """The command-line arguments of vLLM's OpenAI server for one replica."""
     args = [
         "--model", model_source,
@@ -67,7 +65,6 @@ def _node_address(node_id: str) -> str:
     import ray
 
     return next(n["NodeManagerAddress"] for n in ray.nodes() if n["NodeID"] == node_id)
-
 
 
 class EngineServer:
@@ -116,9 +113,7 @@ class EngineServer:
             if await self._healthy():
                 return self.base_url
             await asyncio.sleep(0.5)
-        raise TimeoutError(
-            f"engine {self.replica.name!r} not ready after {START_TIMEOUT_S:.0f} s; see {self.log_path}"
-        )
+        raise TimeoutError(f"engine {self.replica.name!r} not ready after {START_TIMEOUT_S:.0f} s; see {self.log_path}")
 
     async def url(self) -> str:
         """The replica's OpenAI base URL."""
@@ -136,7 +131,7 @@ class EngineServer:
         try:
             async with self._session.get(f"http://{self.host}:{self.port}/health") as response:
                 return response.status == 200
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError):
             return False
 
     def _log_tail(self, lines: int = 30) -> str:

@@ -168,9 +168,7 @@ class Cluster(BaseModel):
 
     name: str = "local-cpu"
     nodes: int = Field(1, ge=1)
-    devices_per_node: int = Field(
-        1, ge=1, description="GPUs per node; on a CPU cluster, worker slots per node."
-    )
+    devices_per_node: int = Field(1, ge=1, description="GPUs per node; on a CPU cluster, worker slots per node.")
     accelerator: str | None = Field(None, description="e.g. 'GB10'; None runs vLLM on the CPU.")
     memory_per_node_gb: float = Field(119.7, gt=0, description="Memory the engines may use on each node.")
 

@@ -116,7 +116,9 @@ def create_app(config: GatewayConfig, backends: Mapping[str, Backend] | None = N
     router = Router(settings.routing, board)
     yielding = BatchYielding(lambda: router.settings)
     gates = {
-        "interactive": ClassGate("interactive", lambda: router.settings.limits["interactive"], on_change=yielding.update),
+        "interactive": ClassGate(
+            "interactive", lambda: router.settings.limits["interactive"], on_change=yielding.update
+        ),
         "batch": ClassGate("batch", yielding.batch_limits),
     }
     yielding.watch(gates["interactive"], gates["batch"])
@@ -208,7 +210,10 @@ def create_app(config: GatewayConfig, backends: Mapping[str, Backend] | None = N
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        message = {404: f"no route {request.url.path}", 405: f"method {request.method} not allowed on {request.url.path}"}
+        message = {
+            404: f"no route {request.url.path}",
+            405: f"method {request.method} not allowed on {request.url.path}",
+        }
         return _error(exc.status_code, message.get(exc.status_code, str(exc.detail)), exc.headers)
 
     @app.exception_handler(RequestValidationError)

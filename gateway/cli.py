@@ -13,8 +13,9 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Callable, Optional, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.console import Console
@@ -33,9 +34,9 @@ console = Console(stderr=True)
 ADDRESS_ENV = "RAY_ADDRESS"
 T = TypeVar("T")
 
-PlanOption = Annotated[Optional[Path], typer.Option("--plan", help="Serving plan YAML.", exists=True, dir_okay=False)]
+PlanOption = Annotated[Path | None, typer.Option("--plan", help="Serving plan YAML.", exists=True, dir_okay=False)]
 AddressOption = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--address", envvar=ADDRESS_ENV, help="Ray cluster address (ray://host:10001 or host:6379)."),
 ]
 
@@ -71,17 +72,17 @@ def _print_welcome(deployed: Deployed) -> None:
     out.print("Try it with curl:\n")
     out.print(
         f"  curl {base_url}/chat/completions -H 'Content-Type: application/json' \\\n"
-        f"    -d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}], "
-        f"\"max_tokens\": 32}}'\n",
+        f'    -d \'{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}], '
+        f'"max_tokens": 32}}\'\n',
         soft_wrap=True,
         highlight=False,
     )
     out.print("or with the OpenAI SDK:\n")
     out.print(
         "  from openai import OpenAI\n"
-        f"  client = OpenAI(base_url=\"{base_url}\", api_key=\"unused\")\n"
-        f"  reply = client.chat.completions.create(model=\"{model}\", max_tokens=32,\n"
-        "      messages=[{\"role\": \"user\", \"content\": \"Hello!\"}])\n"
+        f'  client = OpenAI(base_url="{base_url}", api_key="unused")\n'
+        f'  reply = client.chat.completions.create(model="{model}", max_tokens=32,\n'
+        '      messages=[{"role": "user", "content": "Hello!"}])\n'
         "  print(reply.choices[0].message.content)\n",
         highlight=False,
     )
@@ -103,9 +104,10 @@ def _stop_on_sigterm() -> threading.Event:
 def up(
     plan: PlanOption = None,
     model: Annotated[
-        Optional[Path], typer.Option("--model", help="Serve this local HF-format model dir instead.", exists=True, file_okay=False)
+        Path | None,
+        typer.Option("--model", help="Serve this local HF-format model dir instead.", exists=True, file_okay=False),
     ] = None,
-    port: Annotated[Optional[int], typer.Option("--port", help="Gateway port (default: the plan's).")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Gateway port (default: the plan's).")] = None,
 ) -> None:
     """Start local Ray, the plan's engines and the gateway; stop all of it on Ctrl-C."""
     from deploy.stack import running_stack  # imports Ray: only for the commands that need it
@@ -187,8 +189,8 @@ def down(address: AddressOption = None) -> None:
 @app.command()
 def serve(
     config: Annotated[Path, typer.Option("--config", help="Gateway config YAML.", exists=True, dir_okay=False)],
-    host: Annotated[Optional[str], typer.Option("--host")] = None,
-    port: Annotated[Optional[int], typer.Option("--port")] = None,
+    host: Annotated[str | None, typer.Option("--host")] = None,
+    port: Annotated[int | None, typer.Option("--port")] = None,
 ) -> None:
     """Run the gateway alone in front of OpenAI-compatible upstreams (e.g. `vllm serve`)."""
     from gateway.config import ConfigError

@@ -148,10 +148,10 @@ class RequestLimits(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Larger bodies: 413.")
-    max_tokens_cap: int | None = Field(
-        None, ge=1, description="max_tokens / max_completion_tokens above this: 400."
+    max_tokens_cap: int | None = Field(None, ge=1, description="max_tokens / max_completion_tokens above this: 400.")
+    upstream_connect_timeout_s: float = Field(
+        5.0, gt=0, description="Connecting to a replica; past it: retry elsewhere."
     )
-    upstream_connect_timeout_s: float = Field(5.0, gt=0, description="Connecting to a replica; past it: retry elsewhere.")
     upstream_first_byte_timeout_s: float = Field(
         600.0, gt=0, description="Waiting for a replica's response headers; past it: 504."
     )

@@ -35,7 +35,9 @@ class LiveState(Collector):
         replicas = self.board.snapshot()
         families = {
             "in_flight": GaugeMetricFamily(
-                "tandem_gateway_replica_in_flight", "Requests this gateway has in flight on the replica", labels=["replica"]
+                "tandem_gateway_replica_in_flight",
+                "Requests this gateway has in flight on the replica",
+                labels=["replica"],
             ),
             "running": GaugeMetricFamily(
                 "tandem_gateway_replica_running", "Engine's running requests (last poll)", labels=["replica"]
@@ -94,54 +96,82 @@ class GatewayMetrics:
     def __init__(self, live: LiveState) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = _Children(Counter(
-            "tandem_gateway_requests",
-            "Requests answered, by endpoint, class, replica ('-' when the gateway answered itself), status, key",
-            ["endpoint", "traffic_class", "replica", "status", "key"],
-            registry=r,
-        ))
-        self.errors = _Children(Counter(
-            "tandem_gateway_errors",
-            "Error answers, by status and origin (gateway or upstream)",
-            ["status", "origin"],
-            registry=r,
-        ))
-        self.retries = _Children(Counter(
-            "tandem_gateway_retries", "Requests sent again after a replica failed before answering", ["replica"], registry=r
-        ))
-        self.disconnects = _Children(Counter(
-            "tandem_gateway_client_disconnects", "Clients gone before the answer ended", ["traffic_class"], registry=r
-        ))
-        self.ttft = _Children(Histogram(
-            "tandem_gateway_time_to_first_token_seconds",
-            "Streamed requests: request received to first event sent",
-            ["traffic_class", "replica"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        ))
-        self.latency = _Children(Histogram(
-            "tandem_gateway_request_seconds",
-            "Request received to answer complete",
-            ["traffic_class", "replica"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        ))
-        self.queue_wait = _Children(Histogram(
-            "tandem_gateway_queue_seconds", "Time waiting for a class slot", ["traffic_class"], buckets=_LATENCY_BUCKETS, registry=r
-        ))
-        self.overhead = _Children(Histogram(
-            "tandem_gateway_added_seconds",
-            "Gateway time before the request leaves for the replica (parse, auth, classify, route), queue wait excluded",
-            ["traffic_class", "replica"],
-            buckets=_OVERHEAD_BUCKETS,
-            registry=r,
-        ))
-        self.tokens = _Children(Counter(
-            "tandem_gateway_tokens",
-            "Tokens used, by API key name, class and kind (prompt or completion)",
-            ["key", "traffic_class", "kind"],
-            registry=r,
-        ))
+        self.requests = _Children(
+            Counter(
+                "tandem_gateway_requests",
+                "Requests answered, by endpoint, class, replica ('-' when the gateway answered itself), status, key",
+                ["endpoint", "traffic_class", "replica", "status", "key"],
+                registry=r,
+            )
+        )
+        self.errors = _Children(
+            Counter(
+                "tandem_gateway_errors",
+                "Error answers, by status and origin (gateway or upstream)",
+                ["status", "origin"],
+                registry=r,
+            )
+        )
+        self.retries = _Children(
+            Counter(
+                "tandem_gateway_retries",
+                "Requests sent again after a replica failed before answering",
+                ["replica"],
+                registry=r,
+            )
+        )
+        self.disconnects = _Children(
+            Counter(
+                "tandem_gateway_client_disconnects",
+                "Clients gone before the answer ended",
+                ["traffic_class"],
+                registry=r,
+            )
+        )
+        self.ttft = _Children(
+            Histogram(
+                "tandem_gateway_time_to_first_token_seconds",
+                "Streamed requests: request received to first event sent",
+                ["traffic_class", "replica"],
+                buckets=_LATENCY_BUCKETS,
+                registry=r,
+            )
+        )
+        self.latency = _Children(
+            Histogram(
+                "tandem_gateway_request_seconds",
+                "Request received to answer complete",
+                ["traffic_class", "replica"],
+                buckets=_LATENCY_BUCKETS,
+                registry=r,
+            )
+        )
+        self.queue_wait = _Children(
+            Histogram(
+                "tandem_gateway_queue_seconds",
+                "Time waiting for a class slot",
+                ["traffic_class"],
+                buckets=_LATENCY_BUCKETS,
+                registry=r,
+            )
+        )
+        self.overhead = _Children(
+            Histogram(
+                "tandem_gateway_added_seconds",
+                "Gateway time before the request leaves for the replica (parse, auth, classify, route), queue wait excluded",
+                ["traffic_class", "replica"],
+                buckets=_OVERHEAD_BUCKETS,
+                registry=r,
+            )
+        )
+        self.tokens = _Children(
+            Counter(
+                "tandem_gateway_tokens",
+                "Tokens used, by API key name, class and kind (prompt or completion)",
+                ["key", "traffic_class", "kind"],
+                registry=r,
+            )
+        )
         r.register(live)
 
     def count_usage(self, key: str, traffic_class: str, usage: Mapping[str, object]) -> None:

@@ -188,10 +188,7 @@ def _class_aware(
             return batch, state, True
         return interactive, state, False
     borrow = (
-        settings.batch_borrows_idle_interactive
-        and interactive.idle
-        and batch.free_slots == 0
-        and not state.spilling
+        settings.batch_borrows_idle_interactive and interactive.idle and batch.free_slots == 0 and not state.spilling
     )
     return (interactive, state, True) if borrow else (batch, state, False)
 
@@ -311,7 +308,9 @@ def batch_yield(interactive_active: int, now: float, settings: RoutingSettings, 
     batch_yield_fraction 1 turns yielding off (the state stays free)."""
     if settings.batch_yield_fraction >= 1:
         return YieldState()
-    idle_since = None if interactive_active else (now if state.interactive_idle_since is None else state.interactive_idle_since)
+    idle_since = (
+        None if interactive_active else (now if state.interactive_idle_since is None else state.interactive_idle_since)
+    )
     if state.holding:
         if now >= state.since + settings.batch_yield_max_hold_s:  # the sums next_change() names, exactly
             return YieldState(holding=False, since=now, forced=True, interactive_idle_since=idle_since)

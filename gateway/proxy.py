@@ -199,7 +199,9 @@ class GenerationProxy:
         features = features_of(self.endpoint, view)
         cap = self._limits.max_tokens_cap
         if cap is not None and features.max_tokens is not None and features.max_tokens > cap:
-            raise GatewayError(400, f"max_tokens {features.max_tokens} is over this gateway's cap of {cap}", param="max_tokens")
+            raise GatewayError(
+                400, f"max_tokens {features.max_tokens} is over this gateway's cap of {cap}", param="max_tokens"
+            )
         client = exchange.client
         assert client is not None
         exchange.traffic_class = traffic_class = classify(
@@ -289,7 +291,13 @@ class GenerationProxy:
             await send({"type": "http.response.body", "body": data})
             return
         exchange.responding = True
-        await send({"type": "http.response.start", "status": upstream.status, "headers": _SSE + self._response_headers(exchange)})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": upstream.status,
+                "headers": _SSE + self._response_headers(exchange),
+            }
+        )
         first = True
         try:
             async for chunk in upstream.events():
@@ -308,7 +316,9 @@ class GenerationProxy:
             log.warning("request %s: replica %s broke off the stream: %s", exchange.request_id, exchange.replica, exc)
             exchange.status = 502
             error = error_body(502, f"replica {exchange.replica} ended the stream early")
-            await send({"type": "http.response.body", "body": b"data: " + error + b"\n\ndata: [DONE]\n\n", "more_body": True})
+            await send(
+                {"type": "http.response.body", "body": b"data: " + error + b"\n\ndata: [DONE]\n\n", "more_body": True}
+            )
         exchange.finished = True
         await send({"type": "http.response.body", "body": b""})
 
@@ -386,5 +396,7 @@ def _requested_class(headers: list[tuple[bytes, bytes]]) -> TrafficClass | None:
         return None
     value = value.strip().lower()
     if value not in TRAFFIC_CLASSES:
-        raise GatewayError(400, f"X-Tandem-Class must be one of {list(TRAFFIC_CLASSES)}, got {value!r}", param=CLASS_HEADER)
+        raise GatewayError(
+            400, f"X-Tandem-Class must be one of {list(TRAFFIC_CLASSES)}, got {value!r}", param=CLASS_HEADER
+        )
     return value  # type: ignore[return-value]

@@ -40,6 +40,7 @@ rule is the default each plan gets.
 from __future__ import annotations
 
 from collections.abc import Iterable
+
 from gateway.config import ClassLimits, RoutingSettings, TrafficClass
 
 

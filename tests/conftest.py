@@ -41,7 +41,6 @@ class CpuStack:
     log: Path
 
 
-
 def _wait_for_welcome(process: subprocess.Popen, log: Path) -> str:
     deadline = time.monotonic() + STACK_START_TIMEOUT_S
     while time.monotonic() < deadline:

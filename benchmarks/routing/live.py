@@ -50,7 +50,11 @@ def kill_engine(url: str) -> list[int]:
     Raises when nothing listens there, or when a process survives: a kill that is not clean is
     not a measurement of failover."""
     port = urlparse(url).port
-    listeners = {c.pid for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.laddr.port == port and c.pid}
+    listeners = {
+        c.pid
+        for c in psutil.net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == port and c.pid
+    }
     if not listeners:
         raise RuntimeError(f"no process listens on port {port} ({url})")
     processes = [psutil.Process(pid) for pid in listeners]
@@ -87,11 +91,17 @@ def _streams(scenario: LiveScenario) -> list[TrafficStream]:
             )
         )
     if scenario.batch_rate:
-        streams.append(TrafficStream(traffic_class="batch", workload=scenario.batch, load=OpenLoop(request_rate=scenario.batch_rate)))
+        streams.append(
+            TrafficStream(
+                traffic_class="batch", workload=scenario.batch, load=OpenLoop(request_rate=scenario.batch_rate)
+            )
+        )
     return streams
 
 
-async def _drive(scenario: LiveScenario, endpoint: Endpoint, tokenizer: str | None, seed: int, kill: Callable[[], object]) -> tuple[list[RequestRecord], float]:
+async def _drive(
+    scenario: LiveScenario, endpoint: Endpoint, tokenizer: str | None, seed: int, kill: Callable[[], object]
+) -> tuple[list[RequestRecord], float]:
     records: list[RequestRecord] = []
     started = time.perf_counter()
     main = BenchConfig(
@@ -105,7 +115,11 @@ async def _drive(scenario: LiveScenario, endpoint: Endpoint, tokenizer: str | No
     if scenario.burst_size:
         burst = BenchConfig(
             endpoint=endpoint,
-            streams=[TrafficStream(traffic_class="batch", workload=scenario.batch, load=ClosedLoop(concurrency=scenario.burst_size))],
+            streams=[
+                TrafficStream(
+                    traffic_class="batch", workload=scenario.batch, load=ClosedLoop(concurrency=scenario.burst_size)
+                )
+            ],
             bounds=Bounds(num_requests=scenario.burst_size),
             seed=seed + 1,
             tokenizer=tokenizer,
@@ -196,5 +210,9 @@ def run_live(
                 outcomes.append(PolicyResult(policy=policy, samples=[sample], note=note))
             if progress:
                 progress(f"{setting} {scenario.name} {policy}")
-        results.append(ScenarioResult(setting=setting, scenario=scenario.name, description=DESCRIPTIONS[scenario.name], policies=outcomes))
+        results.append(
+            ScenarioResult(
+                setting=setting, scenario=scenario.name, description=DESCRIPTIONS[scenario.name], policies=outcomes
+            )
+        )
     return results

@@ -56,7 +56,11 @@ class Estimate(BaseModel):
             return cls(mean=present[0], half_width=0.0, n=1)
         df = len(present) - 1
         t = _T_975[df - 1] if df <= len(_T_975) else 1.96
-        return cls(mean=statistics.fmean(present), half_width=t * statistics.stdev(present) / math.sqrt(len(present)), n=len(present))
+        return cls(
+            mean=statistics.fmean(present),
+            half_width=t * statistics.stdev(present) / math.sqrt(len(present)),
+            n=len(present),
+        )
 
     def text(self) -> str:
         if self.mean is None:
@@ -153,9 +157,7 @@ def alone(report: RoutingReport, setting: str, figure: str) -> float | None:
 
 def goodput_ranking(steady: ScenarioResult) -> list[str]:
     """Policies by mean goodput, best first."""
-    return sorted(
-        (p.policy for p in steady.policies), key=lambda name: -(_mean(steady, name, "goodput_req_s") or 0.0)
-    )
+    return sorted((p.policy for p in steady.policies), key=lambda name: -(_mean(steady, name, "goodput_req_s") or 0.0))
 
 
 def check_targets(report: RoutingReport, setting: str) -> list[TargetCheck]:
@@ -210,7 +212,9 @@ def ordering_check(report: RoutingReport, simulated: str, live: str) -> TargetCh
     """Live: the same ordering of policies by steady-mix goodput as simulated (Kendall's tau = 1)."""
     sim, real = report.of_setting(simulated).get("steady"), report.of_setting(live).get("steady")
     if sim is None or real is None:
-        return TargetCheck(setting=live, target="policy ordering as simulated", value=None, bound=1.0, met=None, detail="missing runs")
+        return TargetCheck(
+            setting=live, target="policy ordering as simulated", value=None, bound=1.0, met=None, detail="missing runs"
+        )
     sim_rank, live_rank = goodput_ranking(sim), goodput_ranking(real)
     common = [p for p in sim_rank if p in live_rank]
     tau = kendall_tau([sim_rank.index(p) for p in common], [live_rank.index(p) for p in common])
@@ -230,7 +234,13 @@ def kendall_tau(first: Sequence[float], second: Sequence[float]) -> float | None
     if not pairs:
         return None
     score = sum(
-        (1 if (first[i] - first[j]) * (second[i] - second[j]) > 0 else -1 if (first[i] - first[j]) * (second[i] - second[j]) < 0 else 0)
+        (
+            1
+            if (first[i] - first[j]) * (second[i] - second[j]) > 0
+            else -1
+            if (first[i] - first[j]) * (second[i] - second[j]) < 0
+            else 0
+        )
         for i, j in pairs
     )
     return score / len(pairs)
@@ -297,7 +307,12 @@ def _times(value: float | None, reference: float | None) -> str:
     return "" if ratio is None else f" ({ratio:.2f}x)"
 
 
-YIELD_COLUMNS = ("batch yield", "int. TTFT p99 ms (x alone)", "batch out tok/s (x alone)", *(FIGURES[f] for f in YIELD_FIGURES))
+YIELD_COLUMNS = (
+    "batch yield",
+    "int. TTFT p99 ms (x alone)",
+    "batch out tok/s (x alone)",
+    *(FIGURES[f] for f in YIELD_FIGURES),
+)
 
 
 def yield_settings(report: RoutingReport) -> list[str]:
@@ -307,7 +322,10 @@ def yield_settings(report: RoutingReport) -> list[str]:
 def yield_rows(report: RoutingReport, setting: str) -> list[list[str]]:
     """One row per batch-yield point of the setting (YIELD_COLUMNS); TTFT p99 and batch tok/s also
     as multiples of their "alone" references."""
-    ttft_alone, tok_alone = alone(report, setting, "interactive_ttft_p99_ms"), alone(report, setting, "batch_output_tok_s")
+    ttft_alone, tok_alone = (
+        alone(report, setting, "interactive_ttft_p99_ms"),
+        alone(report, setting, "batch_output_tok_s"),
+    )
     rows = []
     for point in (p for p in report.yield_sweep if p.setting == setting):
         ttft, tok = point.result.estimate("interactive_ttft_p99_ms"), point.result.estimate("batch_output_tok_s")
@@ -363,7 +381,9 @@ def plot_scenario(report: RoutingReport, scenario: str, path: Path) -> Path:
 
     settings = [s for s in report.setting_names if scenario in report.of_setting(s)]
     policies = list(dict.fromkeys(p.policy for s in settings for p in report.of_setting(s)[scenario].policies))
-    fig, axes = plt.subplots(len(settings), len(PLOT_FIGURES), figsize=(4 * len(PLOT_FIGURES), 3 * len(settings)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(settings), len(PLOT_FIGURES), figsize=(4 * len(PLOT_FIGURES), 3 * len(settings)), squeeze=False
+    )
     colors = plt.get_cmap("tab10")
     for row, setting in enumerate(settings):
         result = report.of_setting(setting)[scenario]
@@ -388,14 +408,23 @@ def plot_scenario(report: RoutingReport, scenario: str, path: Path) -> Path:
     return path
 
 
-def _draw_lever(ax: object, x: list[float], y: list[float], points: list[YieldPoint], color: str = "tab:blue", label: str | None = None) -> None:
+def _draw_lever(
+    ax: object,
+    x: list[float],
+    y: list[float],
+    points: list[YieldPoint],
+    color: str = "tab:blue",
+    label: str | None = None,
+) -> None:
     """The hold-to-zero points as a line in order of their hold bound, a fraction above zero as
     squares, "off" as a star."""
     held = sorted((p.max_hold_s, xi, yi) for xi, yi, p in zip(x, y, points, strict=True) if p.fraction == 0)
     ax.plot([h[1] for h in held], [h[2] for h in held], "o-", color=color, label=label)  # type: ignore[attr-defined]
     for xi, yi, point in zip(x, y, points, strict=True):
         if point.fraction > 0:
-            ax.plot(xi, yi, "*" if point.fraction >= 1 else "s", color=color, markersize=10 if point.fraction >= 1 else 6)  # type: ignore[attr-defined]
+            ax.plot(
+                xi, yi, "*" if point.fraction >= 1 else "s", color=color, markersize=10 if point.fraction >= 1 else 6
+            )  # type: ignore[attr-defined]
 
 
 def plot_yield(report: RoutingReport, path: Path) -> Path:
@@ -430,9 +459,20 @@ def plot_yield(report: RoutingReport, path: Path) -> Path:
             ax.set_xlabel("batch output tok/s / PP replica alone")
             ax.set_title(f"{title}\n{setting}", fontsize=8)
         ax = axes[row][2]
-        for figure, color in (("goodput_req_s", "black"), ("batch_goodput_req_s", "tab:orange"), ("interactive_goodput_req_s", "tab:green")):
+        for figure, color in (
+            ("goodput_req_s", "black"),
+            ("batch_goodput_req_s", "tab:orange"),
+            ("interactive_goodput_req_s", "tab:green"),
+        ):
             estimates = [p.result.estimate(figure) for p in points]
-            ax.errorbar(x, [e.mean or 0.0 for e in estimates], yerr=[e.half_width for e in estimates], fmt="none", ecolor=color, capsize=2)
+            ax.errorbar(
+                x,
+                [e.mean or 0.0 for e in estimates],
+                yerr=[e.half_width for e in estimates],
+                fmt="none",
+                ecolor=color,
+                capsize=2,
+            )
             _draw_lever(ax, x, [e.mean or 0.0 for e in estimates], points, color=color, label=FIGURES[figure])
         ax.axvline(0.95, color="tab:red", linestyle="--", linewidth=1)
         ax.set_xlabel("batch output tok/s / PP replica alone")

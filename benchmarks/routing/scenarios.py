@@ -81,7 +81,12 @@ def batch_capacity_req_s(plan: ServingPlan, replicas: tuple[SimReplica, ...], ha
     batch = next(r for r in replicas if r.traffic_class == "batch")
     shape = get_workload("prefill-heavy")
     model = build_replica(
-        resolve_model(plan.model.source), load_hardware(hardware), batch.layout, shape, batch.settings, load_engine("vllm")
+        resolve_model(plan.model.source),
+        load_hardware(hardware),
+        batch.layout,
+        shape,
+        batch.settings,
+        load_engine("vllm"),
     )
     prediction = predict_replica(model, shape, model.max_running)
     if prediction.request_s is None:
@@ -96,8 +101,12 @@ def simulated_scenarios(
     replicas = _sim_replicas(plan)
     interactive_slots = next(r.settings.max_num_seqs for r in replicas if r.traffic_class == "interactive")
     batch_slots = next(r.settings.max_num_seqs for r in replicas if r.traffic_class == "batch")
-    users = InteractiveLoad(users=max(1, (interactive_slots or 2) // 2), think_time_s=SIM_THINK_TIME_S, shape=get_workload("chat"))
-    stream = BatchLoad(rate_per_s=0.5 * batch_capacity_req_s(plan, replicas, hardware), shape=get_workload("prefill-heavy"))
+    users = InteractiveLoad(
+        users=max(1, (interactive_slots or 2) // 2), think_time_s=SIM_THINK_TIME_S, shape=get_workload("chat")
+    )
+    stream = BatchLoad(
+        rate_per_s=0.5 * batch_capacity_req_s(plan, replicas, hardware), shape=get_workload("prefill-heavy")
+    )
     burst = BatchLoad(
         burst_size=batch_slots or 64, burst_start_s=duration_s / 3, burst_every_s=duration_s, shape=stream.shape
     )

@@ -58,7 +58,9 @@ def run_setting(
             outcomes.append(PolicyResult(policy=policy, samples=samples))
             if progress:
                 progress(f"{setting} {name} {policy}")
-        results.append(ScenarioResult(setting=setting, scenario=name, description=DESCRIPTIONS[name], policies=outcomes))
+        results.append(
+            ScenarioResult(setting=setting, scenario=name, description=DESCRIPTIONS[name], policies=outcomes)
+        )
     return results
 
 

@@ -245,7 +245,9 @@ class HttpClient:
             async with asyncio.timeout(self._connect_timeout_s):
                 _, connection = await loop.create_connection(_Connection, self._host, self._port, ssl=self._ssl)
         except TimeoutError:
-            raise ConnectFailed(f"no connection to {self._host}:{self._port} within {self._connect_timeout_s:g} s") from None
+            raise ConnectFailed(
+                f"no connection to {self._host}:{self._port} within {self._connect_timeout_s:g} s"
+            ) from None
         except OSError as exc:
             raise ConnectFailed(f"cannot connect to {self._host}:{self._port}: {exc.strerror or exc}") from None
         self._open.add(connection)

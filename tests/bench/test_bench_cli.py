@@ -20,7 +20,19 @@ def bench(*args: str):
 
 def test_sweep_writes_a_versioned_results_file_with_its_configuration(upstream, tmp_path: Path) -> None:
     out = tmp_path / "sweep.json"
-    result = bench("--url", upstream.base_url, "--concurrency", "1,3", "--num-requests", "6", "--slo", "ttft:1000", "-o", str(out), *SMALL)
+    result = bench(
+        "--url",
+        upstream.base_url,
+        "--concurrency",
+        "1,3",
+        "--num-requests",
+        "6",
+        "--slo",
+        "ttft:1000",
+        "-o",
+        str(out),
+        *SMALL,
+    )
     assert result.exit_code == 0, result.output
     assert "c=3" in result.output and "TTFT p50" in result.output
     raw = json.loads(out.read_text())
@@ -29,7 +41,13 @@ def test_sweep_writes_a_versioned_results_file_with_its_configuration(upstream, 
     runs = raw["runs"]
     assert [run["config"]["streams"][0]["load"]["concurrency"] for run in runs] == [1, 3]
     first = runs[0]["config"]
-    assert first["endpoint"] == {"url": upstream.base_url, "model": "m", "api": "completions", "headers": {}, "timeout_s": 600.0}
+    assert first["endpoint"] == {
+        "url": upstream.base_url,
+        "model": "m",
+        "api": "completions",
+        "headers": {},
+        "timeout_s": 600.0,
+    }
     assert first["streams"][0]["workload"]["input_len"] == 16 and first["slo"]["ttft_ms"] == 1000
     assert runs[1]["overall"]["completed"] == 6
     assert ResultSet.load(out).runs[1].sweep_point == ("concurrency", 3.0)
@@ -37,7 +55,19 @@ def test_sweep_writes_a_versioned_results_file_with_its_configuration(upstream, 
 
 def test_chat_api_and_mix_tag_requests(upstream, tmp_path: Path) -> None:
     out = tmp_path / "mix.json"
-    result = bench("--url", upstream.base_url, "--api", "chat", "--mix", "interactive=1,batch=2", "--num-requests", "9", "-o", str(out), *SMALL)
+    result = bench(
+        "--url",
+        upstream.base_url,
+        "--api",
+        "chat",
+        "--mix",
+        "interactive=1,batch=2",
+        "--num-requests",
+        "9",
+        "-o",
+        str(out),
+        *SMALL,
+    )
     assert result.exit_code == 0, result.output
     assert "messages" in upstream.requests[-1]
     assert set(ResultSet.load(out).runs[0].by_class) == {"interactive", "batch"}
@@ -66,10 +96,24 @@ def test_bad_arguments_exit_2() -> None:
 
 def test_plot_draws_one_png_from_several_result_sets(upstream, tmp_path: Path) -> None:
     for name in ("a", "b"):
-        ok = bench("--url", upstream.base_url, "--concurrency", "1,2", "--num-requests", "4", "--label", name, "-o", str(tmp_path / f"{name}.json"), *SMALL)
+        ok = bench(
+            "--url",
+            upstream.base_url,
+            "--concurrency",
+            "1,2",
+            "--num-requests",
+            "4",
+            "--label",
+            name,
+            "-o",
+            str(tmp_path / f"{name}.json"),
+            *SMALL,
+        )
         assert ok.exit_code == 0, ok.output
     chart = tmp_path / "chart.png"
-    result = runner.invoke(app, ["bench", "plot", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "-o", str(chart), "--stat", "p99"])
+    result = runner.invoke(
+        app, ["bench", "plot", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "-o", str(chart), "--stat", "p99"]
+    )
     assert result.exit_code == 0, result.output
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -33,7 +33,9 @@ def test_mix_builds_tagged_streams() -> None:
     assert rate.load == OpenLoop(request_rate=2.5)
 
 
-@pytest.mark.parametrize("text", ["interactive=4,batch=2,batch-rate=1", "gold=3", "interactive", "interactive=0", "batch=x"])
+@pytest.mark.parametrize(
+    "text", ["interactive=4,batch=2,batch-rate=1", "gold=3", "interactive", "interactive=0", "batch=x"]
+)
 def test_mix_rejects_unclear_specs(text: str) -> None:
     with pytest.raises(ValueError):
         MixSpec.parse(text)
@@ -44,7 +46,9 @@ def test_every_run_is_bounded_and_streams_are_distinct() -> None:
         Bounds()
     stream = TrafficStream(workload=WorkloadSpec(input_len=8, output_len=8), load=ClosedLoop(concurrency=1))
     with pytest.raises(ValidationError):
-        BenchConfig(endpoint=Endpoint(url="http://x/v1", model="m"), streams=[stream, stream], bounds=Bounds(num_requests=1))
+        BenchConfig(
+            endpoint=Endpoint(url="http://x/v1", model="m"), streams=[stream, stream], bounds=Bounds(num_requests=1)
+        )
 
 
 def test_presets_are_shared_with_the_perf_model() -> None:
@@ -88,7 +92,9 @@ def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     trainer = trainers.BpeTrainer(
         vocab_size=400, special_tokens=["<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
-    tokenizer.train_from_iterator(["the quick brown fox jumps over the lazy dog " * 20, "hello world 0123456789"], trainer)
+    tokenizer.train_from_iterator(
+        ["the quick brown fox jumps over the lazy dog " * 20, "hello world 0123456789"], trainer
+    )
     directory = tmp_path_factory.mktemp("tok")
     PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>").save_pretrained(directory)
     return directory
@@ -96,7 +102,9 @@ def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_tokenizer_prompts_encode_to_the_target_length(tokenizer_dir: Path) -> None:
     tokenizer = load_tokenizer(str(tokenizer_dir))
-    factory = PromptFactory(WorkloadSpec(input_len=200, output_len=8, range_ratio=0.5), seed=7, stream=0, tokenizer=tokenizer)
+    factory = PromptFactory(
+        WorkloadSpec(input_len=200, output_len=8, range_ratio=0.5), seed=7, stream=0, tokenizer=tokenizer
+    )
     for _ in range(10):
         prompt = factory.next()
         encoded = tokenizer.encode(prompt.text, add_special_tokens=False)

@@ -10,11 +10,19 @@ from tuner.bench.config import SLO
 from tuner.bench.metrics import compute_metrics
 
 
-def ok(ttft: float, itl: list[float], output_tokens: int, prompt_tokens: int = 10, stream: str = "all") -> RequestRecord:
+def ok(
+    ttft: float, itl: list[float], output_tokens: int, prompt_tokens: int = 10, stream: str = "all"
+) -> RequestRecord:
     latency = ttft + sum(itl)
     return RequestRecord(
-        stream=stream, start=0.0, end=latency, ttft=ttft, itl=itl, latency=latency,
-        prompt_tokens=prompt_tokens, output_tokens=output_tokens,
+        stream=stream,
+        start=0.0,
+        end=latency,
+        ttft=ttft,
+        itl=itl,
+        latency=latency,
+        prompt_tokens=prompt_tokens,
+        output_tokens=output_tokens,
     )
 
 

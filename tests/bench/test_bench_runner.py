@@ -34,7 +34,9 @@ def config(url: str, load: ClosedLoop | OpenLoop, bounds: Bounds, model: str = "
 
 
 def test_closed_loop_sends_exactly_the_budget_after_excluded_warmup(upstream) -> None:
-    result = run_benchmark(config(upstream.base_url, ClosedLoop(concurrency=4), Bounds(num_requests=30, warmup_requests=3)))
+    result = run_benchmark(
+        config(upstream.base_url, ClosedLoop(concurrency=4), Bounds(num_requests=30, warmup_requests=3))
+    )
     assert len(upstream.requests) == 33  # warm-up reached the server but no metric
     assert result.warmup.requests == 3 and result.warmup.failed == 0
     m = result.overall
@@ -133,7 +135,13 @@ def test_http_errors_and_dropped_connections_are_counted(upstream) -> None:
 
 @pytest.mark.parametrize(
     ("behaviour", "error_type"),
-    [("cut", "stream_cut"), ("no-done", "stream_cut"), ("no-usage", "missing_usage"), ("error-event", "stream_error"), ("not-json", "bad_stream")],
+    [
+        ("cut", "stream_cut"),
+        ("no-done", "stream_cut"),
+        ("no-usage", "missing_usage"),
+        ("error-event", "stream_error"),
+        ("not-json", "bad_stream"),
+    ],
 )
 def test_broken_streams_are_counted_by_kind(broken_url, behaviour: str, error_type: str) -> None:
     result = run_benchmark(config(broken_url, ClosedLoop(concurrency=2), Bounds(num_requests=4), model=behaviour))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy.plan import PlanError, ServingPlan, dump_plan, load_plan, parse_plan, shipped_plan, SHIPPED_PLANS_DIR
+from deploy.plan import SHIPPED_PLANS_DIR, PlanError, ServingPlan, dump_plan, load_plan, parse_plan, shipped_plan
 
 
 def demo_data() -> dict:

@@ -42,9 +42,10 @@ def make_stack() -> Iterator[Callable[..., FakeStack]]:
 @pytest.fixture(scope="module")
 def fake_stack() -> Iterator[FakeStack]:
     """One shared keyed stack for tests that do not change settings or upstream knobs."""
-    with FakeUpstream(model="upstream-tp").running() as tp, FakeUpstream(
-        model="upstream-pp", scheduling_policy="priority"
-    ).running() as pp:
+    with (
+        FakeUpstream(model="upstream-tp").running() as tp,
+        FakeUpstream(model="upstream-pp", scheduling_policy="priority").running() as pp,
+    ):
         config = gateway_config(tp, pp, auth=KEYS)
         gateway = start_in_thread(config)
         try:
@@ -54,7 +55,11 @@ def fake_stack() -> Iterator[FakeStack]:
 
 
 @pytest.fixture(
-    params=["fake", pytest.param("stack", marks=pytest.mark.stack), pytest.param("stack-handle", marks=pytest.mark.stack)]
+    params=[
+        "fake",
+        pytest.param("stack", marks=pytest.mark.stack),
+        pytest.param("stack-handle", marks=pytest.mark.stack),
+    ]
 )
 def endpoint(request: pytest.FixtureRequest) -> Endpoint:
     """The server the contract tests talk to: the fake upstreams, the real CPU stack over HTTP to
@@ -77,5 +82,3 @@ def endpoint(request: pytest.FixtureRequest) -> Endpoint:
         replica_urls=dict(stack.replica_urls),
         replica_models=models,
     )
-
-

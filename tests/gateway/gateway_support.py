@@ -8,9 +8,9 @@ from typing import Any
 
 from fake_upstream import FakeUpstream
 
+from deploy.ports import free_port
 from gateway.config import GatewayConfig
 from gateway.server import GatewayThread
-from deploy.ports import free_port
 
 PUBLIC_MODEL = "tandem-test"
 ADMIN_KEY = "sk-admin-0123456789"

@@ -12,7 +12,6 @@ import aiohttp
 import httpx
 import orjson
 import pytest
-
 from gateway_support import PUBLIC_MODEL, FakeStack
 
 GOOD = {"model": PUBLIC_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
@@ -29,7 +28,13 @@ CASES: list[tuple[str, str, str, bytes, int]] = [
     ("empty-messages", "POST", "/v1/chat/completions", orjson.dumps(GOOD | {"messages": []}), 400),
     ("missing-prompt", "POST", "/v1/completions", orjson.dumps({"model": PUBLIC_MODEL}), 400),
     ("prompt-type", "POST", "/v1/completions", orjson.dumps({"prompt": {"x": 1}}), 400),
-    ("stream-options-type", "POST", "/v1/chat/completions", orjson.dumps(GOOD | {"stream": True, "stream_options": 3}), 400),
+    (
+        "stream-options-type",
+        "POST",
+        "/v1/chat/completions",
+        orjson.dumps(GOOD | {"stream": True, "stream_options": 3}),
+        400,
+    ),
     ("unknown-model", "POST", "/v1/chat/completions", orjson.dumps(GOOD | {"model": "gpt-9"}), 404),
     ("unknown-route", "POST", "/v1/embeddings/x", b"{}", 404),
     ("wrong-method", "GET", "/v1/chat/completions", b"", 405),
@@ -42,8 +47,8 @@ CASES: list[tuple[str, str, str, bytes, int]] = [
 @pytest.fixture(scope="module")
 def stack() -> FakeStack:
     from fake_upstream import FakeUpstream
-
     from gateway_support import gateway_config
+
     from gateway.server import start_in_thread
 
     with FakeUpstream(model="upstream-tp").running() as tp, FakeUpstream(model="upstream-pp").running() as pp:
@@ -67,7 +72,9 @@ def assert_envelope(response: httpx.Response, status: int) -> None:
 
 
 @pytest.mark.parametrize(("name", "method", "path", "content", "status"), CASES, ids=[c[0] for c in CASES])
-def test_bad_request_answered_with_envelope(stack: FakeStack, name: str, method: str, path: str, content: bytes, status: int) -> None:
+def test_bad_request_answered_with_envelope(
+    stack: FakeStack, name: str, method: str, path: str, content: bytes, status: int
+) -> None:
     response = httpx.request(method, stack.root_url + path, content=content, headers=JSON, timeout=30)
     assert_envelope(response, status)
 
@@ -105,7 +112,11 @@ def test_thousand_concurrent_junk_requests_then_good_ones(stack: FakeStack) -> N
     gc.collect()
     after = tracemalloc.take_snapshot()
     tracemalloc.stop()
-    grown = sum(stat.size_diff for stat in after.compare_to(before, "filename") if "gateway" in (stat.traceback[0].filename or ""))
+    grown = sum(
+        stat.size_diff
+        for stat in after.compare_to(before, "filename")
+        if "gateway" in (stat.traceback[0].filename or "")
+    )
     assert grown < 64 * 1024, f"gateway code kept {grown} bytes after 1,000 junk requests"
     for _ in range(3):
         assert httpx.post(f"{stack.base_url}/chat/completions", json=GOOD).status_code == 200

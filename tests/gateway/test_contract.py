@@ -7,7 +7,6 @@ from __future__ import annotations
 import httpx
 import openai
 import pytest
-
 from gateway_support import Endpoint
 
 MESSAGES = [{"role": "user", "content": "Say something short."}]
@@ -61,7 +60,11 @@ def test_chat_stream(client: openai.OpenAI, endpoint: Endpoint, include_usage: b
 
 def test_completion_stream(client: openai.OpenAI, endpoint: Endpoint) -> None:
     stream = client.completions.create(
-        model=endpoint.model, prompt="Once upon a time", max_tokens=4, stream=True, stream_options={"include_usage": True}
+        model=endpoint.model,
+        prompt="Once upon a time",
+        max_tokens=4,
+        stream=True,
+        stream_options={"include_usage": True},
     )
     chunks = list(stream)
     assert "".join(c.choices[0].text for c in chunks if c.choices)
@@ -76,7 +79,9 @@ def test_n_choices_read_as_batch(client: openai.OpenAI, endpoint: Endpoint) -> N
 
 
 def test_several_prompts(client: openai.OpenAI, endpoint: Endpoint) -> None:
-    raw = client.completions.with_raw_response.create(model=endpoint.model, prompt=["One", "Two", "Three"], max_tokens=3)
+    raw = client.completions.with_raw_response.create(
+        model=endpoint.model, prompt=["One", "Two", "Three"], max_tokens=3
+    )
     assert sorted(c.index for c in raw.parse().choices) == [0, 1, 2]
     assert raw.headers["x-tandem-class"] == "batch"
 

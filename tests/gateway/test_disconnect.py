@@ -10,7 +10,6 @@ import time
 
 import httpx
 import orjson
-
 from gateway_support import PUBLIC_MODEL, FakeStack
 
 ABORT_WITHIN_S = 1.0
@@ -102,5 +101,9 @@ def test_gateway_serves_on_after_disconnects(make_stack) -> None:
     stack.tp.first_token_delay_s = 0
     reply = httpx.post(f"{stack.base_url}/chat/completions", json=body(max_tokens=3))
     assert reply.status_code == 200
-    in_flight = [line for line in httpx.get(f"{stack.root_url}/metrics").text.splitlines() if line.startswith("tandem_gateway_replica_in_flight")]
+    in_flight = [
+        line
+        for line in httpx.get(f"{stack.root_url}/metrics").text.splitlines()
+        if line.startswith("tandem_gateway_replica_in_flight")
+    ]
     assert all(line.endswith(" 0.0") for line in in_flight)

@@ -9,7 +9,6 @@ import time
 import httpx
 import openai
 import pytest
-
 from fake_upstream import FakeUpstream
 from gateway_support import ADMIN_KEY, PUBLIC_MODEL, USER_KEY, FakeStack, free_port_refusing, gateway_config
 
@@ -101,7 +100,9 @@ def test_upstream_errors_pass_through(make_stack) -> None:
     stack.tp.fail_next(500)
     reply = post(stack, CHAT)
     assert reply.status_code == 500
-    assert reply.json() == {"error": {"message": "injected failure", "type": "BadRequestError", "param": None, "code": 500}}
+    assert reply.json() == {
+        "error": {"message": "injected failure", "type": "BadRequestError", "param": None, "code": 500}
+    }
 
 
 class _BuggyOnce(HttpBackend):
@@ -174,7 +175,12 @@ def test_limits(make_stack) -> None:
 def test_concurrency_limits_answer_429(make_stack) -> None:
     stack = make_stack(
         routing={"limits": {"interactive": {"max_concurrency": 1, "max_queue": 1}, "batch": {"max_concurrency": 1}}},
-        auth={"keys": [{"name": "two", "key": "sk-two-0123456789", "max_concurrent": 2}, {"name": "free", "key": USER_KEY}]},
+        auth={
+            "keys": [
+                {"name": "two", "key": "sk-two-0123456789", "max_concurrent": 2},
+                {"name": "free", "key": USER_KEY},
+            ]
+        },
     )
     stack.tp.first_token_delay_s = 1.5  # long enough that all four overlap on a loaded machine
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
@@ -186,10 +192,14 @@ def test_concurrency_limits_answer_429(make_stack) -> None:
 
 
 def test_policy_switch_at_runtime(make_stack) -> None:
-    stack = make_stack(auth={"keys": [{"name": "admin", "key": ADMIN_KEY, "admin": True}, {"name": "user", "key": USER_KEY}]})
+    stack = make_stack(
+        auth={"keys": [{"name": "admin", "key": ADMIN_KEY, "admin": True}, {"name": "user", "key": USER_KEY}]}
+    )
     url = f"{stack.root_url}/admin/routing"
     assert httpx.put(url, json={"policy": "all-batch"}).status_code == 401
-    assert httpx.put(url, json={"policy": "all-batch"}, headers={"Authorization": f"Bearer {USER_KEY}"}).status_code == 403
+    assert (
+        httpx.put(url, json={"policy": "all-batch"}, headers={"Authorization": f"Bearer {USER_KEY}"}).status_code == 403
+    )
     admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
     bad = httpx.put(url, json={"policy": "fastest"}, headers=admin)
     assert bad.status_code == 400 and "unknown routing policy" in bad.json()["error"]["message"]

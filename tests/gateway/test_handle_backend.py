@@ -125,7 +125,9 @@ def test_hang_up_cancels_the_call(handle_stack: tuple[str, FakeUpstream]) -> Non
     tp.token_delay_s = 0.05
     try:
         body = {"model": PUBLIC_MODEL, "messages": MESSAGES, "max_tokens": 200, "stream": True}
-        with httpx.stream("POST", f"{base_url}/chat/completions", json=body, headers={"X-Request-Id": "handle-gone"}) as r:
+        with httpx.stream(
+            "POST", f"{base_url}/chat/completions", json=body, headers={"X-Request-Id": "handle-gone"}
+        ) as r:
             next(r.iter_lines())
         hung_up = time.monotonic()
         assert tp.wait_for_abort("handle-gone", 2.0) is not None

@@ -15,8 +15,8 @@ from gateway.policy import (
     POLICIES,
     ClassLoad,
     PolicyState,
-    ReplicaLoad,
     Reject,
+    ReplicaLoad,
     RequestFeatures,
     Route,
     YieldState,
@@ -70,7 +70,10 @@ def test_header_beats_key_default_beats_shape() -> None:
 def test_thresholds_come_from_settings() -> None:
     features = RequestFeatures("chat", stream=True, max_tokens=300)
     assert classify(features, RoutingSettings(interactive_max_tokens=200)) == "batch"
-    assert classify(RequestFeatures("completions", stream=True, prompts=3), RoutingSettings(batch_min_prompts=4)) == "interactive"
+    assert (
+        classify(RequestFeatures("completions", stream=True, prompts=3), RoutingSettings(batch_min_prompts=4))
+        == "interactive"
+    )
 
 
 def test_each_class_to_its_replica() -> None:
@@ -119,7 +122,10 @@ def test_class_gates_are_independent() -> None:
     """Starvation, the other way: a full batch class does not hold interactive requests back."""
 
     async def scenario() -> None:
-        limits = {"interactive": ClassLimits(max_concurrency=1, max_queue=1), "batch": ClassLimits(max_concurrency=1, max_queue=0)}
+        limits = {
+            "interactive": ClassLimits(max_concurrency=1, max_queue=1),
+            "batch": ClassLimits(max_concurrency=1, max_queue=0),
+        }
         gates = {c: ClassGate(c, lambda c=c: limits[c]) for c in limits}
         async with gates["batch"].slot():
             with pytest.raises(GatewayError) as info:
@@ -184,7 +190,8 @@ def test_raising_a_limit_lets_the_queue_in() -> None:
 
 
 @pytest.mark.parametrize(
-    ("load", "expected"), [(ClassLoad(1, 0), "run"), (ClassLoad(2, 0), "queue"), (ClassLoad(2, 1), "queue"), (ClassLoad(2, 2), "reject")]
+    ("load", "expected"),
+    [(ClassLoad(1, 0), "run"), (ClassLoad(2, 0), "queue"), (ClassLoad(2, 1), "queue"), (ClassLoad(2, 2), "reject")],
 )
 def test_admit(load: ClassLoad, expected: str) -> None:
     assert admit(load, ClassLimits(max_concurrency=2, max_queue=2)) == expected
@@ -272,14 +279,22 @@ def yield_trace(settings: RoutingSettings, steps: list[tuple[float, int]]) -> li
         ("holds as soon as interactive is active", [(0, 0), (1, 1), (5, 3)], [(False, 144), (True, 0), (True, 0)]),
         # hysteresis: idle for 1.5 s (< settle 2 s) keeps the hold; idle for 2 s ends it
         ("a short idle gap keeps the hold", [(0, 1), (3, 0), (4.5, 0), (5, 1)], [(True, 0)] * 4),
-        ("a settled idle gap ends it", [(0, 1), (3, 0), (5, 0), (6, 1)], [(True, 0), (True, 0), (False, 144), (True, 0)]),
+        (
+            "a settled idle gap ends it",
+            [(0, 1), (3, 0), (5, 0), (6, 1)],
+            [(True, 0), (True, 0), (False, 144), (True, 0)],
+        ),
         # starvation bound: held at most 30 s, then free for 10 s although interactive stays active
         (
             "the bound forces a release",
             [(0, 1), (29.9, 1), (30, 1), (39.9, 1), (40, 1)],
             [(True, 0), (True, 0), (False, 144), (False, 144), (True, 0)],
         ),
-        ("a forced release lasts even if interactive idles", [(0, 1), (30, 1), (31, 0), (35, 2)], [(True, 0), (False, 144), (False, 144), (False, 144)]),
+        (
+            "a forced release lasts even if interactive idles",
+            [(0, 1), (30, 1), (31, 0), (35, 2)],
+            [(True, 0), (False, 144), (False, 144), (False, 144)],
+        ),
     ],
 )
 def test_batch_yield_table(name: str, steps: list[tuple[float, int]], expected: list[tuple[bool, int]]) -> None:
@@ -328,7 +343,13 @@ def test_next_change_names_the_timer_the_caller_must_set() -> None:
 
 
 @pytest.mark.parametrize(
-    "bad", [{"batch_yield_fraction": -0.1}, {"batch_yield_fraction": 1.5}, {"batch_yield_max_hold_s": 0}, {"batch_yield_release_s": 0}]
+    "bad",
+    [
+        {"batch_yield_fraction": -0.1},
+        {"batch_yield_fraction": 1.5},
+        {"batch_yield_max_hold_s": 0},
+        {"batch_yield_release_s": 0},
+    ],
 )
 def test_yield_settings_that_could_starve_batch_are_refused(bad: dict[str, float]) -> None:
     with pytest.raises(ValueError):

@@ -21,15 +21,21 @@ pytestmark = [pytest.mark.stack, pytest.mark.timeout(600)]
 
 
 def _vllm_servers() -> set[int]:
-    return {p.pid for p in psutil.process_iter(["cmdline"]) if "deploy.engine_process" in " ".join(p.info["cmdline"] or [])}
+    return {
+        p.pid for p in psutil.process_iter(["cmdline"]) if "deploy.engine_process" in " ".join(p.info["cmdline"] or [])
+    }
 
 
 def test_live_trial_measures_then_reports_a_failed_start_as_infeasible() -> None:
     template = load_plan(shipped_plan("cpu-demo"))
     objective = ClassObjective.batch(concurrency=4)
-    good = Candidate(Layout(tp=1, pp=1), max_num_seqs=8, enable_chunked_prefill=True, max_num_batched_tokens=512, memory_share=None)
+    good = Candidate(
+        Layout(tp=1, pp=1), max_num_seqs=8, enable_chunked_prefill=True, max_num_batched_tokens=512, memory_share=None
+    )
     # vLLM refuses a token budget below max_num_seqs at start-up (SchedulerConfig.verify_max_model_len).
-    bad = Candidate(Layout(tp=1, pp=1), max_num_seqs=64, enable_chunked_prefill=True, max_num_batched_tokens=32, memory_share=None)
+    bad = Candidate(
+        Layout(tp=1, pp=1), max_num_seqs=64, enable_chunked_prefill=True, max_num_batched_tokens=32, memory_share=None
+    )
     before = _vllm_servers()
     with LiveEvaluator(
         template, WorkloadSpec(input_len=32, output_len=16), requests_per_trial=12, max_duration_s=30, timeout_s=240

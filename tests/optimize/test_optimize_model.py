@@ -42,7 +42,7 @@ def test_model_run_writes_a_valid_plan_that_respects_memory_and_slos(tmp_path: P
     assert by_class["batch"].engine.max_num_seqs == batch.chosen.params["max_num_seqs"]
     assert batch.baseline is not None and batch.baseline_ratio["output_tok_s"] >= 1.0  # the template is trial 0
     front = result.classes["interactive"].pareto_front
-    assert front and all(a["tpot_p50_ms"] >= b["tpot_p50_ms"] for a, b in zip(front, front[1:]))
+    assert front and all(a["tpot_p50_ms"] >= b["tpot_p50_ms"] for a, b in zip(front, front[1:], strict=False))
     routing = plan.gateway.routing
     assert routing.spill_release_threshold < routing.spill_queue_threshold
     assert result.report_path is not None and result.report_path.read_text().startswith("# tuner optimize")
@@ -84,7 +84,11 @@ def test_warm_start_ranks_by_the_model_and_keeps_points_distinct() -> None:
     picked = warm_start(space, objective, evaluator, 3)
     assert len({(c.layout, c.max_num_seqs) for c in picked}) == 3
     best = max(
-        (evaluator.evaluate(c, None, objective).output_tok_s for c in space.candidates() if evaluator.predict(c, 64).fits),  # type: ignore[arg-type]
+        (
+            evaluator.evaluate(c, None, objective).output_tok_s
+            for c in space.candidates()
+            if evaluator.predict(c, 64).fits
+        ),  # type: ignore[arg-type]
     )
     assert evaluator.evaluate(picked[0], None, objective).output_tok_s == pytest.approx(best)  # type: ignore[arg-type]
 

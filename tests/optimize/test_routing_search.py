@@ -24,9 +24,14 @@ SCENARIO = Scenario(
 
 def test_a_trial_sets_batch_yielding_and_the_hold_only_while_batch_yields() -> None:
     spill = {"spill_queue_threshold": 4, "spill_release_threshold": 1, "spill_target_headroom": 8}
-    held = _suggest(optuna.trial.FixedTrial({**spill, "batch_yield_fraction": 0.0, "batch_yield_max_hold_s": 45.0}), RoutingSettings())
+    held = _suggest(
+        optuna.trial.FixedTrial({**spill, "batch_yield_fraction": 0.0, "batch_yield_max_hold_s": 45.0}),
+        RoutingSettings(),
+    )
     assert (held.batch_yield_fraction, held.batch_yield_max_hold_s) == (0.0, 45.0)
-    free = _suggest(optuna.trial.FixedTrial({**spill, "batch_yield_fraction": 1.0}), RoutingSettings(batch_yield_max_hold_s=12.0))
+    free = _suggest(
+        optuna.trial.FixedTrial({**spill, "batch_yield_fraction": 1.0}), RoutingSettings(batch_yield_max_hold_s=12.0)
+    )
     assert (free.batch_yield_fraction, free.batch_yield_max_hold_s) == (1.0, 12.0)  # no hold asked for: the base's
 
 
@@ -35,7 +40,10 @@ def test_the_study_starts_from_the_base_and_returns_the_trial_it_kept() -> None:
     storage = optuna.storages.InMemoryStorage()
     tuned, best = tune_routing("t.routing", storage, SCENARIO, base, n_trials=5, seed=3)
     study = optuna.load_study(study_name="t.routing", storage=storage)
-    assert study.trials[0].params["batch_yield_fraction"] == 0.0 and study.trials[0].params["batch_yield_max_hold_s"] == 30.0
+    assert (
+        study.trials[0].params["batch_yield_fraction"] == 0.0
+        and study.trials[0].params["batch_yield_max_hold_s"] == 30.0
+    )
     assert all("batch_yield_fraction" in t.params for t in study.trials)
     assert best is not None
     assert tuned == _suggest(optuna.trial.FixedTrial(best.params), base)

@@ -7,7 +7,10 @@ import optuna
 from tuner.optimize.space import BATCHED_TOKENS, MEMORY_SHARE, IntRange, SearchSpace, ShareRange
 
 
-def _space(shares: ShareRange | None = ShareRange(0.1, 0.3)) -> SearchSpace:
+SHARES = ShareRange(0.1, 0.3)
+
+
+def _space(shares: ShareRange | None = SHARES) -> SearchSpace:
     return SearchSpace(
         layouts=("tp1-pp1", "tp2-pp1", "tp1-pp2"),
         max_num_seqs=IntRange(16, 64, step=16),

@@ -27,9 +27,16 @@ def test_resolve_model_knows_aliases_and_hub_ids_and_names_them_when_unknown() -
 
 def test_resolve_model_reads_a_local_hf_directory(tmp_path) -> None:
     config = {
-        "model_type": "llama", "num_hidden_layers": 4, "hidden_size": 256, "num_attention_heads": 4,
-        "num_key_value_heads": 2, "intermediate_size": 512, "vocab_size": 512, "torch_dtype": "float16",
-        "sliding_window": 64, "layer_types": ["sliding_attention", "full_attention"] * 2,
+        "model_type": "llama",
+        "num_hidden_layers": 4,
+        "hidden_size": 256,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "intermediate_size": 512,
+        "vocab_size": 512,
+        "torch_dtype": "float16",
+        "sliding_window": 64,
+        "layer_types": ["sliding_attention", "full_attention"] * 2,
     }
     (tmp_path / "config.json").write_text(json.dumps(config))
     arch = resolve_model(str(tmp_path))
@@ -49,14 +56,28 @@ def test_more_bandwidth_never_slows_a_step() -> None:
     arch, engine = resolve_model("gpt-oss-120b"), load_engine("vllm")
     pair = load_hardware("dgx-spark-pair")
     faster_memory = pair.model_copy(
-        update={"device": pair.device.model_copy(update={"measured_memory_bandwidth_gbs": pair.device.measured_memory_bandwidth_gbs.model_copy(update={"value": 400})})}
+        update={
+            "device": pair.device.model_copy(
+                update={
+                    "measured_memory_bandwidth_gbs": pair.device.measured_memory_bandwidth_gbs.model_copy(
+                        update={"value": 400}
+                    )
+                }
+            )
+        }
     )
     link = pair.inter_node_link
     faster_link = pair.model_copy(
-        update={"inter_node_link": link.model_copy(update={
-            "allreduce": tuple(p.model_copy(update={"microseconds": p.microseconds / 2}) for p in link.allreduce),
-            "allreduce_bus_bandwidth_gbs": link.allreduce_bus_bandwidth_gbs.model_copy(update={"value": 44}),
-        })}
+        update={
+            "inter_node_link": link.model_copy(
+                update={
+                    "allreduce": tuple(
+                        p.model_copy(update={"microseconds": p.microseconds / 2}) for p in link.allreduce
+                    ),
+                    "allreduce_bus_bandwidth_gbs": link.allreduce_bus_bandwidth_gbs.model_copy(update={"value": 44}),
+                }
+            )
+        }
     )
     for tokens in (1, 8, 64, 512):
         batch = StepBatch(decode_tokens=tokens, decode_context=2048)
@@ -74,9 +95,13 @@ def test_collective_curve_is_monotonic_and_extends_at_bandwidth() -> None:
     assert curve.seconds(1) == pytest.approx(31.5e-6)  # below the first point: latency-bound
     assert curve.seconds(2**30) - curve.seconds(2**29) == pytest.approx(2**29 / 22e9)
     with pytest.raises(ValueError):
-        CollectiveCurve(points=(CollectivePoint(bytes=2, microseconds=2, kind="assumed", source="x"),
-                                CollectivePoint(bytes=4, microseconds=1, kind="assumed", source="x")),
-                        large_message_bandwidth_gbs=1)
+        CollectiveCurve(
+            points=(
+                CollectivePoint(bytes=2, microseconds=2, kind="assumed", source="x"),
+                CollectivePoint(bytes=4, microseconds=1, kind="assumed", source="x"),
+            ),
+            large_message_bandwidth_gbs=1,
+        )
 
 
 @pytest.mark.parametrize("layout", [Layout(), Layout(tp=2), Layout(pp=2)])
@@ -137,18 +162,24 @@ def test_tp_pp_crossover_on_spark_pair_but_not_on_nvlink() -> None:
 
 def test_co_resident_busy_replica_slows_steps() -> None:
     alone = predict("gpt-oss-120b", "dgx-spark-pair", Layout(tp=2), EQUAL, 8)
-    shared = predict("gpt-oss-120b", "dgx-spark-pair", Layout(tp=2), EQUAL, 8, settings=EngineSettings(other_replica_busy=1.0))
+    shared = predict(
+        "gpt-oss-120b", "dgx-spark-pair", Layout(tp=2), EQUAL, 8, settings=EngineSettings(other_replica_busy=1.0)
+    )
     assert shared.tpot_ms == pytest.approx(2 * alone.tpot_ms)
 
 
 def _constants(skew: float) -> ModelConstants:
     base = ModelConstants()
-    return base.model_copy(update={"expert_popularity_skew": base.expert_popularity_skew.model_copy(update={"value": skew})})
+    return base.model_copy(
+        update={"expert_popularity_skew": base.expert_popularity_skew.model_copy(update={"value": skew})}
+    )
 
 
 @pytest.mark.parametrize("skew", [0.0, ModelConstants().expert_popularity_skew.value])
 def test_moe_expert_reads_grow_with_batch_until_every_expert_is_touched(skew: float) -> None:
-    steps = StepModel(resolve_model("gpt-oss-120b"), load_hardware("dgx-spark"), load_engine("vllm"), constants=_constants(skew))
+    steps = StepModel(
+        resolve_model("gpt-oss-120b"), load_hardware("dgx-spark"), load_engine("vllm"), constants=_constants(skew)
+    )
     touched = [steps.distinct_experts(t) for t in (1, 2, 8, 64, 1024, 100_000)]
     assert touched[0] == pytest.approx(4) and touched == sorted(touched) and touched[-1] == pytest.approx(128, rel=1e-6)
 
@@ -166,7 +197,9 @@ def test_skewed_popularity_touches_fewer_experts_and_zero_skew_is_uniform_routin
 def test_multi_token_launch_overhead_applies_to_batched_steps_only() -> None:
     arch, spark = resolve_model("gpt-oss-20b"), load_hardware("dgx-spark")
     llama = load_engine("llama.cpp")
-    graphed = llama.model_copy(update={"multi_token_layer_overhead_us": llama.multi_token_layer_overhead_us.model_copy(update={"value": 0})})
+    graphed = llama.model_copy(
+        update={"multi_token_layer_overhead_us": llama.multi_token_layer_overhead_us.model_copy(update={"value": 0})}
+    )
     eager, plain = StepModel(arch, spark, llama), StepModel(arch, spark, graphed)
     one, two = StepBatch(decode_tokens=1, decode_context=512), StepBatch(decode_tokens=2, decode_context=512)
     assert eager.cycle_seconds([one]) == plain.cycle_seconds([one])

@@ -5,7 +5,9 @@ from __future__ import annotations
 from gateway.config import RoutingSettings
 from tuner.perfmodel.simulate import BatchLoad, ClassSLO, InteractiveLoad, ReplicaFailure, Scenario, simulate
 
-SHORT = Scenario(duration_s=120, interactive=InteractiveLoad(users=6, think_time_s=1.0), batch=BatchLoad(rate_per_s=0.3))
+SHORT = Scenario(
+    duration_s=120, interactive=InteractiveLoad(users=6, think_time_s=1.0), batch=BatchLoad(rate_per_s=0.3)
+)
 
 
 def test_same_seed_same_result_and_other_seed_differs() -> None:

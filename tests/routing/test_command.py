@@ -12,7 +12,9 @@ _spec.loader.exec_module(command)
 
 
 def test_a_live_run_replaces_only_its_plan_and_scenarios() -> None:
-    args = command.parse_args(["--live-only", "--live-plan", "benchmarks/routing/cpu-roles-swapped.yaml", "--live-scenarios", "steady"])
+    args = command.parse_args(
+        ["--live-only", "--live-plan", "benchmarks/routing/cpu-roles-swapped.yaml", "--live-scenarios", "steady"]
+    )
     assert args.live_setting == "live cpu-roles-swapped"
     assert command._reruns(args, "live cpu-roles-swapped", "steady")
     assert not command._reruns(args, "live cpu-roles-swapped", "burst")

@@ -11,9 +11,8 @@ import pytest
 
 from benchmarks.routing.live import kill_engine, sample_of
 from benchmarks.routing.scenarios import LIVE_SLO
-from tuner.bench.client import RequestRecord
 from deploy.ports import free_port
-
+from tuner.bench.client import RequestRecord
 
 
 def test_the_server_behind_a_url_is_killed_with_its_children() -> None:
@@ -40,7 +39,9 @@ def test_the_server_behind_a_url_is_killed_with_its_children() -> None:
 
 def record(stream: str, ttft: float, latency: float, tokens: int, error: str | None = None) -> RequestRecord:
     now = time.perf_counter()
-    return RequestRecord(stream=stream, start=now, end=now + latency, ttft=ttft, latency=latency, output_tokens=tokens, error_type=error)
+    return RequestRecord(
+        stream=stream, start=now, end=now + latency, ttft=ttft, latency=latency, output_tokens=tokens, error_type=error
+    )
 
 
 def test_each_class_is_judged_by_its_own_slo() -> None:

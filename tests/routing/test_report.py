@@ -13,11 +13,11 @@ from benchmarks.routing.report import (
     PolicyResult,
     RoutingReport,
     ScenarioResult,
+    YieldPoint,
     check_targets,
     kendall_tau,
     markdown_tables,
     ordering_check,
-    YieldPoint,
     plot_scenario,
     plot_yield,
     replace_results,
@@ -57,7 +57,11 @@ def report(setting: str = "sim", tandem_goodput: float = 3.0) -> RoutingReport:
             result(
                 setting,
                 "steady",
-                class_aware={"interactive_ttft_p99_ms": 110.0, "batch_output_tok_s": 96.0, "goodput_req_s": tandem_goodput},
+                class_aware={
+                    "interactive_ttft_p99_ms": 110.0,
+                    "batch_output_tok_s": 96.0,
+                    "goodput_req_s": tandem_goodput,
+                },
                 round_robin={"interactive_ttft_p99_ms": 300.0, "batch_output_tok_s": 90.0, "goodput_req_s": 2.0},
                 all_batch={"interactive_ttft_p99_ms": 500.0, "batch_output_tok_s": 99.0, "goodput_req_s": 1.0},
             ),
@@ -113,10 +117,25 @@ def test_one_chart_per_scenario(tmp_path: Path) -> None:
 def with_sweep() -> RoutingReport:
     full = report()
     full.yield_sweep = [
-        YieldPoint(setting="sim", fraction=fraction, max_hold_s=hold, release_s=10, result=PolicyResult(policy="class-aware", samples=[figures]))
+        YieldPoint(
+            setting="sim",
+            fraction=fraction,
+            max_hold_s=hold,
+            release_s=10,
+            result=PolicyResult(policy="class-aware", samples=[figures]),
+        )
         for fraction, hold, figures in (
             (1.0, 30, {"interactive_ttft_p99_ms": 200.0, "batch_output_tok_s": 90.0, "goodput_req_s": 3.0}),
-            (0.0, 60, {"interactive_ttft_p99_ms": 120.0, "batch_output_tok_s": 50.0, "goodput_req_s": 2.0, "batch_held_fraction": 0.8}),
+            (
+                0.0,
+                60,
+                {
+                    "interactive_ttft_p99_ms": 120.0,
+                    "batch_output_tok_s": 50.0,
+                    "goodput_req_s": 2.0,
+                    "batch_held_fraction": 0.8,
+                },
+            ),
         )
     ]
     return full

@@ -54,7 +54,9 @@ def test_spilling_starts_at_the_derived_threshold() -> None:
     chat = RequestFeatures(endpoint="chat", stream=True)
 
     def to(queue: int) -> str:
-        interactive = ReplicaLoad(name="interactive", traffic_class="interactive", in_flight=16 + queue, max_num_seqs=16)
+        interactive = ReplicaLoad(
+            name="interactive", traffic_class="interactive", in_flight=16 + queue, max_num_seqs=16
+        )
         decision, _ = route(chat, "interactive", [interactive, batch], settings, PolicyState())
         return decision.replica
 

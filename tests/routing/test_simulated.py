@@ -22,7 +22,9 @@ def test_scenarios_are_sized_from_the_plan() -> None:
 
 def test_every_policy_runs_with_the_plan_thresholds_and_replays_by_seed() -> None:
     scenarios = {name: s.model_copy(update={"duration_s": 120}) for name, s in simulated_scenarios(PLAN, 120).items()}
-    results = run_setting("sim", PLAN, scenarios, seeds=2, policies=("class-aware", "all-batch"), only=("steady", "failure"))
+    results = run_setting(
+        "sim", PLAN, scenarios, seeds=2, policies=("class-aware", "all-batch"), only=("steady", "failure")
+    )
     assert [r.scenario for r in results] == ["steady", "failure"]
     steady = results[0]
     assert [p.policy for p in steady.policies] == ["class-aware", "all-batch"]

@@ -37,7 +37,9 @@ def tpot(result, cls: str = "interactive") -> float:  # noqa: ANN001
 def test_an_idle_co_resident_replica_costs_nothing() -> None:
     alone = scenario()
     shared = simulate(alone, RoutingSettings(policy="all-interactive"), seed=1)
-    separate = simulate(alone.model_copy(update={"co_resident": False}), RoutingSettings(policy="all-interactive"), seed=1)
+    separate = simulate(
+        alone.model_copy(update={"co_resident": False}), RoutingSettings(policy="all-interactive"), seed=1
+    )
     assert tpot(shared) == tpot(separate)
 
 
@@ -52,7 +54,9 @@ def test_a_busy_co_resident_replica_slows_the_other_by_the_contention_factor() -
 def test_contention_follows_the_other_replica_going_idle() -> None:
     """A short batch burst: interactive cycles are slowed while it runs, and only then, so the
     median interactive TPOT stays at the alone figure instead of doubling."""
-    burst = scenario(batch=BatchLoad(burst_size=2, burst_start_s=10, burst_every_s=1000, shape=Workload(input_len=64, output_len=8)))
+    burst = scenario(
+        batch=BatchLoad(burst_size=2, burst_start_s=10, burst_every_s=1000, shape=Workload(input_len=64, output_len=8))
+    )
     slowed = simulate(burst, RoutingSettings(policy="class-aware"), seed=1)
     alone = simulate(scenario(), RoutingSettings(policy="class-aware"), seed=1)
     assert slowed.replica_busy_fraction["batch"] < 0.05
@@ -83,7 +87,10 @@ def test_a_burst_lands_when_it_is_told_to() -> None:
 
 def yielding(fraction: float, max_hold_s: float = 30.0) -> RoutingSettings:
     return RoutingSettings(
-        policy="class-aware", batch_yield_fraction=fraction, batch_yield_max_hold_s=max_hold_s, batch_yield_release_s=5.0
+        policy="class-aware",
+        batch_yield_fraction=fraction,
+        batch_yield_max_hold_s=max_hold_s,
+        batch_yield_release_s=5.0,
     )
 
 

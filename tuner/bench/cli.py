@@ -67,7 +67,7 @@ def _resolve_model(url: str, model: str | None) -> str:
         return model
     try:
         models = asyncio.run(served_models(url))
-    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+    except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
         console.print(f"[red]cannot list models at {url}/models ({type(exc).__name__}: {exc}); pass --model[/red]")
         raise typer.Exit(1) from None
     if not models:
@@ -101,7 +101,12 @@ def _configs(
             raise typer.BadParameter(str(exc), param_hint="--mix") from None
     elif request_rate is not None:
         stream_sets = [
-            [TrafficStream(workload=workload, load=OpenLoop(request_rate=rate, burstiness=burstiness, max_concurrency=max_concurrency))]
+            [
+                TrafficStream(
+                    workload=workload,
+                    load=OpenLoop(request_rate=rate, burstiness=burstiness, max_concurrency=max_concurrency),
+                )
+            ]
             for rate in _numbers(request_rate, float, "--request-rate")
         ]
     else:
@@ -117,7 +122,13 @@ def _configs(
 
 def _run_with_progress(config: BenchConfig, index: int, total: int) -> BenchResult:
     bounds = config.bounds
-    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[errors]} errors"), TimeElapsedColumn()]
+    columns = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[errors]} errors"),
+        TimeElapsedColumn(),
+    ]
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task(f"[{index}/{total}] {config.load_label}", total=bounds.num_requests, errors=0)
         errors = 0
@@ -133,10 +144,17 @@ def _run_with_progress(config: BenchConfig, index: int, total: int) -> BenchResu
 @bench_app.callback()
 def bench(
     ctx: typer.Context,
-    url: Annotated[str | None, typer.Option(envvar="TANDEM_BENCH_URL", help="Base URL with /v1, e.g. http://127.0.0.1:8000/v1")] = None,
-    model: Annotated[str | None, typer.Option(envvar="TANDEM_BENCH_MODEL", help="Model name; default: the first of GET /models")] = None,
+    url: Annotated[
+        str | None, typer.Option(envvar="TANDEM_BENCH_URL", help="Base URL with /v1, e.g. http://127.0.0.1:8000/v1")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(envvar="TANDEM_BENCH_MODEL", help="Model name; default: the first of GET /models")
+    ] = None,
     api: Annotated[str, typer.Option(help="completions (like vllm bench serve) or chat")] = "completions",
-    workload: Annotated[str, typer.Option(help=f"Preset: {', '.join(f'{k} ({v.input_len}/{v.output_len})' for k, v in WORKLOADS.items())}")] = "equal",
+    workload: Annotated[
+        str,
+        typer.Option(help=f"Preset: {', '.join(f'{k} ({v.input_len}/{v.output_len})' for k, v in WORKLOADS.items())}"),
+    ] = "equal",
     input_len: Annotated[int | None, typer.Option(help="Prompt tokens; overrides the preset")] = None,
     output_len: Annotated[int | None, typer.Option(help="Generated tokens; overrides the preset")] = None,
     range_ratio: Annotated[float, typer.Option(help="Lengths drawn from [L(1-r), L(1+r)]")] = 0.0,
@@ -148,7 +166,9 @@ def bench(
     mix: Annotated[str | None, typer.Option(help="interactive=N[:WORKLOAD],batch=M[:WORKLOAD] or batch-rate=R")] = None,
     think_time: Annotated[float, typer.Option(help="Seconds a closed-loop user waits between requests")] = 0.0,
     slo: Annotated[str | None, typer.Option(help="Goodput SLOs in ms, e.g. ttft:500,tpot:50,e2el:20000")] = None,
-    num_requests: Annotated[int | None, typer.Option(help=f"Measured requests per run (default {DEFAULT_NUM_REQUESTS} without --duration)")] = None,
+    num_requests: Annotated[
+        int | None, typer.Option(help=f"Measured requests per run (default {DEFAULT_NUM_REQUESTS} without --duration)")
+    ] = None,
     duration: Annotated[float | None, typer.Option(help="Seconds per run to keep sending")] = None,
     warmup: Annotated[int, typer.Option(help="Unmeasured warm-up requests before each run")] = 2,
     seed: Annotated[int, typer.Option(help="Seed for prompts, lengths and arrivals")] = 0,
@@ -186,9 +206,18 @@ def bench(
         url=url, model=_resolve_model(url, model), api=api, headers=_headers(header or []), timeout_s=timeout
     )
     configs = _configs(
-        endpoint=endpoint, workload=shape, bounds=bounds, slo=slo_spec, seed=seed, tokenizer=tokenizer,
-        concurrency=concurrency, request_rate=request_rate, burstiness=burstiness,
-        max_concurrency=max_concurrency, mix=mix, think_time=think_time,
+        endpoint=endpoint,
+        workload=shape,
+        bounds=bounds,
+        slo=slo_spec,
+        seed=seed,
+        tokenizer=tokenizer,
+        concurrency=concurrency,
+        request_rate=request_rate,
+        burstiness=burstiness,
+        max_concurrency=max_concurrency,
+        mix=mix,
+        think_time=think_time,
     )
     result_set = ResultSet(label=label)
     for index, config in enumerate(configs, start=1):

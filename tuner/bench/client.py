@@ -10,7 +10,6 @@ an error type, never raised and never dropped.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from dataclasses import dataclass, field
@@ -116,7 +115,7 @@ class StreamingClient:
                 if response.status != 200:
                     return record.fail(f"http_{response.status}", _error_message(await response.read(), response))
                 return await self._read_stream(response, record)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return record.fail("timeout", f"no complete response within {self._endpoint.timeout_s:g} s")
         except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
             kind = "stream_cut" if responded else "connection"

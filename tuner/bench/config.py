@@ -164,9 +164,7 @@ class BenchConfig(_Model):
     bounds: Bounds
     slo: SLO | None = None
     seed: int = 0
-    tokenizer: str | None = Field(
-        default=None, description="Local tokenizer directory for exact prompt lengths"
-    )
+    tokenizer: str | None = Field(default=None, description="Local tokenizer directory for exact prompt lengths")
 
     @model_validator(mode="after")
     def _distinct_streams(self) -> BenchConfig:

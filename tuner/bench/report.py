@@ -30,7 +30,17 @@ def results_table(results: Iterable[BenchResult], *, title: str = "tuner bench")
     table = Table(title=f"{title} (latencies in ms)", header_style="bold", title_justify="left")
     for name in ("load", "class"):
         table.add_column(name, no_wrap=True)
-    for name in ("ok/sent", "req/s", "tok/s out", "TTFT p50", "TTFT p99", "TPOT p50", "TPOT p99", "ITL p50", "E2EL p50"):
+    for name in (
+        "ok/sent",
+        "req/s",
+        "tok/s out",
+        "TTFT p50",
+        "TTFT p99",
+        "TPOT p50",
+        "TPOT p99",
+        "ITL p50",
+        "E2EL p50",
+    ):
         table.add_column(name, justify="right")
     if with_slo:
         table.add_column("good req/s", justify="right")
@@ -68,7 +78,9 @@ def print_report(results: Iterable[BenchResult], console: Console) -> None:
             sample = result.overall.error_samples.get(error_type, "")
             console.print(f"[red]{result.config.load_label}: {count} x {error_type}[/red]: {sample}")
         if result.warmup.failed:
-            console.print(f"[yellow]{result.config.load_label}: {result.warmup.failed}/{result.warmup.requests} warm-up requests failed[/yellow]")
+            console.print(
+                f"[yellow]{result.config.load_label}: {result.warmup.failed}/{result.warmup.requests} warm-up requests failed[/yellow]"
+            )
     if results:
         m = results[0].overall
         if m.mean_input_tokens is not None and m.mean_output_tokens is not None:

@@ -46,7 +46,9 @@ async def benchmark(config: BenchConfig, *, on_request: ProgressFn | None = None
         def sender(stream: TrafficStream, index: int, sink: list[RequestRecord]) -> SendFn:
             prompts = PromptFactory(stream.workload, seed=config.seed, stream=index, tokenizer=tokenizer)
             # A count-bounded run knows how many prompts a stream can need: build them before timing.
-            prompts.prepare(config.bounds.warmup_requests if index == _WARMUP_STREAM else config.bounds.num_requests or 0)
+            prompts.prepare(
+                config.bounds.warmup_requests if index == _WARMUP_STREAM else config.bounds.num_requests or 0
+            )
 
             async def send() -> RequestRecord:
                 record = await client.send(

@@ -41,9 +41,13 @@ class ProgressReporter(Reporter):
     def trial(self, label: str, trial: FrozenTrial) -> None:
         self.progress.advance(self.tasks[label])
         if trial.user_attrs.get(INFEASIBLE):
-            self.progress.console.print(f"[yellow]{label} trial {trial.number} infeasible:[/] {trial.user_attrs[INFEASIBLE]}")
+            self.progress.console.print(
+                f"[yellow]{label} trial {trial.number} infeasible:[/] {trial.user_attrs[INFEASIBLE]}"
+            )
         elif trial.state == TrialState.COMPLETE and "live" in label:
-            self.progress.console.print(f"{label} trial {trial.number}: {trial.user_attrs.get('candidate')} -> {trial.values}")
+            self.progress.console.print(
+                f"{label} trial {trial.number}: {trial.user_attrs.get('candidate')} -> {trial.values}"
+            )
 
 
 def _slo(text: str | None, option: str) -> dict | None:
@@ -57,7 +61,16 @@ def _slo(text: str | None, option: str) -> dict | None:
 
 def _table(result: OptimizeResult) -> Table:
     table = Table(title=f"tuner optimize: {result.model} on {result.cluster} ({result.evaluate})")
-    for column in ("class", "trials", "infeasible", "chosen", "TTFT p90 ms", "TPOT p50 ms", "output tok/s", "vs template"):
+    for column in (
+        "class",
+        "trials",
+        "infeasible",
+        "chosen",
+        "TTFT p90 ms",
+        "TPOT p50 ms",
+        "output tok/s",
+        "vs template",
+    ):
         table.add_column(column, justify="left" if column in ("class", "chosen", "vs template") else "right")
     for name, summary in result.classes.items():
         m = summary.chosen.measured
@@ -77,24 +90,42 @@ def _table(result: OptimizeResult) -> Table:
 
 @optimize_app.callback(invoke_without_command=True)
 def optimize_command(
-    model: Annotated[str, typer.Option(help="Model alias (llama-3.1-8b, gpt-oss-20b, ...), hub id, local HF dir, or 'demo'.")],
-    cluster: Annotated[str, typer.Option(help=f"{' | '.join(BUILT_IN_TARGETS)} | a cluster-target YAML file.")] = "dgx-spark-pair",
-    evaluate: Annotated[str, typer.Option(help="model: the performance model (seconds); live: deploy and bench each trial.")] = "model",
+    model: Annotated[
+        str, typer.Option(help="Model alias (llama-3.1-8b, gpt-oss-20b, ...), hub id, local HF dir, or 'demo'.")
+    ],
+    cluster: Annotated[
+        str, typer.Option(help=f"{' | '.join(BUILT_IN_TARGETS)} | a cluster-target YAML file.")
+    ] = "dgx-spark-pair",
+    evaluate: Annotated[
+        str, typer.Option(help="model: the performance model (seconds); live: deploy and bench each trial.")
+    ] = "model",
     trials: Annotated[int, typer.Option(min=1, help="Trials per class (a resumed study counts the ones it has).")] = 40,
     workload: Annotated[str, typer.Option(help=f"Request shape: {', '.join(WORKLOADS)}.")] = "equal",
     slo: Annotated[str | None, typer.Option(help="Batch SLOs, e.g. tpot_p99:200,ttft_p99:10000 (the default).")] = None,
     interactive_slo: Annotated[str | None, typer.Option(help="Optional interactive SLOs, e.g. ttft_p90:1000.")] = None,
-    interactive_concurrency: Annotated[int, typer.Option(min=1, help="Concurrency the interactive class is judged at.")] = 4,
+    interactive_concurrency: Annotated[
+        int, typer.Option(min=1, help="Concurrency the interactive class is judged at.")
+    ] = 4,
     batch_concurrency: Annotated[int, typer.Option(min=1, help="Concurrency the batch class is judged at.")] = 64,
-    storage: Annotated[str, typer.Option(help="Optuna storage URL; the same one resumes the studies.")] = DEFAULT_STORAGE,
+    storage: Annotated[
+        str, typer.Option(help="Optuna storage URL; the same one resumes the studies.")
+    ] = DEFAULT_STORAGE,
     out: Annotated[Path, typer.Option(help="Folder for the plan and the report.")] = Path("plans"),
     seed: Annotated[int, typer.Option(help="Sampler seed (model-evaluated studies are reproducible with it).")] = 0,
-    routing_trials: Annotated[int, typer.Option(min=0, help="Simulated trials for the spill thresholds (0: keep the template's).")] = 20,
+    routing_trials: Annotated[
+        int, typer.Option(min=0, help="Simulated trials for the spill thresholds (0: keep the template's).")
+    ] = 20,
     warm_start: Annotated[int, typer.Option(min=0, help="Live: model-ranked points tried first.")] = 2,
     live_requests: Annotated[int, typer.Option(min=1, help="Live: measured requests per trial (at most).")] = 64,
-    live_duration: Annotated[float, typer.Option(min=1, help="Live: longest measured phase per trial, seconds.")] = 60.0,
-    trial_timeout: Annotated[float, typer.Option(min=1, help="Live: a trial not started and measured by then is infeasible.")] = 600.0,
-    ray_address: Annotated[str | None, typer.Option(help="Live: join this Ray cluster instead of starting a local one.")] = None,
+    live_duration: Annotated[
+        float, typer.Option(min=1, help="Live: longest measured phase per trial, seconds.")
+    ] = 60.0,
+    trial_timeout: Annotated[
+        float, typer.Option(min=1, help="Live: a trial not started and measured by then is infeasible.")
+    ] = 600.0,
+    ray_address: Annotated[
+        str | None, typer.Option(help="Live: join this Ray cluster instead of starting a local one.")
+    ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
 ) -> None:
     """Find the best layout and engine settings per traffic class; write plans/<model>.<cluster>.yaml."""
@@ -124,7 +155,12 @@ def optimize_command(
     )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     progress = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=json_output
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=json_output,
     )
     try:
         with progress:

@@ -83,7 +83,9 @@ def tuned_replica(template: ServingPlan, traffic_class: TrafficClass, candidate:
     )
 
 
-def baseline_candidate(template: ServingPlan, traffic_class: TrafficClass, space: SearchSpace, default_tokens: int) -> Candidate:
+def baseline_candidate(
+    template: ServingPlan, traffic_class: TrafficClass, space: SearchSpace, default_tokens: int
+) -> Candidate:
     """The template replica's settings as a point of the space (unset values as vLLM resolves them)."""
     from tuner.perfmodel import Layout
 
@@ -148,7 +150,9 @@ def infeasible_summary(study: optuna.Study, objective: ClassObjective) -> str:
     return ", ".join(parts)
 
 
-def pick_interactive(study: optuna.Study, objective: ClassObjective, space: SearchSpace, tolerance: float = 0.02) -> FrozenTrial:
+def pick_interactive(
+    study: optuna.Study, objective: ClassObjective, space: SearchSpace, tolerance: float = 0.02
+) -> FrozenTrial:
     feasible = feasible_trials(study, objective)
     usable = {t.number for t in feasible}
     front = [t for t in study.best_trials if t.number in usable]
@@ -156,15 +160,23 @@ def pick_interactive(study: optuna.Study, objective: ClassObjective, space: Sear
         raise NoFeasibleTrial(f"no usable interactive trial: {infeasible_summary(study, objective)}")
     best = [min(t.values[i] for t in front) for i in range(len(objective.targets))]
     balanced = min(front, key=lambda t: max(v / b for v, b in zip(t.values, best, strict=True)))
-    near = [t for t in feasible if all(v <= bv * (1 + tolerance) for v, bv in zip(t.values, balanced.values, strict=True))]
+    near = [
+        t for t in feasible if all(v <= bv * (1 + tolerance) for v, bv in zip(t.values, balanced.values, strict=True))
+    ]
     return min(near, key=lambda t: (space.from_params(t.params).memory_share or 0.0, t.number))
 
 
-def pick_batch(study: optuna.Study, objective: ClassObjective, space: SearchSpace, max_share: float | None) -> FrozenTrial:
+def pick_batch(
+    study: optuna.Study, objective: ClassObjective, space: SearchSpace, max_share: float | None
+) -> FrozenTrial:
     feasible = feasible_trials(study, objective)
     if not feasible:
         raise NoFeasibleTrial(f"no batch trial is feasible: {infeasible_summary(study, objective)}")
-    fitting = [t for t in feasible if max_share is None or (space.from_params(t.params).memory_share or 0.0) <= max_share + 1e-9]
+    fitting = [
+        t
+        for t in feasible
+        if max_share is None or (space.from_params(t.params).memory_share or 0.0) <= max_share + 1e-9
+    ]
     if not fitting:
         raise NoFeasibleTrial(
             f"every feasible batch trial needs more than the {max_share:.2f} memory share left beside the interactive replica"

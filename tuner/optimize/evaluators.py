@@ -14,10 +14,12 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator, Protocol
+from typing import Protocol
 
 from deploy.plan import Replica, ServingPlan
+from deploy.ports import free_port
 from tuner.bench import BenchConfig, Bounds, ClosedLoop, Endpoint, TrafficStream, WorkloadSpec, run_benchmark
 from tuner.optimize.compose import single_replica_plan
 from tuner.optimize.objectives import ClassObjective, Measurement
@@ -25,7 +27,6 @@ from tuner.optimize.space import Candidate
 from tuner.perfmodel import EngineSettings, HardwareProfile, ModelArchitecture, Prediction
 from tuner.perfmodel.predict import build_replica, predict_replica
 from tuner.workloads import Workload
-from deploy.ports import free_port
 
 MAX_FAILED_FRACTION = 0.05
 """A live trial that loses more than this share of its requests is infeasible, not slow."""
@@ -94,7 +95,6 @@ def measurement_from_prediction(prediction: Prediction) -> Measurement:
         tpot_p99_ms=tpot,
         output_tok_s=prediction.output_tok_s,
     )
-
 
 
 def _failure_reason(error: BaseException) -> str:

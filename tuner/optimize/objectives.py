@@ -20,7 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.config import TrafficClass
 
-Metric = Literal["ttft_p50_ms", "ttft_p90_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p90_ms", "tpot_p99_ms", "output_tok_s"]
+Metric = Literal[
+    "ttft_p50_ms", "ttft_p90_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p90_ms", "tpot_p99_ms", "output_tok_s"
+]
 LATENCY_METRICS: tuple[Metric, ...] = (
     "ttft_p50_ms",
     "ttft_p90_ms",
@@ -86,12 +88,16 @@ class ClassObjective(BaseModel):
     slo: dict[Metric, float] = Field(default_factory=dict)
 
     @classmethod
-    def interactive(cls, concurrency: int = DEFAULT_INTERACTIVE_CONCURRENCY, slo: dict[Metric, float] | None = None) -> ClassObjective:
+    def interactive(
+        cls, concurrency: int = DEFAULT_INTERACTIVE_CONCURRENCY, slo: dict[Metric, float] | None = None
+    ) -> ClassObjective:
         targets = (("ttft_p90_ms", "minimize"), ("tpot_p50_ms", "minimize"))
         return cls(traffic_class="interactive", concurrency=concurrency, targets=targets, slo=slo or {})
 
     @classmethod
-    def batch(cls, concurrency: int = DEFAULT_BATCH_CONCURRENCY, slo: dict[Metric, float] | None = None) -> ClassObjective:
+    def batch(
+        cls, concurrency: int = DEFAULT_BATCH_CONCURRENCY, slo: dict[Metric, float] | None = None
+    ) -> ClassObjective:
         return cls(
             traffic_class="batch",
             concurrency=concurrency,

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 import optuna
 from optuna.trial import TrialState
 
-
 if TYPE_CHECKING:
     from tuner.optimize.evaluators import ModelEvaluator
     from tuner.optimize.runner import OptimizeRequest, OptimizeResult
@@ -46,7 +45,9 @@ def write_plot(
     front = {t.number for t in interactive.best_trials}
     front_ax.scatter([t.values[0] for t in done], [t.values[1] for t in done], s=12, c="lightgray", label="trials")
     on_front = sorted((t for t in done if t.number in front), key=lambda t: t.values[0])
-    front_ax.plot([t.values[0] for t in on_front], [t.values[1] for t in on_front], "o-", c="tab:blue", label="Pareto front")
+    front_ax.plot(
+        [t.values[0] for t in on_front], [t.values[1] for t in on_front], "o-", c="tab:blue", label="Pareto front"
+    )
     chosen = next(t for t in done if t.number == chosen_interactive)
     front_ax.scatter([chosen.values[0]], [chosen.values[1]], s=120, marker="*", c="tab:red", zorder=3, label="chosen")
     front_ax.set(title="Interactive: Pareto front", xlabel="TTFT p90 (ms)", ylabel="TPOT p50 (ms)")
@@ -57,8 +58,15 @@ def write_plot(
         for kind, trial in _best_by_layout_kind(studies["batch"], batch_space).items():
             candidate = batch_space.from_params(trial.params)
             points = [(c, predictor.predict(candidate, c).output_tok_s) for c in CONCURRENCY_AXIS]
-            scale_ax.plot([c for c, v in points if v], [v for _, v in points if v], "o-", label=f"best {kind}: {candidate.label()}")
-        scale_ax.set(xscale="log", title="Batch: throughput vs concurrency (model)", xlabel="concurrency", ylabel="output tok/s")
+            scale_ax.plot(
+                [c for c, v in points if v],
+                [v for _, v in points if v],
+                "o-",
+                label=f"best {kind}: {candidate.label()}",
+            )
+        scale_ax.set(
+            xscale="log", title="Batch: throughput vs concurrency (model)", xlabel="concurrency", ylabel="output tok/s"
+        )
         scale_ax.legend(fontsize=7)
     else:
         scale_ax.text(0.5, 0.5, "no performance-model profile\nfor this cluster", ha="center", va="center")
@@ -113,7 +121,9 @@ def markdown(result: OptimizeResult, png_name: str) -> str:
         lines += ["", "## How far the model was off (median measured / predicted over live trials)", ""]
         lines += ["| class | TTFT p90 | TPOT p50 | output tok/s |", "|---|---|---|---|"]
         for name, error in errors.items():
-            lines.append(f"| {name} | {error['ttft_p90_ms']:.2f} | {error['tpot_p50_ms']:.2f} | {error['output_tok_s']:.2f} |")
+            lines.append(
+                f"| {name} | {error['ttft_p90_ms']:.2f} | {error['tpot_p50_ms']:.2f} | {error['output_tok_s']:.2f} |"
+            )
     routing = result.routing
     lines += [
         "",
@@ -143,7 +153,9 @@ def write_report(
     request: OptimizeRequest,
 ) -> Path:
     stem = f"{result.model}.{result.cluster}.report"
-    png = write_plot(request.out / f"{stem}.png", studies, predictor, spaces, result.classes["interactive"].chosen.trial)
+    png = write_plot(
+        request.out / f"{stem}.png", studies, predictor, spaces, result.classes["interactive"].chosen.trial
+    )
     path = request.out / f"{stem}.md"
     path.write_text(markdown(result, png.name))
     return path

@@ -20,8 +20,8 @@ from optuna.trial import FrozenTrial
 
 from deploy.plan import Replica
 from gateway.config import RoutingSettings
-from tuner.optimize.study import make_sampler
 from tuner.optimize.objectives import ClassObjective
+from tuner.optimize.study import make_sampler
 from tuner.perfmodel import EngineSettings, Layout
 from tuner.perfmodel.simulate import BatchLoad, ClassSLO, InteractiveLoad, Scenario, SimReplica, SimResult, simulate
 from tuner.workloads import Workload
@@ -63,15 +63,15 @@ def routing_scenario(
             ttft_ms=interactive.slo.get("ttft_p90_ms", DEFAULT_INTERACTIVE_SIM_SLO.ttft_ms),
             tpot_ms=interactive.slo.get("tpot_p50_ms", DEFAULT_INTERACTIVE_SIM_SLO.tpot_ms),
         ),
-        "batch": ClassSLO(
-            ttft_ms=batch.slo.get("ttft_p99_ms", 60_000), tpot_ms=batch.slo.get("tpot_p99_ms", 1_000)
-        ),
+        "batch": ClassSLO(ttft_ms=batch.slo.get("ttft_p99_ms", 60_000), tpot_ms=batch.slo.get("tpot_p99_ms", 1_000)),
     }
     return Scenario(
         model=model,
         hardware=hardware,
         replicas=tuple(_sim_replica(r) for r in replicas),
-        interactive=InteractiveLoad(users=USERS_PER_SLOT * interactive.concurrency, think_time_s=THINK_TIME_S, shape=workload),
+        interactive=InteractiveLoad(
+            users=USERS_PER_SLOT * interactive.concurrency, think_time_s=THINK_TIME_S, shape=workload
+        ),
         batch=BatchLoad(rate_per_s=BATCH_LOAD * batch_request_rate, shape=workload),
         duration_s=SIM_DURATION_S,
         slo=slo,
@@ -84,7 +84,11 @@ def _suggest(trial: optuna.Trial, base: RoutingSettings) -> RoutingSettings:
     release = trial.suggest_int("spill_release_threshold", 0, queue - 1) if queue > 1 else 0
     headroom = trial.suggest_int("spill_target_headroom", 0, 64, step=4)
     fraction = trial.suggest_float("batch_yield_fraction", 0.0, 1.0, step=0.25)
-    hold = trial.suggest_float("batch_yield_max_hold_s", 5.0, 120.0, log=True) if fraction < 1 else base.batch_yield_max_hold_s
+    hold = (
+        trial.suggest_float("batch_yield_max_hold_s", 5.0, 120.0, log=True)
+        if fraction < 1
+        else base.batch_yield_max_hold_s
+    )
     return base.model_copy(
         update={
             "spill_queue_threshold": queue,
@@ -109,7 +113,9 @@ def tune_routing(
     and the trial that found them (None: no trial kept batch output, the base is returned)."""
     floor = (1 - BATCH_TOLERANCE) * simulate(scenario, base, seed).classes["batch"].output_tok_s
     sampler = make_sampler(seed)
-    study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize", sampler=sampler, load_if_exists=True)
+    study = optuna.create_study(
+        study_name=study_name, storage=storage, direction="maximize", sampler=sampler, load_if_exists=True
+    )
     if not study.get_trials(deepcopy=False):
         study.enqueue_trial(
             {
@@ -132,7 +138,11 @@ def tune_routing(
     missing = max(0, n_trials - len(study.get_trials(deepcopy=False)))
     if missing:
         study.optimize(run, n_trials=missing, callbacks=callbacks or [])
-    feasible: list[FrozenTrial] = [t for t in study.get_trials(deepcopy=False) if t.value is not None and all(c <= 0 for c in t.constraints.values())]
+    feasible: list[FrozenTrial] = [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if t.value is not None and all(c <= 0 for c in t.constraints.values())
+    ]
     if not feasible:
         return base, None
     best = max(feasible, key=lambda t: (t.value, -t.number))

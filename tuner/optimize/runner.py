@@ -72,7 +72,9 @@ class OptimizeRequest(BaseModel):
     warm_start: int = Field(2, ge=0, description="Model-ranked points queued first in a live study.")
     live_requests: int = Field(64, ge=1, description="Measured requests per live trial (at most).")
     live_duration_s: float = Field(60.0, gt=0, description="Longest measured phase of a live trial.")
-    trial_timeout_s: float = Field(600.0, gt=0, description="A live trial not served and measured by then is infeasible.")
+    trial_timeout_s: float = Field(
+        600.0, gt=0, description="A live trial not served and measured by then is infeasible."
+    )
     ray_address: str | None = None
 
 
@@ -122,7 +124,9 @@ class Reporter:
     def note(self, text: str) -> None: ...
 
 
-def _default_tokens(target: ClusterTarget, predictor: ModelEvaluator | None, template: ServingPlan, traffic_class: TrafficClass) -> int:
+def _default_tokens(
+    target: ClusterTarget, predictor: ModelEvaluator | None, template: ServingPlan, traffic_class: TrafficClass
+) -> int:
     """vLLM's own max_num_batched_tokens default for the template's replica (vllm/engine/arg_utils.py,
     get_batch_defaults, vLLM 0.32): by device memory on GPUs; 2048 x world size on the CPU."""
     if predictor is not None:
@@ -146,10 +150,14 @@ def search_spaces(
         reasons: list[str] = []
         fitting = []
         for layout in layouts:
-            reason = predictor.memory_check(Candidate(layout, 1, True, target.max_num_batched_tokens[0], shares.high if shares else None))
+            reason = predictor.memory_check(
+                Candidate(layout, 1, True, target.max_num_batched_tokens[0], shares.high if shares else None)
+            )
             (reasons.append(reason) if reason else fitting.append(layout))
         if not fitting:
-            raise TargetError(f"cluster {target.name!r} cannot hold {model.key}: every layout fails, " + "; ".join(reasons))
+            raise TargetError(
+                f"cluster {target.name!r} cannot hold {model.key}: every layout fails, " + "; ".join(reasons)
+            )
         layouts = fitting
     spaces: dict[TrafficClass, SearchSpace] = {}
     low, high, step = target.max_num_batched_tokens
@@ -197,7 +205,10 @@ def _summary(cs: ClassStudy, chosen: FrozenTrial, ran_now: int) -> ClassSummary:
             ratio[metric] = chosen_point.measured.value(metric) / base_point.measured.value(metric)
     front = []
     if objective.is_multi_objective:
-        front = [dict(zip((m for m, _ in objective.targets), t.values, strict=True)) | {"trial": t.number} for t in study.best_trials]
+        front = [
+            dict(zip((m for m, _ in objective.targets), t.values, strict=True)) | {"trial": t.number}
+            for t in study.best_trials
+        ]
     return ClassSummary(
         study=study.study_name,
         objective=objective.describe(),
@@ -230,7 +241,9 @@ def optimize(request: OptimizeRequest, reporter: Reporter | None = None) -> Opti
             "use --evaluate live"
         )
     if request.evaluate == "live" and predictor is None:
-        notes.append(f"no performance-model profile for {target.name}: live trials run without a warm start or predictions")
+        notes.append(
+            f"no performance-model profile for {target.name}: live trials run without a warm start or predictions"
+        )
     spaces = search_spaces(target, template, predictor, model)
     objectives = {
         "interactive": ClassObjective.interactive(request.interactive_concurrency, request.interactive_slo),
@@ -269,7 +282,12 @@ def optimize(request: OptimizeRequest, reporter: Reporter | None = None) -> Opti
                 if request.evaluate == "live" and predictor is not None
                 else []
             )
-            cs.seed_new_study(baseline_candidate(template, traffic_class, space, _default_tokens(target, predictor, template, traffic_class)), warm)
+            cs.seed_new_study(
+                baseline_candidate(
+                    template, traffic_class, space, _default_tokens(target, predictor, template, traffic_class)
+                ),
+                warm,
+            )
             label = f"{traffic_class} ({request.evaluate})"
             reporter.phase(label, request.trials)
             ran[traffic_class] = cs.run(request.trials, callbacks=[lambda s, t, label=label: reporter.trial(label, t)])
@@ -286,7 +304,9 @@ def optimize(request: OptimizeRequest, reporter: Reporter | None = None) -> Opti
         tuned_replica(template, "batch", batch_point),
     ]
 
-    routing, routing_info = _tune_routing(request, model, target, template, replicas, predictor, objectives, batch_point, reporter)
+    routing, routing_info = _tune_routing(
+        request, model, target, template, replicas, predictor, objectives, batch_point, reporter
+    )
     notes.extend(routing_info.pop("notes", []))  # type: ignore[arg-type]
     plan = compose_plan(template, replicas, routing)
     plan_path = request.out / f"{model.key}.{target.name}.yaml"
@@ -307,7 +327,11 @@ def optimize(request: OptimizeRequest, reporter: Reporter | None = None) -> Opti
     )
     from tuner.optimize.report import write_report
 
-    return result.model_copy(update={"report_path": write_report(result, {c: s.study for c, s in studies.items()}, predictor, spaces, request)})
+    return result.model_copy(
+        update={
+            "report_path": write_report(result, {c: s.study for c, s in studies.items()}, predictor, spaces, request)
+        }
+    )
 
 
 def _tune_routing(
@@ -324,10 +348,20 @@ def _tune_routing(
     base = template.gateway.routing
     if predictor is None or target.hardware is None or request.routing_trials == 0:
         why = "no performance-model profile" if predictor is None else "--routing-trials 0"
-        return base, {"tuned": False, "notes": [f"spill thresholds kept from the template ({why})"], **_thresholds(base)}
+        return base, {
+            "tuned": False,
+            "notes": [f"spill thresholds kept from the template ({why})"],
+            **_thresholds(base),
+        }
     rate = predictor.predict(batch_point, objectives["batch"].concurrency).request_s or 0.0
     scenario = routing_scenario(
-        model.source, target.hardware, replicas, predictor.workload, objectives["interactive"], objectives["batch"], rate
+        model.source,
+        target.hardware,
+        replicas,
+        predictor.workload,
+        objectives["interactive"],
+        objectives["batch"],
+        rate,
     )
     reporter.phase("routing (simulated)", request.routing_trials)
     name = study_name(model.key, target.name, "routing")

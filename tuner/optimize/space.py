@@ -135,7 +135,12 @@ class SearchSpace:
 
     def size(self) -> int:
         shares = len(self.memory_share.values()) if self.memory_share else 1
-        return len(self.layouts) * len(self.max_num_seqs.values()) * (len(self.max_num_batched_tokens.values()) + 1) * shares
+        return (
+            len(self.layouts)
+            * len(self.max_num_seqs.values())
+            * (len(self.max_num_batched_tokens.values()) + 1)
+            * shares
+        )
 
     def grid(self, points_per_knob: int = 3) -> dict[str, list[object]]:
         """A coarse Cartesian grid (what sweep tools run): every layout, chunking on and off,

@@ -54,14 +54,24 @@ def make_sampler(seed: int | None) -> optuna.samplers.BaseSampler:
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=STARTUP_TRIALS, multivariate=True, group=True)
 
 
-def open_study(name: str, storage: str | optuna.storages.BaseStorage, objective: ClassObjective, sampler: optuna.samplers.BaseSampler) -> optuna.Study:
+def open_study(
+    name: str,
+    storage: str | optuna.storages.BaseStorage,
+    objective: ClassObjective,
+    sampler: optuna.samplers.BaseSampler,
+) -> optuna.Study:
     """Create the study, or load it to resume; its directions must match the objective's."""
     study = optuna.create_study(
         study_name=name, storage=storage, directions=objective.directions, sampler=sampler, load_if_exists=True
     )
-    wanted = [optuna.study.StudyDirection.MINIMIZE if d == "minimize" else optuna.study.StudyDirection.MAXIMIZE for d in objective.directions]
+    wanted = [
+        optuna.study.StudyDirection.MINIMIZE if d == "minimize" else optuna.study.StudyDirection.MAXIMIZE
+        for d in objective.directions
+    ]
     if study.directions != wanted:
-        raise ValueError(f"study {name!r} in the storage optimises {study.directions}, not {wanted}; use another --storage")
+        raise ValueError(
+            f"study {name!r} in the storage optimises {study.directions}, not {wanted}; use another --storage"
+        )
     study.set_user_attr("objective", objective.model_dump(mode="json"))
     return study
 
@@ -71,7 +81,9 @@ def recover_interrupted(study: optuna.Study) -> int:
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for trial in stale:
         study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)  # noqa: SLF001 - storage API
-        study.enqueue_trial(trial.params, user_attrs={k: v for k, v in trial.user_attrs.items() if k == ROLE}, skip_if_exists=True)
+        study.enqueue_trial(
+            trial.params, user_attrs={k: v for k, v in trial.user_attrs.items() if k == ROLE}, skip_if_exists=True
+        )
     return len(stale)
 
 
@@ -79,9 +91,7 @@ def finished_count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
-def warm_start(
-    space: SearchSpace, objective: ClassObjective, predictor: ModelEvaluator, count: int
-) -> list[Candidate]:
+def warm_start(space: SearchSpace, objective: ClassObjective, predictor: ModelEvaluator, count: int) -> list[Candidate]:
     """The `count` best points of the space by the model's prediction (for a live study's first trials)."""
     scored: list[tuple[float, Candidate]] = []
     for candidate in space.candidates():

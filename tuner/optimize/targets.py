@@ -79,10 +79,14 @@ class ClusterTarget(BaseModel):
         None, description="Performance-model hardware profile; None: only live evaluation (no predictions)."
     )
     template: Path | None = Field(
-        None, description="Plan whose replicas give placement, env and engine defaults; default: the model's Spark plan."
+        None,
+        description="Plan whose replicas give placement, env and engine defaults; default: the model's Spark plan.",
     )
     memory_budget: float | None = Field(
-        None, gt=0, le=1, description="Share of each device all replicas may take together; default: the template's sum."
+        None,
+        gt=0,
+        le=1,
+        description="Share of each device all replicas may take together; default: the template's sum.",
     )
     max_num_batched_tokens: tuple[int, int, int] = Field(
         (1024, 16384, 1024), description="(low, high, step) of the chunked-prefill token budget searched."

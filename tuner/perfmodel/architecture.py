@@ -176,8 +176,10 @@ class ModelArchitecture(BaseModel):
 
     @property
     def weight_bytes_total(self) -> float:
-        return self.num_layers * self.layer_bytes() + self.embedding_bytes() + (
-            0.0 if self.tie_word_embeddings else self.lm_head_bytes()
+        return (
+            self.num_layers * self.layer_bytes()
+            + self.embedding_bytes()
+            + (0.0 if self.tie_word_embeddings else self.lm_head_bytes())
         )
 
     def kv_bytes_per_token_layer(self, tp: int = 1) -> float:
@@ -238,7 +240,11 @@ def from_hf_config(config: dict[str, Any], name: str, hub_id: str | None = None)
     heads = int(text["num_attention_heads"])
     hidden = int(text["hidden_size"])
     experts = int(text.get("num_local_experts") or text.get("num_experts") or 0)
-    width = int(text.get("moe_intermediate_size") or text["intermediate_size"]) if experts else int(text["intermediate_size"])
+    width = (
+        int(text.get("moe_intermediate_size") or text["intermediate_size"])
+        if experts
+        else int(text["intermediate_size"])
+    )
     layer_types = _layer_types(text, layers)
     dtype_name = config.get("torch_dtype") or config.get("dtype") or text.get("torch_dtype") or "bfloat16"
     base: WeightDtype = _TORCH_DTYPES.get(str(dtype_name), "bf16")

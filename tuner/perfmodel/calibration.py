@@ -30,7 +30,9 @@ class CalibrationPoint(BaseModel):
 
     engine: str
     model: str
-    weights: dict[str, str] = Field(default_factory=dict, description="Formats of the measured build, where they differ.")
+    weights: dict[str, str] = Field(
+        default_factory=dict, description="Formats of the measured build, where they differ."
+    )
     kind: Literal["decode", "prefill"]
     batch: int = Field(ge=1)
     context: int = Field(ge=1)
@@ -85,6 +87,5 @@ def compare(engine_overrides: dict[str, EngineProfile] | None = None) -> list[Co
     """Model vs measurement for every calibration point."""
     overrides = engine_overrides or {}
     return [
-        Comparison(point=p, predicted_tok_s=predict_point(p, overrides.get(p.engine)))
-        for p in calibration_points()
+        Comparison(point=p, predicted_tok_s=predict_point(p, overrides.get(p.engine))) for p in calibration_points()
     ]

@@ -94,7 +94,17 @@ def _fmt(value: float | None, digits: int = 1) -> str:
 
 def _print_table(results: dict[str, list[Prediction]], title: str) -> None:
     table = Table(title=title)
-    for column in ("layout", "concurrency", "running", "TTFT ms", "TPOT ms", "output tok/s", "req/s", "weights GB/dev", "max conc."):
+    for column in (
+        "layout",
+        "concurrency",
+        "running",
+        "TTFT ms",
+        "TPOT ms",
+        "output tok/s",
+        "req/s",
+        "weights GB/dev",
+        "max conc.",
+    ):
         table.add_column(column, justify="left" if column == "layout" else "right", no_wrap=column == "layout")
     for layout, rows in results.items():
         for r in rows:

@@ -81,7 +81,9 @@ class LinkProfile(BaseModel):
 
     @cached_property
     def allreduce_curve(self) -> CollectiveCurve:
-        return CollectiveCurve(points=self.allreduce, large_message_bandwidth_gbs=self.allreduce_bus_bandwidth_gbs.value)
+        return CollectiveCurve(
+            points=self.allreduce, large_message_bandwidth_gbs=self.allreduce_bus_bandwidth_gbs.value
+        )
 
     @cached_property
     def p2p_curve(self) -> CollectiveCurve:

@@ -81,7 +81,9 @@ class Prediction(BaseModel):
 
     def as_row(self) -> dict[str, object]:
         """The flat record `tuner predict --json` prints."""
-        return self.model_dump(include={"layout", "tp", "pp", "concurrency", "ttft_ms", "tpot_ms", "output_tok_s", "fits"})
+        return self.model_dump(
+            include={"layout", "tp", "pp", "concurrency", "ttft_ms", "tpot_ms", "output_tok_s", "fits"}
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +101,12 @@ class ReplicaModel:
         return min(self.max_num_seqs, self.capacity.max_sequences)
 
     def cycle_seconds(
-        self, decode: float, context: float, prefill: float = 0.0, prefill_context: float = 0.0, prefill_sequences: float = 1.0
+        self,
+        decode: float,
+        context: float,
+        prefill: float = 0.0,
+        prefill_context: float = 0.0,
+        prefill_sequences: float = 1.0,
     ) -> float:
         """One cycle: `decode` sequences at mean `context` advance one token, and `prefill` prompt
         tokens (chunks of `prefill_sequences` prompts, each reaching `prefill_context` on average)
@@ -122,7 +129,9 @@ class ReplicaModel:
 
     def prefill_chunks(self, prompt: int, decode: float) -> list[int]:
         """How a prompt is split: each chunk is what max_num_batched_tokens leaves beside the decode tokens."""
-        room = max(1, self.max_num_batched_tokens - math.ceil(decode / max(1, min(self.steps.pp, math.ceil(decode) or 1))))
+        room = max(
+            1, self.max_num_batched_tokens - math.ceil(decode / max(1, min(self.steps.pp, math.ceil(decode) or 1)))
+        )
         count = math.ceil(prompt / room)
         return [min(room, prompt - i * room) for i in range(count)]
 
@@ -147,7 +156,9 @@ def build_replica(
     return ReplicaModel(steps, capacity, max_num_seqs, max_tokens, contention)
 
 
-def _capacity(steps: StepModel, hardware: HardwareProfile, settings: EngineSettings, engine: EngineProfile, length: int) -> Capacity:
+def _capacity(
+    steps: StepModel, hardware: HardwareProfile, settings: EngineSettings, engine: EngineProfile, length: int
+) -> Capacity:
     """KV-cache room on the tightest device. A sequence is counted at its full length (prompt
     plus output) so that admitted sequences are never preempted; sliding layers hold their window."""
     model, tp = steps.model, steps.tp
@@ -159,7 +170,12 @@ def _capacity(steps: StepModel, hardware: HardwareProfile, settings: EngineSetti
         per_sequence = model.kv_bytes_for_sequence(length, layers, tp) / 1e9
         fit = max(0, math.floor(pool / per_sequence)) if pool > 0 else 0
         if tightest is None or fit < tightest.max_sequences:
-            tightest = Capacity(weights_gb=stage_bytes / 1e9, kv_pool_gb=max(pool, 0.0), kv_per_sequence_gb=per_sequence, max_sequences=fit)
+            tightest = Capacity(
+                weights_gb=stage_bytes / 1e9,
+                kv_pool_gb=max(pool, 0.0),
+                kv_per_sequence_gb=per_sequence,
+                max_sequences=fit,
+            )
     assert tightest is not None
     return tightest
 
@@ -176,7 +192,9 @@ def predict_replica(replica: ReplicaModel, workload: Workload, concurrency: int)
         weights_per_device_gb=round(replica.capacity.weights_gb, 3),
     )
     if not replica.capacity.fits:
-        return Prediction(fits=False, running=0, ttft_ms=None, tpot_ms=None, output_tok_s=None, request_s=None, **common)
+        return Prediction(
+            fits=False, running=0, ttft_ms=None, tpot_ms=None, output_tok_s=None, request_s=None, **common
+        )
     running = min(concurrency, replica.max_running)
     prompt, output = workload.input_len, workload.output_len
     context = prompt + output / 2

@@ -109,7 +109,9 @@ class Scenario(BaseModel):
         SimReplica(name="interactive", traffic_class="interactive", layout=Layout(tp=2)),
         SimReplica(name="batch", traffic_class="batch", layout=Layout(pp=2)),
     )
-    co_resident: bool = Field(True, description="The replicas share the same GPUs and slow each other when both are busy.")
+    co_resident: bool = Field(
+        True, description="The replicas share the same GPUs and slow each other when both are busy."
+    )
     interactive: InteractiveLoad = InteractiveLoad()
     batch: BatchLoad = BatchLoad(rate_per_s=0.5)
     duration_s: float = Field(300.0, gt=0, le=86_400)
@@ -220,7 +222,11 @@ class _Simulation:
         self.order = itertools.count()
         self.ids = itertools.count()
         self.contention = ModelConstants().co_residence_contention.value if scenario.co_resident else 1.0
-        arch, hardware, engine = resolve_model(scenario.model), load_hardware(scenario.hardware), load_engine(scenario.engine)
+        arch, hardware, engine = (
+            resolve_model(scenario.model),
+            load_hardware(scenario.hardware),
+            load_engine(scenario.engine),
+        )
         shapes = {"interactive": scenario.interactive.shape, "batch": scenario.batch.shape}
         self.replicas = {
             r.name: _Replica(r, build_replica(arch, hardware, r.layout, shapes[r.traffic_class], r.settings, engine))
@@ -286,7 +292,9 @@ class _Simulation:
             else RequestFeatures(endpoint="completions", stream=False, prompts=2, max_tokens=request.shape.output_len)
         )
         snapshot = [r.snapshot() for r in self.replicas.values()]
-        decision, self.state = route(features, request.traffic_class, snapshot, self.settings, self.state, self.policy_rng)
+        decision, self.state = route(
+            features, request.traffic_class, snapshot, self.settings, self.state, self.policy_rng
+        )
         if not isinstance(decision, Route):
             self.failed[request.traffic_class] += 1
             self._user_again(request)
@@ -415,7 +423,11 @@ class _Simulation:
 
     def _user_again(self, request: _Request) -> None:
         if request.user is not None:
-            think = self.rng.expovariate(1 / self.scenario.interactive.think_time_s) if self.scenario.interactive.think_time_s else 0.0
+            think = (
+                self.rng.expovariate(1 / self.scenario.interactive.think_time_s)
+                if self.scenario.interactive.think_time_s
+                else 0.0
+            )
             self.at(self.now + think, "interactive", request.user)
 
     def _on_fail(self, name: str) -> None:
@@ -444,9 +456,7 @@ class _Simulation:
             slo = self.scenario.slo[cls]
             ttfts = sorted(t for r in done if (t := r.ttft_ms) is not None)
             tpots = sorted(t for r in done if (t := r.tpot_ms) is not None)
-            good = sum(
-                1 for r in done if (r.ttft_ms or 0.0) <= slo.ttft_ms and (r.tpot_ms or 0.0) <= slo.tpot_ms
-            )
+            good = sum(1 for r in done if (r.ttft_ms or 0.0) <= slo.ttft_ms and (r.tpot_ms or 0.0) <= slo.tpot_ms)
             classes[cls] = ClassResult(
                 completed=len(done),
                 failed=self.failed[cls],

@@ -96,7 +96,10 @@ class StepModel:
         self._score_flops = 4 * model.num_attention_heads * model.head_dim / tp
         self._activation_bytes = model.hidden_size * self.constants.activation_bytes.value
         self._stage_layer_types = [
-            (sum(model.layer_type(i) == "full_attention" for i in layers), sum(model.layer_type(i) == "sliding_attention" for i in layers))
+            (
+                sum(model.layer_type(i) == "full_attention" for i in layers),
+                sum(model.layer_type(i) == "sliding_attention" for i in layers),
+            )
             for layers in self.stages
         ]
 
@@ -123,7 +126,9 @@ class StepModel:
         )
         active = self._dense_params + (m.experts_per_token if m.is_moe else 1) * self._expert_params
         # Prefill queries attend, on average, to half the chunk plus what came before it.
-        prefill_mean_attended = min(batch.prefill_context - batch.prefill_tokens / max(batch.prefill_sequences, 1) / 2, window)
+        prefill_mean_attended = min(
+            batch.prefill_context - batch.prefill_tokens / max(batch.prefill_sequences, 1) / 2, window
+        )
         decode_flops = batch.decode_tokens * (2 * active + self._score_flops * decode_attended)
         prefill_flops = batch.prefill_tokens * (2 * active + self._score_flops * max(prefill_mean_attended, 0.0))
         compute = decode_flops / self.decode_flops_rate + prefill_flops / self.prefill_flops_rate
@@ -175,7 +180,8 @@ class StepModel:
         per_batch = [self.stage_seconds(b) for b in micro_batches]
         busiest_stage = max(sum(times[j] for times in per_batch) for j in range(self.pp))
         longest_pass = max(
-            sum(times) + (self.pp - 1) * self.handoff_seconds(b.tokens) for times, b in zip(per_batch, micro_batches, strict=True)
+            sum(times) + (self.pp - 1) * self.handoff_seconds(b.tokens)
+            for times, b in zip(per_batch, micro_batches, strict=True)
         )
         return max(busiest_stage, longest_pass)
 
