@@ -6,7 +6,6 @@ import optuna
 
 from tuner.optimize.space import BATCHED_TOKENS, MEMORY_SHARE, IntRange, SearchSpace, ShareRange
 
-
 SHARES = ShareRange(0.1, 0.3)
 
 
