@@ -82,9 +82,17 @@ def start_in_thread(
     backends: Mapping[str, Backend] | None = None,
     host: str | None = None,
     port: int | None = 0,
-    start_timeout_s: float = 30.0,
+    start_timeout_s: float | None = None,
 ) -> GatewayThread:
-    """Start the gateway on a new thread (port 0: any free port) and return once it listens."""
+    """Start the gateway on a new thread (port 0: any free port) and return once it listens.
+
+    Starting means running the app's lifespan: the backends start (the handle backend imports
+    ray.serve.llm's request models, and with them vLLM: about 10 s of CPU, several times that on
+    a loaded 2-core machine) and every replica's load is polled once (each probe bounded by its
+    own timeout). So by default there is no deadline here: this returns when the server listens
+    and raises when it fails, with the failure. A caller that must bound the wait gives
+    `start_timeout_s`; inside a Serve replica, Serve's own health check decides.
+    """
     server = uvicorn.Server(_uvicorn_config(config, backends, host, port))
     failure: list[BaseException] = []
 
@@ -97,13 +105,21 @@ def start_in_thread(
 
     thread = threading.Thread(target=run, name="tandem-gateway", daemon=True)
     thread.start()
-    deadline = time.monotonic() + start_timeout_s
-    while not (server.started or failure or not thread.is_alive()) and time.monotonic() < deadline:
+    deadline = None if start_timeout_s is None else time.monotonic() + start_timeout_s
+    while not (server.started or failure or not thread.is_alive()):
+        if deadline is not None and time.monotonic() > deadline:
+            break
         time.sleep(0.01)
     if not server.started:
         server.should_exit = True
         thread.join(5)
-        raise RuntimeError(f"gateway did not start: {failure[0] if failure else 'timed out'}")
+        if failure:
+            reason = f"{type(failure[0]).__name__}: {failure[0]}"
+        elif not thread.is_alive():
+            reason = "the server stopped during start-up (see the log above: a port in use, a lifespan error)"
+        else:
+            reason = f"not listening after {start_timeout_s:g} s"
+        raise RuntimeError(f"gateway did not start: {reason}")
     return GatewayThread(server, thread)
 
 

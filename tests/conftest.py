@@ -1,14 +1,17 @@
-"""Session fixtures shared across the suite: the real CPU stack.
+"""Session fixtures shared across the suite: the real CPU stacks.
 
 `cpu_stack` runs `gateway up` (the command behind `make up`) in a subprocess, exactly as a user
 would, on free ports: real Ray, two real vLLM engines on the CPU (TP=2 and PP=2 of the demo
-model), the real gateway. It starts once per session, on first use (about two minutes), and
-its teardown checks that Ctrl-C left no process behind. `cpu_stack_handle` is the same with
-`data_path: handle` (ray.serve.llm LLMServer replicas reached through Serve handles).
+model), the real gateway. `cpu_stack_handle` is the same with `data_path: handle` (ray.serve.llm
+LLMServer replicas reached through Serve handles). Both come from `Stacks`, which runs one stack
+at a time, each started once per session on first use (a few minutes here); stopping a stack
+checks that Ctrl-C left no process behind, and a stack that fails to start reports the command's
+own output.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -42,36 +45,54 @@ class CpuStack:
 
 
 def _wait_for_welcome(process: subprocess.Popen, log: Path) -> str:
+    """The log once `gateway up` serves. No fixed start-up budget of its own beyond a generous
+    bound: the command reports its own failures (and exits), which are shown whole."""
     deadline = time.monotonic() + STACK_START_TIMEOUT_S
     while time.monotonic() < deadline:
         text = log.read_text(errors="replace")
         if "Press Ctrl-C to stop." in text:
             return text
         if process.poll() is not None:
-            pytest.fail(f"`gateway up` exited with {process.returncode} before serving:\n{text[-4000:]}")
+            raise StackStartFailed(f"`gateway up` exited with {process.returncode} before serving:\n{text[-6000:]}")
         time.sleep(1)
-    pytest.fail(f"`gateway up` did not serve within {STACK_START_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
+    raise StackStartFailed(f"`gateway up` did not serve within {STACK_START_TIMEOUT_S} s:\n{_tail(log)}")
+
+
+def _tail(log: Path, chars: int = 6000) -> str:
+    return log.read_text(errors="replace")[-chars:]
+
+
+class StackStartFailed(Exception):
+    """`gateway up` did not come up; the message holds its own output, the real cause."""
 
 
 def _stop_and_check_nothing_left(process: subprocess.Popen, log: Path) -> None:
-    tree = psutil.Process(process.pid).children(recursive=True)
-    process.send_signal(signal.SIGINT)
+    """Ctrl-C the command and check it stopped cleanly with nothing left behind. A command that
+    already exited (a failed start) has nothing to stop; its children are still looked for."""
     try:
-        process.wait(STACK_STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        pytest.fail(f"`gateway up` did not stop within {STACK_STOP_TIMEOUT_S} s of Ctrl-C")
+        tree = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        tree = []
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(STACK_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            pytest.fail(f"`gateway up` did not stop within {STACK_STOP_TIMEOUT_S} s of Ctrl-C:\n{_tail(log)}")
     _, alive = psutil.wait_procs(tree, timeout=15)
     leftovers = [f"{p.pid} {' '.join(p.cmdline())[:120]}" for p in alive if p.is_running()]
     for p in alive:
-        p.kill()
-    assert process.returncode == 0, log.read_text()[-3000:]
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    assert process.returncode == 0, _tail(log, 3000)
     assert not leftovers, "processes left behind after Ctrl-C:\n" + "\n".join(leftovers)
 
 
 @contextmanager
 def gateway_up(plan: Path, workdir: Path) -> Iterator[CpuStack]:
-    """`gateway up --plan PLAN` in a subprocess on a free port, until the block ends."""
+    """`gateway up --plan PLAN` in a subprocess on a free port, until the block ends. A start that
+    fails raises StackStartFailed with the command's own output; stopping never hides it."""
     port = free_port()
     log = workdir / "gateway-up.log"
     with log.open("w") as out:
@@ -83,6 +104,11 @@ def gateway_up(plan: Path, workdir: Path) -> Iterator[CpuStack]:
         )
     try:
         text = _wait_for_welcome(process, log)
+    except BaseException:
+        with contextlib.suppress(BaseException):  # the start failure is the error to report
+            _stop_and_check_nothing_left(process, log)
+        raise
+    try:
         serving_plan = load_plan(plan)
         yield CpuStack(
             base_url=f"http://127.0.0.1:{port}/v1",
@@ -95,15 +121,77 @@ def gateway_up(plan: Path, workdir: Path) -> Iterator[CpuStack]:
         _stop_and_check_nothing_left(process, log)
 
 
+class Stacks:
+    """The real stacks of a session, at most one running at a time: two full stacks on two cores
+    starve each other (a gateway that took minutes to start, engines that crawl), and no test needs
+    both at once. Asking for another plan stops the running stack first; tests are ordered by the
+    stack they use (pytest_collection_modifyitems) so each starts once. A start that failed is
+    reported again, with its cause, to every test that asks for that stack, not retried."""
+
+    def __init__(self, workdir: Path) -> None:
+        self._workdir = workdir
+        self._running: tuple[Path, CpuStack, contextlib.ExitStack] | None = None
+        self._failed: dict[Path, str] = {}
+
+    def get(self, plan: Path) -> CpuStack:
+        if plan in self._failed:
+            pytest.fail(self._failed[plan], pytrace=False)
+        if self._running is not None and self._running[0] == plan:
+            return self._running[1]
+        self.stop()
+        exits = contextlib.ExitStack()
+        workdir = self._workdir / plan.stem
+        workdir.mkdir(exist_ok=True)
+        try:
+            stack = exits.enter_context(gateway_up(plan, workdir))
+        except StackStartFailed as exc:
+            self._failed[plan] = str(exc)
+            pytest.fail(str(exc), pytrace=False)
+        self._running = (plan, stack, exits)
+        return stack
+
+    def stop(self) -> None:
+        if self._running is not None:
+            _, _, exits = self._running
+            self._running = None
+            exits.close()
+
+
 @pytest.fixture(scope="session")
-def cpu_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CpuStack]:
+def stacks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stacks]:
+    """The session's real stacks, one at a time; stopped (and checked) at the end."""
+    stacks = Stacks(tmp_path_factory.mktemp("stacks"))
+    try:
+        yield stacks
+    finally:
+        stacks.stop()
+
+
+@pytest.fixture
+def cpu_stack(stacks: Stacks) -> CpuStack:
     """The default stack (`make up`): the http data path, TP=2 interactive + PP=2 batch."""
-    with gateway_up(shipped_plan("cpu-demo"), tmp_path_factory.mktemp("stack")) as stack:
-        yield stack
+    return stacks.get(shipped_plan("cpu-demo"))
 
 
-@pytest.fixture(scope="session")
-def cpu_stack_handle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CpuStack]:
+@pytest.fixture
+def cpu_stack_handle(stacks: Stacks) -> CpuStack:
     """The handle data path: ray.serve.llm LLMServer replicas behind Serve handles."""
-    with gateway_up(HANDLE_PLAN, tmp_path_factory.mktemp("stack-handle")) as stack:
-        yield stack
+    return stacks.get(HANDLE_PLAN)
+
+
+def _stack_order(item: pytest.Item) -> int:
+    """0: no real stack; 1: the default (http) stack; 2: the handle stack."""
+    names = set(getattr(item, "fixturenames", ()))
+    callspec = getattr(item, "callspec", None)
+    param = callspec.params.get("endpoint") if callspec is not None else None
+    if "cpu_stack_handle" in names or param == "stack-handle":
+        return 2
+    if "cpu_stack" in names or param == "stack":
+        return 1
+    return 0
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the tests that need no stack first, then those on each stack together (stable sort:
+    the file order holds inside each group), so each stack starts once and only one runs."""
+    items.sort(key=_stack_order)
