@@ -34,6 +34,7 @@ from gateway.load import LoadBoard
 from gateway.metrics import CONTENT_TYPE, GatewayMetrics, LiveState
 from gateway.proxy import GenerationProxy, Receive, Scope, Send, new_request_id
 from gateway.router import Router
+from gateway.tokenize import TOKENIZER_PATHS, forward_to_tokenizer
 from gateway.yielding import BatchYielding
 
 log = logging.getLogger("tandem.gateway")
@@ -178,6 +179,14 @@ def create_app(config: GatewayConfig, backends: Mapping[str, Backend] | None = N
             for name in (config.model, *config.aliases)
         ]
         return Response(orjson.dumps({"object": "list", "data": cards}), media_type="application/json")
+
+    async def tokenizer(request: Request) -> Response:
+        keyring.authenticate(request.headers.get("authorization"))
+        status, body = await forward_to_tokenizer(request.url.path, await request.body(), config, backends, board)
+        return Response(body, status_code=status, media_type="application/json")
+
+    for path in TOKENIZER_PATHS:
+        app.add_api_route(path, tokenizer, methods=["POST"])
 
     @app.get("/metrics")
     async def prometheus() -> Response:

@@ -25,6 +25,10 @@ class UpstreamUnavailable(Exception):
         self.down = down
 
 
+class UtilityUnsupported(Exception):
+    """This transport cannot reach the replica's utility endpoints (e.g. /tokenize)."""
+
+
 class UpstreamTimeout(Exception):
     """The replica did not start answering in time."""
 
@@ -83,3 +87,8 @@ class Backend(ABC):
     @abstractmethod
     async def ready(self) -> bool:
         """Whether the replica answers its health check now."""
+
+    async def post_utility(self, path: str, body: dict[str, Any]) -> tuple[int, bytes]:
+        """POST a small JSON body to a utility endpoint at the server's root (/tokenize,
+        /detokenize) and return its status and body; transports without one raise."""
+        raise UtilityUnsupported(f"{type(self).__name__} has no {path}")

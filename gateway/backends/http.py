@@ -116,6 +116,14 @@ class HttpBackend(Backend):
             response = await self.client.request("GET", self._root + path)
             return response.status, await response.read()
 
+    async def post_utility(self, path: str, body: dict[str, Any]) -> tuple[int, bytes]:
+        try:
+            async with asyncio.timeout(self._probe_timeout_s):
+                response = await self.client.request("POST", self._root + path, orjson.dumps(body), (_JSON,))
+                return response.status, await response.read()
+        except (ConnectFailed, ConnectionDropped) as exc:
+            raise UpstreamUnavailable(f"{self.base_url}: {exc}") from None
+
     async def engine_load(self) -> EngineLoad:
         status, text = await self._get("/metrics")
         if status != 200:
