@@ -15,6 +15,16 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 
 TrafficClass = Literal["interactive", "batch"]
 TRAFFIC_CLASSES: tuple[TrafficClass, ...] = ("interactive", "batch")
+# The routing policies' names, so a config is checked without importing the policies (gateway.policy
+# imports this module; it checks that its POLICIES table has exactly these names).
+POLICY_NAMES: tuple[str, ...] = (
+    "class-aware",
+    "all-interactive",
+    "all-batch",
+    "round-robin",
+    "least-busy",
+    "power-of-two",
+)
 
 
 class ClassLimits(BaseModel):
@@ -78,10 +88,8 @@ class RoutingSettings(BaseModel):
 
     @model_validator(mode="after")
     def _policy_is_known(self) -> RoutingSettings:
-        from gateway.policy import POLICIES  # the policy module imports this one
-
-        if self.policy not in POLICIES:
-            raise ValueError(f"unknown routing policy {self.policy!r}; choose one of {sorted(POLICIES)}")
+        if self.policy not in POLICY_NAMES:
+            raise ValueError(f"unknown routing policy {self.policy!r}; choose one of {sorted(POLICY_NAMES)}")
         return self
 
     @model_validator(mode="after")

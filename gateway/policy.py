@@ -41,7 +41,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from gateway.config import ClassLimits, RoutingSettings, TrafficClass
+from gateway.config import POLICY_NAMES, ClassLimits, RoutingSettings, TrafficClass
 
 Endpoint = Literal["chat", "completions"]
 
@@ -257,6 +257,8 @@ POLICIES: dict[str, PolicyFn] = {
     "least-busy": _least_busy,
     "power-of-two": _power_of_two,
 }
+if tuple(POLICIES) != POLICY_NAMES:  # settings are validated against the names in gateway.config
+    raise ImportError(f"gateway.config.POLICY_NAMES {POLICY_NAMES} must list POLICIES {tuple(POLICIES)}")
 
 
 # ---- batch yielding: admission that gives the shared GPUs to interactive work ----------------------------

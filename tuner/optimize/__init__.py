@@ -12,7 +12,8 @@ from __future__ import annotations
 from tuner.optimize.compose import NoFeasibleTrial
 from tuner.optimize.evaluators import Infeasible, LiveEvaluator, ModelEvaluator
 from tuner.optimize.objectives import ClassObjective, Measurement, parse_slo
-from tuner.optimize.runner import OptimizeRequest, OptimizeResult, optimize
+from tuner.optimize.request import OptimizeRequest, OptimizeResult
+from tuner.optimize.runner import optimize
 from tuner.optimize.space import Candidate, SearchSpace
 from tuner.optimize.study import make_sampler, study_name
 from tuner.optimize.targets import ClusterTarget, TargetError, resolve_model_choice, resolve_target

@@ -20,7 +20,8 @@ from rich.table import Table
 from deploy.plan import PlanError
 from tuner.optimize.compose import INFEASIBLE, NoFeasibleTrial
 from tuner.optimize.objectives import parse_slo
-from tuner.optimize.runner import DEFAULT_STORAGE, OptimizeRequest, OptimizeResult, Reporter, optimize
+from tuner.optimize.request import DEFAULT_STORAGE, OptimizeRequest, OptimizeResult
+from tuner.optimize.runner import Reporter, optimize
 from tuner.optimize.targets import BUILT_IN_TARGETS, TargetError
 from tuner.workloads import WORKLOADS
 

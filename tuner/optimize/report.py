@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 
 if TYPE_CHECKING:
     from tuner.optimize.evaluators import ModelEvaluator
-    from tuner.optimize.runner import OptimizeRequest, OptimizeResult
+    from tuner.optimize.request import OptimizeRequest, OptimizeResult
     from tuner.optimize.space import SearchSpace
 
 CONCURRENCY_AXIS = (1, 2, 4, 8, 16, 32, 64, 128, 256)

@@ -17,10 +17,8 @@ import math
 import statistics
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Literal
 
 from optuna.trial import FrozenTrial, TrialState
-from pydantic import BaseModel, ConfigDict, Field
 
 from deploy.plan import Replica, ServingPlan, dump_plan
 from gateway.config import TRAFFIC_CLASSES, RoutingSettings, TrafficClass
@@ -37,7 +35,9 @@ from tuner.optimize.compose import (
     tuned_replica,
 )
 from tuner.optimize.evaluators import Evaluator, LiveEvaluator, ModelEvaluator
-from tuner.optimize.objectives import ClassObjective, Measurement, Metric
+from tuner.optimize.objectives import ClassObjective, Metric
+from tuner.optimize.report import write_report
+from tuner.optimize.request import ChosenPoint, ClassSummary, OptimizeRequest, OptimizeResult
 from tuner.optimize.routing import routing_scenario, tune_routing
 from tuner.optimize.space import MEMORY_SHARE_STEP, MIN_MEMORY_SHARE, Candidate, IntRange, SearchSpace, ShareRange
 from tuner.optimize.study import ClassStudy, make_sampler, open_study, recover_interrupted, study_name, warm_start
@@ -45,73 +45,9 @@ from tuner.optimize.targets import ClusterTarget, ModelChoice, TargetError, reso
 from tuner.perfmodel import load_hardware
 from tuner.workloads import get_workload
 
-DEFAULT_STORAGE = "sqlite:///tandem-studies.db"
 INTERACTIVE_SEQS = IntRange(1, 64, log=True)
 BATCH_SEQS = IntRange(16, 512, step=16)
 ERROR_METRICS: tuple[Metric, ...] = ("ttft_p90_ms", "tpot_p50_ms", "output_tok_s")
-
-
-class OptimizeRequest(BaseModel):
-    """Everything `tuner optimize` takes (the CLI's flags, one to one)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str
-    cluster: str = "dgx-spark-pair"
-    evaluate: Literal["model", "live"] = "model"
-    trials: int = Field(40, ge=1, description="Trials per class (the study's total, counting resumed ones).")
-    workload: str = "equal"
-    batch_slo: dict[Metric, float] | None = None
-    interactive_slo: dict[Metric, float] = Field(default_factory=dict)
-    interactive_concurrency: int = Field(4, ge=1)
-    batch_concurrency: int = Field(64, ge=1)
-    storage: str = DEFAULT_STORAGE
-    out: Path = Path("plans")
-    seed: int = 0
-    routing_trials: int = Field(20, ge=0)
-    warm_start: int = Field(2, ge=0, description="Model-ranked points queued first in a live study.")
-    live_requests: int = Field(64, ge=1, description="Measured requests per live trial (at most).")
-    live_duration_s: float = Field(60.0, gt=0, description="Longest measured phase of a live trial.")
-    trial_timeout_s: float = Field(
-        600.0, gt=0, description="A live trial not served and measured by then is infeasible."
-    )
-    ray_address: str | None = None
-
-
-class ChosenPoint(BaseModel):
-    trial: int
-    settings: str
-    params: dict[str, object]
-    measured: Measurement
-    predicted: Measurement | None = None
-
-
-class ClassSummary(BaseModel):
-    study: str
-    objective: str
-    trials: int
-    ran_now: int
-    infeasible: int
-    chosen: ChosenPoint
-    baseline: ChosenPoint | None
-    baseline_ratio: dict[str, float] = Field(description="Chosen / baseline for each objective figure.")
-    pareto_front: list[dict[str, float]] = Field(default_factory=list)
-    model_error: dict[str, float] = Field(
-        default_factory=dict, description="Median measured / predicted per figure over live trials."
-    )
-
-
-class OptimizeResult(BaseModel):
-    model: str
-    cluster: str
-    evaluate: str
-    workload: str
-    storage: str
-    plan_path: Path
-    report_path: Path | None = None
-    classes: dict[str, ClassSummary]
-    routing: dict[str, object]
-    notes: list[str] = Field(default_factory=list)
 
 
 class Reporter:
@@ -325,8 +261,6 @@ def optimize(request: OptimizeRequest, reporter: Reporter | None = None) -> Opti
         routing=routing_info,
         notes=notes,
     )
-    from tuner.optimize.report import write_report
-
     return result.model_copy(
         update={
             "report_path": write_report(result, {c: s.study for c, s in studies.items()}, predictor, spaces, request)
