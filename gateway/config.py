@@ -79,6 +79,27 @@ class RoutingSettings(BaseModel):
     batch_yield_release_s: float = Field(
         10.0, gt=0, description="After a hold cut short by the bound, batch runs at its full limit at least this long."
     )
+    gpu_arbitration: Literal["admission", "freeze"] = Field(
+        "admission",
+        description="How replicas that share devices share them (gateway.arbitration). 'admission': only batch "
+        "yielding at admission, by batch_yield_fraction (1: off). 'freeze': the batch engine is paused in place "
+        "(requests and KV cache kept) while interactive work runs beside it, within the freeze_* bounds.",
+    )
+    freeze_settle_s: float = Field(
+        0.5, ge=0, description="A freeze ends once interactive work beside the batch replica has been gone this long."
+    )
+    freeze_max_s: float = Field(
+        10.0, gt=0, description="Starvation bound: a freeze lasts at most this long, then freeze_release_s follows."
+    )
+    freeze_release_s: float = Field(
+        2.5, gt=0, description="After a freeze cut short by the bound, the batch engine runs at least this long."
+    )
+    freeze_lease_s: float = Field(
+        5.0,
+        gt=0,
+        description="A paused engine resumes by itself unless the gateway renews its pause within this time "
+        "(a lost gateway never leaves an engine frozen).",
+    )
     limits: dict[TrafficClass, ClassLimits] = Field(
         default_factory=lambda: {
             "interactive": ClassLimits(max_concurrency=32, max_queue=128, priority=0),
@@ -90,6 +111,15 @@ class RoutingSettings(BaseModel):
     def _policy_is_known(self) -> RoutingSettings:
         if self.policy not in POLICY_NAMES:
             raise ValueError(f"unknown routing policy {self.policy!r}; choose one of {sorted(POLICY_NAMES)}")
+        return self
+
+    @model_validator(mode="after")
+    def _one_arbitration(self) -> RoutingSettings:
+        if self.gpu_arbitration == "freeze" and self.batch_yield_fraction < 1:
+            raise ValueError(
+                "gpu_arbitration 'freeze' and batch yielding (batch_yield_fraction below 1) exclude each other: "
+                "a frozen engine keeps new batch requests queued by itself; set batch_yield_fraction to 1"
+            )
         return self
 
     @model_validator(mode="after")
@@ -194,6 +224,11 @@ class ReplicaEndpoint(BaseModel):
     )
     base_url: str | None = Field(
         None, description="OpenAI base URL for the HTTP backend, e.g. http://127.0.0.1:8001/v1."
+    )
+    device_group: str | None = Field(
+        None,
+        description="Replicas with the same group share devices (co-resident engines): the batch ones among "
+        "them are frozen while interactive work runs on the others (routing.gpu_arbitration 'freeze').",
     )
 
 

@@ -41,6 +41,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from gateway.arbitration import HoldTimers, hold_next_change, hold_step
 from gateway.config import POLICY_NAMES, ClassLimits, RoutingSettings, TrafficClass
 
 Endpoint = Literal["chat", "completions"]
@@ -281,12 +282,11 @@ class YieldState:
     def next_change(self, settings: RoutingSettings) -> float | None:
         """When this state changes by itself unless traffic changes it first: the caller re-evaluates
         `batch_yield` then (a timer in the simulation, the load poll in the gateway). None: never."""
-        if self.holding:
-            end = self.since + settings.batch_yield_max_hold_s
-            if self.interactive_idle_since is not None:
-                end = min(end, self.interactive_idle_since + settings.batch_yield_settle_s)
-            return end
-        return self.since + settings.batch_yield_release_s if self.forced else None
+        return hold_next_change(self, _yield_timers(settings))
+
+
+def _yield_timers(settings: RoutingSettings) -> HoldTimers:
+    return HoldTimers(settings.batch_yield_settle_s, settings.batch_yield_max_hold_s, settings.batch_yield_release_s)
 
 
 def batch_yield(interactive_active: int, now: float, settings: RoutingSettings, state: YieldState) -> YieldState:
@@ -310,20 +310,7 @@ def batch_yield(interactive_active: int, now: float, settings: RoutingSettings, 
     batch_yield_fraction 1 turns yielding off (the state stays free)."""
     if settings.batch_yield_fraction >= 1:
         return YieldState()
-    idle_since = (
-        None if interactive_active else (now if state.interactive_idle_since is None else state.interactive_idle_since)
-    )
-    if state.holding:
-        if now >= state.since + settings.batch_yield_max_hold_s:  # the sums next_change() names, exactly
-            return YieldState(holding=False, since=now, forced=True, interactive_idle_since=idle_since)
-        if idle_since is not None and now >= idle_since + settings.batch_yield_settle_s:
-            return YieldState(holding=False, since=now, interactive_idle_since=idle_since)
-        return replace(state, interactive_idle_since=idle_since)
-    if state.forced and now < state.since + settings.batch_yield_release_s:
-        return replace(state, interactive_idle_since=idle_since)
-    if interactive_active:
-        return YieldState(holding=True, since=now)
-    return YieldState(holding=False, since=state.since, interactive_idle_since=idle_since)
+    return hold_step(interactive_active > 0, now, _yield_timers(settings), state)
 
 
 def batch_limits(limits: ClassLimits, settings: RoutingSettings, state: YieldState) -> ClassLimits:
