@@ -1,19 +1,13 @@
-"""benchmarks/routing.py's own logic: which earlier results a run replaces."""
+"""The routing evaluation's command (benchmarks/routing.py): which earlier results a run replaces."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
-_spec = importlib.util.spec_from_file_location("routing_command", ROOT / "benchmarks" / "routing.py")
-command = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(command)
+from tuner.policy_eval import command
 
 
 def test_a_live_run_replaces_only_its_plan_and_scenarios() -> None:
     args = command.parse_args(
-        ["--live-only", "--live-plan", "benchmarks/routing/cpu-roles-swapped.yaml", "--live-scenarios", "steady"]
+        ["--live-only", "--live-plan", "benchmarks/plans/cpu-roles-swapped.yaml", "--live-scenarios", "steady"]
     )
     assert args.live_setting == "live cpu-roles-swapped"
     assert command._reruns(args, "live cpu-roles-swapped", "steady")

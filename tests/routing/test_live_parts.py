@@ -9,10 +9,10 @@ import time
 import psutil
 import pytest
 
-from benchmarks.routing.live import kill_engine, sample_of
-from benchmarks.routing.scenarios import LIVE_SLO
 from deploy.ports import free_port
 from tuner.bench.client import RequestRecord
+from tuner.policy_eval.live import kill_engine, sample_of
+from tuner.policy_eval.scenarios import LIVE_SLO
 
 
 def test_the_server_behind_a_url_is_killed_with_its_children() -> None:
@@ -61,7 +61,7 @@ def test_each_class_is_judged_by_its_own_slo() -> None:
 
 
 def test_a_killed_process_left_a_zombie_counts_as_gone() -> None:
-    from benchmarks.routing.live import _running
+    from tuner.policy_eval.live import _running
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     process = psutil.Process(child.pid)

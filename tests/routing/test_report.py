@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.routing.report import (
+from tuner.policy_eval.report import (
     BEGIN,
     END,
     Estimate,

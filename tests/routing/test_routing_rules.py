@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.routing.scenarios import plan_routing
 from deploy.plan import load_plan, shipped_plan
 from gateway.config import RoutingSettings
 from gateway.policy import PolicyState, ReplicaLoad, RequestFeatures, route
 from gateway.routing_rules import routing_for, routing_for_replicas
+from tuner.policy_eval.scenarios import plan_routing
 
 
 def test_thresholds_scale_with_the_replicas_batch_sizes() -> None:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from benchmarks.routing.scenarios import SCENARIOS, plan_routing, simulated_scenarios
-from benchmarks.routing.simulated import YIELD_POINTS, run_setting, run_yield_sweep
 from deploy.plan import load_plan, shipped_plan
+from tuner.policy_eval.scenarios import SCENARIOS, plan_routing, simulated_scenarios
+from tuner.policy_eval.simulated import YIELD_POINTS, run_setting, run_yield_sweep
 
 PLAN = load_plan(shipped_plan("llama-3.1-8b.dgx-spark-pair"))
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 
-from benchmarks.routing.report import PolicyResult, Sample, ScenarioResult, YieldPoint
-from benchmarks.routing.scenarios import DESCRIPTIONS, SCENARIOS, ScenarioName, plan_routing, simulated_scenarios
 from deploy.plan import ServingPlan
 from gateway.policy import POLICIES
 from tuner.perfmodel.simulate import Scenario, SimResult, simulate
+from tuner.policy_eval.report import PolicyResult, Sample, ScenarioResult, YieldPoint
+from tuner.policy_eval.scenarios import DESCRIPTIONS, SCENARIOS, ScenarioName, plan_routing, simulated_scenarios
 
 ProgressFn = Callable[[str], None]
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from benchmarks.routing.scenarios import REFERENCES
+from tuner.policy_eval.scenarios import REFERENCES
 
 FIGURES: dict[str, str] = {
     "interactive_ttft_p50_ms": "int. TTFT p50 ms",

@@ -20,12 +20,12 @@ from urllib.parse import urlparse
 import httpx
 import psutil
 
-from benchmarks.routing.report import PolicyResult, Sample, ScenarioResult
-from benchmarks.routing.scenarios import DESCRIPTIONS, LIVE_SLO, LiveScenario
 from gateway.config import RoutingSettings
 from tuner.bench import SLO, BenchConfig, Bounds, ClosedLoop, Endpoint, OpenLoop, TrafficStream, benchmark
 from tuner.bench.client import RequestRecord
 from tuner.bench.metrics import compute_metrics
+from tuner.policy_eval.report import PolicyResult, Sample, ScenarioResult
+from tuner.policy_eval.scenarios import DESCRIPTIONS, LIVE_SLO, LiveScenario
 
 log = logging.getLogger("tandem.routing")
 ProgressFn = Callable[[str], None]
