@@ -24,13 +24,12 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench_vs_vllm import write_prompts
+from vllm_client import custom_dataset, run_vllm_bench
 
-from benchmarks.bench_vs_vllm import write_prompts  # noqa: E402
-from benchmarks.vllm_client import custom_dataset, run_vllm_bench  # noqa: E402
-from deploy.demo_model import ensure_demo_model  # noqa: E402
-from deploy.ports import free_port  # noqa: E402
-from tuner.bench import BenchConfig, Bounds, ClosedLoop, Endpoint, TrafficStream, WorkloadSpec, run_benchmark  # noqa: E402
+from deploy.demo_model import ensure_demo_model
+from deploy.ports import free_port
+from tuner.bench import BenchConfig, Bounds, ClosedLoop, Endpoint, TrafficStream, WorkloadSpec, run_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {"requests/s": (16, 1), "chunks/s": (16, 256)}  # figure -> (input_len, output_len)

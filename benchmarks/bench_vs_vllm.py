@@ -30,13 +30,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from vllm_client import custom_dataset, run_vllm_bench
 
-from benchmarks.vllm_client import custom_dataset, run_vllm_bench  # noqa: E402
-from deploy.demo_model import ensure_demo_model  # noqa: E402
-from deploy.ports import free_port  # noqa: E402
-from tuner.bench import BenchConfig, Bounds, ClosedLoop, Endpoint, TrafficStream, WorkloadSpec, run_benchmark  # noqa: E402
-from tuner.bench.prompts import PromptFactory, load_tokenizer  # noqa: E402
+from deploy.demo_model import ensure_demo_model
+from deploy.ports import free_port
+from tuner.bench import BenchConfig, Bounds, ClosedLoop, Endpoint, TrafficStream, WorkloadSpec, run_benchmark
+from tuner.bench.prompts import PromptFactory, load_tokenizer
 
 FIGURES = {  # name -> (vLLM result key, tuner-bench Metrics accessor)
     "output tok/s": ("output_throughput", lambda m: m.output_throughput),

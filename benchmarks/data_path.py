@@ -19,16 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from vllm_client import random_dataset, run_vllm_bench
 
-from benchmarks.vllm_client import random_dataset, run_vllm_bench  # noqa: E402
-from deploy.demo_model import ensure_demo_model  # noqa: E402
-from deploy.plan import ServingPlan, load_plan, shipped_plan  # noqa: E402
-from deploy.stack import running_stack  # noqa: E402
+from deploy.demo_model import ensure_demo_model
+from deploy.plan import ServingPlan, load_plan, shipped_plan
+from deploy.stack import running_stack
 
 TARGETS = {"median_ttft_ms": 1.3, "output_throughput": 0.9}  # gateway / direct
 FIGURES = ["median_ttft_ms", "median_tpot_ms", "output_throughput"]

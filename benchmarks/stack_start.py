@@ -12,16 +12,12 @@ cores, so each figure is one engine with the other idle.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from deploy.demo_model import ensure_demo_model  # noqa: E402
-from deploy.plan import load_plan, shipped_plan  # noqa: E402
-from deploy.stack import running_stack  # noqa: E402
-from tuner.bench import BenchConfig, Bounds, ClosedLoop, Endpoint, TrafficStream, WorkloadSpec, run_benchmark  # noqa: E402
+from deploy.demo_model import ensure_demo_model
+from deploy.plan import load_plan, shipped_plan
+from deploy.stack import running_stack
+from tuner.bench import BenchConfig, Bounds, ClosedLoop, Endpoint, TrafficStream, WorkloadSpec, run_benchmark
 
 
 def main() -> int:

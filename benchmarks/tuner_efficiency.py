@@ -22,22 +22,19 @@ import argparse
 import json
 import math
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import optuna
 
-import optuna  # noqa: E402
-
-from tuner.optimize.evaluators import ModelEvaluator, measurement_from_prediction  # noqa: E402
-from tuner.optimize.objectives import ClassObjective  # noqa: E402
-from tuner.optimize.runner import search_spaces  # noqa: E402
-from tuner.optimize.space import SearchSpace  # noqa: E402
-from tuner.optimize.study import ClassStudy, make_sampler  # noqa: E402
-from tuner.optimize.targets import resolve_model_choice, resolve_target  # noqa: E402
-from tuner.perfmodel import load_hardware  # noqa: E402
-from tuner.workloads import get_workload  # noqa: E402
+from tuner.optimize.evaluators import ModelEvaluator, measurement_from_prediction
+from tuner.optimize.objectives import ClassObjective
+from tuner.optimize.runner import search_spaces
+from tuner.optimize.space import SearchSpace
+from tuner.optimize.study import ClassStudy, make_sampler
+from tuner.optimize.targets import resolve_model_choice, resolve_target
+from tuner.perfmodel import load_hardware
+from tuner.workloads import get_workload
 
 PROBLEMS = (
     # (model, workload, batch concurrency); default batch SLOs (TPOT p99 <= 200 ms, TTFT p99 <= 10 s).
