@@ -7,9 +7,10 @@ import json
 import pytest
 
 from tuner.perfmodel import EngineSettings, Layout, ModelConstants, load_engine, load_hardware, predict, resolve_model
-from tuner.perfmodel.collectives import CollectiveCurve, CollectivePoint
+from tuner.perfmodel.hardware import HardwareProfile, with_link
+from tuner.perfmodel.link_sweep import compare_layouts, scaled_link
 from tuner.perfmodel.step import StepBatch, StepModel
-from tuner.workloads import get_workload
+from tuner.workloads import WORKLOADS, get_workload
 
 EQUAL = get_workload("equal")
 
@@ -68,16 +69,7 @@ def test_more_bandwidth_never_slows_a_step() -> None:
     )
     link = pair.inter_node_link
     faster_link = pair.model_copy(
-        update={
-            "inter_node_link": link.model_copy(
-                update={
-                    "allreduce": tuple(
-                        p.model_copy(update={"microseconds": p.microseconds / 2}) for p in link.allreduce
-                    ),
-                    "allreduce_bus_bandwidth_gbs": link.allreduce_bus_bandwidth_gbs.model_copy(update={"value": 44}),
-                }
-            )
-        }
+        update={"inter_node_link": link.model_copy(update={"allreduce": link.allreduce.scaled(0.5, 2.0)})}
     )
     for tokens in (1, 8, 64, 512):
         batch = StepBatch(decode_tokens=tokens, decode_context=2048)
@@ -85,23 +77,6 @@ def test_more_bandwidth_never_slows_a_step() -> None:
             base = StepModel(arch, pair, engine, tp, pp).cycle_seconds([batch])
             assert StepModel(arch, faster_memory, engine, tp, pp).cycle_seconds([batch]) <= base
             assert StepModel(arch, faster_link, engine, tp, pp).cycle_seconds([batch]) <= base
-
-
-def test_collective_curve_is_monotonic_and_extends_at_bandwidth() -> None:
-    curve = load_hardware("dgx-spark-pair").inter_node_link.allreduce_curve
-    sizes = [2**k for k in range(10, 31)]
-    times = [curve.seconds(s) for s in sizes]
-    assert times == sorted(times)
-    assert curve.seconds(1) == pytest.approx(31.5e-6)  # below the first point: latency-bound
-    assert curve.seconds(2**30) - curve.seconds(2**29) == pytest.approx(2**29 / 22e9)
-    with pytest.raises(ValueError):
-        CollectiveCurve(
-            points=(
-                CollectivePoint(bytes=2, microseconds=2, kind="assumed", source="x"),
-                CollectivePoint(bytes=4, microseconds=1, kind="assumed", source="x"),
-            ),
-            large_message_bandwidth_gbs=1,
-        )
 
 
 @pytest.mark.parametrize("layout", [Layout(), Layout(tp=2), Layout(pp=2)])
@@ -138,26 +113,31 @@ def test_kv_capacity_caps_running_sequences_and_queueing_shows_in_ttft() -> None
     assert over.ttft_ms > at_cap.ttft_ms + 1000
 
 
-def _crossover(hardware: str, workload: str, levels=(1, 8, 32, 64, 128, 256)) -> int | None:
+def _crossover(hardware: HardwareProfile, workload: str, levels=(1, 8, 32, 64, 128, 256)) -> int | None:
     """The concurrency from which PP=2 out-produces TP=2 at every higher level (TP must win at 1)."""
-    shape = get_workload(workload)
-    tp = [predict("gpt-oss-120b", hardware, Layout(tp=2), shape, c).output_tok_s for c in levels]
-    pp = [predict("gpt-oss-120b", hardware, Layout(pp=2), shape, c).output_tok_s for c in levels]
-    assert tp[0] > pp[0], "TP=2 should win single-stream decode"
+    rows = compare_layouts(resolve_model("gpt-oss-120b"), hardware, get_workload(workload), levels)
+    assert rows[0][1] < 1, "TP=2 should win single-stream decode"
     crossover = None
-    for c, t, p in zip(levels, tp, pp, strict=True):
-        crossover = (crossover or c) if p > t else None
+    for c, pp_over_tp, _ in rows:
+        crossover = (crossover or c) if pp_over_tp > 1 else None
     return crossover
 
 
-def test_tp_pp_crossover_on_spark_pair_but_not_on_nvlink() -> None:
-    """Holds for prefill-heavy traffic only: with equal, chat or decode-heavy traffic TP=2 stays
-    ahead on the Spark pair up to 256 (PP/TP 0.89-0.98 there), and on the H100 node PP=2 leads
-    from 8 for equal and decode-heavy (docs/perfmodel.md, worked example)."""
-    spark = _crossover("dgx-spark-pair", "prefill-heavy")
-    nvlink = _crossover("h100-sxm-node", "prefill-heavy")
-    assert spark is not None
-    assert nvlink is None or nvlink > spark
+def test_tp_pp_crossover_comes_from_the_link_bandwidth() -> None:
+    """On the healthy Spark pair (22 GB/s) TP=2 out-produces PP=2 at every concurrency for every
+    workload; at the 3 GB/s of a misconfigured pair prefill-heavy traffic flips to PP=2, and the
+    slower the link the earlier (docs/perfmodel.md, "TP vs PP")."""
+    pair = load_hardware("dgx-spark-pair")
+    for workload in WORKLOADS:
+        assert _crossover(pair, workload) is None, workload
+        assert _crossover(load_hardware("h100-sxm-node"), workload) is None, workload
+    flips = []
+    for gbs in (6.0, 3.0, 1.5):
+        slow = with_link(pair, 2, scaled_link(pair.inter_node_link, bandwidth=gbs / 22))
+        flips.append(_crossover(slow, "prefill-heavy"))
+    assert flips[1] is not None and flips[2] is not None
+    assert flips[0] is None or flips[0] >= flips[1]
+    assert flips[1] >= flips[2]
 
 
 def test_co_resident_busy_replica_slows_steps() -> None:

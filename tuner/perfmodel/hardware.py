@@ -7,9 +7,10 @@ one Spark, twice, plus a link), merged key by key.
 from __future__ import annotations
 
 from functools import cache
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tuner.perfmodel.collectives import LinkProfile
 from tuner.perfmodel.sourced import DATA_DIR, Figure, deep_merge, read_yaml
@@ -48,6 +49,9 @@ class HardwareProfile(BaseModel):
     device: DeviceProfile
     intra_node_link: LinkProfile | None = None
     inter_node_link: LinkProfile | None = None
+    base: str | None = Field(
+        None, description="The shipped profile whose nominal link a measured one is compared with (probe-link)."
+    )
     notes: tuple[str, ...] = ()
 
     @property
@@ -73,16 +77,35 @@ def known_hardware() -> list[str]:
     return sorted(p.stem for p in HARDWARE_DIR.glob("*.yaml"))
 
 
-def _raw_profile(name: str) -> dict:
+def _profile_path(name: str) -> Path:
+    """A profile by name from data/hardware, or a YAML file by path (what `tuner probe-link` writes)."""
+    if name.endswith((".yaml", ".yml")) or "/" in name:
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise ValueError(f"hardware profile file {name!r} does not exist")
+        return path
     path = HARDWARE_DIR / f"{name}.yaml"
     if not path.is_file():
-        raise ValueError(f"unknown hardware {name!r}; known profiles: {', '.join(known_hardware())}")
-    data = read_yaml(path)
+        raise ValueError(f"unknown hardware {name!r}; known profiles: {', '.join(known_hardware())} (or a .yaml file)")
+    return path
+
+
+def _raw_profile(name: str) -> dict[str, Any]:
+    data = read_yaml(_profile_path(name))
     parent = data.pop("extends", None)
     return deep_merge(_raw_profile(parent), data) if parent else data
 
 
 @cache
 def load_hardware(name: str) -> HardwareProfile:
-    """The named profile from data/hardware (e.g. 'dgx-spark-pair')."""
-    return HardwareProfile.model_validate(_raw_profile(name))
+    """The named profile from data/hardware (e.g. 'dgx-spark-pair'), or a profile file by path."""
+    try:
+        return HardwareProfile.model_validate(_raw_profile(name))
+    except ValidationError as exc:
+        raise ValueError(f"hardware profile {name!r} is malformed: {exc}") from None
+
+
+def with_link(hardware: HardwareProfile, world_size: int, link: LinkProfile) -> HardwareProfile:
+    """`hardware` with the link a replica of `world_size` workers talks over replaced by `link`."""
+    field = "intra_node_link" if world_size <= hardware.devices_per_node else "inter_node_link"
+    return hardware.model_copy(update={field: link})

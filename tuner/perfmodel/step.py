@@ -141,13 +141,13 @@ class StepModel:
         """One all-reduce of `tokens` hidden states across the TP ranks (0 without TP)."""
         if self.tp_link is None or tokens <= 0:
             return 0.0
-        return self.tp_link.allreduce_curve.seconds(tokens * self._activation_bytes)
+        return self.tp_link.allreduce.seconds(tokens * self._activation_bytes)
 
     def handoff_seconds(self, tokens: float) -> float:
         """One PP stage-to-stage send: hidden states and residual of every token in the step."""
         if self.pp_link is None or tokens <= 0:
             return 0.0
-        return self.pp_link.p2p_curve.seconds(2 * tokens * self._activation_bytes)
+        return self.pp_link.p2p.seconds(2 * tokens * self._activation_bytes)
 
     def stage_seconds(self, batch: StepBatch) -> list[float]:
         """Time each pipeline stage spends on this micro-batch (one entry per stage)."""
@@ -167,7 +167,7 @@ class StepModel:
         times[-1] += max(head_bytes / self.bandwidth, head_flops / self.decode_flops_rate)
         if self.tp_link is not None and batch.sampled > 0:
             logits = batch.sampled * m.vocab_size / self.tp * self.constants.activation_bytes.value
-            times[-1] += self.tp_link.allreduce_curve.seconds(logits)
+            times[-1] += self.tp_link.allreduce.seconds(logits)
         return times
 
     def cycle_seconds(self, micro_batches: list[StepBatch]) -> float:
