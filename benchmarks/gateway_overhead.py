@@ -43,6 +43,7 @@ from rich.console import Console
 from rich.table import Table
 
 from deploy.ports import free_port
+from tuner.percentiles import percentile
 
 ROOT = Path(__file__).resolve().parents[1]
 # LiteLLM pins its own versions of the libraries Tandem uses: it lives in a virtualenv of its own.
@@ -219,10 +220,6 @@ class Row:
     cpu_us_per_request: float | None = None
 
 
-def _percentile(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
-
-
 def _measure(target: str, port: int, pid: int | None, model: str, seconds: float) -> list[Row]:
     host = f"127.0.0.1:{port}"
     chat = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16}
@@ -239,14 +236,14 @@ def _measure(target: str, port: int, pid: int | None, model: str, seconds: float
             Row(
                 target,
                 concurrency,
-                _percentile(sample.latencies, 50) * 1000,
-                _percentile(sample.latencies, 99) * 1000,
+                percentile(sample.latencies, 50) * 1000,
+                percentile(sample.latencies, 99) * 1000,
                 len(sample.latencies) / duration,
                 cpu_us_per_request=(cpu / served * 1e6) if cpu is not None else None,
             )
         )
     sample, _ = asyncio.run(_load(port, stream, 1, seconds, warmup=0.3))
-    rows[0].ttfc_p50_ms = _percentile(sample.first_chunks, 50) * 1000
+    rows[0].ttfc_p50_ms = percentile(sample.first_chunks, 50) * 1000
     return rows
 
 

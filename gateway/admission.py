@@ -1,6 +1,7 @@
 """Per-class admission: at most `max_concurrency` requests of a class in flight, then a bounded
-FIFO queue, then 429. The decision itself is gateway.policy.admit (pure); this module only does
-the waiting. Limits are read at each call, so a routing change at runtime applies at once.
+FIFO queue (waited in for at most the class's `queue_timeout_s`), then 429. The decision itself
+is gateway.policy.admit (pure); this module only does the waiting. Limits are read at each
+call, so a routing change at runtime applies at once.
 """
 
 from __future__ import annotations
@@ -57,14 +58,22 @@ class ClassGate:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         self._on_change()
+        timeout_s = self._limits().queue_timeout_s
         try:
-            await waiter  # granted by grant(), which counts it in in_flight
-        except asyncio.CancelledError:
+            async with asyncio.timeout(timeout_s):
+                await waiter  # granted by grant(), which counts it in in_flight
+        except (asyncio.CancelledError, TimeoutError) as exc:
             if waiter.done() and not waiter.cancelled():
-                self._release()  # granted and cancelled at once: pass the slot on
+                self._release()  # granted and given up at once: pass the slot on
             else:
                 self._waiters.remove(waiter)
                 self._on_change()
+            if isinstance(exc, TimeoutError):
+                raise GatewayError(
+                    429,
+                    f"waited {timeout_s:g} s in the {self.traffic_class} queue without a slot; retry shortly",
+                    headers={"Retry-After": "1"},
+                ) from None
             raise
 
     def _release(self) -> None:

@@ -39,6 +39,20 @@ class ClassLimits(BaseModel):
         description="vLLM request priority for this class (lower runs first); sent only to "
         "replicas whose engine uses scheduling_policy=priority.",
     )
+    # Deadlines (gateway.deadlines): each ends the request with an OpenAI error (an error event in
+    # a started stream), closes the upstream answer (the engine aborts) and frees its slot.
+    queue_timeout_s: float = Field(
+        60.0, gt=0, description="Waiting in this class's queue for a slot; past it: 429 with Retry-After."
+    )
+    first_token_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="From sending to a replica until a stream's first event (or a non-streamed answer's "
+        "headers); past it: 504.",
+    )
+    total_timeout_s: float = Field(
+        1800.0, gt=0, description="From arrival to the answer's last byte, queue included; past it: 504."
+    )
 
 
 class RoutingSettings(BaseModel):
@@ -102,8 +116,22 @@ class RoutingSettings(BaseModel):
     )
     limits: dict[TrafficClass, ClassLimits] = Field(
         default_factory=lambda: {
-            "interactive": ClassLimits(max_concurrency=32, max_queue=128, priority=0),
-            "batch": ClassLimits(max_concurrency=128, max_queue=1024, priority=10),
+            "interactive": ClassLimits(
+                max_concurrency=32,
+                max_queue=128,
+                priority=0,
+                queue_timeout_s=30.0,
+                first_token_timeout_s=60.0,
+                total_timeout_s=600.0,
+            ),
+            "batch": ClassLimits(
+                max_concurrency=128,
+                max_queue=1024,
+                priority=10,
+                queue_timeout_s=600.0,
+                first_token_timeout_s=900.0,
+                total_timeout_s=3600.0,
+            ),
         }
     )
 
@@ -195,6 +223,12 @@ class RequestLimits(BaseModel):
     )
     load_poll_interval_s: float = Field(
         0.5, gt=0, description="How often each engine's /metrics is read for its queue lengths."
+    )
+    stream_idle_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="Longest silence between two events of a started stream; past it the stream ends "
+        "with an error event (a stalled replica frees its slot).",
     )
 
 

@@ -120,6 +120,15 @@ class GatewayMetrics:
                 registry=r,
             )
         )
+        self.deadlines = _Children(
+            Counter(
+                "tandem_gateway_deadlines",
+                "Requests ended by a deadline (gateway.deadlines): first_token, idle or total; a queue "
+                "timeout is a 429 in tandem_gateway_errors",
+                ["traffic_class", "kind"],
+                registry=r,
+            )
+        )
         self.disconnects = _Children(
             Counter(
                 "tandem_gateway_client_disconnects",

@@ -29,9 +29,17 @@ import orjson
 
 from gateway.admission import ClassGate
 from gateway.auth import Client, KeyRing
-from gateway.backends.base import Backend, UpstreamBroken, UpstreamResponse, UpstreamTimeout, UpstreamUnavailable
+from gateway.backends.base import (
+    Backend,
+    UpstreamBroken,
+    UpstreamLost,
+    UpstreamResponse,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from gateway.classify import CLASS_HEADER, classify
 from gateway.config import TRAFFIC_CLASSES, GatewayConfig, ReplicaEndpoint, TrafficClass
+from gateway.deadlines import DEADLINE_STATUS, DeadlineExceeded, DeadlineKind, Deadlines
 from gateway.errors import GatewayError, error_body, internal_error
 from gateway.metrics import GatewayMetrics
 from gateway.policy import Endpoint, RequestFeatures, Route
@@ -49,6 +57,11 @@ REQUEST_ID_HEADER = b"x-request-id"
 _JSON = (b"content-type", b"application/json")
 _SSE = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
 _USAGE = b'"usage"'
+# Scope key under which an in-process caller (gateway.batches.dispatch) passes the already
+# authenticated Client on whose behalf it sends; the server never puts it in a client's scope.
+INTERNAL_CLIENT = "tandem.client"
+# A request goes to a second replica at most once, and only when the first cannot have started it.
+MAX_RESENDS = 1
 
 
 class ClientGone(Exception):
@@ -97,6 +110,7 @@ class _Exchange:
     traffic_class: TrafficClass | None = None
     replica: str = "-"
     status: int = 0
+    deadlines: Deadlines | None = None  # set once the request has a class
     responding: bool = False  # response headers sent: errors can no longer be an HTTP status
     finished: bool = False  # last byte handed to the server: a disconnect now is the normal end
 
@@ -135,7 +149,9 @@ class GenerationProxy:
         assert task is not None
         watcher: asyncio.Task[None] | None = None
         try:
-            exchange.client = client = self._keyring.authenticate(_header(headers, b"authorization"))
+            exchange.client = client = scope.get(INTERNAL_CLIENT) or self._keyring.authenticate(
+                _header(headers, b"authorization")
+            )
             with client.admitted():  # the key's rate and concurrency limits count every request
                 body = await self._read_body(headers, receive)
                 watcher = asyncio.create_task(self._watch_disconnect(receive, task, exchange))
@@ -208,6 +224,11 @@ class GenerationProxy:
             features, self._router.settings, _requested_class(headers), client.default_class
         )
         wants_usage = bool(view.stream_options and view.stream_options.include_usage)
+        exchange.deadlines = Deadlines.start(
+            self._router.settings.limits[traffic_class],
+            self._limits.stream_idle_timeout_s,
+            elapsed_s=time.perf_counter() - exchange.started,
+        )
         queued_at = time.perf_counter()
         async with self._gates[traffic_class].slot():
             queue_wait = time.perf_counter() - queued_at
@@ -223,14 +244,16 @@ class GenerationProxy:
         queue_wait: float,
         send: Send,
     ) -> None:
-        """Send to the routed replica; one that fails before answering is skipped for another."""
+        """Send to the routed replica. One that cannot have started the work (no connection) is
+        skipped for another, once; one that took the request and failed is never sent it again."""
         traffic_class = exchange.traffic_class
-        assert traffic_class is not None
+        deadlines = exchange.deadlines
+        assert traffic_class is not None and deadlines is not None
         failed: frozenset[str] = frozenset()
         last_failure = ""
         while True:
             try:
-                decision = self._router.route(features, traffic_class, exclude=failed)
+                decision = self._route(body, features, traffic_class, failed)
             except GatewayError:
                 if not failed:
                     raise
@@ -238,26 +261,52 @@ class GenerationProxy:
             exchange.replica = decision.replica
             payload = self._payload(body, decision, features.stream)
             board = self._router.board
-            with board.tracking(decision.replica):
+            with board.tracking(decision.replica, traffic_class):
                 self._metrics.overhead(traffic_class, decision.replica).observe(
                     time.perf_counter() - exchange.started - queue_wait
                 )
+                # Streams: the first token's deadline covers the headers and the first event.
+                # Not streamed: vLLM sends the headers with the whole answer, so the total bounds it.
+                first_at, first_kind = deadlines.first_token() if features.stream else (deadlines.total_at, "total")
                 try:
-                    upstream = await self._backends[decision.replica].send(self.endpoint, payload, exchange.request_id)
+                    async with asyncio.timeout_at(first_at):
+                        upstream = await self._backends[decision.replica].send(
+                            self.endpoint, payload, exchange.request_id
+                        )
                 except UpstreamUnavailable as exc:
                     if exc.down:
                         board.mark_down(decision.replica)
-                    self._metrics.retries(decision.replica).inc()
                     failed |= {decision.replica}
                     last_failure = str(exc)
+                    if len(failed) > MAX_RESENDS:
+                        raise GatewayError(502, f"every replica failed before answering; last: {exc}") from None
+                    self._metrics.retries(decision.replica).inc()
                     continue
+                except UpstreamLost as exc:
+                    log.warning("request %s: replica %s lost it: %s", exchange.request_id, decision.replica, exc)
+                    raise GatewayError(502, f"replica {decision.replica} failed before answering") from None
                 except UpstreamTimeout as exc:
                     raise GatewayError(504, str(exc)) from None
+                except TimeoutError:
+                    raise self._deadline_error(exchange, first_kind) from None
                 try:
-                    await self._relay(exchange, upstream, wants_usage, send)
+                    await self._relay(exchange, upstream, wants_usage, send, (first_at, first_kind))
                 finally:
                     await upstream.aclose()
             return
+
+    def _deadline_error(self, exchange: _Exchange, kind: DeadlineKind) -> GatewayError:
+        """Count a deadline that fired before the answer's headers went out, as the error to send."""
+        assert exchange.deadlines is not None
+        self._metrics.deadlines(exchange.traffic_class or "-", kind).inc()
+        return GatewayError(DEADLINE_STATUS, str(exchange.deadlines.exceeded(kind, exchange.replica)))
+
+    def _route(
+        self, body: dict[str, Any], features: RequestFeatures, traffic_class: TrafficClass, exclude: frozenset[str]
+    ) -> Route:
+        """The replica for this request, by the routing policy (a hook: gateway.responses sends a
+        follow-up to the replica that holds its state instead)."""
+        return self._router.route(features, traffic_class, exclude=exclude)
 
     def _payload(self, body: dict[str, Any], decision: Route, stream: bool) -> dict[str, Any]:
         payload = body | {"model": self._replicas[decision.replica].model}
@@ -274,11 +323,29 @@ class GenerationProxy:
             (b"x-tandem-replica", exchange.replica.encode()),
         ]
 
-    async def _relay(self, exchange: _Exchange, upstream: UpstreamResponse, wants_usage: bool, send: Send) -> None:
+    async def _relay(
+        self,
+        exchange: _Exchange,
+        upstream: UpstreamResponse,
+        wants_usage: bool,
+        send: Send,
+        first: tuple[float, DeadlineKind],
+    ) -> None:
+        """Relay the answer, within the deadlines: `first` bounds a stream's first event, the idle
+        timeout each later one, the total deadline everything (sends to a slow client included)."""
+        deadlines = exchange.deadlines
+        assert deadlines is not None
         rewrite = self._rewrites[exchange.replica]
         exchange.status = upstream.status
         if not upstream.streaming:
-            data = await upstream.read()
+            try:
+                async with asyncio.timeout_at(deadlines.total_at):
+                    data = await upstream.read()
+            except TimeoutError:
+                raise self._deadline_error(exchange, "total") from None
+            except UpstreamBroken as exc:
+                log.warning("request %s: replica %s broke off: %s", exchange.request_id, exchange.replica, exc)
+                raise GatewayError(502, f"replica {exchange.replica} ended the answer early") from None
             if upstream.status == 200:
                 self._count_usage(exchange, data)
                 data = rewrite(data)
@@ -298,29 +365,55 @@ class GenerationProxy:
                 "headers": _SSE + self._response_headers(exchange),
             }
         )
-        first = True
+        events = upstream.events()
+        when, kind = first
+        started = False
         try:
-            async for chunk in upstream.events():
+            while True:
+                try:
+                    async with asyncio.timeout_at(when):
+                        chunk = await anext(events)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    raise exchange.deadlines.exceeded(kind, exchange.replica) from None  # type: ignore[union-attr]
                 if _USAGE in chunk:
                     chunk = self._take_usage(exchange, chunk, keep=wants_usage)
                     if not chunk:
+                        when, kind = deadlines.next_event()
                         continue
-                await send({"type": "http.response.body", "body": rewrite(chunk), "more_body": True})
-                if first:
-                    first = False
+                try:
+                    async with asyncio.timeout_at(deadlines.total_at):
+                        await send({"type": "http.response.body", "body": rewrite(chunk), "more_body": True})
+                except TimeoutError:
+                    # A client too slow to take the answer within the total deadline: stop here,
+                    # since nothing more (an error event included) can reach it in time.
+                    self._metrics.deadlines(exchange.traffic_class or "-", "total").inc()
+                    exchange.status = DEADLINE_STATUS
+                    return
+                if not started:
+                    started = True
                     self._metrics.ttft(exchange.traffic_class, exchange.replica).observe(
                         time.perf_counter() - exchange.started
                     )
+                when, kind = deadlines.next_event()
         except UpstreamBroken as exc:
             # The replica broke off mid-stream: the status is sent, so say it the way vLLM does.
             log.warning("request %s: replica %s broke off the stream: %s", exchange.request_id, exchange.replica, exc)
-            exchange.status = 502
-            error = error_body(502, f"replica {exchange.replica} ended the stream early")
-            await send(
-                {"type": "http.response.body", "body": b"data: " + error + b"\n\ndata: [DONE]\n\n", "more_body": True}
-            )
+            await self._send_stream_error(exchange, 502, f"replica {exchange.replica} ended the stream early", send)
+        except DeadlineExceeded as exc:
+            log.warning("request %s on replica %s: %s", exchange.request_id, exchange.replica, exc)
+            self._metrics.deadlines(exchange.traffic_class or "-", exc.kind).inc()
+            await self._send_stream_error(exchange, DEADLINE_STATUS, str(exc), send)
         exchange.finished = True
         await send({"type": "http.response.body", "body": b""})
+
+    async def _send_stream_error(self, exchange: _Exchange, status: int, message: str, send: Send) -> None:
+        """An error inside a started stream: an error event, then [DONE], as vLLM ends its own."""
+        exchange.status = status
+        self._metrics.errors(str(status), "gateway").inc()
+        event = b"data: " + error_body(status, message) + b"\n\ndata: [DONE]\n\n"
+        await send({"type": "http.response.body", "body": event, "more_body": True})
 
     def _count_usage(self, exchange: _Exchange, data: bytes) -> None:
         try:

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from gateway.config import ClassLimits, RoutingSettings, TrafficClass
+from gateway.config import RoutingSettings, TrafficClass
 
 
 def routing_for(
@@ -60,15 +60,12 @@ def routing_for(
             "spill_release_threshold": spill_on // 4,
             "spill_target_headroom": headroom,
             "limits": {
-                "interactive": ClassLimits(
-                    max_concurrency=interactive_running,
-                    max_queue=4 * interactive_running,
-                    priority=base.limits["interactive"].priority,
+                # Sizes from the replicas; priority and deadlines kept from the base.
+                "interactive": base.limits["interactive"].model_copy(
+                    update={"max_concurrency": interactive_running, "max_queue": 4 * interactive_running}
                 ),
-                "batch": ClassLimits(
-                    max_concurrency=batch_running,
-                    max_queue=8 * batch_running,
-                    priority=base.limits["batch"].priority,
+                "batch": base.limits["batch"].model_copy(
+                    update={"max_concurrency": batch_running, "max_queue": 8 * batch_running}
                 ),
             },
         }

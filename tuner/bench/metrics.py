@@ -6,7 +6,7 @@
 - Throughputs: successful requests' counts over the measured duration (first send to last end).
 - Goodput: successful requests meeting every SLO, per second; TPOT counts as 0 for requests
   with a single output token (as vLLM does).
-- Percentiles: numpy's linear interpolation, as vLLM.
+- Percentiles: tuner.percentiles (numpy's linear interpolation, as vLLM).
 
 Beyond vLLM: failed requests are counted by error type, and ``slo_attainment`` is good
 requests over *all* requests sent, failures included, so errors cannot flatter it.
@@ -22,6 +22,7 @@ from pydantic import BaseModel
 
 from tuner.bench.client import RequestRecord
 from tuner.bench.config import SLO
+from tuner.percentiles import percentile
 
 
 class LatencyStats(BaseModel):
@@ -38,8 +39,9 @@ class LatencyStats(BaseModel):
         if not seconds:
             return None
         ms = np.asarray(seconds) * 1000.0
-        p50, p90, p99 = np.percentile(ms, [50, 90, 99])
-        return cls(mean=float(ms.mean()), std=float(ms.std()), median=float(p50), p90=float(p90), p99=float(p99))
+        values = ms.tolist()
+        p50, p90, p99 = (percentile(values, q) for q in (50, 90, 99))
+        return cls(mean=float(ms.mean()), std=float(ms.std()), median=p50, p90=p90, p99=p99)
 
 
 class Metrics(BaseModel):

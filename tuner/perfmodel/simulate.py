@@ -40,6 +40,7 @@ from gateway.policy import (
     batch_yield,
     route,
 )
+from tuner.percentiles import percentile_or_none
 from tuner.perfmodel.architecture import resolve_model
 from tuner.perfmodel.engine import EngineSettings, ModelConstants, load_engine
 from tuner.perfmodel.hardware import load_hardware
@@ -454,17 +455,17 @@ class _Simulation:
         for cls in TRAFFIC_CLASSES:
             done = self.done[cls]
             slo = self.scenario.slo[cls]
-            ttfts = sorted(t for r in done if (t := r.ttft_ms) is not None)
-            tpots = sorted(t for r in done if (t := r.tpot_ms) is not None)
+            ttfts = [t for r in done if (t := r.ttft_ms) is not None]
+            tpots = [t for r in done if (t := r.tpot_ms) is not None]
             good = sum(1 for r in done if (r.ttft_ms or 0.0) <= slo.ttft_ms and (r.tpot_ms or 0.0) <= slo.tpot_ms)
             classes[cls] = ClassResult(
                 completed=len(done),
                 failed=self.failed[cls],
                 rejected=self.rejected[cls],
-                ttft_p50_ms=_percentile(ttfts, 50),
-                ttft_p99_ms=_percentile(ttfts, 99),
-                tpot_p50_ms=_percentile(tpots, 50),
-                tpot_p99_ms=_percentile(tpots, 99),
+                ttft_p50_ms=percentile_or_none(ttfts, 50),
+                ttft_p99_ms=percentile_or_none(ttfts, 99),
+                tpot_p50_ms=percentile_or_none(tpots, 50),
+                tpot_p99_ms=percentile_or_none(tpots, 99),
                 output_tok_s=sum(r.shape.output_len for r in done) / duration,
                 goodput_req_s=good / duration,
                 spilled=sum(r.spilled for r in done),
@@ -488,13 +489,6 @@ class _Simulation:
             },
             batch_held_fraction=self.held_total / duration,
         )
-
-
-def _percentile(sorted_values: list[float], q: float) -> float | None:
-    if not sorted_values:
-        return None
-    index = min(len(sorted_values) - 1, max(0, round(q / 100 * (len(sorted_values) - 1))))
-    return sorted_values[index]
 
 
 def simulate(scenario: Scenario, policy_settings: RoutingSettings | None = None, seed: int = 0) -> SimResult:
