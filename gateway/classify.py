@@ -12,6 +12,8 @@ from gateway.config import RoutingSettings, TrafficClass
 from gateway.policy import RequestFeatures
 
 CLASS_HEADER = "x-tandem-class"
+"""The request header naming a request's class (the gateway reads it; tuner bench sends it), and the
+response header where the gateway says which class it applied."""
 
 
 def classify(

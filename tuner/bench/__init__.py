@@ -8,7 +8,6 @@ layer over the same calls. Metric definitions are vLLM's (`vllm bench serve`).
 from __future__ import annotations
 
 from tuner.bench.config import (
-    CLASS_HEADER,
     SLO,
     BenchConfig,
     Bounds,
@@ -24,7 +23,6 @@ from tuner.bench.results import SCHEMA_VERSION, BenchResult, ResultSet
 from tuner.bench.runner import benchmark, run_benchmark, run_mix
 
 __all__ = [
-    "CLASS_HEADER",
     "SCHEMA_VERSION",
     "SLO",
     "BenchConfig",

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 import aiohttp
 import orjson
 
-from tuner.bench.config import CLASS_HEADER, Endpoint
+from gateway.classify import CLASS_HEADER
+from tuner.bench.config import Endpoint
 from tuner.bench.prompts import Prompt
 
 _ERROR_TEXT_LIMIT = 300

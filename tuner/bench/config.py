@@ -13,11 +13,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from gateway.config import TrafficClass
 from tuner.workloads import get_workload
-
-TrafficClass = Literal["interactive", "batch"]
-CLASS_HEADER = "X-Tandem-Class"
-"""Header carrying a request's traffic class; Tandem's gateway honours it, others ignore it."""
 
 
 class _Model(BaseModel):
