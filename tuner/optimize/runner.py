@@ -38,7 +38,7 @@ from tuner.optimize.evaluators import Evaluator, LiveEvaluator, ModelEvaluator
 from tuner.optimize.objectives import ClassObjective, Metric
 from tuner.optimize.report import write_report
 from tuner.optimize.request import ChosenPoint, ClassSummary, OptimizeRequest, OptimizeResult
-from tuner.optimize.routing import routing_scenario, tune_routing
+from tuner.optimize.routing_search import routing_scenario, tune_routing
 from tuner.optimize.space import MEMORY_SHARE_STEP, MIN_MEMORY_SHARE, Candidate, IntRange, SearchSpace, ShareRange
 from tuner.optimize.study import ClassStudy, make_sampler, open_study, recover_interrupted, study_name, warm_start
 from tuner.optimize.targets import ClusterTarget, ModelChoice, TargetError, resolve_model_choice, resolve_target
