@@ -2,8 +2,9 @@
 
 A backend sends one generation request and hands back an `UpstreamResponse`: a status, then either
 the whole body or the SSE events as the replica produces them. Closing a response before its end
-aborts the generation on the replica. A failure before any answer raises `UpstreamUnavailable`,
-which the gateway may retry on another replica, since the client has seen nothing yet.
+aborts the generation on the replica. A failure before the request could start raises
+`UpstreamUnavailable`, which the gateway may send once to another replica; a failure after it was
+sent raises `UpstreamLost`, which is never sent again (the work may have run, or crashed the engine).
 """
 
 from __future__ import annotations
@@ -17,12 +18,19 @@ from gateway.policy import Endpoint
 
 
 class UpstreamUnavailable(Exception):
-    """The replica could not be reached or dropped the request before answering; `down` when it
-    could not even be connected to (the replica is marked unhealthy until its next good poll)."""
+    """The replica cannot have started the work (no connection could be opened, the deployment
+    refused to take the call), so the gateway may send the request to another replica once;
+    `down` when it could not even be reached (marked unhealthy until its next good poll)."""
 
     def __init__(self, message: str, *, down: bool = False) -> None:
         super().__init__(message)
         self.down = down
+
+
+class UpstreamLost(Exception):
+    """The request reached the replica, which went away before answering (a dropped connection,
+    a dead actor). The work may have started, or the request may be what killed the engine: it is
+    never sent again (the client gets a 502 and may retry itself)."""
 
 
 class UtilityUnsupported(Exception):
@@ -77,7 +85,7 @@ class Backend(ABC):
     @abstractmethod
     async def send(self, endpoint: Endpoint, body: dict[str, Any], request_id: str) -> UpstreamResponse:
         """Send one request body (already addressed to the replica's model) and return once the
-        replica has started answering. Raises UpstreamUnavailable or UpstreamTimeout."""
+        replica has started answering. Raises UpstreamUnavailable, UpstreamLost or UpstreamTimeout."""
 
     @abstractmethod
     async def engine_load(self) -> EngineLoad | None:

@@ -22,6 +22,7 @@ from gateway.backends.base import (
     Backend,
     EngineLoad,
     UpstreamBroken,
+    UpstreamLost,
     UpstreamResponse,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -108,6 +109,7 @@ class HandleBackend(Backend):
         self._load_probe = load_probe
         self._requests: dict[Endpoint, type[Any]] = {}
         self._raw_request_info: Any = None
+        self._not_taken: tuple[type[BaseException], ...] = ()
         self._unavailable: tuple[type[BaseException], ...] = ()
 
     async def start(self) -> None:
@@ -119,14 +121,8 @@ class HandleBackend(Backend):
         self._stream_handle = self._handle.options(stream=True)
         self._requests = {"chat": ChatCompletionRequest, "completions": CompletionRequest}
         self._raw_request_info = RawRequestInfo
-        self._unavailable = (
-            RayActorError,
-            ActorDiedError,
-            ActorUnavailableError,
-            DeploymentUnavailableError,
-            ReplicaUnavailableError,
-            BackPressureError,
-        )
+        self._not_taken = (DeploymentUnavailableError, BackPressureError)
+        self._unavailable = (RayActorError, ActorDiedError, ActorUnavailableError, ReplicaUnavailableError)
 
     async def close(self) -> None:
         self._stream_handle = None
@@ -149,9 +145,11 @@ class HandleBackend(Backend):
             generator.cancel()
             raise UpstreamTimeout(f"no answer within {self._first_byte_timeout_s:g} s") from None
         except StopAsyncIteration:
-            raise UpstreamUnavailable("the replica ended the call without an answer") from None
-        except self._unavailable as exc:
+            raise UpstreamLost("the replica ended the call without an answer") from None
+        except self._not_taken as exc:  # refused before any replica took the call
             raise UpstreamUnavailable(f"{type(exc).__name__}: {exc}", down=True) from None
+        except self._unavailable as exc:  # the replica died holding the call: never re-sent
+            raise UpstreamLost(f"{type(exc).__name__}: {exc}") from None
         except Exception as exc:  # the server method raised (RayTaskError): its message, as a 500
             return _ErrorResponse(500, error_body(500, f"replica error: {type(exc).__name__}: {exc}"))
         return _HandleResponse(first, generator)

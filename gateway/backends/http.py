@@ -19,6 +19,7 @@ from gateway.backends.base import (
     Backend,
     EngineLoad,
     UpstreamBroken,
+    UpstreamLost,
     UpstreamResponse,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -107,7 +108,8 @@ class HttpBackend(Backend):
         except ConnectFailed as exc:
             raise UpstreamUnavailable(str(exc), down=True) from None
         except ConnectionDropped as exc:
-            raise UpstreamUnavailable(f"{self.base_url} dropped the request: {exc}") from None
+            # Sent, then dropped: the engine may have run it (or died of it). Never re-sent.
+            raise UpstreamLost(f"{self.base_url} dropped the request: {exc}") from None
         return _HttpResponse(response)
 
     async def _get(self, path: str) -> tuple[int, bytes]:
