@@ -37,8 +37,11 @@ def engine_deployment_name(replica: Replica) -> str:
 
 
 def gateway_config(plan: ServingPlan, replica_urls: dict[str, str] | None = None) -> GatewayConfig:
-    """The gateway's view of a plan: public names, one endpoint per replica, routing settings."""
+    """The gateway's view of a plan: public names, one endpoint per replica, routing settings.
+    API keys are resolved here, where `gateway up/deploy` runs: the keys file and the keys
+    variable are read on this machine, and the gateway replica gets the keys themselves."""
     urls = replica_urls or {}
+    settings = plan.gateway.model_copy(update={"auth": plan.gateway.auth.resolved()})
     return GatewayConfig(
         model=plan.model.name,
         aliases=plan.model.aliases,
@@ -53,7 +56,7 @@ def gateway_config(plan: ServingPlan, replica_urls: dict[str, str] | None = None
             )
             for r in plan.replicas
         ],
-        settings=plan.gateway,
+        settings=settings,
     )
 
 
@@ -70,7 +73,9 @@ def build_app(plan: ServingPlan, model_source: str, log_dir: str) -> Application
         ray_actor_options={"num_cpus": GATEWAY_CPUS, "resources": {"node:__internal_head__": 0.001}},
         health_check_period_s=ENGINE_HEALTH_CHECK_PERIOD_S,
     )
-    return gateway.bind(gateway_config(plan).model_dump(mode="json"), plan.data_path, engines)
+    # The config object itself, not a dump: Ray pickles it with its SecretStr keys intact, where
+    # a JSON dump would hand the replica `**********` for every key.
+    return gateway.bind(gateway_config(plan), plan.data_path, engines)
 
 
 def http_engine(

@@ -187,7 +187,7 @@ DataPath = Literal["http", "handle"]
 class ServingPlan(BaseModel):
     """A model, its replicas, the cluster and the gateway's settings: everything deploy/ runs."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)  # errors never echo a key
 
     model: ModelSpec
     replicas: list[Replica] = Field(min_length=1)
@@ -288,10 +288,18 @@ def load_plan(path: str | Path) -> ServingPlan:
 
 
 def dump_plan(plan: ServingPlan, path: str | Path, header: str | None = None) -> Path:
-    """Write a plan as YAML (unset defaults included, so the file says everything that runs)."""
+    """Write a plan as YAML (unset defaults included, so the file says everything that runs).
+    Inline API keys are never written: each shows as the mask `**********`, which a plan refuses
+    at load, and the header says so, so a written plan never holds a secret nor a guessable key."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump(plan.model_dump(mode="json"), sort_keys=False)
+    if plan.gateway.auth.keys:
+        masked = (
+            f"gateway.auth.keys: the {len(plan.gateway.auth.keys)} inline key(s) are masked (secrets are never "
+            "written); put them back, or move them to auth.keys_file or the auth.keys_env variable, before deploying"
+        )
+        header = f"{header}\n{masked}" if header else masked
     if header:
         text = "".join(f"# {line}\n" for line in header.splitlines()) + text
     path.write_text(text)

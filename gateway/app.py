@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
 from gateway.admission import ClassGate
-from gateway.auth import KeyRing
+from gateway.auth import KeyRing, exposure_warning, is_loopback
 from gateway.backends.base import Backend
 from gateway.backends.http import HttpBackend
 from gateway.config import GatewayConfig, RoutingSettings
@@ -133,6 +133,8 @@ def create_app(config: GatewayConfig, backends: Mapping[str, Backend] | None = N
         await board.poll_once(backends)
         poller = asyncio.create_task(board.poll_forever(backends, settings.limits.load_poll_interval_s))
         log.info("gateway for %s: replicas %s, policy %s", config.model, sorted(backends), router.settings.policy)
+        if not keyring.enabled and not is_loopback(settings.host):
+            log.warning("%s", exposure_warning(settings))
         try:
             yield
         finally:
@@ -153,9 +155,8 @@ def create_app(config: GatewayConfig, backends: Mapping[str, Backend] | None = N
         app.add_generation_route(path, proxy)
 
     def require_admin(request: Request) -> None:
-        client = keyring.authenticate(request.headers.get("authorization"))
-        if keyring.enabled and not client.admin:
-            raise GatewayError(403, f"key {client.name!r} may not change routing")
+        peer = request.client.host if request.client is not None else None
+        keyring.authorize_admin(request.headers.get("authorization"), peer)
 
     @app.get("/health")
     async def health() -> Response:

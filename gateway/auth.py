@@ -1,22 +1,25 @@
 """API keys, per-key rate limits and concurrency caps.
 
 Keys are optional: with none configured every request is the anonymous client, as with
-`vllm serve` without --api-key. Keys are compared in constant time against every configured key
-(no early exit on the first match, no lookup by the secret), and are never logged: metrics and
-logs name the key by its `name`. State is one small record per configured key, so memory is
+`vllm serve` without --api-key. The anonymous client is never an admin: with no keys, the admin
+routes answer only callers on loopback (`KeyRing.authorize_admin`), so a gateway listening on
+0.0.0.0 does not hand its routing to the network. Keys are compared in constant time against
+every configured key (no early exit on the first match, no lookup by the secret), and are never
+logged: metrics and logs name the key by its `name`. State is one small record per configured key, so memory is
 bounded by the config, not by traffic.
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from gateway.config import ApiKey, AuthSettings, TrafficClass
+from gateway.config import ApiKey, AuthSettings, GatewaySettings, TrafficClass
 from gateway.errors import GatewayError
 
 
@@ -89,7 +92,7 @@ class KeyRing:
             )
             for key in keys
         ]
-        self._anonymous = Client(name=ANONYMOUS, admin=True)
+        self._anonymous = Client(name=ANONYMOUS)
 
     @classmethod
     def from_settings(cls, settings: AuthSettings) -> KeyRing:
@@ -112,3 +115,46 @@ class KeyRing:
         if found is None:
             raise GatewayError(401, "missing or invalid API key (send Authorization: Bearer <key>)")
         return found
+
+    def authorize_admin(self, authorization: str | None, peer: str | None) -> Client:
+        """The client behind an admin request: an admin key when keys are configured (401 without
+        a valid key, 403 for a non-admin key); with no keys, any caller on loopback, nobody else."""
+        if not self._keys:
+            if not is_loopback(peer):
+                raise GatewayError(
+                    403,
+                    "admin routes need an admin key; this gateway has no keys, so they answer only on loopback",
+                )
+            return self._anonymous
+        client = self.authenticate(authorization)
+        if not client.admin:
+            raise GatewayError(403, f"key {client.name!r} may not change routing (it is not an admin key)")
+        return client
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether `host` (an address, or 'localhost') is this machine's loopback; unknown: no."""
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def exposure_warning(settings: GatewaySettings) -> str | None:
+    """A warning when the gateway will listen beyond loopback with no API keys: its generation
+    endpoints are then open to whoever reaches the port. None when it listens on loopback or
+    has keys (from the plan, the keys file or the keys variable)."""
+    if is_loopback(settings.host) or settings.auth.resolved_keys():
+        return None
+    return (
+        f"the gateway listens on {settings.host}:{settings.port} with no API keys: anyone who can reach "
+        "that port may generate (the admin routes stay loopback-only); add gateway.auth.keys, "
+        "auth.keys_file or the auth.keys_env variable, or listen on 127.0.0.1"
+    )

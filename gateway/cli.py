@@ -18,9 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
 from deploy.plan import PlanError, ServingPlan, load_plan, parse_plan, shipped_plan
+from gateway.auth import exposure_warning
+from gateway.config import describe_fields
 
 if TYPE_CHECKING:
     from deploy.stack import Deployed
@@ -50,13 +53,26 @@ def _load(plan_path: Path | None, model: Path | None, port: int | None) -> Servi
             model_dir = model.expanduser().resolve()
             changes["model"] = {"source": str(model_dir), "name": model_dir.name, "aliases": []}
         if port is not None:
-            changes["gateway"] = {**plan.gateway.model_dump(mode="json"), "port": port}
-        if changes:
-            plan = parse_plan({**plan.model_dump(mode="json"), **changes}, origin="the plan with your options")
-        return plan
+            changes["gateway"] = {**plan.gateway.model_dump(), "port": port}
+        if changes:  # python-mode dumps keep API keys (SecretStr); a JSON dump would mask them
+            plan = parse_plan({**plan.model_dump(), **changes}, origin="the plan with your options")
+        warning = exposure_warning(plan.gateway)  # reads the keys file and variable: their errors stop here
     except PlanError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
+    except (OSError, ValueError) as exc:  # a keys file or TANDEM_API_KEYS that cannot be read
+        console.print(f"[red]error:[/red] the plan's API keys cannot be read: {_keys_problem(exc)}")
+        raise typer.Exit(2) from None
+    if warning:
+        console.print(f"[yellow bold]warning:[/yellow bold] {warning}")
+    return plan
+
+
+def _keys_problem(exc: Exception) -> str:
+    """What is wrong with the keys, naming fields, never echoing a key."""
+    if isinstance(exc, ValidationError):
+        return "\n" + describe_fields(exc)
+    return str(exc)
 
 
 def _print_welcome(deployed: Deployed) -> None:

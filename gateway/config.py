@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 TrafficClass = Literal["interactive", "batch"]
 TRAFFIC_CLASSES: tuple[TrafficClass, ...] = ("interactive", "batch")
@@ -160,12 +160,24 @@ class RoutingSettings(BaseModel):
         return self
 
 
+MIN_KEY_LENGTH = 16
+"""Shortest key a plan may hold: 16 random characters are about 95 bits, out of reach of guessing;
+an empty or short key is a typo or a placeholder, and is refused rather than served."""
+_MASK_CHARACTERS = frozenset("*")
+
+
 class ApiKey(BaseModel):
-    """One client key: the secret, a name for metrics and logs, and what the key may do."""
+    """One client key: the secret, a name for metrics and logs, and what the key may do.
 
-    model_config = ConfigDict(extra="forbid")
+    The secret is a SecretStr: repr, logs and every JSON/YAML dump show `**********`. A key made of
+    asterisks only is that mask coming back from a dump (the real key was lost on the way), so it
+    is refused instead of becoming a key that anyone can guess."""
 
-    key: SecretStr = Field(description="The bearer token clients send; never logged.")
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    key: SecretStr = Field(
+        description=f"The bearer token clients send, {MIN_KEY_LENGTH} characters or more; never logged or dumped."
+    )
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Shown in metrics and logs instead of the key.")
     default_class: TrafficClass | None = Field(
         None, description="Class of this key's requests unless they send X-Tandem-Class."
@@ -174,21 +186,49 @@ class ApiKey(BaseModel):
     max_concurrent: int | None = Field(None, ge=1, description="Requests in flight at once; past this: 429.")
     admin: bool = Field(False, description="May change routing at runtime (PUT /admin/routing).")
 
+    @field_validator("key")
+    @classmethod
+    def _a_real_key(cls, key: SecretStr) -> SecretStr:
+        secret = key.get_secret_value()
+        if secret and set(secret) <= _MASK_CHARACTERS:
+            raise ValueError(
+                "is the mask a dump writes in place of a key, not a key: the real key was lost on the way; "
+                "give the key itself (here, in auth.keys_file or in the auth.keys_env variable)"
+            )
+        if len(secret) < MIN_KEY_LENGTH:
+            raise ValueError(
+                f"must be at least {MIN_KEY_LENGTH} characters, got {'an empty key' if not secret else 'fewer'}: "
+                "an empty or short key is guessable; generate one, e.g. `openssl rand -hex 24`"
+            )
+        return key
+
 
 class AuthSettings(BaseModel):
-    """Optional API keys. No keys (and no keys file) means the gateway is open, like `vllm serve`
-    without --api-key."""
+    """Optional API keys. No keys (and no keys file) means the generation endpoints are open, like
+    `vllm serve` without --api-key; the admin routes then answer on loopback only."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     keys: list[ApiKey] = Field(default_factory=list)
     keys_file: Path | None = Field(
         None, description="YAML list of keys (same fields as `keys`), read at start; kept out of the plan."
     )
-    keys_env: str = Field(
+    keys_env: str | None = Field(
         "TANDEM_API_KEYS",
-        description="Environment variable holding comma-separated `name:key[:class]` entries, added to the others.",
+        description="Environment variable holding comma-separated `name:key[:class]` entries, added to the "
+        "others; null: none is read.",
     )
+    per_key_metrics: bool = Field(
+        False,
+        description="Label request and token counters in /metrics with each key's name. Off: the label is '-', "
+        "so /metrics, which needs no key, does not tell anyone who uses the gateway or how much.",
+    )
+
+    def resolved(self) -> AuthSettings:
+        """These settings with the keys file and the environment read now, into `keys`: what a
+        deployment hands to the gateway replica, whose process may have neither the file nor the
+        variable (another node, another working directory)."""
+        return self.model_copy(update={"keys": self.resolved_keys(), "keys_file": None, "keys_env": None})
 
     def resolved_keys(self) -> list[ApiKey]:
         """Keys from the config, the keys file and the environment, in that order; names unique."""
@@ -196,7 +236,8 @@ class AuthSettings(BaseModel):
         if self.keys_file is not None:
             data = yaml.safe_load(self.keys_file.expanduser().read_text()) or []
             keys += [ApiKey.model_validate(item) for item in data]
-        for entry in filter(None, (e.strip() for e in os.environ.get(self.keys_env, "").split(","))):
+        entries = os.environ.get(self.keys_env, "") if self.keys_env else ""
+        for entry in filter(None, (e.strip() for e in entries.split(","))):
             name, _, rest = entry.partition(":")
             secret, _, default_class = rest.partition(":")
             if not secret:
@@ -235,7 +276,7 @@ class RequestLimits(BaseModel):
 class GatewaySettings(BaseModel):
     """Where the gateway listens and how it routes."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)  # errors never echo a key
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
@@ -269,7 +310,7 @@ class ReplicaEndpoint(BaseModel):
 class GatewayConfig(BaseModel):
     """Everything one gateway process needs: the public model, its replicas, and its settings."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)  # errors never echo a key
 
     model: str = Field(description="Public model name, shown in /v1/models and in every response.")
     aliases: list[str] = Field(default_factory=list, description="Other names clients may send.")

@@ -108,10 +108,11 @@ def single_replica_plan(template: ServingPlan, replica: Replica, port: int) -> S
 
 
 def compose_plan(template: ServingPlan, replicas: list[Replica], routing: RoutingSettings) -> ServingPlan:
-    """The tuned plan: the template with its replicas and routing replaced, validated as any plan is."""
-    data = template.model_dump(mode="json")
-    data["replicas"] = [r.model_dump(mode="json") for r in replicas]
-    data["gateway"]["routing"] = routing.model_dump(mode="json")
+    """The tuned plan: the template with its replicas and routing replaced, validated as any plan is.
+    Python-mode dumps: a JSON dump would turn the template's API keys into their mask."""
+    data = template.model_dump()
+    data["replicas"] = [r.model_dump() for r in replicas]
+    data["gateway"]["routing"] = routing.model_dump()
     return ServingPlan.model_validate(data)
 
 
