@@ -8,13 +8,17 @@ still restarts it if it dies.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from ray.serve.handle import DeploymentHandle
 
+from gateway.backends.base import Backend
 from gateway.config import GatewayConfig
 
 
 class GatewayServer:
     async def __init__(self, config: GatewayConfig, data_path: str, engines: dict[str, DeploymentHandle]) -> None:
+        from gateway.app import http_backends
         from gateway.backends import HandleBackend
         from gateway.server import start_in_thread
 
@@ -25,15 +29,19 @@ class GatewayServer:
         if data_path == "http":
             for replica in gateway_config.replicas:
                 replica.base_url = await engines[replica.name].url.remote()
+            # An engine that Serve restarts serves from a new port: its backend asks the handle
+            # again after a failed probe and follows it (gateway.backends.relocating).
+            backends = http_backends(gateway_config, {name: handle.url.remote for name, handle in engines.items()})
         else:
             backends = {name: HandleBackend(handle) for name, handle in engines.items()}
         self.config = gateway_config
+        self._backends: Mapping[str, Backend] = backends or {}
         settings = gateway_config.settings
         self._server = start_in_thread(gateway_config, backends, host=settings.host, port=settings.port)
 
     async def replica_urls(self) -> dict[str, str | None]:
         """Each replica's OpenAI base URL (http data path), for status and tests."""
-        return {r.name: r.base_url for r in self.config.replicas}
+        return {name: getattr(backend, "base_url", None) for name, backend in self._backends.items()}
 
     async def check_health(self) -> None:
         if not self._server.is_alive():

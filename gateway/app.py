@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -28,6 +28,7 @@ from gateway.admission import ClassGate
 from gateway.auth import KeyRing, exposure_warning, is_loopback
 from gateway.backends.base import Backend
 from gateway.backends.http import HttpBackend
+from gateway.backends.relocating import RelocatingHttpBackend
 from gateway.config import GatewayConfig, RoutingSettings
 from gateway.errors import GatewayError, error_body, internal_error
 from gateway.load import LoadBoard
@@ -85,18 +86,24 @@ class _RequestId:
         await self.app(scope, receive, send_with_id)
 
 
-def http_backends(config: GatewayConfig) -> dict[str, Backend]:
-    """One HttpBackend per replica, from the replicas' base URLs."""
+def http_backends(
+    config: GatewayConfig, resolvers: Mapping[str, Callable[[], Awaitable[str]]] | None = None
+) -> dict[str, Backend]:
+    """One HttpBackend per replica, from the replicas' base URLs. A replica with a resolver (how
+    to ask where it is now) follows its server when it restarts at another address."""
     limits = config.settings.limits
     missing = [r.name for r in config.replicas if r.base_url is None]
     if missing:
         raise ValueError(f"replica(s) {missing} have no base_url; give one or pass backends to create_app")
+    options = {
+        "connect_timeout_s": limits.upstream_connect_timeout_s,
+        "first_byte_timeout_s": limits.upstream_first_byte_timeout_s,
+    }
+    resolvers = resolvers or {}
     return {
-        r.name: HttpBackend(
-            r.base_url,  # type: ignore[arg-type]
-            connect_timeout_s=limits.upstream_connect_timeout_s,
-            first_byte_timeout_s=limits.upstream_first_byte_timeout_s,
-        )
+        r.name: RelocatingHttpBackend(r.base_url, resolvers[r.name], **options)  # type: ignore[arg-type]
+        if r.name in resolvers
+        else HttpBackend(r.base_url, **options)  # type: ignore[arg-type]
         for r in config.replicas
     }
 

@@ -74,15 +74,30 @@ class HttpBackend(Backend):
         first_byte_timeout_s: float = 600.0,
         probe_timeout_s: float = 2.0,
     ) -> None:
+        self._aim(base_url)
+        self._connect_timeout_s = connect_timeout_s
+        self._first_byte_timeout_s = first_byte_timeout_s
+        self._probe_timeout_s = probe_timeout_s
+        self._client: HttpClient | None = None
+
+    def _aim(self, base_url: str) -> None:
+        """Everything derived from the server's URL (set again by `retarget`)."""
         self.base_url = base_url.rstrip("/")
         parts = urlsplit(self.base_url)
         self._origin = f"{parts.scheme}://{parts.netloc}"
         self._paths = {endpoint: parts.path + path for endpoint, path in _PATHS.items()}
         self._root = parts.path.removesuffix("/v1")
-        self._connect_timeout_s = connect_timeout_s
-        self._first_byte_timeout_s = first_byte_timeout_s
-        self._probe_timeout_s = probe_timeout_s
-        self._client: HttpClient | None = None
+
+    async def retarget(self, base_url: str) -> None:
+        """Speak to the server at `base_url` from now on: a replica that restarted serves from a
+        new address (gateway.backends.relocating). The old server's connections are closed."""
+        if base_url.rstrip("/") == self.base_url:
+            return
+        old = self._client
+        self._aim(base_url)
+        if old is not None:
+            await self.start()
+            await old.aclose()
 
     async def start(self) -> None:
         self._client = HttpClient(self._origin, connect_timeout_s=self._connect_timeout_s)
