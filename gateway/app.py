@@ -28,6 +28,9 @@ from gateway.admission import ClassGate
 from gateway.auth import KeyRing, exposure_warning, is_loopback
 from gateway.backends.base import Backend
 from gateway.backends.http import HttpBackend
+from gateway.batches.dispatch import InProcessDispatch
+from gateway.batches.routes import batch_routes
+from gateway.batches.service import BatchService
 from gateway.backends.relocating import RelocatingHttpBackend
 from gateway.config import GatewayConfig, RoutingSettings
 from gateway.errors import GatewayError, error_body, internal_error
@@ -132,6 +135,10 @@ def create_app(config: GatewayConfig, backends: Mapping[str, Backend] | None = N
     yielding.watch(gates["interactive"], gates["batch"])
     keyring = KeyRing.from_settings(settings.auth)
     metrics = GatewayMetrics(LiveState(board, gates, lambda: router.spilling, lambda: yielding.holding))
+    batch_proxies: dict[str, GenerationProxy] = {}  # filled below: the Batch API sends its lines through them
+    batches = BatchService(
+        settings.batches, InProcessDispatch(batch_proxies), config.served_names, keyring.client_named, metrics.registry
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -142,9 +149,11 @@ def create_app(config: GatewayConfig, backends: Mapping[str, Backend] | None = N
         log.info("gateway for %s: replicas %s, policy %s", config.model, sorted(backends), router.settings.policy)
         if not keyring.enabled and not is_loopback(settings.host):
             log.warning("%s", exposure_warning(settings))
+        await batches.start()
         try:
             yield
         finally:
+            await batches.stop()
             poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
@@ -160,6 +169,9 @@ def create_app(config: GatewayConfig, backends: Mapping[str, Backend] | None = N
             endpoint, config=config, backends=backends, router=router, gates=gates, keyring=keyring, metrics=metrics
         )
         app.add_generation_route(path, proxy)
+        batch_proxies[path] = proxy
+
+    app.include_router(batch_routes(batches, keyring))
 
     def require_admin(request: Request) -> None:
         peer = request.client.host if request.client is not None else None

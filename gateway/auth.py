@@ -102,6 +102,13 @@ class KeyRing:
     def enabled(self) -> bool:
         return bool(self._keys)
 
+    def client_named(self, name: str) -> Client | None:
+        """The client of the key called `name` (the anonymous one when keys are off); None if no
+        key has that name. For work submitted earlier and run later: the Batch API's lines."""
+        if not self._keys:
+            return self._anonymous if name == ANONYMOUS else None
+        return next((client for _, client in self._keys if client.name == name), None)
+
     def authenticate(self, authorization: str | None) -> Client:
         """The client for `Authorization: Bearer <key>`; 401 when keys are on and it matches none."""
         if not self._keys:

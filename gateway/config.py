@@ -13,6 +13,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from gateway.batch_settings import BatchSettings
+
 TrafficClass = Literal["interactive", "batch"]
 TRAFFIC_CLASSES: tuple[TrafficClass, ...] = ("interactive", "batch")
 # The routing policies' names, so a config is checked without importing the policies (gateway.policy
@@ -283,6 +285,7 @@ class GatewaySettings(BaseModel):
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     limits: RequestLimits = Field(default_factory=RequestLimits)
+    batches: BatchSettings = Field(default_factory=BatchSettings)
 
 
 class ReplicaEndpoint(BaseModel):
