@@ -1,6 +1,7 @@
 """The gateway's FastAPI application: `create_app(config, backends)`.
 
-Routes: POST /v1/chat/completions and /v1/completions (gateway.proxy), GET /v1/models (public
+Routes: POST /v1/chat/completions and /v1/completions (gateway.proxy), POST /v1/responses, GET
+/v1/responses/{id} and POST /v1/responses/{id}/cancel (gateway.responses), GET /v1/models (public
 names only), GET /health (the process is alive), GET /ready (every replica answers), GET /metrics
 (Prometheus), GET and PUT /admin/routing (read or switch the routing settings and policy at
 runtime, admin key required when keys are configured). Every error, the framework's own 404, 405
@@ -37,6 +38,8 @@ from gateway.errors import GatewayError, error_body, internal_error
 from gateway.load import LoadBoard
 from gateway.metrics import CONTENT_TYPE, GatewayMetrics, LiveState
 from gateway.proxy import GenerationProxy, Receive, Scope, Send, new_request_id
+from gateway.response_ids import ResponseIdMap
+from gateway.responses import RESPONSES_PATH, ResponsesProxy, add_responses_routes
 from gateway.router import Router
 from gateway.tokenize import TOKENIZER_PATHS, forward_to_tokenizer
 from gateway.yielding import BatchYielding
@@ -170,7 +173,17 @@ def create_app(config: GatewayConfig, backends: Mapping[str, Backend] | None = N
         )
         app.add_generation_route(path, proxy)
         batch_proxies[path] = proxy
-
+    responses = ResponsesProxy(
+        ids=ResponseIdMap(settings.responses.max_ids, settings.responses.ttl_s),
+        config=config,
+        backends=backends,
+        router=router,
+        gates=gates,
+        keyring=keyring,
+        metrics=metrics,
+    )
+    app.add_generation_route(RESPONSES_PATH, responses)
+    add_responses_routes(app, responses)
     app.include_router(batch_routes(batches, keyring))
 
     def require_admin(request: Request) -> None:
@@ -235,7 +248,8 @@ def create_app(config: GatewayConfig, backends: Mapping[str, Backend] | None = N
 
     @app.exception_handler(GatewayError)
     async def gateway_error(request: Request, exc: GatewayError) -> Response:
-        return _error(exc.status, exc.message, exc.headers)
+        # exc.body(): the error's own param and type (e.g. the Responses API's 404) are kept.
+        return Response(exc.body(), status_code=exc.status, media_type="application/json", headers=exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:

@@ -275,6 +275,17 @@ class RequestLimits(BaseModel):
     )
 
 
+class ResponseStateSettings(BaseModel):
+    """The gateway's map from Responses API response id to the replica whose engine stored it
+    (previous_response_id, GET /v1/responses/{id} and cancel must reach that replica). Bounded
+    and expiring, as vLLM's own store is neither: past these, the gateway answers 404."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_ids: int = Field(100_000, ge=1, description="Ids remembered; the least recently used go first.")
+    ttl_s: float = Field(24 * 3600.0, gt=0, description="Seconds an id is remembered after its last use.")
+
+
 class GatewaySettings(BaseModel):
     """Where the gateway listens and how it routes."""
 
@@ -286,6 +297,7 @@ class GatewaySettings(BaseModel):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     limits: RequestLimits = Field(default_factory=RequestLimits)
     batches: BatchSettings = Field(default_factory=BatchSettings)
+    responses: ResponseStateSettings = Field(default_factory=ResponseStateSettings)
 
 
 class ReplicaEndpoint(BaseModel):

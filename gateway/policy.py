@@ -44,7 +44,7 @@ from typing import Literal
 from gateway.arbitration import HoldTimers, hold_next_change, hold_step
 from gateway.config import POLICY_NAMES, ClassLimits, RoutingSettings, TrafficClass
 
-Endpoint = Literal["chat", "completions"]
+Endpoint = Literal["chat", "completions", "responses"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +149,22 @@ def route(
         request, traffic_class, healthy, settings, state, rng or random.Random()
     )
     return Route(chosen.name, _priority(request, traffic_class, chosen, settings), spilled), state
+
+
+def route_to(
+    request: RequestFeatures,
+    traffic_class: TrafficClass,
+    replicas: Sequence[ReplicaLoad],
+    replica: str,
+    settings: RoutingSettings,
+) -> Decision:
+    """Send a request to the one replica that holds its state (a Responses API follow-up names a
+    response that only that replica's engine stored): no policy choice, the class's priority as
+    route() would add it, and a 503 while that replica is down, since no other can answer."""
+    held = next((r for r in replicas if r.name == replica), None)
+    if held is None or not held.healthy:
+        return Reject(503, f"replica {replica}, which holds this response's state, is not ready")
+    return Route(held.name, _priority(request, traffic_class, held, settings))
 
 
 def _priority(

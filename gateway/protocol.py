@@ -57,12 +57,43 @@ class CompletionView(_GenerationView):
         return 1
 
 
+class ResponsesView(BaseModel):
+    """POST /v1/responses (the Responses API): one input, one answer. `max_output_tokens` is its
+    max_tokens; `previous_response_id` pins the request to the replica that stored that response."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    input: str | list[Any]
+    stream: StrictBool | None = False
+    background: StrictBool | None = False
+    max_output_tokens: int | None = None
+    previous_response_id: str | None = None
+    priority: int | None = None
+
+    @property
+    def n(self) -> int:
+        return 1
+
+    @property
+    def stream_options(self) -> None:
+        """The event stream always carries usage (in response.completed): nothing to ask for."""
+        return None
+
+    def requested_tokens(self) -> int | None:
+        return self.max_output_tokens
+
+    def prompt_count(self) -> int:
+        return 1
+
+
 _VALUE_CHECKS = frozenset({"greater_than_equal", "greater_than", "too_short"})
 
-VIEWS: dict[Endpoint, type[ChatView] | type[CompletionView]] = {"chat": ChatView, "completions": CompletionView}
+View = ChatView | CompletionView | ResponsesView
+VIEWS: dict[Endpoint, type[View]] = {"chat": ChatView, "completions": CompletionView, "responses": ResponsesView}
 
 
-def parse_view(endpoint: Endpoint, body: Any) -> ChatView | CompletionView:
+def parse_view(endpoint: Endpoint, body: Any) -> View:
     """Validate the fields the gateway reads; the first problem becomes a 400 naming the field."""
     if not isinstance(body, dict):
         raise GatewayError(400, "the request body must be a JSON object")
@@ -78,7 +109,7 @@ def parse_view(endpoint: Endpoint, body: Any) -> ChatView | CompletionView:
         raise GatewayError(400, message, param=param, err_type=err_type) from None
 
 
-def features_of(endpoint: Endpoint, view: ChatView | CompletionView) -> RequestFeatures:
+def features_of(endpoint: Endpoint, view: View) -> RequestFeatures:
     return RequestFeatures(
         endpoint=endpoint,
         stream=bool(view.stream),

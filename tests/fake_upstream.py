@@ -1,7 +1,8 @@
 """A fast fake of vLLM's OpenAI server, for gateway tests and the overhead benchmark.
 
 It answers /v1/chat/completions and /v1/completions (streaming or not, n > 1, several prompts,
-stream_options.include_usage), /v1/models, /health and a /metrics page with vLLM's
+stream_options.include_usage), the Responses API (/v1/responses: plain, streamed, background,
+previous_response_id; retrieval and cancel by id, see FakeResponses), /v1/models, /health and a /metrics page with vLLM's
 `vllm:num_requests_running` / `vllm:num_requests_waiting` gauges. Like vLLM it answers errors in
 the OpenAI envelope, rejects unknown models (404) and a non-zero `priority` unless it was started
 with scheduling_policy=priority (400).
@@ -57,6 +58,15 @@ class FakeUpstream:
     active: int = 0
     _failures: list[InjectedFailure] = field(default_factory=list)
     port: int = 0
+    _responses: FakeResponses = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._responses = FakeResponses(self)
+
+    @property
+    def stored_responses(self) -> dict[str, dict[str, Any]]:
+        """Responses API objects this engine stored, by id (vLLM keeps them in the engine's memory)."""
+        return self._responses.store
 
     # ---- test controls ------------------------------------------------------------------
     def fail_next(self, status: int | None, count: int = 1) -> None:
@@ -81,6 +91,9 @@ class FakeUpstream:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._generate)
         app.router.add_post("/v1/completions", self._generate)
+        app.router.add_post("/v1/responses", self._responses.create)
+        app.router.add_get("/v1/responses/{response_id}", self._responses.retrieve)
+        app.router.add_post("/v1/responses/{response_id}/cancel", self._responses.cancel)
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
@@ -138,7 +151,9 @@ class FakeUpstream:
         )
         return web.Response(text=text, content_type="text/plain")
 
-    async def _generate(self, request: web.Request) -> web.StreamResponse:
+    async def _receive(self, request: web.Request) -> tuple[str, dict[str, Any]] | web.Response:
+        """A generation request's id and body, recorded; or the answer when it fails to parse or
+        a failure was injected for it."""
         request_id = request.headers.get("X-Request-Id") or f"fake-{next(_ids)}"
         try:
             body = orjson.loads(await request.read())
@@ -153,6 +168,13 @@ class FakeUpstream:
                 request.transport.abort()  # type: ignore[union-attr]
                 return web.Response()
             return _error(failure.status, "injected failure")
+        return request_id, body
+
+    async def _generate(self, request: web.Request) -> web.StreamResponse:
+        received = await self._receive(request)
+        if isinstance(received, web.Response):
+            return received
+        request_id, body = received
         chat = request.path.endswith("/chat/completions")
         problem = _invalid_field(body, chat)
         if problem is not None:
@@ -251,6 +273,187 @@ class FakeUpstream:
         return response
 
 
+class FakeResponses:
+    """The Responses API as vLLM serves it with VLLM_ENABLE_RESPONSES_API_STORE=1: create (plain,
+    streamed as vLLM's event stream, background), `previous_response_id` read from this engine's
+    own store, retrieval and cancel by id, vLLM's 404 for an id it does not hold."""
+
+    def __init__(self, engine: FakeUpstream) -> None:
+        self.engine = engine
+        self.store: dict[str, dict[str, Any]] = {}
+        self._background: dict[str, asyncio.Task[None]] = {}
+
+    async def create(self, request: web.Request) -> web.StreamResponse:
+        engine = self.engine
+        received = await engine._receive(request)
+        if isinstance(received, web.Response):
+            return received
+        request_id, body = received
+        problem = _invalid_response_field(body)
+        if problem is not None:
+            return _error(400, f"1 validation error: {problem}", "Bad Request")
+        if body.get("model", engine.model) != engine.model:
+            return _error(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError")
+        if body.get("priority", 0) != 0 and engine.scheduling_policy != "priority":
+            return _error(400, "Priority scheduling is not enabled.")
+        previous = body.get("previous_response_id")
+        if previous is not None and previous not in self.store:
+            return _not_found(previous)
+        tokens = body.get("max_output_tokens") or engine.default_max_tokens
+        response = self._response(body, f"resp_{request_id}", tokens)
+        if previous is not None:
+            response["usage"]["input_tokens"] += self.store[previous]["usage"]["total_tokens"]
+            response["usage"]["total_tokens"] += self.store[previous]["usage"]["total_tokens"]
+        stored = body.get("store", True)
+        if body.get("background") and stored:
+            return self._start_background(response, tokens)
+        engine.active += 1
+        try:
+            if body.get("stream"):
+                answer: web.StreamResponse = await self._stream(request, response, tokens)
+            else:
+                await asyncio.sleep(engine.first_token_delay_s + engine.token_delay_s * tokens)
+                answer = _json(response)
+            engine.completed.append(request_id)
+        except (asyncio.CancelledError, ConnectionResetError):
+            engine.aborted.append(request_id)
+            raise
+        finally:
+            engine.active -= 1
+        if stored:
+            self.store[response["id"]] = response
+        return answer
+
+    async def retrieve(self, request: web.Request) -> web.Response:
+        response_id = request.match_info["response_id"]
+        if response_id not in self.store:
+            return _not_found(response_id)
+        return _json(self.store[response_id])
+
+    async def cancel(self, request: web.Request) -> web.Response:
+        response_id = request.match_info["response_id"]
+        response = self.store.get(response_id)
+        if response is None:
+            return _not_found(response_id)
+        if response["status"] not in ("queued", "in_progress"):
+            return _error(400, "Cannot cancel a synchronous response.", "invalid_request_error", "response_id")
+        response["status"] = "cancelled"
+        task = self._background.pop(response_id, None)
+        if task is not None:
+            task.cancel()
+        return _json(response)
+
+    def _response(self, body: dict[str, Any], response_id: str, tokens: int) -> dict[str, Any]:
+        prompt_tokens = max(len(str(body.get("input", "")).split()), 1)
+        text = "".join(f"tok{i} " for i in range(tokens))
+        message = {
+            "id": f"msg_{response_id}",
+            "type": "message",
+            "role": "assistant",
+            "status": "completed",
+            "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": None}],
+        }
+        return {
+            "id": response_id,
+            "object": "response",
+            "created_at": int(time.time()),
+            "model": self.engine.model,
+            "status": "completed",
+            "background": bool(body.get("background")),
+            "max_output_tokens": tokens,
+            "previous_response_id": body.get("previous_response_id"),
+            "instructions": body.get("instructions"),
+            "output": [message],
+            "parallel_tool_calls": True,
+            "temperature": 1.0,
+            "tool_choice": "auto",
+            "tools": [],
+            "top_p": 1.0,
+            "service_tier": "auto",
+            "truncation": "disabled",
+            "incomplete_details": None,
+            "usage": {
+                "input_tokens": prompt_tokens,
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens": tokens,
+                "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": prompt_tokens + tokens,
+            },
+        }
+
+    def _start_background(self, response: dict[str, Any], tokens: int) -> web.Response:
+        final = dict(response)
+        response |= {"status": "queued", "output": [], "usage": None}
+        self.store[response["id"]] = response
+
+        async def run() -> None:
+            await asyncio.sleep(self.engine.first_token_delay_s + self.engine.token_delay_s * tokens)
+            self.store[response["id"]] = final
+            self._background.pop(response["id"], None)
+
+        self._background[response["id"]] = asyncio.create_task(run())
+        return _json(response)
+
+    async def _stream(self, request: web.Request, response: dict[str, Any], tokens: int) -> web.StreamResponse:
+        """vLLM's event stream: each event named in an `event:` line and in its `type`, numbered."""
+        engine = self.engine
+        answer = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await answer.prepare(request)
+        sequence = itertools.count()
+        started = response | {"status": "in_progress", "output": [], "usage": None}
+        message = response["output"][0]
+        part = {"type": "output_text", "text": "", "annotations": []}
+
+        async def event(kind: str, **fields: Any) -> None:
+            data = {"type": kind, "sequence_number": next(sequence)} | fields
+            await answer.write(f"event: {kind}\ndata: ".encode() + orjson.dumps(data) + b"\n\n")
+
+        await event("response.created", response=started)
+        await event("response.in_progress", response=started)
+        await asyncio.sleep(engine.first_token_delay_s)
+        item = {"id": message["id"], "output_index": 0}
+        await event(
+            "response.output_item.added", output_index=0, item=message | {"status": "in_progress", "content": []}
+        )
+        await event("response.content_part.added", **item, content_index=0, part=part)
+        for step in range(tokens):
+            if step:
+                await asyncio.sleep(engine.token_delay_s)
+            await event(
+                "response.output_text.delta",
+                item_id=message["id"],
+                output_index=0,
+                content_index=0,
+                delta=f"tok{step} ",
+                logprobs=[],
+            )
+        text = message["content"][0]["text"]
+        await event(
+            "response.output_text.done", item_id=message["id"], output_index=0, content_index=0, text=text, logprobs=[]
+        )
+        await event("response.content_part.done", **item, content_index=0, part=part | {"text": text})
+        await event("response.output_item.done", output_index=0, item=message)
+        await event("response.completed", response=response)
+        await answer.write_eof()
+        return answer
+
+
+def _invalid_response_field(body: dict[str, Any]) -> str | None:
+    """The first field vLLM's ResponsesRequest would refuse, among those the tests send wrong."""
+    if "input" not in body:
+        return "input: Field required"
+    value = body.get("max_output_tokens")
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+        return "max_output_tokens: not an integer"
+    if not isinstance(body.get("stream", False), bool):
+        return "stream: not a boolean"
+    return None
+
+
+def _not_found(response_id: str) -> web.Response:
+    return _error(404, f"Response with id '{response_id}' not found.", "invalid_request_error", "response_id")
+
+
 def _invalid_field(body: dict[str, Any], chat: bool) -> str | None:
     """The first field vLLM's request model would refuse, among those the tests send wrong."""
     for name in ("max_tokens", "max_completion_tokens", "n"):
@@ -276,8 +479,8 @@ def _json(payload: dict[str, Any], status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(payload), status=status, content_type="application/json")
 
 
-def _error(status: int, message: str, err_type: str = "BadRequestError") -> web.Response:
-    return _json({"error": {"message": message, "type": err_type, "param": None, "code": status}}, status)
+def _error(status: int, message: str, err_type: str = "BadRequestError", param: str | None = None) -> web.Response:
+    return _json({"error": {"message": message, "type": err_type, "param": param, "code": status}}, status)
 
 
 def main() -> None:

@@ -88,6 +88,12 @@ class Backend(ABC):
         replica has started answering. Raises UpstreamUnavailable, UpstreamLost or UpstreamTimeout."""
 
     @abstractmethod
+    async def call(self, method: str, path: str, request_id: str) -> UpstreamResponse:
+        """A request without a body to `path` below the replica's OpenAI base (with any query):
+        the Responses API's retrieval (GET /responses/{id}) and cancel (POST .../cancel), which
+        only the replica that stored the response can answer. Raises as `send` does."""
+
+    @abstractmethod
     async def engine_load(self) -> EngineLoad | None:
         """The engine's running/waiting counts, None if this transport cannot see them; raises
         when the replica does not answer."""

@@ -31,6 +31,13 @@ from gateway.errors import error_body
 from gateway.policy import Endpoint
 
 _DONE = b"data: [DONE]\n\n"
+# ray.serve.llm 2.60's LLMServer has handle methods for chat, completions, embeddings and a few
+# more, none for the Responses API (its native vLLM app is only reachable through Serve's HTTP
+# proxy, which Tandem's stack turns off).
+NO_RESPONSES_API = (
+    "The Responses API (/v1/responses) is not served on the `handle` data path: ray.serve.llm's "
+    "LLMServer has no method for it. Deploy the plan with `data_path: http` to use it."
+)
 
 
 def _encode(item: Any) -> bytes:
@@ -130,6 +137,8 @@ class HandleBackend(Backend):
     async def send(self, endpoint: Endpoint, body: dict[str, Any], request_id: str) -> UpstreamResponse:
         if self._stream_handle is None:
             raise RuntimeError("HandleBackend.start() has not been awaited")
+        if endpoint not in self._requests:
+            return _ErrorResponse(501, error_body(501, NO_RESPONSES_API))
         try:
             request = self._requests[endpoint].model_validate(body)
         except ValidationError as exc:
@@ -153,6 +162,9 @@ class HandleBackend(Backend):
         except Exception as exc:  # the server method raised (RayTaskError): its message, as a 500
             return _ErrorResponse(500, error_body(500, f"replica error: {type(exc).__name__}: {exc}"))
         return _HandleResponse(first, generator)
+
+    async def call(self, method: str, path: str, request_id: str) -> UpstreamResponse:
+        return _ErrorResponse(501, error_body(501, NO_RESPONSES_API))
 
     async def engine_load(self) -> EngineLoad | None:
         if self._load_probe is not None:

@@ -27,7 +27,7 @@ from gateway.backends.base import (
 from gateway.backends.http_client import ConnectFailed, ConnectionDropped, HttpClient, HttpResponse
 from gateway.policy import Endpoint
 
-_PATHS: dict[Endpoint, str] = {"chat": "/chat/completions", "completions": "/completions"}
+_PATHS: dict[Endpoint, str] = {"chat": "/chat/completions", "completions": "/completions", "responses": "/responses"}
 _GAUGES = {b"vllm:num_requests_running": "running", b"vllm:num_requests_waiting": "waiting"}
 _JSON = ("Content-Type", "application/json")
 
@@ -114,10 +114,16 @@ class HttpBackend(Backend):
         return self._client
 
     async def send(self, endpoint: Endpoint, body: dict[str, Any], request_id: str) -> UpstreamResponse:
-        headers = (_JSON, ("X-Request-Id", request_id))
+        return await self._request("POST", self._paths[endpoint], orjson.dumps(body), request_id)
+
+    async def call(self, method: str, path: str, request_id: str) -> UpstreamResponse:
+        return await self._request(method, urlsplit(self.base_url).path + path, b"", request_id)
+
+    async def _request(self, method: str, path: str, body: bytes, request_id: str) -> UpstreamResponse:
+        headers = (_JSON, ("X-Request-Id", request_id)) if body else (("X-Request-Id", request_id),)
         try:
             async with asyncio.timeout(self._first_byte_timeout_s):
-                response = await self.client.request("POST", self._paths[endpoint], orjson.dumps(body), headers)
+                response = await self.client.request(method, path, body, headers)
         except TimeoutError:
             raise UpstreamTimeout(f"no answer from {self.base_url} within {self._first_byte_timeout_s:g} s") from None
         except ConnectFailed as exc:
