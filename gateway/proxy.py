@@ -73,12 +73,23 @@ _id_counter = itertools.count(1)
 
 
 def new_request_id(headers: list[tuple[bytes, bytes]]) -> str:
-    """The client's X-Request-Id if it sent one (as vLLM honours it), else one unique per process
-    start and request (a random prefix and a counter: no syscall)."""
+    """The client's X-Request-Id if it sent one, else one unique per process start and request
+    (a random prefix and a counter: no syscall)."""
     for name, value in headers:
         if name == REQUEST_ID_HEADER and 0 < len(value) <= 128:
             return value.decode("latin-1")
     return f"{_ID_PREFIX}{next(_id_counter):08x}"
+
+
+def upstream_request_id(request_id: str, headers: list[tuple[bytes, bytes]]) -> str:
+    """The id a replica is sent for `request_id`: vLLM makes X-Request-Id its own request id, and
+    two clients may send the same one (or one client twice), which must not collide inside the
+    engine. The client's id gets a unique suffix, so vLLM's logs still show it; an id the gateway
+    made is unique already."""
+    for name, value in headers:
+        if name == REQUEST_ID_HEADER and value.decode("latin-1") == request_id:
+            return f"{request_id}.{_ID_PREFIX}{next(_id_counter):08x}"
+    return request_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +115,7 @@ class _Exchange:
     """What is known about one request as it goes through."""
 
     endpoint: Endpoint
-    request_id: str
+    request_id: str  # the client's (response header, logs)
     started: float
     client: Client | None = None
     traffic_class: TrafficClass | None = None
@@ -113,6 +124,7 @@ class _Exchange:
     deadlines: Deadlines | None = None  # set once the request has a class
     responding: bool = False  # response headers sent: errors can no longer be an HTTP status
     finished: bool = False  # last byte handed to the server: a disconnect now is the normal end
+    upstream_id: str = ""  # what the replica is sent: unique (upstream_request_id)
 
 
 class GenerationProxy:
@@ -144,7 +156,10 @@ class GenerationProxy:
         """Serve one request. The app calls this ahead of the framework's middleware (see
         gateway.app), so it answers every failure itself, in the OpenAI envelope."""
         headers = scope["headers"]
-        exchange = _Exchange(self.endpoint, new_request_id(headers), time.perf_counter())
+        request_id = new_request_id(headers)
+        exchange = _Exchange(
+            self.endpoint, request_id, time.perf_counter(), upstream_id=upstream_request_id(request_id, headers)
+        )
         task = asyncio.current_task()
         assert task is not None
         watcher: asyncio.Task[None] | None = None
@@ -271,7 +286,7 @@ class GenerationProxy:
                 try:
                     async with asyncio.timeout_at(first_at):
                         upstream = await self._backends[decision.replica].send(
-                            self.endpoint, payload, exchange.request_id
+                            self.endpoint, payload, exchange.upstream_id
                         )
                 except UpstreamUnavailable as exc:
                     if exc.down:
@@ -465,8 +480,9 @@ class GenerationProxy:
             self._metrics.latency(traffic_class, exchange.replica).observe(elapsed)
         if log.isEnabledFor(logging.DEBUG):  # one line per request costs ~10% of the gateway's CPU
             log.debug(
-                "request_id=%s endpoint=%s key=%s class=%s replica=%s status=%d ms=%.1f",
+                "request_id=%s upstream_id=%s endpoint=%s key=%s class=%s replica=%s status=%d ms=%.1f",
                 exchange.request_id,
+                exchange.upstream_id,
                 self.endpoint,
                 key,
                 traffic_class,

@@ -79,3 +79,9 @@ KEYS = {
 def free_port_refusing() -> int:
     """A loopback port with nothing listening on it (connections are refused)."""
     return free_port()
+
+
+def sent_as(upstream: FakeUpstream, client_id: str) -> str:
+    """The request id `upstream` received for a request the client sent with X-Request-Id
+    `client_id` (the gateway sends the client's id with a unique suffix); '' if none yet."""
+    return next((i for i in upstream.request_ids if i.startswith(f"{client_id}.")), "")

@@ -10,7 +10,7 @@ import time
 
 import httpx
 import orjson
-from gateway_support import PUBLIC_MODEL, FakeStack
+from gateway_support import PUBLIC_MODEL, FakeStack, sent_as
 
 ABORT_WITHIN_S = 1.0
 
@@ -49,27 +49,29 @@ def test_mid_stream(make_stack) -> None:
         lines = response.iter_lines()
         assert next(lines).startswith("data: ")
     hung_up = time.monotonic()
-    assert stack.tp.wait_for_abort("mid-stream", ABORT_WITHIN_S) is not None, "upstream kept generating"
+    assert stack.tp.wait_for_abort(sent_as(stack.tp, "mid-stream"), ABORT_WITHIN_S) is not None, (
+        "upstream kept generating"
+    )
     assert time.monotonic() - hung_up < ABORT_WITHIN_S
-    assert "mid-stream" not in stack.tp.completed
+    assert sent_as(stack.tp, "mid-stream") not in stack.tp.completed
 
 
 def test_before_first_token(make_stack) -> None:
     stack = make_stack()
     stack.tp.first_token_delay_s = 5
     sock = raw_request(stack, body(stream=True), "before-first-token")
-    assert wait_until(lambda: "before-first-token" in stack.tp.request_ids)
+    assert wait_until(lambda: sent_as(stack.tp, "before-first-token"))
     sock.close()
-    assert stack.tp.wait_for_abort("before-first-token", ABORT_WITHIN_S) is not None
+    assert stack.tp.wait_for_abort(sent_as(stack.tp, "before-first-token"), ABORT_WITHIN_S) is not None
 
 
 def test_non_streaming(make_stack) -> None:
     stack = make_stack()
     stack.tp.first_token_delay_s = 5
     sock = raw_request(stack, body(), "non-streaming")
-    assert wait_until(lambda: "non-streaming" in stack.tp.request_ids)
+    assert wait_until(lambda: sent_as(stack.tp, "non-streaming"))
     sock.close()
-    assert stack.tp.wait_for_abort("non-streaming", ABORT_WITHIN_S) is not None
+    assert stack.tp.wait_for_abort(sent_as(stack.tp, "non-streaming"), ABORT_WITHIN_S) is not None
 
 
 def queued_now(stack: FakeStack) -> float:
@@ -89,7 +91,7 @@ def test_while_queued_never_reaches_a_replica(make_stack) -> None:
     assert wait_until(lambda: queued_now(stack) == 0)  # the gateway noticed, while the slot is still taken
     holder.join()
     time.sleep(0.2)
-    assert "queued" not in stack.tp.request_ids + stack.pp.request_ids
+    assert not sent_as(stack.tp, "queued") and not sent_as(stack.pp, "queued")
 
 
 def test_gateway_serves_on_after_disconnects(make_stack) -> None:

@@ -60,8 +60,22 @@ def test_alias_is_accepted_and_answered_with_the_public_name(fake_stack: FakeSta
 def test_client_request_id_is_kept_and_sent_upstream(fake_stack: FakeStack) -> None:
     reply = post(fake_stack, CHAT, USER_KEY, **{"X-Request-Id": "my-id-42"})
     assert reply.headers["x-request-id"] == "my-id-42"
-    assert fake_stack.tp.request_ids[-1] == "my-id-42"
+    assert fake_stack.tp.request_ids[-1].startswith("my-id-42.")  # the client's id, made unique
     assert httpx.get(f"{fake_stack.root_url}/health").headers["x-request-id"]
+
+
+def test_clients_sending_the_same_request_id_never_collide_upstream(fake_stack: FakeStack) -> None:
+    """Issue 14, defect 5: vLLM makes X-Request-Id its own request id, so two requests with one id
+    must reach the engine under two ids, while each client still sees its own id."""
+    sent = len(fake_stack.tp.request_ids)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        replies = list(pool.map(lambda _: post(fake_stack, CHAT, USER_KEY, **{"X-Request-Id": "same-id"}), range(4)))
+    assert [r.headers["x-request-id"] for r in replies] == ["same-id"] * 4
+    upstream = fake_stack.tp.request_ids[sent:]
+    assert len(upstream) == 4 and len(set(upstream)) == 4
+    assert all(i.startswith("same-id.") for i in upstream)
+    mine = post(fake_stack, CHAT, USER_KEY)  # no id sent: the gateway's own, the same on both sides
+    assert fake_stack.tp.request_ids[-1] == mine.headers["x-request-id"]
 
 
 def test_usage_is_counted_per_key(fake_stack: FakeStack) -> None:

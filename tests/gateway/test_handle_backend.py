@@ -12,7 +12,7 @@ from typing import Any
 import openai
 import pytest
 from fake_upstream import FakeUpstream
-from gateway_support import PUBLIC_MODEL, gateway_config
+from gateway_support import PUBLIC_MODEL, gateway_config, sent_as
 
 pytestmark = pytest.mark.ray
 
@@ -130,7 +130,7 @@ def test_hang_up_cancels_the_call(handle_stack: tuple[str, FakeUpstream]) -> Non
         ) as r:
             next(r.iter_lines())
         hung_up = time.monotonic()
-        assert tp.wait_for_abort("handle-gone", 2.0) is not None
+        assert tp.wait_for_abort(sent_as(tp, "handle-gone"), 2.0) is not None
         assert time.monotonic() - hung_up < 2.0
     finally:
         tp.token_delay_s = 0
