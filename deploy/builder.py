@@ -36,6 +36,17 @@ def engine_deployment_name(replica: Replica) -> str:
     return f"engine-{replica.name}"
 
 
+SHARED_DEVICES = "shared"
+
+
+def device_group(plan: ServingPlan) -> str | None:
+    """The device group of the plan's replicas (gateway.arbitration): when their workers
+    outnumber the cluster's devices, the replicas are co-resident (Tandem's design: both replicas
+    on the same GPUs, or on the CPU the same cores) and share one group; otherwise none shares."""
+    workers = sum(r.world_size for r in plan.replicas)
+    return SHARED_DEVICES if workers > plan.cluster.devices else None
+
+
 def gateway_config(plan: ServingPlan, replica_urls: dict[str, str] | None = None) -> GatewayConfig:
     """The gateway's view of a plan: public names, one endpoint per replica, routing settings.
     API keys are resolved here, where `gateway up/deploy` runs: the keys file and the keys
@@ -53,6 +64,7 @@ def gateway_config(plan: ServingPlan, replica_urls: dict[str, str] | None = None
                 max_num_seqs=r.engine.max_num_seqs,
                 scheduling_policy=r.engine.scheduling_policy,
                 base_url=urls.get(r.name),
+                device_group=device_group(plan),
             )
             for r in plan.replicas
         ],
@@ -127,7 +139,10 @@ def llm_config(plan: ServingPlan, replica: Replica, model_source: str) -> Any:
 def _llm_server_engine(plan: ServingPlan, replica: Replica, model_source: str) -> Application:
     from ray.serve.llm import build_llm_deployment
 
+    from deploy.leased_llm_server import LeasedLLMServer
+
     return build_llm_deployment(
         llm_config(plan, replica, model_source),
         override_serve_options={"name": engine_deployment_name(replica)},
+        deployment_cls=LeasedLLMServer,  # a pause lease, for gateway.freezing
     )

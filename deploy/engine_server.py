@@ -42,6 +42,8 @@ def vllm_server_args(model_source: str, served_name: str, replica: Replica, host
         "--tensor-parallel-size", str(replica.tensor_parallel_size),
         "--pipeline-parallel-size", str(replica.pipeline_parallel_size),
         "--disable-uvicorn-access-log",
+        # The pause lease (gateway.engine_pause): the gateway freezes a batch engine with it.
+        "--middleware", "deploy.engine_lease.PauseLeaseMiddleware",
     ]  # fmt: skip
     return args + _engine_flags(replica.engine)
 

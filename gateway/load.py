@@ -8,12 +8,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from gateway.backends.base import Backend
-from gateway.config import ReplicaEndpoint
+from gateway.config import ReplicaEndpoint, TrafficClass
 from gateway.policy import ReplicaLoad
 
 log = logging.getLogger("tandem.gateway")
@@ -23,6 +23,7 @@ log = logging.getLogger("tandem.gateway")
 class _ReplicaStats:
     endpoint: ReplicaEndpoint
     in_flight: int = 0
+    interactive_in_flight: int = 0
     running: int = 0
     waiting: int = 0
     healthy: bool = True
@@ -34,6 +35,7 @@ class LoadBoard:
 
     def __init__(self, replicas: list[ReplicaEndpoint]) -> None:
         self._stats = {r.name: _ReplicaStats(r) for r in replicas}
+        self._listeners: list[Callable[[], None]] = []
 
     def snapshot(self, exclude: frozenset[str] = frozenset()) -> list[ReplicaLoad]:
         return [
@@ -51,14 +53,31 @@ class LoadBoard:
         ]
 
     @contextmanager
-    def tracking(self, replica: str) -> Iterator[None]:
-        """Count one request in flight on `replica` for the life of the block."""
+    def tracking(self, replica: str, traffic_class: TrafficClass | None = None) -> Iterator[None]:
+        """Count one request in flight on `replica` for the life of the block; an interactive one
+        is also counted apart, and the listeners hear of both changes (GPU arbitration)."""
         stats = self._stats[replica]
+        interactive = traffic_class == "interactive"
         stats.in_flight += 1
+        stats.interactive_in_flight += interactive
+        self._changed()
         try:
             yield
         finally:
             stats.in_flight -= 1
+            stats.interactive_in_flight -= interactive
+            self._changed()
+
+    def listen(self, listener: Callable[[], None]) -> None:
+        """Call `listener` whenever a request starts or ends on a replica (it must not block)."""
+        self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+    def interactive_in_flight(self, replica: str) -> int:
+        return self._stats[replica].interactive_in_flight
 
     def mark_down(self, replica: str) -> None:
         """A replica that refused a connection takes no traffic until a poll finds it well."""

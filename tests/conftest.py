@@ -100,7 +100,7 @@ def gateway_up(plan: Path, workdir: Path) -> Iterator[CpuStack]:
             [sys.executable, "-m", "gateway.cli", "up", "--plan", str(plan), "--port", str(port)],
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "COLUMNS": "200"},
+            env={**os.environ, "COLUMNS": "200", "TANDEM_DATA_DIR": str(workdir / "batch-data")},
         )
     try:
         text = _wait_for_welcome(process, log)

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.engine_pause import EngineControlFailed, PauseStatus
 from gateway.policy import Endpoint
 
 
@@ -106,3 +107,13 @@ class Backend(ABC):
         """POST a small JSON body to a utility endpoint at the server's root (/tokenize,
         /detokenize) and return its status and body; transports without one raise."""
         raise UtilityUnsupported(f"{type(self).__name__} has no {path}")
+
+    async def pause(self, lease_s: float, seq: int) -> PauseStatus:
+        """Freeze the engine in place (requests and KV cache kept) for `lease_s`, or renew the
+        lease; the replica resumes it by itself when the lease runs out (gateway.engine_pause).
+        Raises EngineControlFailed, or the transport's error when the replica does not answer."""
+        raise EngineControlFailed(f"{type(self).__name__} cannot pause its engine")
+
+    async def resume(self, seq: int) -> PauseStatus:
+        """Let a frozen engine go on; resuming a running engine changes nothing."""
+        raise EngineControlFailed(f"{type(self).__name__} cannot resume its engine")

@@ -27,6 +27,7 @@ from gateway.backends.base import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from gateway.engine_pause import ENGINE_CONTROL_TIMEOUT_S, EngineControlFailed, PauseStatus
 from gateway.errors import error_body
 from gateway.policy import Endpoint
 
@@ -179,6 +180,20 @@ class HandleBackend(Backend):
         except Exception:  # any failure to answer is "not ready"
             return False
         return True
+
+    async def pause(self, lease_s: float, seq: int) -> PauseStatus:
+        return await self._engine_control(self._handle.tandem_pause.remote(lease_s, seq))
+
+    async def resume(self, seq: int) -> PauseStatus:
+        return await self._engine_control(self._handle.tandem_resume.remote(seq))
+
+    async def _engine_control(self, call: Any) -> PauseStatus:
+        """A pause command to deploy.leased_llm_server.LeasedLLMServer; a plain LLMServer has no
+        such method (no lease, so the gateway never freezes it)."""
+        try:
+            return PauseStatus.model_validate(await asyncio.wait_for(call, ENGINE_CONTROL_TIMEOUT_S))
+        except AttributeError as exc:
+            raise EngineControlFailed(f"the deployment has no pause lease: {exc}") from None
 
 
 class _ErrorResponse(UpstreamResponse):

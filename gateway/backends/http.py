@@ -25,6 +25,7 @@ from gateway.backends.base import (
     UpstreamUnavailable,
 )
 from gateway.backends.http_client import ConnectFailed, ConnectionDropped, HttpClient, HttpResponse
+from gateway.engine_pause import ENGINE_CONTROL_TIMEOUT_S, PAUSE_PATH, RESUME_PATH, EngineControlFailed, PauseStatus
 from gateway.policy import Endpoint
 
 _PATHS: dict[Endpoint, str] = {"chat": "/chat/completions", "completions": "/completions", "responses": "/responses"}
@@ -159,6 +160,22 @@ class HttpBackend(Backend):
         except (ConnectionError, TimeoutError):
             return False
         return status == 200
+
+    async def pause(self, lease_s: float, seq: int) -> PauseStatus:
+        return await self._engine_control(f"{PAUSE_PATH}?lease_s={lease_s:g}&seq={seq}")
+
+    async def resume(self, seq: int) -> PauseStatus:
+        return await self._engine_control(f"{RESUME_PATH}?seq={seq}")
+
+    async def _engine_control(self, path_and_query: str) -> PauseStatus:
+        """POST a pause command to the replica's server (deploy.engine_lease's middleware). A pause
+        returns once the step in progress has ended, hence its own, longer, timeout."""
+        async with asyncio.timeout(ENGINE_CONTROL_TIMEOUT_S):
+            response = await self.client.request("POST", self._root + path_and_query)
+            body = await response.read()
+        if response.status != 200:
+            raise EngineControlFailed(f"{self.base_url}: {path_and_query.split('?')[0]} answered {response.status}")
+        return PauseStatus.model_validate_json(body)
 
 
 def parse_vllm_load(metrics: bytes) -> EngineLoad:

@@ -9,55 +9,18 @@ import collections
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import orjson
 import yaml
-from batch_support import chat_line, jsonl, records, upload, wait_for, wait_until_ended
+from batch_support import chat_line, gateway_process, jsonl, records, upload, wait_for, wait_until_ended
 from fake_upstream import FakeUpstream
 from gateway_support import PUBLIC_MODEL, gateway_config
 from openai import OpenAI
 
 from deploy.ports import free_port
 
-START_DEADLINE_S = 120.0
 LINES = 60
-
-
-@contextmanager
-def gateway_process(config_file: Path, port: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config_file), "--port", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + START_DEADLINE_S
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, f"gateway not serving after {START_DEADLINE_S} s"
-            time.sleep(0.2)
-        yield process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
 
 
 def done_lines(data_dir: Path, batch_id: str) -> set[str]:
