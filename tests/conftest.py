@@ -97,7 +97,7 @@ def gateway_up(plan: Path, workdir: Path) -> Iterator[CpuStack]:
     log = workdir / "gateway-up.log"
     with log.open("w") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "up", "--plan", str(plan), "--port", str(port)],
+            [sys.executable, "-m", "deploy.cli", "up", "--plan", str(plan), "--port", str(port)],
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, "COLUMNS": "200", "TANDEM_DATA_DIR": str(workdir / "batch-data")},

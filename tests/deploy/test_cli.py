@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
-from gateway.cli import app
+from deploy.cli import app
 
 runner = CliRunner(env={"COLUMNS": "240"})  # rich boxes wrap messages at narrow widths
 
@@ -40,3 +41,22 @@ def test_serve_with_a_broken_config_names_the_field(tmp_path: Path) -> None:
     result = runner.invoke(app, ["serve", "--config", str(config)])
     assert result.exit_code == 2
     assert "replicas.0.traffic_class" in result.output
+
+
+def test_the_stack_commands_say_what_to_install_without_ray(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gateway-only install has no Ray: `gateway up` names what is missing instead of a traceback."""
+    import importlib.util
+    import sys
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real_find_spec(name, *a)
+    )
+    for module in ("ray", "deploy.stack"):  # importing them now fails, as it would without Ray
+        monkeypatch.setitem(sys.modules, module, None)
+    plan = str(Path(__file__).parents[2] / "deploy" / "plans" / "cpu-demo.yaml")
+    for command in (["up"], ["status"], ["down"], ["deploy", plan, "--address", "127.0.0.1:1"]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2, command
+        assert "needs ray" in result.output and "gateway serve" in result.output
+        assert "Traceback" not in result.output
