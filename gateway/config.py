@@ -57,6 +57,28 @@ class ClassLimits(BaseModel):
     )
 
 
+def _default_class_limits() -> dict[TrafficClass, ClassLimits]:
+    """Each class's limits unless the plan sets them (a function, so the dict's keys are typed)."""
+    return {
+        "interactive": ClassLimits(
+            max_concurrency=32,
+            max_queue=128,
+            priority=0,
+            queue_timeout_s=30.0,
+            first_token_timeout_s=60.0,
+            total_timeout_s=600.0,
+        ),
+        "batch": ClassLimits(
+            max_concurrency=128,
+            max_queue=1024,
+            priority=10,
+            queue_timeout_s=600.0,
+            first_token_timeout_s=900.0,
+            total_timeout_s=3600.0,
+        ),
+    }
+
+
 class RoutingSettings(BaseModel):
     """How requests are classified and where each class may run."""
 
@@ -116,26 +138,7 @@ class RoutingSettings(BaseModel):
         description="A paused engine resumes by itself unless the gateway renews its pause within this time "
         "(a lost gateway never leaves an engine frozen).",
     )
-    limits: dict[TrafficClass, ClassLimits] = Field(
-        default_factory=lambda: {
-            "interactive": ClassLimits(
-                max_concurrency=32,
-                max_queue=128,
-                priority=0,
-                queue_timeout_s=30.0,
-                first_token_timeout_s=60.0,
-                total_timeout_s=600.0,
-            ),
-            "batch": ClassLimits(
-                max_concurrency=128,
-                max_queue=1024,
-                priority=10,
-                queue_timeout_s=600.0,
-                first_token_timeout_s=900.0,
-                total_timeout_s=3600.0,
-            ),
-        }
-    )
+    limits: dict[TrafficClass, ClassLimits] = Field(default_factory=_default_class_limits)
 
     @model_validator(mode="after")
     def _policy_is_known(self) -> RoutingSettings:

@@ -274,7 +274,7 @@ def _layer_types(text: dict[str, Any], layers: int) -> tuple[LayerType, ...]:
     if text.get("layer_types"):
         return tuple(text["layer_types"])
     if text.get("layer_pattern"):
-        pattern = text["layer_pattern"]
+        pattern: list[LayerType] = text["layer_pattern"]
         return tuple(pattern[i % len(pattern)] for i in range(layers))
     if text.get("sliding_window") and text.get("use_sliding_window", True) and text.get("model_type") == "mistral":
         return ("sliding_attention",) * layers
