@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -38,7 +38,7 @@ def _too_large(limit: int, size: str = "") -> GatewayError:
     return GatewayError(413, f"file{' of ' + size + ' bytes' if size else ''} is over the limit of {limit} bytes")
 
 
-async def _bounded(request: Request, limit: int) -> AsyncIterator[bytes]:
+async def _bounded(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
     received = 0
     async for chunk in request.stream():
         received += len(chunk)

@@ -10,7 +10,7 @@ import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import openai
@@ -38,7 +38,9 @@ def sdk(stack: FakeStack, key: str = USER_KEY) -> OpenAI:
 
 
 @pytest.mark.parametrize("endpoint", ["/v1/chat/completions", "/v1/completions"])
-def test_sdk_round_trip_every_custom_id_once(batch_stack: Callable[..., FakeStack], endpoint: str) -> None:
+def test_sdk_round_trip_every_custom_id_once(
+    batch_stack: Callable[..., FakeStack], endpoint: Literal["/v1/chat/completions", "/v1/completions"]
+) -> None:
     stack = batch_stack()
     client = sdk(stack)
     lines = [chat_line(f"req-{i}", PUBLIC_MODEL, f"line {i}") for i in range(30)]
