@@ -76,7 +76,10 @@ class EngineServer:
     the child process goes with the old one (see deploy.engine_process).
     """
 
-    async def __init__(self, model_source: str, served_name: str, replica: dict[str, Any], log_dir: str) -> None:
+    # Serve awaits an async constructor (a replica is ready once it returns); Python's type rules know no such thing.
+    async def __init__(  # type: ignore[misc]
+        self, model_source: str, served_name: str, replica: dict[str, Any], log_dir: str
+    ) -> None:
         import ray
 
         self.replica = Replica.model_validate(replica)

@@ -15,7 +15,7 @@ from ray.serve.llm.deployment import LLMServer
 from deploy.engine_lease import PauseLease
 
 
-class LeasedLLMServer(LLMServer):  # type: ignore[misc]
+class LeasedLLMServer(LLMServer):
     """LLMServer plus tandem_pause / tandem_resume / tandem_pause_status (gateway.engine_pause's commands)."""
 
     def _pause_lease(self) -> PauseLease:

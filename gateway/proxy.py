@@ -21,7 +21,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,8 +48,9 @@ from gateway.router import Router
 
 log = logging.getLogger("tandem.gateway")
 
-Scope = dict[str, Any]
-Message = dict[str, Any]
+# The ASGI types, as Starlette (whose app hands requests to the proxy) declares them.
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
@@ -391,6 +392,7 @@ class GenerationProxy:
                 except StopAsyncIteration:
                     break
                 except TimeoutError:
+                    # deadlines are set when the exchange is routed, before any upstream read
                     raise exchange.deadlines.exceeded(kind, exchange.replica) from None  # type: ignore[union-attr]
                 if _USAGE in chunk:
                     chunk = self._take_usage(exchange, chunk, keep=wants_usage)
@@ -408,7 +410,7 @@ class GenerationProxy:
                     return
                 if not started:
                     started = True
-                    self._metrics.ttft(exchange.traffic_class, exchange.replica).observe(
+                    self._metrics.ttft(exchange.traffic_class or "-", exchange.replica).observe(
                         time.perf_counter() - exchange.started
                     )
                 when, kind = deadlines.next_event()
@@ -435,7 +437,7 @@ class GenerationProxy:
             usage = orjson.loads(data).get("usage")
         except (orjson.JSONDecodeError, AttributeError):
             return
-        if isinstance(usage, dict):
+        if isinstance(usage, dict):  # client and class are set (auth, classification) before any upstream answer
             self._metrics.count_usage(exchange.client.name, exchange.traffic_class, usage)  # type: ignore[union-attr, arg-type]
 
     def _take_usage(self, exchange: _Exchange, chunk: bytes, *, keep: bool) -> bytes:
@@ -451,6 +453,7 @@ class GenerationProxy:
                 except orjson.JSONDecodeError:
                     payload = None
                 if isinstance(payload, dict) and isinstance(payload.get("usage"), dict):
+                    # client and class are set (auth, classification) before any upstream answer
                     self._metrics.count_usage(exchange.client.name, exchange.traffic_class, payload["usage"])  # type: ignore[union-attr, arg-type]
                     usage_only = not payload.get("choices")
             if keep or not usage_only:
@@ -508,4 +511,4 @@ def _requested_class(headers: list[tuple[bytes, bytes]]) -> TrafficClass | None:
         raise GatewayError(
             400, f"X-Tandem-Class must be one of {list(TRAFFIC_CLASSES)}, got {value!r}", param=CLASS_HEADER
         )
-    return value  # type: ignore[return-value]
+    return value

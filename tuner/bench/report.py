@@ -19,7 +19,7 @@ def _rows(result: BenchResult) -> Iterable[tuple[str, str, Metrics]]:
     """The whole run, then each traffic class with its own load when the run mixes several."""
     streams = result.config.streams
     yield (streams[0].load.label if len(streams) == 1 else "mix"), "all", result.overall
-    loads = {stream.traffic_class: stream.load.label for stream in streams}
+    loads: dict[str | None, str] = {stream.traffic_class: stream.load.label for stream in streams}
     for name, metrics in result.by_class.items():
         yield (loads[name] if len(streams) > 1 else ""), name, metrics
 

@@ -73,7 +73,7 @@ def parse_slo(text: str) -> dict[Metric, float]:
             raise ValueError(f"bad SLO {part!r}: {number!r} is not a number of milliseconds") from None
         if not limit > 0:
             raise ValueError(f"bad SLO {part!r}: the limit must be positive")
-        slo[metric] = limit  # type: ignore[index]
+        slo[metric] = limit
     return slo
 
 

@@ -277,7 +277,8 @@ def _layer_types(text: dict[str, Any], layers: int) -> tuple[LayerType, ...]:
         pattern: list[LayerType] = text["layer_pattern"]
         return tuple(pattern[i % len(pattern)] for i in range(layers))
     if text.get("sliding_window") and text.get("use_sliding_window", True) and text.get("model_type") == "mistral":
-        return ("sliding_attention",) * layers
+        sliding: tuple[LayerType, ...] = ("sliding_attention",)
+        return sliding * layers
     return ()
 
 

@@ -67,7 +67,7 @@ def compare_layouts(
     """(concurrency, PP/TP output tok/s, TP/PP TPOT) for TP=2 vs PP=2 on `hardware`."""
     tp = build_replica(model, hardware, Layout(tp=2), workload, settings, engine)
     pp = build_replica(model, hardware, Layout(pp=2), workload, settings, engine)
-    rows = []
+    rows: list[tuple[int, float | None, float | None]] = []
     for c in levels:
         t, p = predict_replica(tp, workload, c), predict_replica(pp, workload, c)
         if t.output_tok_s is None or p.output_tok_s is None or t.tpot_ms is None or p.tpot_ms is None:

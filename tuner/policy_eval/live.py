@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 from urllib.parse import urlparse
 
 import httpx
@@ -111,7 +112,7 @@ async def _drive(
         seed=seed,
         tokenizer=tokenizer,
     )
-    tasks = [benchmark(main, on_request=records.append)]
+    tasks: list[Coroutine[Any, Any, object]] = [benchmark(main, on_request=records.append)]
     if scenario.burst_size:
         burst = BenchConfig(
             endpoint=endpoint,

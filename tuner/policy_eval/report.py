@@ -14,6 +14,7 @@ import statistics
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -409,7 +410,7 @@ def plot_scenario(report: RoutingReport, scenario: str, path: Path) -> Path:
 
 
 def _draw_lever(
-    ax: object,
+    ax: Any,  # a matplotlib Axes (matplotlib is not type-checked here: pyproject.toml)
     x: list[float],
     y: list[float],
     points: list[YieldPoint],
@@ -419,12 +420,12 @@ def _draw_lever(
     """The hold-to-zero points as a line in order of their hold bound, a fraction above zero as
     squares, "off" as a star."""
     held = sorted((p.max_hold_s, xi, yi) for xi, yi, p in zip(x, y, points, strict=True) if p.fraction == 0)
-    ax.plot([h[1] for h in held], [h[2] for h in held], "o-", color=color, label=label)  # type: ignore[attr-defined]
+    ax.plot([h[1] for h in held], [h[2] for h in held], "o-", color=color, label=label)
     for xi, yi, point in zip(x, y, points, strict=True):
         if point.fraction > 0:
             ax.plot(
                 xi, yi, "*" if point.fraction >= 1 else "s", color=color, markersize=10 if point.fraction >= 1 else 6
-            )  # type: ignore[attr-defined]
+            )
 
 
 def plot_yield(report: RoutingReport, path: Path) -> Path:
