@@ -10,7 +10,7 @@ own OpenAI server and through the gateway, on the same engine in the same run.
   handles); its gateway figures are compared with the direct figures of the `http` stack, the same
   engine settings, measured earlier in the same run.
 
-Random 128 in / 64 out, as in DESIGN.md. Targets (issue 3): through the gateway, TTFT p50 <= 1.3x
+Random 128 in / 64 out (vLLM's `random` dataset shape used across docs/benchmarks.md). Targets (issue 3): through the gateway, TTFT p50 <= 1.3x
 and output tok/s >= 0.9x of direct, at concurrency 1 and 8.
 """
 

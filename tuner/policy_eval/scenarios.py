@@ -161,8 +161,9 @@ LIVE_THINK_TIME_S = 0.5
 LIVE_BATCH_RATE = 1.0
 LIVE_BURST = 24
 LIVE_SLO = {"interactive": SLO(ttft_ms=250, tpot_ms=25), "batch": SLO(ttft_ms=10_000, tpot_ms=250)}
-"""Scaled to the demo model on 2 cores, where vLLM alone answers one stream in ~16 ms TTFT and
-~3.3 ms TPOT (DESIGN.md): the interactive SLO leaves room for a queue of a few prompts."""
+"""Scaled to the demo model on 2 cores, where vLLM's own server alone answers one stream of 128-token
+prompts at a 79 ms TTFT p50 and a 2.6 ms TPOT p50 (docs/benchmarks.md, `benchmarks/bench_vs_vllm.py`
+at c=1): the interactive SLO leaves room for a queue of a few prompts."""
 
 
 def live_scenarios(duration_s: float, interactive_replica: str = "interactive") -> dict[ScenarioName, LiveScenario]:
