@@ -9,7 +9,7 @@
 
 The commands that start stacks live in deploy/, above the gateway (docs/architecture.md's layers);
 the console script `gateway` points here. Ray is imported only by the commands that need it, so a
-gateway-only install (`pip install tandem`) still runs `gateway serve`, and the others say what to
+gateway-only install (`pip install '.[gateway]'`) still runs `gateway serve`, and the others say what to
 install instead of failing on an import.
 """
 
@@ -91,7 +91,7 @@ def _require(*packages: str) -> None:
         console.print(
             f"[red]error:[/red] this command needs {' and '.join(missing)}, which this install lacks "
             "(a gateway-only install runs `gateway serve` alone); install everything with `make` "
-            "or `pip install 'tandem[deploy,tuner,cpu]'` (`cuda` instead of `cpu` on a GPU machine)"
+            "or `pip install '.[deploy,tuner,cpu]'` (`cuda` instead of `cpu` on a GPU machine)"
         )
         raise typer.Exit(2)
 
