@@ -1,6 +1,6 @@
 """Prometheus metrics of one gateway: requests, errors, latency and token usage per traffic class,
-replica and API key (by name). Each app has its own registry, so several gateways (tests) can
-live in one process. Gauges that mirror live state (in-flight, queues, health) are read from the
+replica and, when auth.per_key_metrics is on, API key (by name). Each app has its own registry,
+so several gateways (tests) can live in one process. Gauges that mirror live state (in-flight, queues, health) are read from the
 LoadBoard and the class gates at scrape time, costing nothing per request.
 """
 
@@ -92,11 +92,20 @@ class _Children:
         return child
 
 
+UNLABELLED_KEY = "-"
+"""The `key` label of every series while per-key metrics are off (auth.per_key_metrics)."""
+
+
 class GatewayMetrics:
-    def __init__(self, live: LiveState) -> None:
+    """The gateway's metrics. `per_key`: label requests and tokens with the key's name; off, every
+    series carries the key label '-', because /metrics answers without a key and per-key series
+    would tell anyone who uses the gateway, and how much."""
+
+    def __init__(self, live: LiveState, *, per_key: bool = False) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self.per_key = per_key
         r = self.registry
-        self.requests = _Children(
+        self._requests = _Children(
             Counter(
                 "tandem_gateway_requests",
                 "Requests answered, by endpoint, class, replica ('-' when the gateway answered itself), status, key",
@@ -183,7 +192,12 @@ class GatewayMetrics:
         )
         r.register(live)
 
+    def requests(self, endpoint: str, traffic_class: str, replica: str, status: str, key: str) -> Any:
+        """The request counter's child for these labels (the key's name only when per_key is on)."""
+        return self._requests(endpoint, traffic_class, replica, status, key if self.per_key else UNLABELLED_KEY)
+
     def count_usage(self, key: str, traffic_class: str, usage: Mapping[str, object]) -> None:
+        key = key if self.per_key else UNLABELLED_KEY
         for kind in ("prompt", "completion"):
             value = usage.get(f"{kind}_tokens")
             if isinstance(value, int) and value > 0:

@@ -32,6 +32,7 @@ import orjson
 from aiohttp import web
 
 _ids = itertools.count()
+MAX_N = 16384  # vLLM's default VLLM_MAX_N_SEQUENCES
 
 
 @dataclass
@@ -181,6 +182,8 @@ class FakeUpstream:
             return _error(400, f"1 validation error: {problem}", "Bad Request")
         if body.get("n", 1) < 1:  # vLLM checks values after its request model, with this type
             return _error(400, f"n must be at least 1, got {body['n']}.")
+        if body.get("n", 1) > MAX_N:  # vLLM's cap (VLLM_MAX_N_SEQUENCES), same wording
+            return _error(400, f"n must be at most {MAX_N}, got {body['n']}.")
         if body.get("model", self.model) != self.model:
             return _error(404, f"The model `{body.get('model')}` does not exist.", "NotFoundError")
         if body.get("priority", 0) != 0 and self.scheduling_policy != "priority":

@@ -7,6 +7,7 @@ import typer
 from tuner.bench.cli import bench_app
 from tuner.optimize.cli import optimize_app
 from tuner.perfmodel.cli import predict_app
+from tuner.probe_link.cli import probe_link_command
 
 app = typer.Typer(
     help="Benchmark endpoints, predict layouts, and tune serving plans for Tandem.",
@@ -17,3 +18,4 @@ app = typer.Typer(
 app.add_typer(bench_app, name="bench")
 app.add_typer(predict_app, name="predict")
 app.add_typer(optimize_app, name="optimize")
+app.command("probe-link")(probe_link_command)

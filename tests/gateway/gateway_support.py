@@ -72,7 +72,8 @@ KEYS = {
         {"name": "admin", "key": ADMIN_KEY, "admin": True},
         {"name": "user", "key": USER_KEY},
         {"name": "batcher", "key": "sk-batch-0123456789", "default_class": "batch"},
-    ]
+    ],
+    "per_key_metrics": True,
 }
 
 

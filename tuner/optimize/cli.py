@@ -97,6 +97,12 @@ def optimize_command(
     cluster: Annotated[
         str, typer.Option(help=f"{' | '.join(BUILT_IN_TARGETS)} | a cluster-target YAML file.")
     ] = "dgx-spark-pair",
+    hardware: Annotated[
+        str | None,
+        typer.Option(
+            help="Performance-model profile, by name or file (tuner probe-link writes one); default: the cluster's."
+        ),
+    ] = None,
     evaluate: Annotated[
         str, typer.Option(help="model: the performance model (seconds); live: deploy and bench each trial.")
     ] = "model",
@@ -137,6 +143,7 @@ def optimize_command(
     request = OptimizeRequest(
         model=model,
         cluster=cluster,
+        hardware=hardware,
         evaluate=evaluate,  # type: ignore[arg-type]
         trials=trials,
         workload=workload,

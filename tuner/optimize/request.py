@@ -20,6 +20,10 @@ class OptimizeRequest(BaseModel):
 
     model: str
     cluster: str = "dgx-spark-pair"
+    hardware: str | None = Field(
+        None,
+        description="Performance-model profile (name or file, e.g. from tuner probe-link) instead of the cluster's.",
+    )
     evaluate: Literal["model", "live"] = "model"
     trials: int = Field(40, ge=1, description="Trials per class (the study's total, counting resumed ones).")
     workload: str = "equal"

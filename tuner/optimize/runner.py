@@ -168,7 +168,11 @@ def optimize(request: OptimizeRequest, reporter: Reporter | None = None) -> Opti
     target = resolve_target(request.cluster)
     template = target.template_plan(model)
     shape = get_workload(request.workload)
-    hardware = load_hardware(target.hardware) if target.hardware else None
+    hardware_name = request.hardware or target.hardware
+    try:
+        hardware = load_hardware(hardware_name) if hardware_name else None
+    except ValueError as exc:
+        raise TargetError(str(exc)) from None
     predictor = ModelEvaluator(model.architecture, hardware, shape) if hardware is not None else None
     notes: list[str] = []
     if request.evaluate == "model" and predictor is None:
@@ -280,7 +284,8 @@ def _tune_routing(
     reporter: Reporter,
 ) -> tuple[RoutingSettings, dict[str, object]]:
     base = template.gateway.routing
-    if predictor is None or target.hardware is None or request.routing_trials == 0:
+    hardware = request.hardware or target.hardware
+    if predictor is None or hardware is None or request.routing_trials == 0:
         why = "no performance-model profile" if predictor is None else "--routing-trials 0"
         return base, {
             "tuned": False,
@@ -290,7 +295,7 @@ def _tune_routing(
     rate = predictor.predict(batch_point, objectives["batch"].concurrency).request_s or 0.0
     scenario = routing_scenario(
         model.source,
-        target.hardware,
+        hardware,
         replicas,
         predictor.workload,
         objectives["interactive"],

@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from deploy.plan import DEMO_SOURCE, Cluster, ModelSpec, PlanError, ServingPlan, load_plan, shipped_plan
-from tuner.perfmodel import Layout, ModelArchitecture, known_hardware, resolve_model
+from tuner.perfmodel import Layout, ModelArchitecture, known_hardware, load_hardware, resolve_model
 
 DEMO_MODEL = "demo"
 SPARK_PAIR = "dgx-spark-pair"
@@ -95,7 +95,7 @@ class ClusterTarget(BaseModel):
     @model_validator(mode="after")
     def _hardware_is_known(self) -> ClusterTarget:
         if self.hardware is not None and self.hardware not in known_hardware():
-            raise ValueError(f"unknown hardware profile {self.hardware!r}; known: {', '.join(known_hardware())}")
+            load_hardware(self.hardware)  # a profile file (tuner probe-link writes one); fails clearly if not
         return self
 
     def template_plan(self, model: ModelChoice) -> ServingPlan:

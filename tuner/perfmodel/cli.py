@@ -13,6 +13,7 @@ from rich.table import Table
 from tuner.perfmodel.architecture import resolve_model
 from tuner.perfmodel.engine import EngineSettings, known_engines, load_engine
 from tuner.perfmodel.hardware import HardwareProfile, known_hardware, load_hardware
+from tuner.perfmodel.link_sweep_report import run_link_sweep
 from tuner.perfmodel.predict import Layout, Prediction, build_replica, predict_replica
 from tuner.workloads import WORKLOADS, Workload, get_workload
 
@@ -40,7 +41,10 @@ def _concurrencies(text: str) -> list[int]:
 @predict_app.callback(invoke_without_command=True)
 def predict_command(
     model: Annotated[str, typer.Option(help="Model alias, hub id, or local HF model directory.")],
-    hardware: Annotated[str, typer.Option(help=f"Hardware profile: {', '.join(known_hardware())}.")] = "dgx-spark-pair",
+    hardware: Annotated[
+        str,
+        typer.Option(help=f"Hardware profile: {', '.join(known_hardware())}, or a profile file (tuner probe-link)."),
+    ] = "dgx-spark-pair",
     tp: Annotated[int | None, typer.Option(min=1, help="Tensor parallel size (omit both to compare layouts).")] = None,
     pp: Annotated[int | None, typer.Option(min=1, help="Pipeline parallel size.")] = None,
     workload: Annotated[str, typer.Option(help=f"Workload preset: {', '.join(WORKLOADS)}.")] = "equal",
@@ -53,6 +57,14 @@ def predict_command(
     max_num_batched_tokens: Annotated[int | None, typer.Option(min=1)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per (layout, concurrency).")] = False,
     plot: Annotated[Path | None, typer.Option(help="Write a PNG of throughput and TPOT vs concurrency.")] = None,
+    link_sweep: Annotated[
+        bool,
+        typer.Option(
+            "--link-sweep",
+            help="PP/TP throughput and TP/PP TPOT against the TP link's all-reduce latency and bandwidth "
+            "(table, and a plot with --plot), marking the nominal and the measured link.",
+        ),
+    ] = False,
 ) -> None:
     try:
         arch = resolve_model(model)
@@ -69,6 +81,12 @@ def predict_command(
         max_num_seqs=max_num_seqs,
         max_num_batched_tokens=max_num_batched_tokens,
     )
+    if link_sweep:
+        try:
+            run_link_sweep(arch, hw, shape, levels, settings, profile, plot)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+        return
     results: dict[str, list[Prediction]] = {}
     for layout in layouts:
         try:

@@ -195,6 +195,11 @@ def _line(points: Sequence[tuple[float, float]], first: bool) -> tuple[float, fl
     return a, c
 
 
+def _round(value: float, digits: int = 4) -> float:
+    """`digits` significant digits: what a measurement supports, and a readable data file."""
+    return float(f"{value:.{digits}g}")
+
+
 def _worst_error(model: CollectiveModel, points: Sequence[tuple[float, float]]) -> float:
     return max(abs(model.seconds(n) - t) / t for n, t in points)
 
@@ -211,8 +216,10 @@ def _reconnect(regimes: list[Regime]) -> list[Regime]:
         inv_gap = 1 / (prev.bandwidth_gbs.value * 1e3) - 1 / (regime.bandwidth_gbs.value * 1e3)  # us per byte
         if inv_gap == 0:
             continue
-        meet = max(lat_gap / inv_gap, prev.from_bytes + 1)
-        kept.append(regime.model_copy(update={"from_bytes": float(math.ceil(meet))}))
+        meet = float(math.ceil(lat_gap / inv_gap))
+        if meet <= prev.from_bytes:
+            raise ValueError(f"regime {regime.protocol} would take over before {prev.protocol} starts")
+        kept.append(regime.model_copy(update={"from_bytes": meet}))
     return kept
 
 
@@ -240,8 +247,8 @@ def fit_regimes(
                     Regime(
                         protocol=names[i] if count > 1 else "single",
                         from_bytes=run[0][0] if i else 0.0,
-                        latency_us=Figure(value=a * 1e6, kind="measured", source=source),
-                        bandwidth_gbs=Figure(value=1 / c / 1e9, kind="measured", source=source),
+                        latency_us=Figure(value=_round(a * 1e6), kind="measured", source=source),
+                        bandwidth_gbs=Figure(value=_round(1 / c / 1e9), kind="measured", source=source),
                     )
                 )
             try:

@@ -90,17 +90,18 @@ def _profile_path(name: str) -> Path:
     return path
 
 
-def _raw_profile(name: str) -> dict[str, Any]:
+def profile_data(name: str) -> dict[str, Any]:
+    """A profile's mapping as read, `extends:` resolved (a fresh copy: callers may change it)."""
     data = read_yaml(_profile_path(name))
     parent = data.pop("extends", None)
-    return deep_merge(_raw_profile(parent), data) if parent else data
+    return deep_merge(profile_data(parent), data) if parent else data
 
 
 @cache
 def load_hardware(name: str) -> HardwareProfile:
     """The named profile from data/hardware (e.g. 'dgx-spark-pair'), or a profile file by path."""
     try:
-        return HardwareProfile.model_validate(_raw_profile(name))
+        return HardwareProfile.model_validate(profile_data(name))
     except ValidationError as exc:
         raise ValueError(f"hardware profile {name!r} is malformed: {exc}") from None
 
