@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import secrets
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 BatchStatus = Literal[
     "validating", "failed", "in_progress", "finalizing", "completed", "expired", "cancelling", "cancelled"
@@ -15,6 +15,9 @@ UNFINISHED: tuple[BatchStatus, ...] = ("validating", "in_progress", "finalizing"
 BatchEndpoint = Literal["/v1/chat/completions", "/v1/completions"]
 ENDPOINTS: tuple[BatchEndpoint, ...] = ("/v1/chat/completions", "/v1/completions")
 FilePurpose = Literal["batch", "batch_output"]
+# OpenAI's metadata: at most 16 pairs, keys up to 64 characters, values up to 512.
+MetadataKey = Annotated[str, StringConstraints(max_length=64)]
+MetadataValue = Annotated[str, StringConstraints(max_length=512)]
 
 
 def new_id(prefix: str) -> str:
@@ -119,5 +122,5 @@ class BatchCreate(BaseModel):
     input_file_id: str = Field(min_length=1)
     endpoint: BatchEndpoint
     completion_window: Literal["24h"]
-    metadata: dict[str, str] | None = Field(None, max_length=16)
+    metadata: dict[MetadataKey, MetadataValue] | None = Field(None, max_length=16)
     output_expires_after: dict[str, Any] | None = None

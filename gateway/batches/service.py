@@ -60,6 +60,9 @@ class BatchService:
                 self._busy = str(exc)
                 log.warning("%s: the Batch API is off in this process", exc)
                 return None
+            except OSError as exc:  # not creatable or writable: say so, and try again next time
+                log.error("cannot open the batch data directory %s: %s", self.data_dir, exc.strerror)
+                raise GatewayError(503, f"the Batch API cannot open its data directory: {exc.strerror}") from None
             self._runner = BatchRunner(
                 store, self._dispatch, self.settings, self._served_names, self._client_named, self.observer
             )

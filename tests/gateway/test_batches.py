@@ -267,6 +267,12 @@ def test_limits_and_bad_uploads(batch_stack: Callable[..., FakeStack]) -> None:
     assert bad.status_code == 400 and "completion_window" in bad.json()["error"]["message"]
     with pytest.raises(openai.NotFoundError):
         client.batches.create(input_file_id="file-missing", endpoint="/v1/chat/completions", completion_window="24h")
+    with pytest.raises(openai.BadRequestError, match="metadata"):
+        client.batches.create(
+            input_file_id="file-x", endpoint="/v1/chat/completions", completion_window="24h", metadata={"k": "v" * 513}
+        )
+    huge = httpx.post(f"{stack.base_url}/batches", content=b"{" + b" " * 100_000 + b"}", headers=headers)
+    assert huge.status_code == 413
     assert httpx.get(f"{stack.root_url}/health").status_code == 200  # nothing of this took it down
 
 
