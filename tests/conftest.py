@@ -28,11 +28,22 @@ import pytest
 
 from deploy.plan import ServingPlan, load_plan, shipped_plan
 from deploy.ports import free_port
+from gateway.batch_settings import DATA_DIR_ENV
 
 STACK_START_TIMEOUT_S = 900
 STACK_STOP_TIMEOUT_S = 90
 ENGINE_LINE = re.compile(r"engine (\S+): (http://\S+/v1)")
 HANDLE_PLAN = Path(__file__).parent / "plans" / "cpu-handle.yaml"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def batch_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every gateway the tests start keeps its Batch API state here unless its config names a
+    directory: never in the user's own (~/.local/share/tandem), whose batches it would resume."""
+    path = tmp_path_factory.mktemp("batch-data")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(DATA_DIR_ENV, str(path))
+        yield path
 
 
 @dataclass(frozen=True)
