@@ -24,12 +24,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_vs_vllm import write_prompts
-from vllm_client import custom_dataset, run_vllm_bench
-
 from deploy.demo_model import ensure_demo_model
 from deploy.ports import free_port
 from tuner.bench import BenchConfig, Bounds, ClosedLoop, Endpoint, TrafficStream, WorkloadSpec, run_benchmark
+
+from bench_vs_vllm import write_prompts
+from vllm_client import custom_dataset, run_vllm_bench
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {"requests/s": (16, 1), "chunks/s": (16, 256)}  # figure -> (input_len, output_len)

@@ -30,12 +30,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from vllm_client import custom_dataset, run_vllm_bench
-
 from deploy.demo_model import ensure_demo_model
 from deploy.ports import free_port
 from tuner.bench import BenchConfig, Bounds, ClosedLoop, Endpoint, TrafficStream, WorkloadSpec, run_benchmark
 from tuner.bench.prompts import PromptFactory, load_tokenizer
+
+from vllm_client import custom_dataset, run_vllm_bench
 
 FIGURES = {  # name -> (vLLM result key, tuner-bench Metrics accessor)
     "output tok/s": ("output_throughput", lambda m: m.output_throughput),

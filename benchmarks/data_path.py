@@ -22,11 +22,11 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from vllm_client import random_dataset, run_vllm_bench
-
 from deploy.demo_model import ensure_demo_model
 from deploy.plan import ServingPlan, load_plan, shipped_plan
 from deploy.stack import running_stack
+
+from vllm_client import random_dataset, run_vllm_bench
 
 TARGETS = {"median_ttft_ms": 1.3, "output_throughput": 0.9}  # gateway / direct
 FIGURES = ["median_ttft_ms", "median_tpot_ms", "output_throughput"]

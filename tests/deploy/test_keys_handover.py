@@ -27,7 +27,7 @@ from gateway.cli import _load
 from tuner.optimize.compose import compose_plan
 
 sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/fake_upstream.py
-from fake_upstream import FakeUpstream  # noqa: E402
+from fake_upstream import FakeUpstream
 
 SECRET = "sk-team-4f9c2a7e51d0b8c3"
 ADMIN_SECRET = "sk-admin-9e8d7c6b5a4f3e2d"

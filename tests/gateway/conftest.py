@@ -15,10 +15,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/fake_upstream.py, whatever the import mode
 
-from fake_upstream import FakeUpstream  # noqa: E402
-from gateway_support import KEYS, PUBLIC_MODEL, USER_KEY, Endpoint, FakeStack, gateway_config  # noqa: E402
+from fake_upstream import FakeUpstream
+from gateway_support import KEYS, PUBLIC_MODEL, USER_KEY, Endpoint, FakeStack, gateway_config
 
-from gateway.server import start_in_thread  # noqa: E402
+from gateway.server import start_in_thread
 
 
 @pytest.fixture

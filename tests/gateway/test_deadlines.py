@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
+from collections.abc import Callable
 
 import httpx
 import openai
@@ -19,7 +20,7 @@ STALL_S = 30.0  # how long the fake replica stalls: far past every deadline unde
 ABORT_WITHIN_S = 10.0
 
 
-def deadline_stack(make_stack, **interactive: float) -> FakeStack:  # noqa: ANN001
+def deadline_stack(make_stack: Callable[..., FakeStack], **interactive: float) -> FakeStack:
     """One interactive slot (so a leaked slot blocks the next request) and the given deadlines."""
     idle = interactive.pop("idle", 60.0)
     limits = {"max_concurrency": 1, "max_queue": 4, **interactive}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 import httpx
 import orjson
@@ -31,7 +32,7 @@ def raw_request(stack: FakeStack, payload: dict, request_id: str) -> socket.sock
     return sock
 
 
-def wait_until(condition, timeout_s: float = 2.0) -> bool:  # noqa: ANN001
+def wait_until(condition: Callable[[], bool], timeout_s: float = 2.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.ray
 MESSAGES = [{"role": "user", "content": "hi"}]
 
 
-def llm_server_like():  # noqa: ANN201 - a Serve deployment class, built where Ray is imported
+def llm_server_like() -> type:  # a Serve deployment class, built where Ray is imported
     import aiohttp
     from ray import serve
     from ray.llm._internal.serve.core.configs.openai_api_models import (

@@ -28,7 +28,7 @@ def scenario(**update: object) -> Scenario:
     return base.model_copy(update=update)
 
 
-def tpot(result, cls: str = "interactive") -> float:  # noqa: ANN001
+def tpot(result, cls: str = "interactive") -> float:  # result: a SimResult
     value = result.classes[cls].tpot_p50_ms
     assert value is not None
     return value

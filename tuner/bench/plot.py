@@ -9,10 +9,10 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; never needs a display
 
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import ScalarFormatter  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.ticker import ScalarFormatter
 
-from tuner.bench.results import BenchResult, ResultSet  # noqa: E402
+from tuner.bench.results import BenchResult, ResultSet
 
 Stat = Literal["mean", "median", "p90", "p99"]
 

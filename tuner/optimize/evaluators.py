@@ -179,7 +179,7 @@ class LiveEvaluator:
         try:
             try:
                 deployed = deploy(plan)  # returns once the engine answers, or raises
-            except Exception as exc:  # noqa: BLE001 - every start failure is the trial's result
+            except Exception as exc:  # every start failure is the trial's result
                 raise Infeasible(_failure_reason(exc)) from None
             remaining = max(1.0, self.timeout_s - (time.monotonic() - started))
             config = BenchConfig(

@@ -80,7 +80,8 @@ def recover_interrupted(study: optuna.Study) -> int:
     """Trials a killed run left RUNNING: mark them FAIL and queue their points again."""
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for trial in stale:
-        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)  # noqa: SLF001 - storage API
+        # Optuna has no public call to fail a trial it no longer runs: its storage API does it
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
         study.enqueue_trial(
             trial.params, user_attrs={k: v for k, v in trial.user_attrs.items() if k == ROLE}, skip_if_exists=True
         )
