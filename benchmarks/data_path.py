@@ -43,7 +43,7 @@ def measure(plan: ServingPlan, args: argparse.Namespace, out: Path, with_direct:
     with running_stack(plan) as stack:
         gateway = stack.base_url.removesuffix("/v1")
         engine = (stack.replica_urls.get(args.replica) or "").removesuffix("/v1")
-        header = {"X-Tandem-Class": plan.replica_for_name(args.replica).traffic_class}
+        header: dict[str, str] = {"X-Tandem-Class": plan.replica_for_name(args.replica).traffic_class}
         for concurrency in args.concurrency:
             runs: dict[str, list[dict]] = {"direct": [], "gateway": []}
             for repeat in range(args.repeats):

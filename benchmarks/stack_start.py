@@ -17,7 +17,21 @@ import time
 from deploy.demo_model import ensure_demo_model
 from deploy.plan import load_plan, shipped_plan
 from deploy.stack import running_stack
-from tuner.bench import BenchConfig, Bounds, ClosedLoop, Endpoint, TrafficStream, WorkloadSpec, run_benchmark
+from tuner.bench import (
+    BenchConfig,
+    Bounds,
+    ClosedLoop,
+    Endpoint,
+    LatencyStats,
+    TrafficStream,
+    WorkloadSpec,
+    run_benchmark,
+)
+
+
+def _median(stats: LatencyStats | None) -> float:
+    """A run that completed nothing has no latency: NaN in the table."""
+    return stats.median if stats is not None else float("nan")
 
 
 def main() -> int:
@@ -51,7 +65,7 @@ def main() -> int:
                 m = run_benchmark(config).overall
                 print(
                     f"{replica.name:<12}{replica.layout:<9}{concurrency:>4}{m.output_throughput:>11.0f}"
-                    f"{m.ttft_ms.median:>13.1f}{m.tpot_ms.median:>13.1f}{m.failed:>8}",
+                    f"{_median(m.ttft_ms):>13.1f}{_median(m.tpot_ms):>13.1f}{m.failed:>8}",
                     flush=True,
                 )
     return 0

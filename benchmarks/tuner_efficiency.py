@@ -24,6 +24,7 @@ import math
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 
@@ -101,7 +102,7 @@ def main() -> None:
         started = time.perf_counter()
         optimum = exhaustive_best(space, objective, predictor)
         exhaustive_s = time.perf_counter() - started
-        result = {"model": model_name, "workload": workload, "concurrency": concurrency, "space_size": space.size(),
+        result: dict[str, Any] = {"model": model_name, "workload": workload, "concurrency": concurrency, "space_size": space.size(),
                   "exhaustive_s": round(exhaustive_s, 1), "optimum_tok_s": round(optimum, 1), "samplers": {}}  # fmt: skip
         for name in ("tpe", "random", "grid"):
             counts = []
@@ -125,9 +126,9 @@ def main() -> None:
         print(f"{'sampler':8} {'reached':>8} {'median':>7} {'mean*':>6} {'vs tpe (median)':>16}  trials per seed")
         for name, figures in result["samplers"].items():
             ratio = f"x{figures['median'] / tpe['median']:.1f}" if figures["median"] and tpe["median"] else "n/a"
-            median = figures["median"] if figures["median"] is not None else f">{args.budget}"
+            shown = figures["median"] if figures["median"] is not None else f">{args.budget}"
             print(
-                f"{name:8} {figures['reached']:>8} {median!s:>7} {figures['mean_of_reached']!s:>6} {ratio:>16}  {figures['trials']}"
+                f"{name:8} {figures['reached']:>8} {shown!s:>7} {figures['mean_of_reached']!s:>6} {ratio:>16}  {figures['trials']}"
             )
     print(
         f"\nmedian: trials until within {WITHIN:.0%} of the exhaustive optimum (a seed that never got there counts as "
