@@ -56,6 +56,7 @@ class FakeUpstream:
     aborted: list[str] = field(default_factory=list)
     completed: list[str] = field(default_factory=list)
     record: bool = True
+    serves_tokenize: bool = True  # vLLM's /tokenize; off: a server without it
     active: int = 0
     _failures: list[InjectedFailure] = field(default_factory=list)
     port: int = 0
@@ -98,6 +99,8 @@ class FakeUpstream:
         app.router.add_get("/v1/models", self._models)
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
+        if self.serves_tokenize:
+            app.router.add_post("/tokenize", self._tokenize)
         return app
 
     async def serve(self, host: str = "127.0.0.1", port: int = 0) -> web.AppRunner:
@@ -219,6 +222,14 @@ class FakeUpstream:
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or self.default_max_tokens
         text = str(body.get("messages") if chat else prompt)
         return prompts * n, max_tokens, max(len(text.split()), 1)
+
+    async def _tokenize(self, request: web.Request) -> web.Response:
+        """vLLM's /tokenize answer, counted by `fake_token_count` (the model name is checked)."""
+        body = await request.json()
+        if body.get("model") != self.model:
+            return web.json_response({"error": {"message": "unknown model", "code": 404}}, status=404)
+        count = fake_token_count(body.get("prompt", ""))
+        return web.json_response({"count": count, "max_model_len": 4096, "tokens": list(range(count))})
 
     async def _complete(self, body: dict[str, Any], chat: bool, request_id: str) -> web.Response:
         choices, tokens, prompt_tokens = self._shape(body, chat)
@@ -468,6 +479,12 @@ def _invalid_field(body: dict[str, Any], chat: bool) -> str | None:
     if chat and not isinstance(body.get("messages"), list):
         return "messages: not a list"
     return None
+
+
+def fake_token_count(text: str) -> int:
+    """The fake tokenizer of /tokenize: a word costs one token per started four letters, so word
+    counts and token counts differ, as they do in a small real vocabulary."""
+    return sum(-(-len(word) // 4) for word in text.split())
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:

@@ -138,7 +138,10 @@ def _run_with_progress(config: BenchConfig, index: int, total: int) -> BenchResu
             errors += not record.success
             progress.update(task, advance=1, errors=errors)
 
-        return run_benchmark(config, on_request=on_request)
+        def on_notice(note: str) -> None:
+            console.print(f"[yellow]warning:[/yellow] {note}")
+
+        return run_benchmark(config, on_request=on_request, on_notice=on_notice)
 
 
 @bench_app.callback()

@@ -78,7 +78,7 @@ class StreamingClient:
         self._endpoint = endpoint
         self._session = session
         self._url = endpoint.request_url
-        self._headers = {"Content-Type": "application/json", **_auth_headers(), **endpoint.headers}
+        self.headers = {"Content-Type": "application/json", **_auth_headers(), **endpoint.headers}
         self._timeout = aiohttp.ClientTimeout(total=endpoint.timeout_s)
 
     def payload(self, prompt: Prompt, *, ignore_eos: bool) -> dict[str, object]:
@@ -106,7 +106,7 @@ class StreamingClient:
     async def _attempt(
         self, prompt: Prompt, record: RequestRecord, traffic_class: str | None, ignore_eos: bool
     ) -> RequestRecord:
-        headers = self._headers if traffic_class is None else {**self._headers, CLASS_HEADER: traffic_class}
+        headers = self.headers if traffic_class is None else {**self.headers, CLASS_HEADER: traffic_class}
         data = orjson.dumps(self.payload(prompt, ignore_eos=ignore_eos))
         responded = False
         record.start = time.perf_counter()

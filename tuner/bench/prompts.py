@@ -3,17 +3,18 @@
 With the endpoint's tokenizer at hand (a local model directory), prompts are random tokens
 drawn from the vocabulary (special tokens excluded), decoded to text, and re-encoded and
 trimmed until the text encodes to exactly the target count: the method of vLLM's random
-dataset. Without it, the documented approximation: random words from a list of common
-English words, each of which (with its leading space) is a single token in the GPT-2, Llama 2/3,
-Mistral and Qwen tokenizers, so N words come to about N tokens there; small or unusual
-vocabularies count more. Either way no metric uses these targets: token counts come from
-the server's `usage`, and results report the actual mean input length.
+dataset. Without it, random words from a list of common English words, priced in the server's
+own tokens before the run (tuner.bench.lengths): with each word's exact cost (`word_costs`) a
+prompt is drawn word by word to exactly the target; with only a mean cost (`tokens_per_word`) the
+word count is scaled to hit the target on average. Either way no metric uses these targets: token
+counts come from the server's `usage`, and results report the actual mean input length.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -79,11 +80,20 @@ class PromptFactory:
     """
 
     def __init__(
-        self, workload: WorkloadSpec, *, seed: int, stream: int, tokenizer: PreTrainedTokenizerBase | None = None
+        self,
+        workload: WorkloadSpec,
+        *,
+        seed: int,
+        stream: int,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        word_costs: Mapping[str, int] | None = None,
+        tokens_per_word: float = 1.0,
     ) -> None:
         self._workload = workload
         self._rng = np.random.default_rng([seed, stream])
         self._tokenizer = tokenizer
+        self._tokens_per_word = tokens_per_word
+        self._costs = np.array([word_costs[w] for w in COMMON_WORDS]) if word_costs is not None else None
         self._input_range = length_range(workload.input_len, workload.range_ratio)
         self._output_range = length_range(workload.output_len, workload.range_ratio)
         if tokenizer is not None:
@@ -107,7 +117,23 @@ class PromptFactory:
         return Prompt(text=text, target_input_len=input_len, output_len=output_len)
 
     def _from_words(self, length: int) -> str:
-        return "".join(self._rng.choice(_WORDS, size=length)).lstrip()
+        if self._costs is None:
+            count = max(1, round(length / self._tokens_per_word))
+            return "".join(self._rng.choice(_WORDS, size=count)).lstrip()
+        # Exact: draw words while they fit; once one does not, draw among those that do. The
+        # leading space stays, since each word was priced with it.
+        picked: list[int] = []
+        remaining = length
+        while remaining > 0:
+            index = int(self._rng.integers(len(_WORDS)))
+            if self._costs[index] > remaining:
+                fitting = np.flatnonzero(self._costs <= remaining)
+                if not len(fitting):
+                    break
+                index = int(fitting[self._rng.integers(len(fitting))])
+            picked.append(index)
+            remaining -= int(self._costs[index])
+        return "".join(_WORDS[picked])
 
     def _from_tokens(self, length: int) -> str:
         tokenizer = self._tokenizer

@@ -51,6 +51,11 @@ class BenchResult(BaseModel):
     by_class: dict[str, Metrics] = Field(
         default_factory=dict, description="Per traffic class, for streams that carry one"
     )
+    prompt_lengths: str = Field(
+        default="tokenizer",
+        description="How prompt lengths were made: 'tokenizer' (a local one), 'tokenize' (exact, from the "
+        "server's /tokenize) or 'usage' (a mean calibrated from usage; right on average only)",
+    )
 
     @property
     def sweep_point(self) -> tuple[Literal["concurrency", "request rate"], float] | None:

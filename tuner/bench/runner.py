@@ -9,6 +9,7 @@ client neither queues requests in its pool nor opens connections it does not nee
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ import numpy as np
 
 from tuner.bench.client import RequestRecord, StreamingClient
 from tuner.bench.config import SLO, BenchConfig, Bounds, ClosedLoop, Endpoint, TrafficStream, WorkloadSpec
+from tuner.bench.lengths import price_words
 from tuner.bench.arrivals import Budget, SendFn, drive_closed, drive_open
 from tuner.bench.metrics import compute_metrics
 from tuner.bench.mix import MixSpec
@@ -25,6 +27,8 @@ from tuner.bench.prompts import PromptFactory, load_tokenizer
 from tuner.bench.results import BenchResult, WarmupSummary
 
 ProgressFn = Callable[[RequestRecord], None]
+NoticeFn = Callable[[str], None]
+log = logging.getLogger("tandem.bench")
 _WARMUP_STREAM = 1000
 """Prompt-stream index of warm-up prompts: far from the measured streams', so none repeats."""
 
@@ -35,16 +39,28 @@ def connection_limit(config: BenchConfig) -> int:
     return 0 if None in limits else sum(limit for limit in limits if limit is not None)
 
 
-async def benchmark(config: BenchConfig, *, on_request: ProgressFn | None = None) -> BenchResult:
+async def benchmark(
+    config: BenchConfig, *, on_request: ProgressFn | None = None, on_notice: NoticeFn | None = None
+) -> BenchResult:
     """Run one benchmark on the current event loop (see `run_benchmark`)."""
     tokenizer = load_tokenizer(config.tokenizer) if config.tokenizer else None
     limit = connection_limit(config)
     connector = aiohttp.TCPConnector(limit=limit, limit_per_host=limit, keepalive_timeout=60)
     async with aiohttp.ClientSession(connector=connector, trust_env=True) as session:
         client = StreamingClient(config.endpoint, session)
+        words = None if tokenizer is not None else await price_words(session, config.endpoint, client.headers)
+        if words is not None and words.note:
+            (on_notice or log.warning)(words.note)
 
         def sender(stream: TrafficStream, index: int, sink: list[RequestRecord]) -> SendFn:
-            prompts = PromptFactory(stream.workload, seed=config.seed, stream=index, tokenizer=tokenizer)
+            prompts = PromptFactory(
+                stream.workload,
+                seed=config.seed,
+                stream=index,
+                tokenizer=tokenizer,
+                word_costs=words.per_word if words is not None else None,
+                tokens_per_word=words.mean if words is not None else 1.0,
+            )
             # A count-bounded run knows how many prompts a stream can need: build them before timing.
             prompts.prepare(
                 config.bounds.warmup_requests if index == _WARMUP_STREAM else config.bounds.num_requests or 0
@@ -91,6 +107,7 @@ async def benchmark(config: BenchConfig, *, on_request: ProgressFn | None = None
         warmup=warmup,
         overall=compute_metrics(records, duration, config.slo),
         by_class=by_class,
+        prompt_lengths="tokenizer" if words is None else words.source,
     )
 
 
@@ -109,9 +126,12 @@ async def _warm_up(config: BenchConfig, send: SendFn, limit: int) -> WarmupSumma
     return WarmupSummary(requests=count, failed=sum(not r.success for r in outcomes))
 
 
-def run_benchmark(config: BenchConfig, *, on_request: ProgressFn | None = None) -> BenchResult:
-    """Run one benchmark to completion; ``on_request`` sees each measured request as it ends."""
-    return asyncio.run(benchmark(config, on_request=on_request))
+def run_benchmark(
+    config: BenchConfig, *, on_request: ProgressFn | None = None, on_notice: NoticeFn | None = None
+) -> BenchResult:
+    """Run one benchmark to completion; ``on_request`` sees each measured request as it ends,
+    ``on_notice`` what the user should know before the run (e.g. lengths that are not exact)."""
+    return asyncio.run(benchmark(config, on_request=on_request, on_notice=on_notice))
 
 
 def run_mix(
