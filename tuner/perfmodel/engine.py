@@ -74,12 +74,6 @@ class ModelConstants(BaseModel):
             "inputs; real traffic may route more evenly (override with 0 for uniform routing)."
         ),
     )
-    co_residence_contention: Figure = Figure(
-        value=2.0,
-        kind="assumed",
-        source="Two processes on one GPU without MPS are time-sliced: while both are busy each runs at about half speed",
-        note="Applied in proportion to how busy the other replica is; 1.0 means no interference.",
-    )
 
     def achievable_bandwidth_gbs(self, hardware: HardwareProfile) -> float:
         """Read bandwidth a device can sustain: measured if on file, else a share of nominal."""

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, Field
 
 from tuner.perfmodel.architecture import ModelArchitecture, resolve_model
+from tuner.perfmodel.coresidence import load_coresidence
 from tuner.perfmodel.engine import EngineProfile, EngineSettings, ModelConstants, load_engine
 from tuner.perfmodel.hardware import HardwareProfile, load_hardware
 from tuner.perfmodel.step import StepBatch, StepModel
@@ -151,7 +152,10 @@ def build_replica(
     constants = constants or ModelConstants()
     steps = StepModel(model, hardware, engine, layout.tp, layout.pp, constants)
     max_num_seqs, max_tokens = settings.resolved(hardware)
-    contention = 1.0 + settings.other_replica_busy * (constants.co_residence_contention.value - 1.0)
+    # A step beside a busy co-resident replica: the measured slowdown of a latency-bound step next to
+    # a decoding engine (tuner.perfmodel.coresidence), in proportion to how busy the other one is.
+    slowed = load_coresidence().interactive_next_to_decode.value
+    contention = 1.0 + settings.other_replica_busy * (slowed - 1.0)
     capacity = _capacity(steps, hardware, settings, engine, workload.input_len + workload.output_len)
     return ReplicaModel(steps, capacity, max_num_seqs, max_tokens, contention)
 

@@ -8,8 +8,13 @@ max_running sequences, each cycle advancing every running sequence one token whi
 waiting prompts are prefilled in chunks that share the max_num_batched_tokens budget left
 beside the decode tokens (as vLLM's scheduler packs them). A cycle's length comes from the same
 step model as `predict`; co-resident replicas share the GPUs like processes time-sliced on one
-device: while another replica is busy, a cycle progresses at 1/contention of its speed, and a
-cycle in progress speeds up or slows down the moment the other replica goes idle or busy. A replica can fail mid-run (its requests fail; the policy must route around
+device: while another replica runs a cycle, a cycle progresses slower by the factor measured for
+its role (tuner.perfmodel.coresidence: 2.23x for an interactive step beside a decode, 2.59x beside
+a prefill; a batch engine keeps 0.48x of its decode speed), and a cycle in progress speeds up or
+slows down the moment the other replica goes idle or busy. With gpu_arbitration "freeze" the
+gateway's own arbitration (gateway.arbitration.arbitrate) freezes the batch replica while
+interactive work runs beside it: its cycle in progress ends, no next one starts until the freeze
+ends (settle time, starvation bound), and nothing of its work is lost. A replica can fail mid-run (its requests fail; the policy must route around
 it) and come back. Batch admission follows the gateway's batch yielding (gateway.policy.batch_yield:
 held while interactive work is active, re-evaluated on every arrival and completion and at the
 moment the state says it changes). The run is seeded and bounded in simulated time.
@@ -27,6 +32,7 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.arbitration import Arbitration, ReplicaWork, arbitrate
 from gateway.config import TRAFFIC_CLASSES, ClassLimits, RoutingSettings, TrafficClass
 from gateway.policy import (
     ClassLoad,
@@ -42,7 +48,9 @@ from gateway.policy import (
 )
 from tuner.percentiles import percentile_or_none
 from tuner.perfmodel.architecture import resolve_model
-from tuner.perfmodel.engine import EngineSettings, ModelConstants, load_engine
+from tuner.perfmodel.coresidence import DEFAULT as DEFAULT_CORESIDENCE
+from tuner.perfmodel.coresidence import load_coresidence
+from tuner.perfmodel.engine import EngineSettings, load_engine
 from tuner.perfmodel.hardware import load_hardware
 from tuner.perfmodel.predict import Layout, ReplicaModel, build_replica
 from tuner.workloads import Workload
@@ -98,6 +106,11 @@ class ClassSLO(BaseModel):
     tpot_ms: float = Field(gt=0)
 
 
+def _default_slo() -> dict[TrafficClass, ClassSLO]:
+    """Each class's SLO unless the scenario sets one (a function, so the dict's keys are typed)."""
+    return {"interactive": ClassSLO(ttft_ms=1000, tpot_ms=100), "batch": ClassSLO(ttft_ms=60_000, tpot_ms=1000)}
+
+
 class Scenario(BaseModel):
     """What runs where, what traffic arrives, for how long, and what breaks."""
 
@@ -113,16 +126,14 @@ class Scenario(BaseModel):
     co_resident: bool = Field(
         True, description="The replicas share the same GPUs and slow each other when both are busy."
     )
+    coresidence: str = Field(
+        DEFAULT_CORESIDENCE, description="How much they slow each other: a measurement set in data/coresidence/."
+    )
     interactive: InteractiveLoad = InteractiveLoad()
     batch: BatchLoad = BatchLoad(rate_per_s=0.5)
     duration_s: float = Field(300.0, gt=0, le=86_400)
     failures: tuple[ReplicaFailure, ...] = ()
-    slo: dict[TrafficClass, ClassSLO] = Field(
-        default_factory=lambda: {
-            "interactive": ClassSLO(ttft_ms=1000, tpot_ms=100),
-            "batch": ClassSLO(ttft_ms=60_000, tpot_ms=1000),
-        }
-    )
+    slo: dict[TrafficClass, ClassSLO] = Field(default_factory=_default_slo)
 
 
 # ---- results ----------------------------------------------------------------------------------------
@@ -152,6 +163,11 @@ class SimResult(BaseModel):
     """Per class, the busiest replica serving it: how much of the run it had work."""
     batch_held_fraction: float = 0.0
     """Share of the run during which batch admissions were held for interactive work."""
+    batch_frozen_fraction: float = 0.0
+    """Share of the run during which a batch replica was frozen (gpu_arbitration "freeze"; the
+    largest over batch replicas)."""
+    forced_resumes: int = 0
+    """Freezes ended by the starvation bound (freeze_max_s) while interactive work went on."""
 
 
 # ---- simulation ---------------------------------------------------------------------------------------
@@ -222,7 +238,10 @@ class _Simulation:
         self.events: list[tuple[float, int, str, object]] = []
         self.order = itertools.count()
         self.ids = itertools.count()
-        self.contention = ModelConstants().co_residence_contention.value if scenario.co_resident else 1.0
+        self.coresidence = load_coresidence(scenario.coresidence) if scenario.co_resident else None
+        self.arbitration = Arbitration()
+        self.frozen_total: dict[str, float] = {}
+        self.forced_resumes = 0
         arch, hardware, engine = (
             resolve_model(scenario.model),
             load_hardware(scenario.hardware),
@@ -304,6 +323,8 @@ class _Simulation:
         self.in_flight[request.traffic_class] += 1
         replica = self.replicas[decision.replica]
         replica.waiting.append(request)
+        if request.traffic_class == "interactive":
+            self._update_freeze()
         self._kick(replica)
 
     # -- replicas
@@ -316,7 +337,7 @@ class _Simulation:
             return
         while replica.waiting and len(replica.running) < replica.model.max_running:
             replica.running.append(replica.waiting.popleft())
-        if not replica.running:
+        if not replica.running or replica.spec.name in self.arbitration.frozen:  # frozen: no next step
             if replica.busy_since is not None:
                 replica.busy_total += self.now - replica.busy_since
                 replica.busy_since = None
@@ -336,14 +357,19 @@ class _Simulation:
         reached = sum(r.prefilled + chunk for r, chunk in chunks) / len(chunks) if chunks else 0.0
         context = sum(r.shape.input_len + r.generated for r in decoding) / len(decoding) if decoding else 0.0
         seconds = replica.model.cycle_seconds(len(decoding), context, prefill, reached, max(len(chunks), 1))
-        replica.slowdown = self._slowdown(replica)
         replica.cycle_chunks = tuple(chunks)
+        replica.slowdown = self._slowdown(replica)
         self._schedule_cycle(replica, self.now + seconds * replica.slowdown)
         self._rebalance()
 
     def _slowdown(self, replica: _Replica) -> float:
-        others_busy = any(self._busy(o) for o in self.replicas.values() if o is not replica)
-        return self.contention if others_busy else 1.0
+        """The measured co-residence factor (tuner.perfmodel.coresidence) while another replica
+        runs a cycle: by this replica's role, its own cycle's and the others' prefill."""
+        others = [o for o in self.replicas.values() if o is not replica and self._busy(o)]
+        if self.coresidence is None or not others:
+            return 1.0
+        other_prefill = any(o.cycle_chunks for o in others)
+        return self.coresidence.slowdown(replica.spec.traffic_class, bool(replica.cycle_chunks), other_prefill)
 
     def _schedule_cycle(self, replica: _Replica, end: float) -> None:
         replica.cycle_end = end
@@ -393,6 +419,7 @@ class _Simulation:
         self._grant(cls)
         if cls == "interactive":
             self._update_yield()
+            self._update_freeze()
 
     def _limits(self, cls: TrafficClass) -> ClassLimits:
         limits = self.settings.limits[cls]
@@ -421,6 +448,42 @@ class _Simulation:
 
     def _on_yield_check(self, _: object) -> None:
         self._update_yield()
+
+    def _update_freeze(self) -> None:
+        """Re-evaluate GPU arbitration (gateway.arbitration, the gateway's own function) over the
+        interactive requests on each replica. A replica frozen now finishes the cycle in progress
+        and starts no other (vLLM's pause takes effect after the current step); one resumed starts
+        its next cycle at once. A timer is set for when the state would change by itself."""
+        if self.settings.gpu_arbitration != "freeze" and not self.arbitration.holds:
+            return
+        group = "shared" if self.scenario.co_resident else None
+        work = [
+            ReplicaWork(
+                name,
+                r.spec.traffic_class,
+                group,
+                sum(q.traffic_class == "interactive" for q in itertools.chain(r.running, r.waiting)),
+            )
+            for name, r in self.replicas.items()
+        ]
+        state = arbitrate(work, self.now, self.settings, self.arbitration)
+        if state == self.arbitration:
+            return
+        for name, hold in self.arbitration.holds:
+            after = state.of(name)
+            if hold.holding and not after.holding:
+                self.frozen_total[name] = self.frozen_total.get(name, 0.0) + self.now - hold.since
+                self.forced_resumes += after.forced
+        resumed = self.arbitration.frozen - state.frozen
+        self.arbitration = state
+        change = state.next_change(self.settings)
+        if change is not None:
+            self.at(max(change, self.now), "freeze_check")
+        for name in resumed:
+            self._kick(self.replicas[name])
+
+    def _on_freeze_check(self, _: object) -> None:
+        self._update_freeze()
 
     def _user_again(self, request: _Request) -> None:
         if request.user is not None:
@@ -476,6 +539,9 @@ class _Simulation:
                 replica.busy_since = None
         if self.yield_state.holding:
             self.held_total += duration - self.yield_state.since
+        for name, hold in self.arbitration.holds:
+            if hold.holding:
+                self.frozen_total[name] = self.frozen_total.get(name, 0.0) + duration - hold.since
         busy = {n: r.busy_total / duration for n, r in self.replicas.items()}
         return SimResult(
             policy=self.settings.policy,
@@ -488,6 +554,8 @@ class _Simulation:
                 for cls in TRAFFIC_CLASSES
             },
             batch_held_fraction=self.held_total / duration,
+            batch_frozen_fraction=max(self.frozen_total.values(), default=0.0) / duration,
+            forced_resumes=self.forced_resumes,
         )
 
 
