@@ -65,8 +65,9 @@ class ResponsesView(BaseModel):
 
     model: str | None = None
     input: str | list[Any]
-    stream: StrictBool | None = False
-    background: StrictBool | None = False
+    # Lax booleans, as vLLM's ResponsesRequest reads them ("yes" streams there too).
+    stream: bool | None = False
+    background: bool | None = False
     max_output_tokens: int | None = None
     previous_response_id: str | None = None
     priority: int | None = None

@@ -454,13 +454,11 @@ class FakeResponses:
 
 def _invalid_response_field(body: dict[str, Any]) -> str | None:
     """The first field vLLM's ResponsesRequest would refuse, among those the tests send wrong."""
-    if "input" not in body:
-        return "input: Field required"
+    if not isinstance(body.get("input"), (str, list)):
+        return "input: Field required" if "input" not in body else "input: not a string or a list"
     value = body.get("max_output_tokens")
     if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
         return "max_output_tokens: not an integer"
-    if not isinstance(body.get("stream", False), bool):
-        return "stream: not a boolean"
     return None
 
 

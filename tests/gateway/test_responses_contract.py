@@ -157,8 +157,8 @@ def test_cancel_of_a_finished_response_is_refused_as_by_vllm(client: openai.Open
 
 @pytest.mark.parametrize(
     "fields",
-    [{"input": None}, {"max_output_tokens": "many"}, {"stream": "yes"}, {"model": "no-such-model"}],
-    ids=["no-input", "max-output-tokens-type", "stream-type", "unknown-model"],
+    [{"input": None}, {"input": 5}, {"max_output_tokens": "many"}, {"model": "no-such-model"}],
+    ids=["no-input", "input-type", "max-output-tokens-type", "unknown-model"],
 )
 def test_bad_request(serves_responses: Endpoint, fields: dict[str, Any]) -> None:
     endpoint = serves_responses
@@ -183,3 +183,35 @@ def test_handle_path_says_so(client: openai.OpenAI, endpoint: Endpoint) -> None:
         client.responses.create(model=endpoint.model, input=INPUT, max_output_tokens=2)
     assert info.value.status_code == 501
     assert "handle" in info.value.message and "data_path: http" in info.value.message
+
+
+def test_lax_booleans_as_vllm_reads_them(serves_responses: Endpoint) -> None:
+    """vLLM's ResponsesRequest reads `stream: "yes"` as true (pydantic's lax booleans): so does the gateway."""
+    endpoint = serves_responses
+    name, url = next(iter(endpoint.replica_urls.items()))
+    body = {"input": INPUT, "max_output_tokens": 2, "stream": "yes"}
+    direct = httpx.post(f"{url}/responses", json=body | {"model": endpoint.replica_models[name]})
+    through = httpx.post(
+        f"{endpoint.base_url}/responses",
+        json=body | {"model": endpoint.model},
+        headers={"Authorization": f"Bearer {endpoint.api_key}"},
+    )
+    assert through.status_code == direct.status_code == 200
+    assert through.headers["content-type"].startswith("text/event-stream")
+    assert direct.headers["content-type"].startswith("text/event-stream")
+    assert "event: response.completed" in through.text
+
+
+@pytest.mark.parametrize(
+    ("method", "path"), [("DELETE", "/responses/resp_x"), ("GET", "/responses/resp_x/input_items")]
+)
+def test_routes_vllm_does_not_serve(serves_responses: Endpoint, method: str, path: str) -> None:
+    """What vLLM's server does not serve, the gateway refuses with the same status (its own envelope)."""
+    endpoint = serves_responses
+    direct = httpx.request(method, f"{next(iter(endpoint.replica_urls.values()))}{path}")
+    through = httpx.request(
+        method, f"{endpoint.base_url}{path}", headers={"Authorization": f"Bearer {endpoint.api_key}"}
+    )
+    assert through.status_code == direct.status_code
+    assert through.status_code in (404, 405)
+    assert set(through.json()["error"]) == {"message", "type", "param", "code"}
