@@ -29,6 +29,7 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from deploy.plan import PlanError, ServingPlan, load_plan, parse_plan, shipped_plan
+from deploy.start_time import start_time_hint
 from gateway.auth import exposure_warning
 from gateway.cli import serve
 from gateway.config import describe_fields
@@ -155,7 +156,7 @@ def up(
     stop = _stop_on_sigterm()
     console.print(
         f"Starting Ray and {len(serving_plan.replicas)} vLLM replicas of [bold]{serving_plan.model.name}[/bold] "
-        f"({', '.join(f'{r.name}: {r.layout}' for r in serving_plan.replicas)}); the first start takes a few minutes."
+        f"({', '.join(f'{r.name}: {r.layout}' for r in serving_plan.replicas)}); {start_time_hint(serving_plan)}"
     )
     try:
         with running_stack(serving_plan) as deployed:
