@@ -13,6 +13,7 @@ Ray and vLLM are imported when the backend starts, so the gateway imports withou
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -30,6 +31,8 @@ from gateway.backends.base import (
 from gateway.engine_pause import ENGINE_CONTROL_TIMEOUT_S, EngineControlFailed, PauseStatus
 from gateway.errors import error_body
 from gateway.policy import Endpoint
+
+log = logging.getLogger("tandem.gateway")
 
 _DONE = b"data: [DONE]\n\n"
 # ray.serve.llm 2.60's LLMServer has handle methods for chat, completions, embeddings and a few
@@ -160,8 +163,10 @@ class HandleBackend(Backend):
             raise UpstreamUnavailable(f"{type(exc).__name__}: {exc}", down=True) from None
         except self._unavailable as exc:  # the replica died holding the call: never re-sent
             raise UpstreamLost(f"{type(exc).__name__}: {exc}") from None
-        except Exception as exc:  # the server method raised (RayTaskError): its message, as a 500
-            return _ErrorResponse(500, error_body(500, f"replica error: {type(exc).__name__}: {exc}"))
+        except Exception:  # the server method raised (RayTaskError): a 500 that names no internals
+            # Ray's text holds the replica's traceback, actor ids and node addresses: for the log only.
+            log.exception("request %s: the replica's server method raised", request_id)
+            return _ErrorResponse(500, error_body(500, f"the replica failed on this request (request id {request_id})"))
         return _HandleResponse(first, generator)
 
     async def call(self, method: str, path: str, request_id: str) -> UpstreamResponse:

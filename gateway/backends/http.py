@@ -25,6 +25,7 @@ from gateway.backends.base import (
     UpstreamUnavailable,
 )
 from gateway.backends.http_client import ConnectFailed, ConnectionDropped, HttpClient, HttpResponse
+from gateway.backends.sse import EventFramer, EventTooLarge
 from gateway.engine_pause import ENGINE_CONTROL_TIMEOUT_S, PAUSE_PATH, RESUME_PATH, EngineControlFailed, PauseStatus
 from gateway.policy import Endpoint
 
@@ -46,17 +47,15 @@ class _HttpResponse(UpstreamResponse):
             raise UpstreamBroken(str(exc)) from None
 
     async def events(self) -> AsyncIterator[bytes]:
-        pending = b""
+        framer = EventFramer()
         try:
             async for data in self._response.chunks():
-                pending += data
-                end = pending.rfind(b"\n\n")
-                if end >= 0:
-                    yield pending[: end + 2]
-                    pending = pending[end + 2 :]
-        except ConnectionDropped as exc:
+                events = framer.feed(data)
+                if events:
+                    yield events
+        except (ConnectionDropped, EventTooLarge) as exc:
             raise UpstreamBroken(str(exc)) from None
-        if pending.strip():
+        if framer.pending.strip():
             raise UpstreamBroken("the stream ended inside an event")
 
     async def aclose(self) -> None:

@@ -10,11 +10,18 @@ parser, not from this module.
 
 Closing a response before its end closes its connection: that is how vLLM learns that the client
 went away, and it aborts the generation.
+
+What HTTP/1.1 allows and this client handles (RFC 9112): an answer without Content-Length or
+chunked encoding ends when the server closes the connection (section 6.3); interim 1xx answers
+(100 Continue, 103 Early Hints) come before the real one and are skipped (RFC 9110, section 15.2);
+a server may close an idle keep-alive connection at any time (RFC 9112, section 9.6), so an idle
+connection is checked for the server's close before it is reused.
 """
 
 from __future__ import annotations
 
 import asyncio
+import select
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -27,6 +34,9 @@ _HIGH_WATER = 256 * 1024
 # An idle connection is reused only this long: under uvicorn's 5 s keep-alive (vLLM's server), so
 # a request is not sent on a connection the server is closing at that moment.
 MAX_IDLE_S = 4.0
+# A whole answer read at once (`HttpResponse.read`) larger than this is refused: memory per request
+# stays bounded whatever a replica sends.
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
 
 
 class ConnectFailed(ConnectionError):
@@ -47,6 +57,8 @@ class _Connection(asyncio.Protocol):
     body: bytearray
     complete: bool
     keep_alive: bool  # read when the answer ends: the parser forgets it after
+    _interim: bool  # the head being parsed is a 1xx: skipped, the real answer follows
+    _until_close: bool  # the answer's body ends when the server closes the connection
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -68,12 +80,26 @@ class _Connection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self.headers = {}
         self.body = bytearray()
-        self.complete = self.keep_alive = False
+        self.complete = self.keep_alive = self._interim = self._until_close = False
         self._head = None
 
     @property
     def reusable(self) -> bool:
         return self.complete and self.keep_alive and self.closed is None
+
+    def server_closed(self) -> bool:
+        """Whether the server has closed (or reset) this idle connection, even if the event loop
+        has not yet run connection_lost. An idle connection has nothing to read, so a readable one
+        holds the server's close (urllib3 checks the same way before reusing a connection).
+        Sending on such a connection would lose the request after it was written."""
+        if self.closed is not None or self.transport is None:
+            return True
+        sock = self.transport.get_extra_info("socket")
+        if sock is None:
+            return False
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        return bool(poller.poll(0))
 
     def close(self) -> None:
         if self.transport is not None:
@@ -87,9 +113,9 @@ class _Connection(asyncio.Protocol):
             self.transport.resume_reading()
         return data
 
-    async def wait(self, *, for_end: bool = False) -> None:
-        """Until more body (unless `for_end`), the end of the answer, or the end of the connection."""
-        if (self.body and not for_end) or self.complete or self.closed is not None:
+    async def wait(self) -> None:
+        """Until more body, the end of the answer, or the end of the connection."""
+        if self.body or self.complete or self.closed is not None:
             return
         self._waiter = asyncio.get_running_loop().create_future()
         try:
@@ -113,6 +139,8 @@ class _Connection(asyncio.Protocol):
             self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if exc is None and self._until_close and not self.complete:
+            self.complete = True  # the close is this answer's end (RFC 9112, section 6.3)
         self._lose(ConnectionDropped(f"connection lost: {exc}" if exc else "connection closed by the replica"))
 
     def _lose(self, reason: ConnectionDropped) -> None:
@@ -127,8 +155,15 @@ class _Connection(asyncio.Protocol):
         self.headers[name.lower()] = value
 
     def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if 100 <= status < 200 and status != 101:  # interim (100 Continue, 103 Early Hints): not the answer
+            self._interim = True
+            self.headers = {}
+            return
+        chunked = b"chunked" in self.headers.get(b"transfer-encoding", b"").lower()
+        self._until_close = b"content-length" not in self.headers and not chunked and status not in (204, 304)
         if self._head is not None and not self._head.done():
-            self._head.set_result(self._parser.get_status_code())
+            self._head.set_result(status)
 
     def on_body(self, body: bytes) -> None:
         self.body += body
@@ -138,6 +173,9 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
         self.keep_alive = self._parser.should_keep_alive()
         self.complete = True
         self._wake()
@@ -161,15 +199,29 @@ class HttpResponse:
     def complete(self) -> bool:
         return self._connection.complete
 
-    async def read(self) -> bytes:
+    async def read(self, limit: int | None = None) -> bytes:
+        """The whole body. Taken as it arrives, so that reading never stays paused (see
+        _HIGH_WATER); over `limit` bytes (default MAX_ANSWER_BYTES) raises ConnectionDropped."""
+        limit = MAX_ANSWER_BYTES if limit is None else limit
         connection = self._connection
-        while not connection.complete:
-            if connection.closed is not None:
+        parts: list[bytes] = []
+        size = 0
+        while True:
+            if connection.body:
+                part = connection.take_body()
+                size += len(part)
+                if size > limit:
+                    self.close()  # unfinished: the connection goes
+                    raise ConnectionDropped(f"answer over the limit of {limit} bytes")
+                parts.append(part)
+            elif connection.complete:
+                break
+            elif connection.closed is not None:
                 raise connection.closed
-            await connection.wait(for_end=True)
-        data = connection.take_body()
+            else:
+                await connection.wait()
         self.close()
-        return data
+        return b"".join(parts)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """Body bytes as they arrive; raises ConnectionDropped if the answer stops before its end."""
@@ -236,7 +288,7 @@ class HttpClient:
         fresh_since = time.monotonic() - MAX_IDLE_S
         while self._idle:
             connection = self._idle.pop()
-            if connection.closed is None and connection.idle_since > fresh_since:
+            if connection.idle_since > fresh_since and not connection.server_closed():
                 connection.reset()
                 return connection
             self._discard(connection)

@@ -5,11 +5,14 @@ clients going away, a slow reader."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from gateway.backends import http_client
+from gateway.backends import http_client, sse
+from gateway.backends.base import UpstreamBroken
+from gateway.backends.http import HttpBackend
 from gateway.backends.http_client import _HIGH_WATER, ConnectFailed, ConnectionDropped, HttpClient
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -266,3 +269,140 @@ def test_origin_only() -> None:
         HttpClient("http://127.0.0.1:8000/v1")
     with pytest.raises(ValueError):
         HttpClient("ftp://127.0.0.1")
+
+
+# ---- issue 14, defect 8: what HTTP/1.1 allows a server to do ---------------------------------------
+
+
+async def test_a_body_ended_by_the_servers_close_is_the_whole_answer(serve) -> None:
+    async def until_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n")
+        writer.write(b'{"answer": "all of it"}')
+        await writer.drain()  # then the handler returns: the server closes, which ends the body
+
+    server = await serve(until_close)
+    client = HttpClient(server.origin)
+    response = await client.request("POST", "/", b"{}")
+    assert await asyncio.wait_for(response.read(), 5) == b'{"answer": "all of it"}'
+    streamed = await client.request("POST", "/", b"{}")
+    assert b"".join([c async for c in streamed.chunks()]) == b'{"answer": "all of it"}'
+    assert server.connections == 2  # never reused: the close was the answer's end
+    await client.aclose()
+
+
+async def test_interim_1xx_answers_are_skipped(serve) -> None:
+    async def early_hints(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n")
+            writer.write(answer(b"final"))
+            await writer.drain()
+
+    server = await serve(early_hints)
+    client = HttpClient(server.origin)
+    for _ in range(2):  # and the connection is still in step for the next exchange
+        response = await asyncio.wait_for(client.request("POST", "/", b"{}"), 5)
+        assert response.status == 200 and b"link" not in response.headers
+        assert await response.read() == b"final"
+    assert server.connections == 1
+    await client.aclose()
+
+
+async def test_an_idle_connection_the_server_closed_is_not_reused_before_the_loop_notices(serve) -> None:
+    closed = asyncio.Event()
+
+    async def answer_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(answer(b"ok"))  # keep-alive announced...
+        await writer.drain()
+        writer.close()  # ...and the server closes it right away (its idle timeout, a restart)
+        closed.set()
+
+    server = await serve(answer_then_close)
+    client = HttpClient(server.origin)
+    assert await (await client.request("GET", "/")).read() == b"ok"
+    await closed.wait()
+    time.sleep(0.2)  # blocking: the FIN is in the socket, but the event loop has not run connection_lost
+    response = await asyncio.wait_for(client.request("GET", "/"), 5)
+    assert await response.read() == b"ok"
+    assert server.connections == 2
+    await client.aclose()
+
+
+async def test_a_large_answer_read_whole_does_not_stall_and_a_huge_one_is_refused(serve) -> None:
+    size = 8 * _HIGH_WATER  # past the point where reading pauses for a slow consumer
+
+    async def big(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(answer(b"x" * size))
+            await writer.drain()
+
+    server = await serve(big)
+    client = HttpClient(server.origin)
+    assert len(await asyncio.wait_for((await client.request("GET", "/")).read(), 10)) == size
+    with pytest.raises(ConnectionDropped, match="over the limit"):
+        await asyncio.wait_for((await client.request("GET", "/")).read(limit=size // 2), 10)
+    await client.aclose()
+
+
+def sse_server(frames: list[bytes], release: asyncio.Event) -> Handler:
+    """Answers one chunked SSE stream: the first frame, then (once released) the rest."""
+
+    async def stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for i, frame in enumerate(frames):
+            if i == 1:
+                await writer.drain()
+                await release.wait()
+            writer.write(b"%x\r\n%s\r\n" % (len(frame), frame))
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+
+    return stream
+
+
+async def test_sse_framed_with_crlf_is_relayed_event_by_event(serve) -> None:
+    release = asyncio.Event()
+    frames = [b'data: {"n": 1}\r\n\r\n', b'data: {"n": 2}\r', b"\n\r\ndata: [DONE]\r\n\r\n"]
+    server = await serve(sse_server(frames, release))
+    backend = HttpBackend(server.origin + "/v1")
+    await backend.start()
+    upstream = await backend.send("chat", {"stream": True}, "crlf")
+    events = upstream.events()
+    assert await asyncio.wait_for(anext(events), 5) == b'data: {"n": 1}\n\n'  # before the server goes on
+    release.set()
+    assert [e async for e in events] == [b'data: {"n": 2}\n\ndata: [DONE]\n\n']
+    await upstream.aclose()
+    await backend.close()
+
+
+async def test_an_event_that_never_ends_is_cut_off_at_the_bound(serve, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sse, "MAX_EVENT_BYTES", 64 * 1024)
+    release = asyncio.Event()
+    endless = [b"data: " + b"x" * 16 * 1024] * 64  # a megabyte with no blank line
+    server = await serve(sse_server([b"data: first\n\n", *endless], release))
+    release.set()
+    backend = HttpBackend(server.origin + "/v1")
+    await backend.start()
+    upstream = await backend.send("chat", {"stream": True}, "endless")
+
+    async def drain() -> list[bytes]:
+        return [e async for e in upstream.events()]
+
+    with pytest.raises(UpstreamBroken, match="without ending an event"):
+        await asyncio.wait_for(drain(), 10)
+    await upstream.aclose()
+    await backend.close()
+
+
+def test_event_framer_line_endings() -> None:
+    framer = sse.EventFramer()
+    assert framer.feed(b"data: a\r") == b""  # a CR at the end may be half a CRLF
+    assert framer.feed(b"\n\r") == b""
+    assert framer.feed(b"\ndata: b\r\rdata: c\n\ndata: d") == b"data: a\n\ndata: b\n\ndata: c\n\n"
+    assert framer.pending == b"data: d"
