@@ -144,7 +144,7 @@ def optimize_command(
         model=model,
         cluster=cluster,
         hardware=hardware,
-        evaluate=evaluate,  # type: ignore[arg-type]
+        evaluate=evaluate,
         trials=trials,
         workload=workload,
         batch_slo=_slo(slo, "--slo"),

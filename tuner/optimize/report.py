@@ -9,6 +9,7 @@ import optuna
 from optuna.trial import TrialState
 
 if TYPE_CHECKING:
+    from gateway.config import TrafficClass
     from tuner.optimize.evaluators import ModelEvaluator
     from tuner.optimize.request import OptimizeRequest, OptimizeResult
     from tuner.optimize.space import SearchSpace
@@ -29,9 +30,9 @@ def _best_by_layout_kind(study: optuna.Study, space: SearchSpace) -> dict[str, o
 
 def write_plot(
     path: Path,
-    studies: dict[str, optuna.Study],
+    studies: dict[TrafficClass, optuna.Study],
     predictor: ModelEvaluator | None,
-    spaces: dict[str, SearchSpace],
+    spaces: dict[TrafficClass, SearchSpace],
     chosen_interactive: int,
 ) -> Path:
     import matplotlib
@@ -147,9 +148,9 @@ def markdown(result: OptimizeResult, png_name: str) -> str:
 
 def write_report(
     result: OptimizeResult,
-    studies: dict[str, optuna.Study],
+    studies: dict[TrafficClass, optuna.Study],
     predictor: ModelEvaluator | None,
-    spaces: dict[str, SearchSpace],
+    spaces: dict[TrafficClass, SearchSpace],
     request: OptimizeRequest,
 ) -> Path:
     stem = f"{result.model}.{result.cluster}.report"

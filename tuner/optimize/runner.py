@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import statistics
 from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
 
 from optuna.trial import FrozenTrial, TrialState
@@ -48,6 +49,11 @@ from tuner.workloads import get_workload
 INTERACTIVE_SEQS = IntRange(1, 64, log=True)
 BATCH_SEQS = IntRange(16, 512, step=16)
 ERROR_METRICS: tuple[Metric, ...] = ("ttft_p90_ms", "tpot_p50_ms", "output_tok_s")
+
+
+def _report_trial(reporter: Reporter, label: str, study: object, trial: FrozenTrial) -> None:
+    """An Optuna callback (study, trial) that tells the reporter about the trial."""
+    reporter.trial(label, trial)
 
 
 class Reporter:
@@ -97,7 +103,8 @@ def search_spaces(
         layouts = fitting
     spaces: dict[TrafficClass, SearchSpace] = {}
     low, high, step = target.max_num_batched_tokens
-    for traffic_class, seqs in (("interactive", INTERACTIVE_SEQS), ("batch", BATCH_SEQS)):
+    class_seqs: tuple[tuple[TrafficClass, IntRange], ...] = (("interactive", INTERACTIVE_SEQS), ("batch", BATCH_SEQS))
+    for traffic_class, seqs in class_seqs:
         replica = template.replica_for(traffic_class)
         max_model_len = (replica.engine.max_model_len if replica else None) or high
         spaces[traffic_class] = SearchSpace(
@@ -185,7 +192,7 @@ def optimize(request: OptimizeRequest, reporter: Reporter | None = None) -> Opti
             f"no performance-model profile for {target.name}: live trials run without a warm start or predictions"
         )
     spaces = search_spaces(target, template, predictor, model)
-    objectives = {
+    objectives: dict[TrafficClass, ClassObjective] = {
         "interactive": ClassObjective.interactive(request.interactive_concurrency, request.interactive_slo),
         "batch": ClassObjective.batch(request.batch_concurrency, request.batch_slo),
     }
@@ -230,7 +237,7 @@ def optimize(request: OptimizeRequest, reporter: Reporter | None = None) -> Opti
             )
             label = f"{traffic_class} ({request.evaluate})"
             reporter.phase(label, request.trials)
-            ran[traffic_class] = cs.run(request.trials, callbacks=[lambda s, t, label=label: reporter.trial(label, t)])
+            ran[traffic_class] = cs.run(request.trials, callbacks=[partial(_report_trial, reporter, label)])
             studies[traffic_class] = cs
 
     interactive_trial = pick_interactive(studies["interactive"].study, objectives["interactive"], spaces["interactive"])
