@@ -11,14 +11,14 @@ import platform
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
 from tuner.bench.config import BenchConfig, ClosedLoop
 from tuner.bench.metrics import Metrics
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1  # Final: typed Literal[1], the one version this reader knows
 CLIENT_NAME = "tandem-bench"
 
 
