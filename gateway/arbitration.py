@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from gateway.config import RoutingSettings, TrafficClass
 
@@ -50,6 +50,8 @@ class HoldTimers:
 
 
 class _HoldLike(Protocol):
+    __dataclass_fields__: ClassVar[dict[str, Any]]  # a dataclass: dataclasses.replace() makes the next state
+
     @property
     def holding(self) -> bool: ...
     @property
@@ -71,15 +73,15 @@ def hold_step(active: bool, now: float, timers: HoldTimers, state: H) -> H:
     idle_since = None if active else (now if state.interactive_idle_since is None else state.interactive_idle_since)
     if state.holding:
         if now >= state.since + timers.max_s:  # the sums hold_next_change() names, exactly
-            return replace(state, holding=False, since=now, forced=True, interactive_idle_since=idle_since)  # type: ignore[type-var]
+            return replace(state, holding=False, since=now, forced=True, interactive_idle_since=idle_since)
         if idle_since is not None and now >= idle_since + timers.settle_s:
-            return replace(state, holding=False, since=now, forced=False, interactive_idle_since=idle_since)  # type: ignore[type-var]
-        return replace(state, interactive_idle_since=idle_since)  # type: ignore[type-var]
+            return replace(state, holding=False, since=now, forced=False, interactive_idle_since=idle_since)
+        return replace(state, interactive_idle_since=idle_since)
     if state.forced and now < state.since + timers.release_s:
-        return replace(state, interactive_idle_since=idle_since)  # type: ignore[type-var]
+        return replace(state, interactive_idle_since=idle_since)
     if active:
-        return replace(state, holding=True, since=now, forced=False, interactive_idle_since=None)  # type: ignore[type-var]
-    return replace(state, forced=False, interactive_idle_since=idle_since)  # type: ignore[type-var]
+        return replace(state, holding=True, since=now, forced=False, interactive_idle_since=None)
+    return replace(state, forced=False, interactive_idle_since=idle_since)
 
 
 def hold_next_change(state: _HoldLike, timers: HoldTimers) -> float | None:

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Histogram
@@ -93,10 +93,10 @@ class _EngineSwitch:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.wake.wait(), seconds)
 
-    async def _command(self, command: str, call: Callable[[], object]) -> bool:
+    async def _command(self, command: str, call: Callable[[], Awaitable[object]]) -> bool:
         started = time.monotonic()
         try:
-            status = await call()  # type: ignore[misc]
+            status = await call()
         except Exception as exc:  # a down replica, a refused command: tried again
             self.failures[command] += 1
             log.warning("replica %s: %s failed: %s: %s", self.name, command, type(exc).__name__, exc)

@@ -129,6 +129,7 @@ class _Connection(asyncio.Protocol):
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # a TCP connection's transport is an asyncio.Transport; the Protocol interface declares the base class
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:

@@ -251,7 +251,7 @@ def plot(
         except (OSError, ValueError) as exc:
             raise typer.BadParameter(str(exc), param_hint="RESULTS") from None
         sets[result_set.label or path.stem] = result_set
-    chosen: Stat = stat  # type: ignore[assignment]
+    chosen: Stat = stat  # type: ignore[assignment]  # checked against Stat's four values just above
     try:
         plot_results(sets, output, stat=chosen)
     except ValueError as exc:

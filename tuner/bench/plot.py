@@ -22,7 +22,14 @@ def _points(result_set: ResultSet) -> tuple[str, list[BenchResult]]:
     axes = {run.sweep_point[0] for run in result_set.runs if run.sweep_point is not None}
     if len(axes) != 1 or any(run.sweep_point is None for run in result_set.runs):
         raise ValueError("only single-stream sweeps plot against load (all concurrency or all request rate)")
-    return axes.pop(), sorted(result_set.runs, key=lambda run: run.sweep_point[1])  # type: ignore[index]
+    return axes.pop(), sorted(result_set.runs, key=_load)
+
+
+def _load(run: BenchResult) -> float:
+    """The run's place on the load axis (concurrency or request rate)."""
+    if run.sweep_point is None:
+        raise ValueError("a mixed-traffic run has no place on a load axis")
+    return run.sweep_point[1]
 
 
 def plot_results(sets: dict[str, ResultSet], output: Path, *, stat: Stat = "median") -> Path:
@@ -32,7 +39,7 @@ def plot_results(sets: dict[str, ResultSet], output: Path, *, stat: Stat = "medi
     for label, result_set in sets.items():
         axis, runs = _points(result_set)
         axis_names.add(axis)
-        x = [run.sweep_point[1] for run in runs]  # type: ignore[index]
+        x = [_load(run) for run in runs]
         style = {"marker": "o", "label": label}
         throughput.plot(x, [run.overall.output_throughput for run in runs], **style)
         ttft.plot(x, [getattr(run.overall.ttft_ms, stat, float("nan")) for run in runs], **style)

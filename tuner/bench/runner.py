@@ -17,10 +17,10 @@ from datetime import UTC, datetime
 import aiohttp
 import numpy as np
 
+from tuner.bench.arrivals import Budget, SendFn, drive_closed, drive_open
 from tuner.bench.client import RequestRecord, StreamingClient
 from tuner.bench.config import SLO, BenchConfig, Bounds, ClosedLoop, Endpoint, TrafficStream, WorkloadSpec
 from tuner.bench.lengths import price_words
-from tuner.bench.arrivals import Budget, SendFn, drive_closed, drive_open
 from tuner.bench.metrics import compute_metrics
 from tuner.bench.mix import MixSpec
 from tuner.bench.prompts import PromptFactory, load_tokenizer

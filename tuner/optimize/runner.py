@@ -254,7 +254,9 @@ def optimize(request: OptimizeRequest, reporter: Reporter | None = None) -> Opti
     routing, routing_info = _tune_routing(
         request, model, target, template, replicas, predictor, objectives, batch_point, reporter
     )
-    notes.extend(routing_info.pop("notes", []))  # type: ignore[arg-type]
+    routing_notes = routing_info.pop("notes", [])
+    if isinstance(routing_notes, list):  # _tune_routing's notes for the report
+        notes.extend(str(note) for note in routing_notes)
     plan = compose_plan(template, replicas, routing)
     plan_path = request.out / f"{model.key}.{target.name}.yaml"
     dump_plan(plan, plan_path, header=_plan_header(request, model, target))

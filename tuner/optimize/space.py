@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import optuna
 
@@ -112,16 +113,16 @@ class SearchSpace:
         share = self.memory_share.suggest(trial) if self.memory_share is not None else None
         return Candidate(layout_from_name(layout), seqs, chunked, tokens, share)
 
-    def from_params(self, params: dict[str, object]) -> Candidate:
+    def from_params(self, params: dict[str, Any]) -> Candidate:  # Optuna's trial.params
         """The point a finished trial evaluated."""
         chunked = bool(params[CHUNKED_PREFILL])
         share = params.get(MEMORY_SHARE)
         return Candidate(
             layout=layout_from_name(str(params[LAYOUT])),
-            max_num_seqs=int(params[MAX_NUM_SEQS]),  # type: ignore[call-overload]
+            max_num_seqs=int(params[MAX_NUM_SEQS]),
             enable_chunked_prefill=chunked,
-            max_num_batched_tokens=int(params[BATCHED_TOKENS]) if chunked else self.max_model_len,  # type: ignore[call-overload]
-            memory_share=None if share is None else round(float(share), 4),  # type: ignore[arg-type]
+            max_num_batched_tokens=int(params[BATCHED_TOKENS]) if chunked else self.max_model_len,
+            memory_share=None if share is None else round(float(share), 4),
         )
 
     def candidates(self) -> Iterator[Candidate]:

@@ -93,14 +93,15 @@ def sweep_link(
     if link is None:
         raise ValueError(f"hardware {hardware.name!r} has fewer than two devices: nothing to sweep")
     points = []
-    for axis, scales in (("latency", latency_scales), ("bandwidth", bandwidth_scales)):
+    sweeps: tuple[tuple[Axis, Sequence[float]], ...] = (("latency", latency_scales), ("bandwidth", bandwidth_scales))
+    for axis, scales in sweeps:
         for scale in scales:
             what_if = scaled_link(link, scale, 1.0) if axis == "latency" else scaled_link(link, 1.0, scale)
             rows = compare_layouts(model, with_link(hardware, 2, what_if), workload, levels, settings, engine)
             for c, rate, tpot in rows:
                 points.append(
                     SweepPoint(
-                        axis=axis,  # type: ignore[arg-type]
+                        axis=axis,
                         scale=scale,
                         latency_us=what_if.allreduce.small_message_latency_us,
                         bandwidth_gbs=what_if.allreduce.large_message_bandwidth_gbs,
