@@ -55,6 +55,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 REQUEST_ID_HEADER = b"x-request-id"
+_CLASS_HEADER = CLASS_HEADER.encode()  # read from the request, and set on the answer with the class applied
 _JSON = (b"content-type", b"application/json")
 _SSE = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")]
 _USAGE = b'"usage"'
@@ -335,7 +336,7 @@ class GenerationProxy:
     def _response_headers(self, exchange: _Exchange) -> list[tuple[bytes, bytes]]:
         return [
             (b"x-request-id", exchange.request_id.encode("latin-1")),
-            (b"x-tandem-class", (exchange.traffic_class or "-").encode()),
+            (_CLASS_HEADER, (exchange.traffic_class or "-").encode()),
             (b"x-tandem-replica", exchange.replica.encode()),
         ]
 
@@ -503,7 +504,7 @@ def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
 
 
 def _requested_class(headers: list[tuple[bytes, bytes]]) -> TrafficClass | None:
-    value = _header(headers, CLASS_HEADER.encode())
+    value = _header(headers, _CLASS_HEADER)
     if value is None:
         return None
     value = value.strip().lower()
