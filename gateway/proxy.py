@@ -394,7 +394,7 @@ class GenerationProxy:
                     break
                 except TimeoutError:
                     # deadlines are set when the exchange is routed, before any upstream read
-                    raise exchange.deadlines.exceeded(kind, exchange.replica) from None  # type: ignore[union-attr]
+                    raise deadlines.exceeded(kind, exchange.replica) from None
                 if _USAGE in chunk:
                     chunk = self._take_usage(exchange, chunk, keep=wants_usage)
                     if not chunk:
