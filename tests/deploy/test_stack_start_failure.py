@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import StackStartFailed, gateway_up
+from real_stack import StackStartFailed, gateway_up
 
 from deploy.plan import shipped_plan
 
