@@ -173,6 +173,13 @@ def up(
 def deploy_command(
     plan: Annotated[Path, typer.Argument(help="Serving plan YAML.", exists=True, dir_okay=False)],
     address: AddressOption = None,
+    probe_link: Annotated[
+        bool,
+        typer.Option(
+            "--probe-link",
+            help="First measure the link between two nodes (as tuner probe-link) and warn if a TP replica spans a slow one.",
+        ),
+    ] = False,
 ) -> None:
     """Deploy a plan onto a running Ray cluster and return; the cluster keeps serving it."""
     _require("ray")
@@ -184,11 +191,31 @@ def deploy_command(
         raise typer.Exit(2)
     try:
         with RayConnection(address):
+            if probe_link:
+                _probe_link_first(serving_plan)
             deployed = deploy(serving_plan)
     except Exception as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
     _print_welcome(deployed)
+
+
+def _probe_link_first(plan: ServingPlan) -> None:
+    """`gateway deploy --probe-link`: the link's headline figures, and a warning before a TP
+    replica is put across a slow one (the deploy goes ahead: the user decides)."""
+    from deploy.link_probe import check_before_deploy
+
+    console.print("probing the link between two nodes (all-reduce, all-gather, send/recv, 8 KB-64 MB)...")
+    samples, warning = check_before_deploy(plan)
+    if samples is None:
+        console.print("no TP replica spans nodes (or the cluster has one node): nothing to probe")
+        return
+    console.print(
+        f"link: 8 KB all-reduce {samples.at('allreduce', 8192):.1f} us, "
+        f"{samples.large_message_bandwidth_gbs('allreduce'):.2f} GB/s at 64 MB ({samples.backend})"
+    )
+    if warning is not None:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
 
 
 def _on_cluster(address: str | None, query: Callable[[], T]) -> T:

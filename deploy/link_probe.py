@@ -27,6 +27,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from deploy.plan import ServingPlan
+
 Operation = Literal["allreduce", "allgather", "p2p"]
 OPERATIONS: tuple[Operation, ...] = ("allreduce", "allgather", "p2p")
 DEFAULT_SIZES: tuple[int, ...] = tuple(2**k for k in range(13, 27))  # 8 KB .. 64 MB
@@ -74,6 +76,9 @@ class LinkSamples(BaseModel):
     torch_version: str = ""
     nccl_version: str = ""
     results: dict[Operation, tuple[Sample, ...]]
+    control_roundtrip_us: float | None = Field(
+        None, description="Median Ray call from the driver to the far node's actor and back (cluster probes only)."
+    )
 
     def at(self, operation: Operation, nbytes: int) -> float:
         """Measured microseconds of `operation` at exactly `nbytes` (KeyError-free: nearest size)."""
@@ -208,8 +213,9 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def _samples(rank0: dict[str, Any], backend: str, nodes: Sequence[str]) -> LinkSamples:
+def _samples(rank0: dict[str, Any], backend: str, nodes: Sequence[str], control_us: float | None = None) -> LinkSamples:
     return LinkSamples(
+        control_roundtrip_us=control_us,
         date=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         backend=backend,
         device="cuda" if backend == "nccl" else "cpu",
@@ -259,6 +265,14 @@ class _ProbeWorker:
         import ray
 
         return {"ip": ray.util.get_node_ip_address(), "host": socket.gethostname()}
+
+    def node_id(self) -> str:
+        import ray
+
+        return str(ray.get_runtime_context().get_node_id())
+
+    def ping(self) -> None:
+        """Nothing: the round trip of calling it is the measurement."""
 
     def port(self) -> int:
         import ray
@@ -319,12 +333,34 @@ def probe_cluster(
                 w.run.remote(i, master, port, backend, tuple(sizes), tuple(operations)) for i, w in enumerate(workers)
             ]
             rank0, _ = ray.get(runs, timeout=timeout_s)
+            control_us = _control_roundtrip_us(workers)
         finally:
             for w in workers:
                 ray.kill(w)
     finally:
         remove_placement_group(group)
-    return _samples(rank0, backend, [f"{p['host']} ({p['ip']})" for p in places])
+    return _samples(rank0, backend, [f"{p['host']} ({p['ip']})" for p in places], control_us)
+
+
+CONTROL_CALLS = 50
+
+
+def _control_roundtrip_us(workers: Sequence[Any]) -> float:
+    """Median time of a no-op call to the actor on the node the driver is not on (else the second):
+    what vLLM's Ray executor pays per step to hand the workers their work and collect the output.
+    An upper bound: vLLM's compiled-graph channels skip some of a plain call's bookkeeping."""
+    import ray
+
+    here = ray.get_runtime_context().get_node_id()
+    nodes = ray.get([w.node_id.remote() for w in workers])
+    far = next((w for w, n in zip(workers, nodes, strict=True) if n != here), workers[1])
+    ray.get(far.ping.remote())
+    times = []
+    for _ in range(CONTROL_CALLS):
+        start = time.perf_counter()
+        ray.get(far.ping.remote())
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2] * 1e6
 
 
 def slow_link_warning(samples: LinkSamples) -> str | None:
@@ -344,6 +380,27 @@ def slow_link_warning(samples: LinkSamples) -> str | None:
         + ". TP=2 pays two all-reduces per layer on it; PP=2 may serve better "
         "(tuner probe-link and tuner predict --link-sweep say by how much; docs/cluster.md lists the usual causes)."
     )
+
+
+def replicas_with_tp_across_nodes(plan: ServingPlan) -> list[str]:
+    """Names of the plan's replicas whose TP group cannot fit in one node: their all-reduces cross the link."""
+    per_node = plan.cluster.devices_per_node
+    return [r.name for r in plan.replicas if r.tensor_parallel_size > 1 and r.tensor_parallel_size > per_node]
+
+
+def check_before_deploy(plan: ServingPlan) -> tuple[LinkSamples | None, str | None]:
+    """For `gateway deploy --probe-link` (connected to the cluster): probe the link when the plan has
+    a TP replica spanning nodes; return the samples and a warning naming those replicas, if slow."""
+    import ray
+
+    spanning = replicas_with_tp_across_nodes(plan)
+    if not spanning or len([n for n in ray.nodes() if n.get("Alive")]) < 2:
+        return None, None
+    samples = probe_cluster()
+    warning = slow_link_warning(samples)
+    if warning is not None:
+        warning = f"replica(s) {', '.join(spanning)} put tensor-parallel all-reduces across nodes: {warning}"
+    return samples, warning
 
 
 def main(argv: Sequence[str] | None = None) -> None:

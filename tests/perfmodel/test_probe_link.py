@@ -52,6 +52,7 @@ def test_probe_writes_a_profile_that_predict_reads_and_flags_a_slow_link(two_nod
     link = hardware.inter_node_link
     assert hardware.base == "dgx-spark-pair" and hardware.device == load_hardware("dgx-spark-pair").device
     assert link.measured is not None and link.measured.backend == "gloo"
+    assert samples.control_roundtrip_us is not None and link.control_roundtrip_us is not None
     assert [p.microseconds for p in link.allreduce.points] == [s.microseconds for s in samples.results["allreduce"]]
     # A loopback gloo link is far below the Spark pair's 22 GB/s: flagged, with causes.
     assert "degraded link" in run.stdout and "MTU" in run.stdout
@@ -79,3 +80,20 @@ def test_probe_refuses_a_one_node_cluster_clearly(tmp_path: Path) -> None:
     )
     assert run.returncode == 2 and "--address" in run.stdout + run.stderr
     assert not (tmp_path / "x.yaml").exists()
+
+
+def test_deploy_probe_warns_before_tp_spans_a_slow_link(two_node_address: str) -> None:
+    """`gateway deploy --probe-link`'s check, on the Spark plan (TP=2 over the two nodes); the
+    deploy itself needs GPUs, so it is not run here."""
+    from deploy.link_probe import check_before_deploy, replicas_with_tp_across_nodes
+    from deploy.plan import load_plan, shipped_plan
+    from deploy.stack import RayConnection
+
+    spark = load_plan(shipped_plan("llama-3.1-8b.dgx-spark-pair"))
+    assert replicas_with_tp_across_nodes(spark) == ["interactive"]
+    assert replicas_with_tp_across_nodes(load_plan(shipped_plan("cpu-demo"))) == []  # TP inside one node
+    with RayConnection(two_node_address):
+        samples, warning = check_before_deploy(spark)
+        assert check_before_deploy(load_plan(shipped_plan("cpu-demo"))) == (None, None)
+    assert samples is not None and samples.backend == "gloo"
+    assert warning is not None and "interactive" in warning and "slow link" in warning

@@ -161,6 +161,11 @@ class LinkProfile(BaseModel):
     allreduce: CollectiveModel
     p2p: CollectiveModel
     allgather: CollectiveModel | None = None
+    control_roundtrip_us: Figure | None = Field(
+        None,
+        description="A driver-to-worker Ray call and back across this link: the per-step control cost of a layout "
+        "spanning nodes (vLLM's Ray executor). None where unmeasured: not charged.",
+    )
     measured: LinkMeasurement | None = None
 
 

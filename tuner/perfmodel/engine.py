@@ -47,6 +47,12 @@ class EngineProfile(BaseModel):
     runtime_reserve_gb: Figure = Field(
         description="Device memory the engine takes besides weights and KV cache (activations, graphs, allocator)."
     )
+    eager_layer_overhead_us: Figure = Field(
+        description=(
+            "Host-side time per layer and step that running without CUDA graphs (vLLM's --enforce-eager) adds: "
+            "every kernel launched from Python instead of one graph replay."
+        )
+    )
 
 
 class ModelConstants(BaseModel):
@@ -91,6 +97,9 @@ class EngineSettings(BaseModel):
     max_num_seqs: int | None = Field(None, ge=1)
     max_num_batched_tokens: int | None = Field(None, ge=1)
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    enforce_eager: bool = Field(
+        False, description="No CUDA graphs (vLLM --enforce-eager): every step pays eager_layer_overhead_us per layer."
+    )
     other_replica_busy: float = Field(
         0.0, ge=0, le=1, description="How busy a co-resident replica on the same GPUs is (0 = alone, 1 = always)."
     )

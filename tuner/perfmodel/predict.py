@@ -150,7 +150,7 @@ def build_replica(
     settings = settings or EngineSettings()
     engine = engine or load_engine("vllm")
     constants = constants or ModelConstants()
-    steps = StepModel(model, hardware, engine, layout.tp, layout.pp, constants)
+    steps = StepModel(model, hardware, engine, layout.tp, layout.pp, constants, enforce_eager=settings.enforce_eager)
     max_num_seqs, max_tokens = settings.resolved(hardware)
     # A step beside a busy co-resident replica: the measured slowdown of a latency-bound step next to
     # a decoding engine (tuner.perfmodel.coresidence), in proportion to how busy the other one is.

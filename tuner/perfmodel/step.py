@@ -16,7 +16,10 @@ experts, where pi_i is expert i's chance to be among a token's k (so one token t
 k). With uniform routing this is E * (1 - (1 - k/E)^T).
 
 A step of more than one token adds the engine's `multi_token_layer_overhead_us` per layer: the
-host launching every kernel when the engine replays CUDA graphs only for single-token steps.
+host launching every kernel when the engine replays CUDA graphs only for single-token steps. An
+engine run without CUDA graphs (`EngineSettings.enforce_eager`) adds `eager_layer_overhead_us` per
+layer to every step, and a layout spanning nodes adds the link's measured control round trip
+(vLLM's Ray executor sends each step's work to the workers and gathers their output) once per step.
 
 TP splits every layer across ranks and adds two all-reduces of the step's activations per layer
 (after attention and after the MLP), plus one for the vocab-parallel embedding and a gather of
@@ -73,6 +76,7 @@ class StepModel:
         tp: int = 1,
         pp: int = 1,
         constants: ModelConstants | None = None,
+        enforce_eager: bool = False,
     ) -> None:
         if tp * pp > hardware.devices:
             raise ValueError(f"tp {tp} x pp {pp} needs {tp * pp} devices; {hardware.name} has {hardware.devices}")
@@ -88,6 +92,16 @@ class StepModel:
         self.stages = model.stage_layers(pp)
         self._expert_inclusion = _expert_inclusion(model, self.constants.expert_popularity_skew.value)
         self._multi_token_overhead = engine.multi_token_layer_overhead_us.value * 1e-6
+        self._eager_overhead = engine.eager_layer_overhead_us.value * 1e-6 if enforce_eager else 0.0
+        # A layout spanning nodes is driven through vLLM's Ray executor: each step's scheduler
+        # output goes to the workers and their results come back across the link, once per step.
+        spans_nodes = hardware.nodes_spanned(tp * pp) > 1
+        control = self.pp_link or self.tp_link
+        self._control_overhead = (
+            control.control_roundtrip_us.value * 1e-6
+            if spans_nodes and control is not None and control.control_roundtrip_us is not None
+            else 0.0
+        )
         self._attention_bytes = model.attention_bytes(tp) + model.router_bytes
         self._expert_bytes = model.expert_bytes(tp)
         self._kv_token_bytes = model.kv_bytes_per_token_layer(tp)
@@ -132,7 +146,7 @@ class StepModel:
         decode_flops = batch.decode_tokens * (2 * active + self._score_flops * decode_attended)
         prefill_flops = batch.prefill_tokens * (2 * active + self._score_flops * max(prefill_mean_attended, 0.0))
         compute = decode_flops / self.decode_flops_rate + prefill_flops / self.prefill_flops_rate
-        launches = self._multi_token_overhead if batch.tokens > 1 else 0.0
+        launches = (self._multi_token_overhead if batch.tokens > 1 else 0.0) + self._eager_overhead
         return max((weight_bytes + kv_bytes) / self.bandwidth, compute) + launches
 
     # ---- one stage ------------------------------------------------------------------------------
@@ -160,7 +174,9 @@ class StepModel:
             for n_full, n_sliding in self._stage_layer_types
         ]
         # First stage: engine overhead and the vocab-parallel embedding's all-reduce.
-        times[0] += self.engine.step_overhead_us.value * 1e-6 + self.allreduce_seconds(batch.tokens)
+        times[0] += (
+            self.engine.step_overhead_us.value * 1e-6 + self._control_overhead + self.allreduce_seconds(batch.tokens)
+        )
         # Last stage: the LM head over the sampled rows, and gathering the vocab-split logits.
         head_bytes = m.lm_head_bytes(self.tp)
         head_flops = 2 * batch.sampled * m.vocab_size * m.hidden_size / self.tp

@@ -15,6 +15,7 @@ import yaml
 from deploy.link_probe import LinkSamples, Operation
 from tuner.perfmodel.collectives import CollectiveModel, CollectivePoint, LinkMeasurement, LinkProfile, fit_regimes
 from tuner.perfmodel.hardware import HardwareProfile, load_hardware, profile_data
+from tuner.perfmodel.sourced import Figure
 
 NAMES: dict[str, tuple[str, ...]] = {
     "nccl": ("LL", "LL128", "Simple"),
@@ -53,8 +54,19 @@ def measured_link(samples: LinkSamples, name: str | None = None) -> LinkProfile:
     def fit(op: Operation) -> CollectiveModel:
         return fit_regimes(_points(samples, op, source), source=source, names=names)
 
+    control = (
+        Figure(
+            value=round(samples.control_roundtrip_us, 1),
+            kind="measured",
+            source=source,
+            note="Median no-op Ray call from the driver to the far node's actor and back (deploy/link_probe.py).",
+        )
+        if samples.control_roundtrip_us is not None
+        else None
+    )
     return LinkProfile(
         name=name or f"measured {samples.backend} link, {samples.date}",
+        control_roundtrip_us=control,
         allreduce=fit("allreduce"),
         p2p=fit("p2p"),
         allgather=fit("allgather") if "allgather" in samples.results else None,
