@@ -276,6 +276,12 @@ class RequestLimits(BaseModel):
         description="Longest silence between two events of a started stream; past it the stream ends "
         "with an error event (a stalled replica frees its slot).",
     )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Reading a request's body; past it: 408 (a client trickling its body would hold its "
+        "key's concurrency slot and a connection).",
+    )
 
 
 class ResponseStateSettings(BaseModel):

@@ -170,7 +170,13 @@ class GenerationProxy:
                 _header(headers, b"authorization")
             )
             with client.admitted():  # the key's rate and concurrency limits count every request
-                body = await self._read_body(headers, receive)
+                try:
+                    async with asyncio.timeout(self._limits.body_timeout_s):
+                        body = await self._read_body(headers, receive)
+                except TimeoutError:
+                    raise GatewayError(
+                        408, f"the request body did not arrive within {self._limits.body_timeout_s:g} s"
+                    ) from None
                 watcher = asyncio.create_task(self._watch_disconnect(receive, task, exchange))
                 await self._handle(exchange, headers, body, send)
         except GatewayError as exc:

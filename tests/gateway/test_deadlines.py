@@ -6,6 +6,7 @@ and the in-flight count, so that the next request runs."""
 from __future__ import annotations
 
 import concurrent.futures
+import socket
 import time
 from collections.abc import Callable
 
@@ -125,3 +126,29 @@ def test_waiting_in_the_class_queue_is_bounded(make_stack) -> None:
         assert holder.result().status_code == 200
     assert gauges(stack)['tandem_gateway_class_queued{traffic_class="interactive"}'] == 0
     assert len(stack.tp.requests) == 1  # the timed-out one never reached the replica
+
+
+def test_a_body_trickled_past_its_deadline_is_408_and_frees_the_key(make_stack) -> None:
+    """A slow body (a client sending a few bytes, then nothing) would otherwise hold its key's
+    concurrency slot and a connection for as long as it likes."""
+    key = "sk-one-at-a-time-0123"
+    stack = make_stack(
+        limits={"body_timeout_s": 0.5}, auth={"keys": [{"name": "one", "key": key, "max_concurrent": 1}]}
+    )
+    with socket.create_connection(("127.0.0.1", stack.gateway.port), timeout=30) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {key}\r\nContent-Length: 100\r\n\r\n".encode()
+            + b'{"model": '
+        )
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), head
+    assert orjson.loads(body)["error"]["code"] == 408
+    reply = httpx.post(f"{stack.base_url}/chat/completions", json=CHAT, headers={"Authorization": f"Bearer {key}"})
+    assert reply.status_code == 200, reply.text
