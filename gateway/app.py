@@ -33,7 +33,7 @@ from gateway.batches.dispatch import InProcessDispatch
 from gateway.batches.routes import batch_routes
 from gateway.batches.service import BatchService
 from gateway.backends.relocating import RelocatingHttpBackend
-from gateway.config import GatewayConfig, RoutingSettings
+from gateway.config import GatewayConfig
 from gateway.errors import GatewayError, error_body, internal_error
 from gateway.load import LoadBoard
 from gateway.metrics import CONTENT_TYPE, GatewayMetrics, LiveState
@@ -41,6 +41,7 @@ from gateway.proxy import GenerationProxy, Receive, Scope, Send, new_request_id
 from gateway.response_ids import ResponseIdMap
 from gateway.responses import RESPONSES_PATH, ResponsesProxy, add_responses_routes
 from gateway.router import Router
+from gateway.routing_update import NotAnObject, merge_routing
 from gateway.tokenize import TOKENIZER_PATHS, forward_to_tokenizer
 from gateway.yielding import BatchYielding
 
@@ -137,7 +138,10 @@ def create_app(config: GatewayConfig, backends: Mapping[str, Backend] | None = N
     }
     yielding.watch(gates["interactive"], gates["batch"])
     keyring = KeyRing.from_settings(settings.auth)
-    metrics = GatewayMetrics(LiveState(board, gates, lambda: router.spilling, lambda: yielding.holding))
+    metrics = GatewayMetrics(
+        LiveState(board, gates, lambda: router.spilling, lambda: yielding.holding),
+        per_key=settings.auth.per_key_metrics,
+    )
     batch_proxies: dict[str, GenerationProxy] = {}  # filled below: the Batch API sends its lines through them
     batches = BatchService(
         settings.batches, InProcessDispatch(batch_proxies), config.served_names, keyring.client_named, metrics.registry
@@ -230,11 +234,14 @@ def create_app(config: GatewayConfig, backends: Mapping[str, Backend] | None = N
         require_admin(request)
         return Response(router.settings.model_dump_json(), media_type="application/json")
 
-    @app.put("/admin/routing")
+    @app.api_route("/admin/routing", methods=["PUT", "PATCH"])
     async def put_routing(request: Request) -> Response:
+        """Merge the body into the routing in force (gateway.routing_update): what it leaves out stays."""
         require_admin(request)
         try:
-            new = RoutingSettings.model_validate_json(await request.body())
+            new = merge_routing(router.settings, orjson.loads(await request.body()))
+        except (orjson.JSONDecodeError, NotAnObject) as exc:
+            raise GatewayError(400, f"request body: {exc}") from None
         except ValidationError as exc:
             first = exc.errors()[0]
             param = ".".join(map(str, first["loc"])) or None
