@@ -47,6 +47,12 @@ class EngineProfile(BaseModel):
     runtime_reserve_gb: Figure = Field(
         description="Device memory the engine takes besides weights and KV cache (activations, graphs, allocator)."
     )
+    sequence_step_overhead_us: Figure = Field(
+        description=(
+            "Host time per sequence sampled in a step (input preparation, sampling, detokenizing and streaming its "
+            "token): on a GPU it overlaps the device's work, on a CPU it competes with it for the cores."
+        )
+    )
     eager_layer_overhead_us: Figure = Field(
         description=(
             "Host-side time per layer and step that running without CUDA graphs (vLLM's --enforce-eager) adds: "

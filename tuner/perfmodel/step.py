@@ -175,7 +175,10 @@ class StepModel:
         ]
         # First stage: engine overhead and the vocab-parallel embedding's all-reduce.
         times[0] += (
-            self.engine.step_overhead_us.value * 1e-6 + self._control_overhead + self.allreduce_seconds(batch.tokens)
+            self.engine.step_overhead_us.value * 1e-6
+            + self.engine.sequence_step_overhead_us.value * 1e-6 * batch.sampled
+            + self._control_overhead
+            + self.allreduce_seconds(batch.tokens)
         )
         # Last stage: the LM head over the sampled rows, and gathering the vocab-split logits.
         head_bytes = m.lm_head_bytes(self.tp)
