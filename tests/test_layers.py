@@ -44,6 +44,24 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("benchmarks", ("benchmarks",)),
 )
 
+# What the contract layer may not import: a clock, the network, processes, threads, an event loop or
+# a web framework. Its functions take the time and the load as arguments, so the simulation can call
+# them with simulated ones. (Reading a config file or an environment variable is allowed: settings.)
+CONTRACT_FORBIDDEN = (
+    "time",
+    "asyncio",
+    "socket",
+    "subprocess",
+    "threading",
+    "multiprocessing",
+    "httpx",
+    "aiohttp",
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "prometheus_client",
+)
+
 # Packages the gateway layers (1 and 2) must not import: a gateway-only install has none of them.
 HEAVY = ("ray", "vllm", "torch", "transformers", "optuna", "pandas", "matplotlib", "numpy", "scipy")
 
@@ -209,6 +227,15 @@ def test_the_gateway_layers_import_no_heavy_package() -> None:
         if not imp.internal and not imp.lazy and imp.target in HEAVY and layer_of(imp.source) <= 1
     ]
     assert not heavy, "\n".join(heavy)
+
+
+def test_the_contract_has_no_clock_network_or_concurrency() -> None:
+    found = [
+        f"{imp.source}:{imp.line} imports {imp.target}"
+        for imp in all_imports()
+        if not imp.internal and layer_of(imp.source) == 0 and imp.target in CONTRACT_FORBIDDEN
+    ]
+    assert not found, "\n".join(found)
 
 
 def test_tests_do_not_import_benchmarks() -> None:
