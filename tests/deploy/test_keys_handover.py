@@ -20,10 +20,10 @@ from pydantic import SecretStr, ValidationError
 from ray import cloudpickle
 
 from deploy.builder import build_app, gateway_config
+from deploy.cli import _load
 from deploy.gateway_server import GatewayServer
 from deploy.plan import PlanError, ServingPlan, dump_plan, load_plan, parse_plan, shipped_plan
 from deploy.ports import free_port
-from gateway.cli import _load
 from tuner.optimize.compose import compose_plan
 
 sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/fake_upstream.py
