@@ -65,6 +65,37 @@ def ray_on_loopback_only() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
 
 
+LOCAL_HEAD_ATTEMPTS = 3
+
+
+def start_local_head(num_cpus: int | None) -> None:
+    """Start a local Ray head on loopback and connect to it (address="local" starts a new head even
+    when another Ray cluster runs here; ray.init would join that one).
+
+    Tried up to three times: Ray waits a fixed 30 s for its own raylet to register with the GCS
+    (ray/_private/node.py, not configurable), which a loaded 2-core machine can miss; the next try
+    usually starts in seconds. Any other failure is raised at once."""
+    import ray
+
+    ray_on_loopback_only()
+    for attempt in range(1, LOCAL_HEAD_ATTEMPTS + 1):
+        try:
+            ray.init(
+                address="local",
+                num_cpus=num_cpus,
+                namespace="tandem",
+                include_dashboard=False,
+                log_to_driver=False,
+                _node_ip_address="127.0.0.1",
+            )
+            return
+        except Exception as exc:
+            if "timed out during startup" not in str(exc) or attempt == LOCAL_HEAD_ATTEMPTS:
+                raise
+            logger.warning("Ray's head did not register in its 30 s (attempt %d); starting it again", attempt)
+            ray.shutdown()
+
+
 class RayConnection:
     """Ray for one command: join the cluster at `address`, else start a local head we own."""
 
@@ -79,17 +110,7 @@ class RayConnection:
         if self.address:
             ray.init(address=self.address, namespace="tandem", log_to_driver=False)
             return self
-        # Loopback only: the local head serves this machine, nothing else. address="local"
-        # starts a new head even when another Ray cluster runs here (ray.init would join it).
-        ray_on_loopback_only()
-        ray.init(
-            address="local",
-            num_cpus=self.num_cpus,
-            namespace="tandem",
-            include_dashboard=False,
-            log_to_driver=False,
-            _node_ip_address="127.0.0.1",
-        )
+        start_local_head(self.num_cpus)
         self.owns_cluster = True
         return self
 

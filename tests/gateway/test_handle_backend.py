@@ -69,11 +69,12 @@ def handle_stack() -> Iterator[tuple[str, FakeUpstream]]:
     ray = pytest.importorskip("ray")
     from ray import serve
 
+    from deploy.stack import start_local_head
     from gateway.backends import HandleBackend
     from gateway.server import start_in_thread
 
     with FakeUpstream(model="upstream-tp").running() as tp, FakeUpstream(model="upstream-pp").running() as pp:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        start_local_head(num_cpus=2)
         try:
             server = llm_server_like()
             handles = {
