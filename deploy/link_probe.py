@@ -36,11 +36,15 @@ ENV_PREFIXES = ("NCCL_", "GLOO_", "UCX_", "TP_SOCKET_IFNAME")
 SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL")
 
 TIME_PER_SIZE_S = 0.1
-"""Each size is timed for about this long per repetition: enough calls to average out the
-clock and scheduling noise of a loaded machine, few enough that the probe ends in under a minute."""
+"""Each size is timed for about this long in all (at least REPETITIONS calls): enough to find a
+quiet moment on a loaded machine, little enough that the probe ends in under a minute."""
 REPETITIONS = 3
-"""Repetitions per size; the fastest is kept: on a loaded machine noise only ever adds time, so the
-minimum is the best estimate of what the link can do (a busy core spoils one, not three)."""
+"""The fewest repetitions per size; the fastest is kept: on a loaded machine noise only ever adds
+time, so the minimum is the best estimate of what the link can do (a busy core spoils one, not all)."""
+MAX_REPETITIONS = 30
+RUN_S = 0.005
+"""Each repetition is about this long (at least one call): short runs, many of them, so that some
+fall between the other processes' time slices."""
 WARM_UP_UP_TO_BYTES = 2**20
 """Sizes up to this get an untimed warm-up call (connections, protocol set-up, buffers); larger
 ones are bandwidth-bound, and the first timed call (used only to size the runs) warms them."""
@@ -156,8 +160,10 @@ def measure_collectives(
                 call()
             first = torch.tensor([timed(1)], dtype=torch.float64, device=device)
             dist.all_reduce(first, op=dist.ReduceOp.MAX)
-            calls = int(min(200, max(1, TIME_PER_SIZE_S / max(first.item(), 1e-6))))
-            runs = torch.tensor([timed(calls) for _ in range(REPETITIONS)], dtype=torch.float64, device=device)
+            once = max(first.item(), 1e-6)
+            calls = int(min(20, max(1, RUN_S / once)))
+            repetitions = int(min(MAX_REPETITIONS, max(REPETITIONS, TIME_PER_SIZE_S / (calls * once))))
+            runs = torch.tensor([timed(calls) for _ in range(repetitions)], dtype=torch.float64, device=device)
             dist.all_reduce(runs, op=dist.ReduceOp.MAX)
             seconds = min(runs.tolist())
             if op == "p2p":

@@ -117,3 +117,18 @@ def test_scaled_link_moves_latency_and_bandwidth_and_stays_continuous() -> None:
     assert slow.large_message_bandwidth_gbs == pytest.approx(5.5)
     for s in SIZES:
         assert slow.seconds(s) > allreduce.seconds(s)
+
+
+def test_spikes_above_the_curve_are_set_aside_as_noise_not_fitted() -> None:
+    """A loaded machine adds time to some sizes: those points are kept, marked, and not fitted."""
+    points = _synthetic([(0, 20, 2), (0, 60, 20)])
+    spiked = [
+        p.model_copy(update={"microseconds": p.microseconds * 4}) if i in (2, 7, 11) else p
+        for i, p in enumerate(points)
+    ]
+    model = fit_regimes(spiked, source="test")
+    set_aside = [p.bytes for p in model.points if not p.fitted]
+    assert set_aside == [spiked[i].bytes for i in (2, 7, 11)]
+    for p in model.fitted_points():
+        assert model.seconds(p.bytes) == pytest.approx(p.microseconds * 1e-6, rel=0.10)
+    assert len(model.points) == len(spiked)  # nothing a probe measured is dropped
