@@ -38,6 +38,7 @@ import psutil
 from hypothesis import HealthCheck, Phase, given, settings
 
 from tuner.bench.hostile import HostileRequest, check_answer, hostile_requests
+from tuner.percentiles import percentile
 
 CHAT = "/chat/completions"
 
@@ -58,13 +59,6 @@ class Tally:
 
     def ttfts(self) -> list[float]:
         return sorted(o.ttft_s for o in self.outcomes if o.status == 200 and o.ttft_s is not None)
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    index = min(len(values) - 1, max(0, round(q / 100 * (len(values) - 1))))
-    return values[index]
 
 
 async def stream_chat(http: httpx.AsyncClient, model: str, traffic_class: str, max_tokens: int = 16) -> Outcome:
@@ -260,8 +254,8 @@ def main() -> int:
                 "sent": len(tally.outcomes),
                 "statuses": dict(sorted(statuses.items())),
                 "429_with_retry_after": sum(o.retry_after for o in refused),
-                "admitted_ttft_p50_s": round(percentile(ttfts, 50), 2),
-                "admitted_ttft_p99_s": round(percentile(ttfts, 99), 2),
+                "admitted_ttft_p50_s": round(percentile(ttfts, 50), 2) if ttfts else None,
+                "admitted_ttft_p99_s": round(percentile(ttfts, 99), 2) if ttfts else None,
                 "admitted_ttft_max_s": round(max(ttfts, default=float("nan")), 2),
                 "first_token_deadline_s": deadline,
                 "gateway_rss_mb": [round(rss_before, 1), round(rss_mb(gateway), 1)],
