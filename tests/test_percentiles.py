@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import random
 import statistics
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -38,3 +40,19 @@ def test_an_empty_sample_or_a_bad_q_is_refused() -> None:
         percentile([1.0], 101)
     assert percentile_or_none([], 99) is None
     assert percentile_or_none([4.0], 99) == 4.0
+
+
+def test_no_module_defines_its_own_percentile() -> None:
+    """One definition: a second one (nearest rank, say) makes two reports' p99 differ by method."""
+    root = Path(__file__).resolve().parents[1]
+    own = root / "tuner" / "percentiles.py"
+    twins = [
+        f"{path.relative_to(root)}:{node.lineno} {node.name}"
+        for folder in ("gateway", "deploy", "tuner", "benchmarks")
+        for path in sorted((root / folder).rglob("*.py"))
+        if path != own
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and ("percentile" in node.name.lower() or "quantile" in node.name.lower())
+    ]
+    assert not twins, "use tuner.percentiles instead:\n" + "\n".join(twins)
