@@ -125,7 +125,9 @@ def compare(hardware: HardwareProfile, measured: dict[str, dict[int, tuple[float
 def shipped_plans(levels: tuple[int, ...] = LEVELS) -> list[dict[str, Any]]:
     """Each Spark plan's replicas as shipped (their engine settings), nominal vs degraded link."""
     pair = load_hardware("dgx-spark-pair")
-    slow = with_link(pair, 2, scaled_link(pair.inter_node_link, DEGRADED["latency"], DEGRADED["bandwidth"]))
+    nominal = pair.link_for(2)
+    assert nominal is not None  # the pair's ConnectX-7 link
+    slow = with_link(pair, 2, scaled_link(nominal, DEGRADED["latency"], DEGRADED["bandwidth"]))
     rows = []
     for path in sorted(shipped_plan("x").parent.glob("*.dgx-spark-pair.yaml")):
         plan = load_plan(path)
