@@ -132,6 +132,8 @@ class _Exchange:
 class GenerationProxy:
     """ASGI app for one generation endpoint."""
 
+    tokens_field = "max_tokens"  # the field named when max_tokens_cap refuses a request
+
     def __init__(
         self,
         endpoint: Endpoint,
@@ -238,9 +240,8 @@ class GenerationProxy:
         features = features_of(self.endpoint, view)
         cap = self._limits.max_tokens_cap
         if cap is not None and features.max_tokens is not None and features.max_tokens > cap:
-            raise GatewayError(
-                400, f"max_tokens {features.max_tokens} is over this gateway's cap of {cap}", param="max_tokens"
-            )
+            field = self.tokens_field
+            raise GatewayError(400, f"{field} {features.max_tokens} is over this gateway's cap of {cap}", param=field)
         client = exchange.client
         assert client is not None
         exchange.traffic_class = traffic_class = classify(

@@ -57,6 +57,8 @@ def responses_usage(usage: dict[str, Any]) -> dict[str, Any]:
 class ResponsesProxy(GenerationProxy):
     """POST /v1/responses, plus the retrieval and cancel routes of the responses it made."""
 
+    tokens_field = "max_output_tokens"
+
     def __init__(self, *, ids: ResponseIdMap, **kwargs: Any) -> None:
         super().__init__("responses", **kwargs)
         self.ids = ids

@@ -200,3 +200,12 @@ def test_retrieval_needs_a_key_when_keys_are_on(make_stack, path: str) -> None:
     answer = httpx.request("GET" if path.endswith("resp_x") else "POST", f"{stack.base_url}{path}")
     assert answer.status_code == 401
     assert set(answer.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_the_token_cap_names_max_output_tokens(make_stack) -> None:
+    stack = make_stack(limits={"max_tokens_cap": 100})
+    answer = create(stack, max_output_tokens=101)
+    assert answer.status_code == 400
+    assert answer.json()["error"]["param"] == "max_output_tokens"
+    assert "max_output_tokens 101" in answer.json()["error"]["message"]
+    assert create(stack, max_output_tokens=100).status_code == 200
