@@ -33,10 +33,11 @@ from gateway.batches.dispatch import InProcessDispatch
 from gateway.batches.routes import batch_routes
 from gateway.batches.service import BatchService
 from gateway.backends.relocating import RelocatingHttpBackend
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, TrafficClass
 from gateway.errors import GatewayError, error_body, internal_error
 from gateway.load import LoadBoard
 from gateway.metrics import CONTENT_TYPE, GatewayMetrics, LiveState
+from gateway.policy import Endpoint
 from gateway.proxy import GenerationProxy, Receive, Scope, Send, new_request_id
 from gateway.response_ids import ResponseIdMap
 from gateway.responses import RESPONSES_PATH, ResponsesProxy, add_responses_routes
@@ -130,7 +131,7 @@ def create_app(config: GatewayConfig, backends: Mapping[str, Backend] | None = N
     board = LoadBoard(config.replicas)
     router = Router(settings.routing, board)
     yielding = BatchYielding(lambda: router.settings)
-    gates = {
+    gates: dict[TrafficClass, ClassGate] = {
         "interactive": ClassGate(
             "interactive", lambda: router.settings.limits["interactive"], on_change=yielding.update
         ),
@@ -171,7 +172,11 @@ def create_app(config: GatewayConfig, backends: Mapping[str, Backend] | None = N
     app.state.router = router
     app.state.metrics = metrics
     app.state.board = board
-    for endpoint, path in (("chat", "/v1/chat/completions"), ("completions", "/v1/completions")):
+    generation: tuple[tuple[Endpoint, str], ...] = (
+        ("chat", "/v1/chat/completions"),
+        ("completions", "/v1/completions"),
+    )
+    for endpoint, path in generation:
         proxy = GenerationProxy(
             endpoint, config=config, backends=backends, router=router, gates=gates, keyring=keyring, metrics=metrics
         )

@@ -15,6 +15,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from gateway.admission import ClassGate
+from gateway.config import TrafficClass
 from gateway.load import LoadBoard
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -27,7 +28,7 @@ class LiveState(Collector):
     """Where the live gauges are read from, at scrape time."""
 
     board: LoadBoard
-    gates: Mapping[str, ClassGate]
+    gates: Mapping[TrafficClass, ClassGate]
     spilling: Callable[[], bool]
     holding_batch: Callable[[], bool]
 
