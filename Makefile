@@ -14,7 +14,7 @@ PLAN ?=
 up: $(STAMP)
 	$(BIN)/gateway up $(if $(MODEL),--model $(MODEL)) $(if $(PLAN),--plan $(PLAN))
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Lint, format and types, before any test runs (config in pyproject.toml). benchmarks/ is type-checked
