@@ -21,6 +21,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -73,6 +74,7 @@ CREATE INDEX IF NOT EXISTS lines_pending ON lines (batch_id, done, line_no);
 """
 
 
+_CHUNK = 500  # lines per write transaction and per page read
 _COUNTS = "doc, total, completed, failed, input_tokens, output_tokens"
 
 
@@ -160,6 +162,18 @@ class BatchStore:
             self._db.close()
         fcntl.flock(self._lock_file, fcntl.LOCK_UN)
         self._lock_file.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One write transaction under the lock: committed whole, or not at all."""
+        with self._mutex:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     # -- files -------------------------------------------------------------------------------
 
@@ -251,15 +265,8 @@ class BatchStore:
 
     def update(self, batch_id: str, **fields: Any) -> BatchObject:
         """Set fields of a batch (status and timestamps); returns it as now stored."""
-        with self._mutex:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                batch = self._update_locked(batch_id, fields)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-        return batch
+        with self._transaction():
+            return self._update_locked(batch_id, fields)
 
     def _update_locked(self, batch_id: str, fields: dict[str, Any]) -> BatchObject:
         row = self._db.execute(f"SELECT {_COUNTS} FROM batches WHERE id = ?", (batch_id,)).fetchone()
@@ -274,35 +281,37 @@ class BatchStore:
     def start_lines(self, batch_id: str, source: LineSource) -> BatchObject:
         """Record a validated batch's lines and move it to in_progress, or (when the validator,
         which yields the lines and collects the errors, found problems) to failed with those
-        errors. One transaction: a crash leaves the batch validating, and validation is redone."""
-        with self._mutex:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+        errors. The lines are written in short transactions of `_CHUNK` while the validator runs
+        outside the lock, so the event loop's own store calls never wait for a whole file. The
+        batch stays `validating` until the last transaction: after a crash validation is redone,
+        and starts by deleting what the cut-short attempt wrote."""
+        with self._transaction():
+            self._db.execute("DELETE FROM lines WHERE batch_id = ?", (batch_id,))
+        total = 0
+        chunk: list[PendingLine] = []
+        for line in source.lines():
+            chunk.append(line)
+            if len(chunk) == _CHUNK:
+                total += self._insert_lines(batch_id, chunk)
+                chunk = []
+        total += self._insert_lines(batch_id, chunk)
+        errors = source.errors
+        fields: dict[str, Any] = {"status": "in_progress", "in_progress_at": now(), "model": source.model}
+        if errors:
+            fields = {"status": "failed", "failed_at": now(), "errors": BatchErrors(data=errors)}
+        with self._transaction():
+            if errors:
                 self._db.execute("DELETE FROM lines WHERE batch_id = ?", (batch_id,))
-                total = 0
-                for line in source.lines():
-                    self._db.execute(
-                        "INSERT INTO lines (batch_id, line_no, custom_id, body) VALUES (?, ?, ?, ?)",
-                        (batch_id, line.line_no, line.custom_id, line.body),
-                    )
-                    total += 1
-                errors = source.errors
-                if errors:
-                    self._db.execute("DELETE FROM lines WHERE batch_id = ?", (batch_id,))
-                    fields: dict[str, Any] = {
-                        "status": "failed",
-                        "failed_at": now(),
-                        "errors": BatchErrors(data=errors),
-                    }
-                else:
-                    fields = {"status": "in_progress", "in_progress_at": now(), "model": source.model}
-                self._db.execute("UPDATE batches SET total = ? WHERE id = ?", (0 if errors else total, batch_id))
-                batch = self._update_locked(batch_id, fields)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-        return batch
+            self._db.execute("UPDATE batches SET total = ? WHERE id = ?", (0 if errors else total, batch_id))
+            return self._update_locked(batch_id, fields)
+
+    def _insert_lines(self, batch_id: str, lines: list[PendingLine]) -> int:
+        with self._transaction():
+            self._db.executemany(
+                "INSERT INTO lines (batch_id, line_no, custom_id, body) VALUES (?, ?, ?, ?)",
+                [(batch_id, line.line_no, line.custom_id, line.body) for line in lines],
+            )
+        return len(lines)
 
     def pending_lines(self, batch_id: str, after_line: int, limit: int) -> list[PendingLine]:
         with self._mutex:
@@ -315,24 +324,19 @@ class BatchStore:
 
     def record(self, batch_id: str, line_no: int, result: LineResult) -> bool:
         """Store one line's result and count it, once: False if the line was already done."""
-        with self._mutex:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                changed = self._db.execute(
-                    "UPDATE lines SET done = 1, status_code = ?, result = ? WHERE batch_id = ? AND line_no = ? AND done = 0",
-                    (result.status_code, result.record, batch_id, line_no),
-                ).rowcount
-                if changed:
-                    column = "completed" if result.ok else "failed"
-                    self._db.execute(
-                        f"UPDATE batches SET {column} = {column} + 1, input_tokens = input_tokens + ?, "
-                        "output_tokens = output_tokens + ? WHERE id = ?",
-                        (result.input_tokens, result.output_tokens, batch_id),
-                    )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._transaction():
+            changed = self._db.execute(
+                "UPDATE lines SET done = 1, status_code = ?, result = ? "
+                "WHERE batch_id = ? AND line_no = ? AND done = 0",
+                (result.status_code, result.record, batch_id, line_no),
+            ).rowcount
+            if changed:
+                column = "completed" if result.ok else "failed"
+                self._db.execute(
+                    f"UPDATE batches SET {column} = {column} + 1, input_tokens = input_tokens + ?, "
+                    "output_tokens = output_tokens + ? WHERE id = ?",
+                    (result.input_tokens, result.output_tokens, batch_id),
+                )
         return bool(changed)
 
     def finalize(self, batch_id: str, end: BatchStatus, unfinished: tuple[str, str] | None) -> BatchObject:
@@ -342,7 +346,7 @@ class BatchStore:
         stored = self.get_batch(batch_id)
         assert stored is not None
         tmp_out, tmp_err = self.upload_path(), self.upload_path()
-        with self._mutex, tmp_out.open("wb") as out, tmp_err.open("wb") as err:
+        with tmp_out.open("wb") as out, tmp_err.open("wb") as err:
             counts = self._write_results(batch_id, out, err, unfinished)
             for f in (out, err):
                 f.flush()
@@ -376,29 +380,27 @@ class BatchStore:
     def _write_results(
         self, batch_id: str, out: IO[bytes], err: IO[bytes], unfinished: tuple[str, str] | None
     ) -> tuple[int, int]:
+        """Every line's record in line order, read a page at a time (the lock is held per page)."""
         written = [0, 0]
-        rows = self._db.execute(
-            "SELECT line_no, custom_id, done, status_code, result FROM lines WHERE batch_id = ? ORDER BY line_no",
-            (batch_id,),
-        )
-        for _, custom_id, done, status_code, result in rows:
-            if done:
-                ok = status_code is not None and 200 <= status_code < 300
-                (out if ok else err).write(bytes(result) + b"\n")
-                written[0 if ok else 1] += 1
-            elif unfinished is not None:
-                err.write(error_record(custom_id, *unfinished) + b"\n")
-                written[1] += 1
-        return written[0], written[1]
-
-    def line_results(self, batch_id: str) -> Iterator[tuple[str, int | None]]:
-        """(custom_id, status_code or None if not done) per line, in order; for tests and tools."""
-        with self._mutex:
-            rows = self._db.execute(
-                "SELECT custom_id, CASE WHEN done THEN status_code END FROM lines WHERE batch_id = ? ORDER BY line_no",
-                (batch_id,),
-            ).fetchall()
-        yield from rows
+        last = 0
+        while True:
+            with self._mutex:
+                rows = self._db.execute(
+                    "SELECT line_no, custom_id, done, status_code, result FROM lines "
+                    "WHERE batch_id = ? AND line_no > ? ORDER BY line_no LIMIT ?",
+                    (batch_id, last, _CHUNK),
+                ).fetchall()
+            if not rows:
+                return written[0], written[1]
+            last = rows[-1][0]
+            for _, custom_id, done, status_code, result in rows:
+                if done:
+                    ok = status_code is not None and 200 <= status_code < 300
+                    (out if ok else err).write(bytes(result) + b"\n")
+                    written[0 if ok else 1] += 1
+                elif unfinished is not None:
+                    err.write(error_record(custom_id, *unfinished) + b"\n")
+                    written[1] += 1
 
 
 def error_record(custom_id: str, code: str, message: str) -> bytes:

@@ -94,3 +94,12 @@ def test_an_unfinished_upload_is_removed_at_open(tmp_path: Path) -> None:
     leftover.write_bytes(b"half a file")
     BatchStore(tmp_path).close()
     assert not leftover.exists()
+
+
+def test_lines_past_one_chunk_are_all_kept_in_order(store: BatchStore) -> None:
+    batch_id = started_batch(store, 1203)  # written and read back in chunks of 500
+    assert [line.line_no for line in store.pending_lines(batch_id, 498, 4)] == [499, 500, 501, 502]
+    done = store.finalize(batch_id, "cancelled", ("batch_cancelled", "cancelled"))
+    assert done.error_file_id is not None and done.output_file_id is None
+    ids = [orjson.loads(line)["custom_id"] for line in store.file_path(done.error_file_id).read_bytes().splitlines()]
+    assert ids == [f"id-{i}" for i in range(1, 1204)]
