@@ -26,6 +26,11 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 
+@app.callback()
+def _group() -> None:
+    """Keeps `serve` a subcommand (`python -m gateway.cli serve ...`), as under the `gateway` command."""
+
+
 @app.command()
 def serve(
     config: Annotated[Path, typer.Option("--config", help="Gateway config YAML.", exists=True, dir_okay=False)],

@@ -60,3 +60,14 @@ def test_the_stack_commands_say_what_to_install_without_ray(monkeypatch: pytest.
         assert result.exit_code == 2, command
         assert "needs ray" in result.output and "gateway serve" in result.output
         assert "Traceback" not in result.output
+
+
+def test_the_gateway_layer_alone_offers_serve(tmp_path: Path) -> None:
+    """gateway/cli.py (no deploy/ import) runs the same `serve` as a subcommand."""
+    from gateway.cli import app as gateway_app
+
+    config = tmp_path / "gateway.yaml"
+    config.write_text("model: m\nreplicas: []\n")
+    result = runner.invoke(gateway_app, ["serve", "--config", str(config)])
+    assert result.exit_code == 2
+    assert "replicas" in result.output and "Traceback" not in result.output
