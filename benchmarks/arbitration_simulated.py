@@ -61,9 +61,13 @@ def run(scenario: Scenario, settings: RoutingSettings, seeds: int) -> dict[str, 
     return summary([simulate(scenario, settings, seed=seed) for seed in range(seeds)])
 
 
-def model_report(model: str, duration_s: float, seeds: int) -> dict[str, object]:
+def model_report(model: str, duration_s: float, seeds: int, users: int | None = None) -> dict[str, object]:
     plan = load_plan(shipped_plan(f"{model}.dgx-spark-pair"))
     scenarios = simulated_scenarios(plan, duration_s)
+    if users is not None:  # a lighter (or heavier) chat load than the plan-sized one
+        for name in ("steady", "interactive-only"):
+            chat = scenarios[name].interactive.model_copy(update={"users": users})
+            scenarios[name] = scenarios[name].model_copy(update={"interactive": chat})
     base = plan_routing(plan).model_copy(update={"policy": "class-aware"})
     alone_i = run(scenarios["interactive-only"], base.model_copy(update={"policy": "all-interactive"}), seeds)
     alone_b = run(scenarios["batch-only"], base.model_copy(update={"policy": "all-batch"}), seeds)
@@ -92,6 +96,7 @@ def model_report(model: str, duration_s: float, seeds: int) -> dict[str, object]
     return {
         "model": model,
         "plan": f"{model}.dgx-spark-pair",
+        "users": scenarios["steady"].interactive.users,
         "duration_s": duration_s,
         "seeds": seeds,
         "alone": {"interactive": alone_i, "batch": alone_b},
@@ -107,7 +112,7 @@ def markdown(report: dict[str, object]) -> str:
     rows = report["settings"]
     assert isinstance(rows, dict)
     lines = [
-        f"**{report['model']}** (interactive busy share alone {report['interactive_busy_alone']:.2f}; "
+        f"**{report['model']}**, {report['users']} chat users (interactive busy share alone {report['interactive_busy_alone']:.2f}; "
         f"best baseline by goodput: {report['best_baseline']})",
         "",
         "| class-aware, arbitration | int. TTFT p99 / alone | batch tok/s / alone | batch / floor | "
@@ -128,8 +133,10 @@ def plot(reports: Sequence[dict[str, object]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(reports), figsize=(6 * len(reports), 4.5), squeeze=False)
-    for ax, report in zip(axes[0], reports, strict=True):
+    columns = 2
+    rows_n = (len(reports) + columns - 1) // columns
+    fig, axes = plt.subplots(rows_n, columns, figsize=(6 * columns, 4.5 * rows_n), squeeze=False)
+    for ax, report in zip(axes.flat, reports, strict=False):
         rows = report["settings"]
         assert isinstance(rows, dict)
         frontier = [(name, rows[name]) for name in rows if name.startswith("freeze ")]
@@ -149,7 +156,7 @@ def plot(reports: Sequence[dict[str, object]], path: Path) -> None:
         ax.axvline(0.9 * (1 - busy), color="grey", linestyle=":", linewidth=0.8, label="batch floor")
         ax.set_xlabel("batch output tok/s / batch alone")
         ax.set_ylabel("interactive TTFT p99 / interactive alone")
-        ax.set_title(f"{report['model']}, simulated Spark pair")
+        ax.set_title(f"{report['model']}, {report['users']} chat users, simulated Spark pair", fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -161,8 +168,11 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=300.0)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--models", nargs="+", default=["gpt-oss-120b", "llama-3.1-8b"])
+    parser.add_argument("--users", type=int, nargs="+", default=[0], help="chat users; 0: the plan-sized number")
     args = parser.parse_args()
-    reports = [model_report(model, args.duration, args.seeds) for model in args.models]
+    reports = [
+        model_report(model, args.duration, args.seeds, users or None) for users in args.users for model in args.models
+    ]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(reports, indent=1) + "\n")
     plot(reports, CHART)
