@@ -104,6 +104,14 @@ def test_the_stack_commands_say_what_is_missing(gateway_venv: Path) -> None:
     assert "needs ray" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_the_tuner_says_what_is_missing(gateway_venv: Path) -> None:
+    result = subprocess.run(
+        [str(gateway_venv / "bin" / "tuner"), "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    assert "tuner needs numpy" in result.stderr and "Traceback" not in result.stderr
+
+
 @pytest.fixture
 def served_gateway(gateway_venv: Path, tmp_path: Path) -> Iterator[str]:
     """`gateway serve` from the gateway-only venv, in front of two fake vLLM servers."""
