@@ -23,11 +23,12 @@ import os
 import socket
 import time
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from deploy.plan import ServingPlan
+if TYPE_CHECKING:  # only for annotations: the probe itself runs where only torch and pydantic are
+    from deploy.plan import ServingPlan
 
 Operation = Literal["allreduce", "allgather", "p2p"]
 OPERATIONS: tuple[Operation, ...] = ("allreduce", "allgather", "p2p")

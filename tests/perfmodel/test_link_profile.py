@@ -3,10 +3,10 @@ link sweep of `tuner predict --link-sweep`; `tuner optimize --hardware FILE`."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from deploy.link_probe import LinkSamples, Sample, slow_link_warning
@@ -122,12 +122,17 @@ def test_predict_names_a_missing_or_malformed_profile_file(tmp_path: Path) -> No
     assert malformed.exit_code == 2 and "malformed" in malformed.output
 
 
-def test_optimize_prices_trials_on_a_measured_profile(tmp_path: Path) -> None:
-    slow = _write(tmp_path, _samples(400, 1))
-    common = dict(model="llama-3.1-8b", trials=8, routing_trials=0, out=tmp_path / "plans")
-    result = optimize(OptimizeRequest(**common, hardware=str(slow), storage=f"sqlite:///{tmp_path / 'a.db'}"))
-    nominal = optimize(OptimizeRequest(**common, storage=f"sqlite:///{tmp_path / 'b.db'}"))
-    chosen = json.dumps(result.model_dump(mode="json"))
-    assert result.classes and chosen != json.dumps(nominal.model_dump(mode="json"))
+def test_optimize_prices_trials_on_the_profile_file_it_is_given(tmp_path: Path) -> None:
+    common = dict(model="llama-3.1-8b", trials=4, routing_trials=0, out=tmp_path / "plans")
+    measured = _write(tmp_path, _samples(400, 1))
+    assert optimize(OptimizeRequest(**common, hardware=str(measured), storage=f"sqlite:///{tmp_path / 'a.db'}")).classes
+    # The same profile with 5 GB per device cannot hold the model's 16 GB: refused, naming the 5 GB,
+    # which only happens if the file's figures, not the cluster's own profile, priced the layouts.
+    data = yaml.safe_load(measured.read_text())
+    data["device"]["memory_gb"]["value"] = 5
+    small = tmp_path / "small.yaml"
+    small.write_text(yaml.safe_dump(data))
+    with pytest.raises(TargetError, match=r"\(5 GB\)"):
+        optimize(OptimizeRequest(**common, hardware=str(small), storage=f"sqlite:///{tmp_path / 'b.db'}"))
     with pytest.raises(TargetError, match="does not exist"):
         optimize(OptimizeRequest(**common, hardware=str(tmp_path / "none.yaml")))
