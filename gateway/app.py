@@ -145,7 +145,7 @@ def create_app(config: GatewayConfig, backends: Mapping[str, Backend] | None = N
     )
     batch_proxies: dict[str, GenerationProxy] = {}  # filled below: the Batch API sends its lines through them
     batches = BatchService(
-        settings.batches, InProcessDispatch(batch_proxies), config.served_names, keyring.client_named, metrics.registry
+        settings.batches, InProcessDispatch(batch_proxies), config.served_names, keyring.client_named, metrics
     )
 
     @contextlib.asynccontextmanager

@@ -1,5 +1,6 @@
 """The Batch API in /metrics: batches by status (read from the store at scrape time), lines
-finished by outcome and key, and lines per second over the last minute."""
+finished by outcome and key (the key's name only with auth.per_key_metrics on, as for live
+requests), and lines per second over the last minute."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from gateway.batches.objects import BatchStatus
+from gateway.metrics import UNLABELLED_KEY, GatewayMetrics
 
 RATE_WINDOW_S = 60.0
 _STATUSES: tuple[BatchStatus, ...] = (
@@ -29,19 +31,20 @@ _STATUSES: tuple[BatchStatus, ...] = (
 class BatchObserver(Collector):
     """Registered on the gateway's registry; `line_done` is called once per recorded line."""
 
-    def __init__(self, registry: CollectorRegistry, counts: Callable[[], dict[str, int]]) -> None:
+    def __init__(self, metrics: GatewayMetrics, counts: Callable[[], dict[str, int]]) -> None:
         self._counts = counts
+        self._per_key = metrics.per_key
         self._finished: deque[float] = deque()
         self.lines = Counter(
             "tandem_gateway_batch_lines",
             "Batch lines finished, by outcome (completed: 2xx answer; failed: any other) and API key name",
             ["outcome", "key"],
-            registry=registry,
+            registry=metrics.registry,
         )
-        registry.register(self)
+        metrics.registry.register(self)
 
     def line_done(self, key: str, ok: bool) -> None:
-        self.lines.labels("completed" if ok else "failed", key).inc()
+        self.lines.labels("completed" if ok else "failed", key if self._per_key else UNLABELLED_KEY).inc()
         now = time.monotonic()
         self._finished.append(now)
         self._trim(now)

@@ -13,8 +13,6 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry
-
 from gateway.auth import Client
 from gateway.batch_settings import BatchSettings, resolve_data_dir
 from gateway.batches.dispatch import Dispatch
@@ -22,6 +20,7 @@ from gateway.batches.observe import BatchObserver
 from gateway.batches.runner import BatchRunner
 from gateway.batches.store import BatchStore, StoreBusy
 from gateway.errors import GatewayError
+from gateway.metrics import GatewayMetrics
 
 log = logging.getLogger("tandem.gateway.batches")
 
@@ -33,7 +32,7 @@ class BatchService:
         dispatch: Dispatch,
         served_names: frozenset[str],
         client_named: Callable[[str], Client | None],
-        registry: CollectorRegistry,
+        metrics: GatewayMetrics,
     ) -> None:
         self.settings = settings
         self.data_dir: Path = resolve_data_dir(settings)
@@ -42,7 +41,7 @@ class BatchService:
         self._client_named = client_named
         self._runner: BatchRunner | None = None
         self._busy: str | None = None
-        self.observer = BatchObserver(registry, self._counts)
+        self.observer = BatchObserver(metrics, self._counts)
 
     def _counts(self) -> dict[str, int]:
         return self._runner.store.count_by_status() if self._runner is not None else {}
