@@ -38,7 +38,7 @@ def test_sigkill_mid_batch_then_restart_completes_each_line_once(tmp_path: Path)
     data_dir = tmp_path / "data"
     with (
         FakeUpstream(model="upstream-tp").running() as tp,
-        FakeUpstream(model="upstream-pp", scheduling_policy="priority", first_token_delay_s=0.2).running() as pp,
+        FakeUpstream(model="upstream-pp", scheduling_policy="priority", first_token_delay_s=0.5).running() as pp,
     ):
         config = gateway_config(
             tp, pp, batches={"data_dir": str(data_dir), "per_batch_concurrency": 4, "global_concurrency": 4}
