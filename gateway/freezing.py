@@ -31,6 +31,7 @@ from gateway.arbitration import Arbitration, ReplicaWork, arbitrate
 from gateway.backends.base import Backend
 from gateway.config import ReplicaEndpoint, RoutingSettings
 from gateway.load import LoadBoard
+from gateway.timers import ReevaluationTimer
 
 log = logging.getLogger("tandem.gateway")
 
@@ -148,7 +149,7 @@ class EngineFreezer:
         }
         self._seq = _Sequence()
         self._tasks: list[asyncio.Task[None]] = []
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer = ReevaluationTimer(self.update)
         registry.register(_FreezeCollector(self))
         board.listen(self.update)
 
@@ -166,8 +167,7 @@ class EngineFreezer:
 
     async def stop(self, timeout_s: float = 5.0) -> None:
         """Stop driving the engines and resume any still paused (best effort; the lease is the backstop)."""
-        if self._timer is not None:
-            self._timer.cancel()
+        self._timer.cancel()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -184,7 +184,7 @@ class EngineFreezer:
     def update(self) -> None:
         """Re-evaluate after the requests in flight or the settings changed, or a timer came due."""
         settings = self._settings()
-        if settings.gpu_arbitration != "freeze" and not self.state.holds and self._timer is None:
+        if settings.gpu_arbitration != "freeze" and not self.state.holds and not self._timer.pending:
             return
         try:
             loop = asyncio.get_running_loop()
@@ -202,19 +202,10 @@ class EngineFreezer:
             if before.holding and not hold.holding and hold.forced:
                 self.forced_resumes[name] = self.forced_resumes.get(name, 0) + 1
         self.state = state
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        change = state.next_change(settings)
-        if change is not None:
-            self._timer = loop.call_at(change, self._on_timer)
+        self._timer.arm(loop, state.next_change(settings))
         frozen = state.frozen
         for name, switch in self._switches.items():
             switch.want(name in frozen)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self.update()
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: the registry keys collectors by identity

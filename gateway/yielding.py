@@ -14,6 +14,7 @@ from collections.abc import Callable
 from gateway.admission import ClassGate
 from gateway.config import ClassLimits, RoutingSettings
 from gateway.policy import YieldState, batch_limits, batch_yield
+from gateway.timers import ReevaluationTimer
 
 
 class BatchYielding:
@@ -24,7 +25,7 @@ class BatchYielding:
         self.state = YieldState()
         self._interactive: ClassGate | None = None
         self._batch: ClassGate | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer = ReevaluationTimer(self.update)
 
     def watch(self, interactive: ClassGate, batch: ClassGate) -> None:
         self._interactive, self._batch = interactive, batch
@@ -41,7 +42,7 @@ class BatchYielding:
     def update(self) -> None:
         """Re-evaluate after the interactive class's activity or the settings changed."""
         settings = self._settings()
-        if settings.batch_yield_fraction >= 1 and not self.state.holding and self._timer is None:
+        if settings.batch_yield_fraction >= 1 and not self.state.holding and not self._timer.pending:
             return
         assert self._interactive is not None and self._batch is not None, "watch() the gates first"
         loop = asyncio.get_running_loop()
@@ -50,14 +51,5 @@ class BatchYielding:
         if state == self.state:
             return
         self.state = state
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        change = state.next_change(settings)
-        if change is not None:
-            self._timer = loop.call_at(change, self._on_timer)
+        self._timer.arm(loop, state.next_change(settings))
         self._batch.grant()  # a hold that ended (or eased) lets queued batch requests in
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self.update()
