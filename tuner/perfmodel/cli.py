@@ -12,6 +12,7 @@ from rich.table import Table
 
 from tuner.perfmodel.architecture import resolve_model
 from tuner.perfmodel.engine import EngineSettings, known_engines, load_engine
+from tuner.perfmodel.figures import save_figure
 from tuner.perfmodel.hardware import HardwareProfile, known_hardware, load_hardware
 from tuner.perfmodel.link_sweep_report import run_link_sweep
 from tuner.perfmodel.predict import Layout, Prediction, build_replica, predict_replica
@@ -185,7 +186,4 @@ def _plot(results: dict[str, list[Prediction]], path: Path, title: str) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(f"{title} - predicted, not measured")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)

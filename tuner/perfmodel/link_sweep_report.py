@@ -17,6 +17,7 @@ from rich.table import Table
 from tuner.perfmodel.architecture import ModelArchitecture
 from tuner.perfmodel.collectives import LinkProfile
 from tuner.perfmodel.engine import EngineProfile, EngineSettings
+from tuner.perfmodel.figures import save_figure
 from tuner.perfmodel.hardware import HardwareProfile, load_hardware, with_link
 from tuner.perfmodel.link_sweep import SweepPoint, compare_layouts, sweep_link
 from tuner.workloads import Workload
@@ -124,7 +125,4 @@ def _plot(
             ax.set_ylabel("PP/TP output tok/s" if row == 0 else "TP/PP TPOT")
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"{title}: above 1, PP=2 wins (predicted)")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)

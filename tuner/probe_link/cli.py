@@ -13,6 +13,7 @@ from rich.table import Table
 from deploy.link_probe import DEFAULT_SIZES, LinkSamples, probe_cluster, probe_local
 from deploy.stack import RayConnection
 from tuner.perfmodel.collectives import LinkProfile
+from tuner.perfmodel.figures import save_figure
 from tuner.perfmodel.hardware import known_hardware
 from tuner.probe_link.profile import (
     LIKELY_CAUSES,
@@ -152,7 +153,4 @@ def _plot(samples: LinkSamples, link: LinkProfile, nominal: LinkProfile | None, 
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title(f"{samples.backend} link: measured points, fitted regimes (lines)")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
