@@ -39,6 +39,7 @@ from deploy.plan import load_plan
 from deploy.ports import free_port
 from deploy.stack import running_stack
 from gateway.engine_pause import PAUSE_PATH, RESUME_PATH
+from tuner.percentiles import percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "arbitration-live.json"
@@ -69,11 +70,6 @@ class Flood:
     ok: int = 0
     failed: list[str] = field(default_factory=list)
     tokens: int = 0
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
 
 
 async def chat(client: httpx.AsyncClient, url: str, model: str) -> Chat:
@@ -243,7 +239,7 @@ async def measure(
         start = time.monotonic()
         alone_chats = await interactive_stream(client, base_url, model, count)
         end = time.monotonic()
-        alone_i = {
+        alone_i: dict[str, Any] = {
             "interactive": chat_summary(alone_chats),
             "interactive_busy_share": busy_share(alone_chats, start, end),
         }

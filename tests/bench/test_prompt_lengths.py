@@ -12,7 +12,7 @@ from tuner.bench import BenchConfig, Bounds, ClosedLoop, Endpoint, TrafficStream
 
 sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/fake_upstream.py, whatever the import mode
 
-from fake_upstream import FakeUpstream, fake_token_count  # noqa: E402
+from fake_upstream import FakeUpstream, fake_token_count
 
 
 def _config(url: str, model: str, input_len: int) -> BenchConfig:
