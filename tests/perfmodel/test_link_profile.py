@@ -136,3 +136,15 @@ def test_optimize_prices_trials_on_the_profile_file_it_is_given(tmp_path: Path) 
         optimize(OptimizeRequest(**common, hardware=str(small), storage=f"sqlite:///{tmp_path / 'b.db'}"))
     with pytest.raises(TargetError, match="does not exist"):
         optimize(OptimizeRequest(**common, hardware=str(tmp_path / "none.yaml")))
+
+
+def test_probe_says_which_layout_the_measured_link_favours(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tuner.probe_link.cli import _print_favoured
+
+    _print_favoured("gpt-oss-120b", _write(tmp_path, _samples(60, 3)), "dgx-spark-pair")
+    lines = capsys.readouterr().out.splitlines()
+    prefill = [line.split("│") for line in lines if "prefill-heavy" in line]
+    measured = next(cells for cells in prefill if "measured" in cells[2])
+    nominal = next(cells for cells in prefill if "nominal" in cells[2])
+    # At 3 GB/s PP=2 wins prefill-heavy traffic at C=128; at the nominal 22 GB/s TP=2 does.
+    assert float(measured[-2]) > 1 > float(nominal[-2])

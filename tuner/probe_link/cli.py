@@ -12,9 +12,11 @@ from rich.table import Table
 
 from deploy.link_probe import DEFAULT_SIZES, LinkSamples, probe_cluster, probe_local
 from deploy.stack import RayConnection
+from tuner.perfmodel.architecture import resolve_model
 from tuner.perfmodel.collectives import LinkProfile
 from tuner.perfmodel.figures import save_figure
-from tuner.perfmodel.hardware import known_hardware
+from tuner.perfmodel.hardware import known_hardware, load_hardware
+from tuner.perfmodel.link_sweep import compare_layouts
 from tuner.probe_link.profile import (
     LIKELY_CAUSES,
     LinkCheck,
@@ -24,6 +26,7 @@ from tuner.probe_link.profile import (
     measured_link,
     profile_from_samples,
 )
+from tuner.workloads import WORKLOADS
 
 console = Console()
 
@@ -46,6 +49,9 @@ def probe_link_command(
     max_bytes: Annotated[int, typer.Option(min=8192, help="Largest message measured.")] = DEFAULT_SIZES[-1],
     plot: Annotated[Path | None, typer.Option(help="PNG of time vs size (default: next to --out).")] = None,
     samples_out: Annotated[Path | None, typer.Option(help="Also write the raw samples as JSON.")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Also say which layout this link favours for this model (TP=2 vs PP=2).")
+    ] = None,
 ) -> None:
     """Measure all-reduce, all-gather and send/recv from 8 KB to 64 MB between two nodes, fit the
     collective model to it, and write a complete hardware profile with the measured link."""
@@ -78,7 +84,38 @@ def probe_link_command(
     _print_verdict(check, base_name)
     plot_path = plot or out.with_suffix(".png")
     _plot(samples, link, check.nominal, plot_path)
+    if model is not None:
+        _print_favoured(model, out, base_name)
     console.print(f"profile: {out}  plot: {plot_path}  (use: tuner predict --hardware {out} --link-sweep)")
+
+
+FAVOURED_LEVELS = (1, 8, 32, 128)
+
+
+def _print_favoured(model: str, profile: Path, base: str) -> None:
+    """PP/TP output tok/s per workload and concurrency on the measured link and on the base's
+    nominal one: above 1, PP=2 wins."""
+    try:
+        arch = resolve_model(model)
+    except ValueError as exc:
+        console.print(f"[yellow]cannot say which layout it favours:[/yellow] {exc}")
+        return
+    measured = load_hardware(str(profile))
+    links = {"measured": measured, "nominal": load_hardware(base)}
+    table = Table(title=f"{arch.name}: PP=2 / TP=2 output tok/s (above 1: PP=2 wins)")
+    table.add_column("workload")
+    table.add_column("link")
+    for c in FAVOURED_LEVELS:
+        table.add_column(f"C={c}", justify="right")
+    for name, shape in WORKLOADS.items():
+        for label, hardware in links.items():
+            try:
+                rows = compare_layouts(arch, hardware, shape, FAVOURED_LEVELS)
+            except ValueError as exc:
+                console.print(f"[yellow]{label} link:[/yellow] {exc}")
+                return
+            table.add_row(name, label, *("-" if r is None else f"{r:.2f}" for _, r, _ in rows))
+    console.print(table)
 
 
 def _print_table(samples: LinkSamples, link: LinkProfile, check: LinkCheck) -> None:
