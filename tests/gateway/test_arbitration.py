@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from deploy.builder import gateway_config
+from deploy.plan import SHIPPED_PLANS_DIR, load_plan
 from gateway.arbitration import Arbitration, HoldTimers, ReplicaWork, arbitrate, frozen_share
 from gateway.config import RoutingSettings
 
@@ -133,3 +135,17 @@ def test_next_change_names_the_timer_to_set() -> None:
 def test_arbitration_settings_that_could_starve_or_conflict_are_refused(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         RoutingSettings(**bad)  # type: ignore[arg-type]
+
+
+def test_every_shipped_plan_shares_its_devices_and_ships_the_measured_default() -> None:
+    """The builder puts co-resident replicas in one device group (so the freeze can apply), and the
+    shipped plans keep gpu_arbitration "admission" (off): on their simulated steady mix the freeze
+    costs more goodput than it buys (docs/routing.md, "GPU arbitration"); a plan may set "freeze"."""
+    plans = sorted(SHIPPED_PLANS_DIR.glob("*.yaml"))
+    assert plans
+    for path in plans:
+        config = gateway_config(load_plan(path))
+        assert {r.device_group for r in config.replicas} == {"shared"}, path.name
+        assert config.settings.routing.gpu_arbitration == "admission", path.name
+    frozen = RoutingSettings(gpu_arbitration="freeze")
+    assert RoutingSettings.model_validate_json(frozen.model_dump_json()).gpu_arbitration == "freeze"
