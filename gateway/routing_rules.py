@@ -30,6 +30,14 @@ replica on the Spark pair. The rule, and why:
                            tail stays about 2x whatever the hold. A plan that weighs interactive
                            latency above the total sets it (0 with a hold bound), or lets the
                            tuner's routing study search it.
+  GPU arbitration          "admission" (no freeze; the base's), for every shipped plan. Freezing
+                           the batch engine while interactive work runs (gateway.arbitration)
+                           gives interactive steps their alone speed, but on the plans' simulated
+                           steady mix the TP replica is busy all the time, so the batch replica
+                           is frozen for all but the starvation bound's share and its goodput
+                           goes (docs/routing.md, "GPU arbitration"); a plan whose chat load
+                           leaves the GPUs idle between turns, or that weighs interactive latency
+                           above batch work, sets gpu_arbitration: freeze.
 
 An engine-side queue is invisible to routing: a request vLLM holds in its waiting queue cannot be
 sent elsewhere when a replica frees up or fails. Admission limits at the engine's own batch size
