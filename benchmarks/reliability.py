@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import random
+import signal
 import statistics
 import time
 from collections import Counter
@@ -53,6 +54,8 @@ class Outcome:
 @dataclass
 class Tally:
     outcomes: list[Outcome] = field(default_factory=list)
+    sending_s: float = 0.0  # how long the arrivals took to issue: above the planned time, the client lagged
+    total_s: float = 0.0  # until the last answer
 
     def statuses(self) -> Counter[int]:
         return Counter(o.status for o in self.outcomes)
@@ -143,7 +146,9 @@ async def open_loop(base_url: str, model: str, rate: float, seconds: float, mix_
             else:
                 tasks.append(asyncio.create_task(stream_chat(http, model, "interactive")))
             next_at += rng.expovariate(rate)
+        tally.sending_s = time.monotonic() - start
         tally.outcomes = list(await asyncio.gather(*tasks))
+        tally.total_s = time.monotonic() - start
     return tally
 
 
@@ -224,6 +229,10 @@ def first_token_deadline(base_url: str) -> float:
     return float(routing["limits"]["interactive"]["first_token_timeout_s"])
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="A running stack's base URL (default: start the demo stack).")
@@ -233,6 +242,7 @@ def main() -> int:
     parser.add_argument("--soak-min", type=float, default=30.0)
     parser.add_argument("--soak-load", type=float, default=0.7, help="Fraction of the measured capacity.")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, _interrupt)  # `timeout` and kill: stop the stack we started
     summary: dict[str, object] = {}
     with stack(args.url) as (base_url, model):
         gateway = gateway_process(base_url)
@@ -252,6 +262,8 @@ def main() -> int:
                 "offered_rps": round(offered, 1),
                 "seconds": args.overload_s,
                 "sent": len(tally.outcomes),
+                "issued_in_s": round(tally.sending_s, 1),
+                "all_answered_in_s": round(tally.total_s, 1),
                 "statuses": dict(sorted(statuses.items())),
                 "429_with_retry_after": sum(o.retry_after for o in refused),
                 "admitted_ttft_p50_s": round(percentile(ttfts, 50), 2) if ttfts else None,
