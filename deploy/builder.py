@@ -78,6 +78,11 @@ def build_app(plan: ServingPlan, model_source: str, log_dir: str) -> Application
         engines = {r.name: http_engine(plan, r, model_source, log_dir) for r in plan.replicas}
     else:
         engines = {r.name: _llm_server_engine(plan, r, model_source) for r in plan.replicas}
+    return gateway_app(plan, engines)
+
+
+def gateway_app(plan: ServingPlan, engines: dict[str, Application]) -> Application:
+    """The gateway's deployment in front of `engines` (bound engine deployments, by replica name)."""
     gateway = serve.deployment(GatewayServer).options(
         name=GATEWAY_DEPLOYMENT,
         num_replicas=1,
