@@ -281,10 +281,10 @@ def fit_regimes(
     While some point is off by more than twice that, the one furthest *above* the curve (if more
     than twice that above) is set aside as noise (`fitted: false`, with a note) and the rest
     refitted, at most half the points: a loaded machine only ever adds time, so the lower
-    envelope is the link."""
+    envelope is the link. Points the caller marked `fitted: false` stay out of the fit."""
     ordered = sorted(points, key=lambda p: p.bytes)
-    error, model = _fit_once(ordered, source, names)
     budget = len([p for p in ordered if p.fitted]) // 2
+    error, model = _fit_once(ordered, source, names)
     while error > 2 * FIT_GOOD_ENOUGH and budget > 0:
         fitted = [p for p in ordered if p.fitted]
         worst = max(fitted, key=lambda p: p.microseconds / (model.seconds(p.bytes) * 1e6))
