@@ -69,8 +69,7 @@ class PauseLease:
                 await self._pause()
                 self.paused = True
             self.expires_at = self._clock() + lease_s
-            if self._watchdog is None or self._watchdog.done():
-                self._watchdog = asyncio.create_task(self._watch(), name="pause-lease")
+            self._watch_lease()  # a new watch: the lease may be shorter than the one watched before
             return self.status()
 
     async def resume(self, seq: int) -> PauseStatus:
@@ -80,12 +79,19 @@ class PauseLease:
                 return self.status(applied=False)
             self.seq = seq
             await self._resume_locked()
+            if self._watchdog is not None:
+                self._watchdog.cancel()
             return self.status()
 
     async def _resume_locked(self) -> None:
         if self.paused:
             await self._resume()
             self.paused = False
+
+    def _watch_lease(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        self._watchdog = asyncio.create_task(self._watch(), name="pause-lease")
 
     async def _watch(self) -> None:
         """Resume the engine once the lease runs out without a renewal."""

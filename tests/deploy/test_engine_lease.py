@@ -87,6 +87,22 @@ async def test_an_unrenewed_lease_resumes_the_engine_by_itself() -> None:
     await lease.resume(seq=9)
 
 
+async def test_a_short_lease_after_a_long_one_is_watched_by_its_own_end() -> None:
+    """A pause with a long lease, resumed, then a pause with a short one: the short one runs out on
+    time (a watch still sleeping towards the long lease's end must not be the only one)."""
+    engine = Engine()
+    lease = lease_of(engine)
+    await lease.pause(120, seq=1)
+    await lease.resume(seq=2)
+    await lease.pause(0.3, seq=3)
+    await wait_for(lambda: not engine.paused, timeout_s=10)
+    assert lease.status().lease_expiries == 1
+    # and a renewal with a shorter lease while paused shortens the watch too
+    await lease.pause(120, seq=4)
+    await lease.pause(0.3, seq=5)
+    await wait_for(lambda: not engine.paused, timeout_s=10)
+
+
 @pytest.mark.parametrize("lease_s", [0, -1, 601, float("nan"), float("inf")])
 async def test_a_lease_out_of_bounds_is_refused(lease_s: float) -> None:
     engine = Engine()
