@@ -95,9 +95,15 @@ async def chat(client: httpx.AsyncClient, url: str, model: str) -> Chat:
 
 
 async def interactive_stream(client: httpx.AsyncClient, url: str, model: str, count: int) -> list[Chat]:
+    """`count` chats one after another; one that breaks is kept, without an end (counted as failed):
+    the first live run here lost one to a dropped connection and lost the whole run with it."""
     chats = []
     for _ in range(count):
-        chats.append(await chat(client, url, model))
+        try:
+            chats.append(await chat(client, url, model))
+        except httpx.HTTPError as exc:
+            print(f"interactive request failed: {type(exc).__name__}: {exc}", flush=True)
+            chats.append(Chat(time.monotonic()))
         await asyncio.sleep(0.5)
     return chats
 
@@ -128,7 +134,7 @@ async def generated(client: httpx.AsyncClient, engine_root: str) -> float:
 
 def busy_share(chats: list[Chat], start: float, end: float) -> float:
     """Share of [start, end] with an interactive request in flight (they run one at a time here)."""
-    return sum((c.end or end) - c.start for c in chats) / (end - start)
+    return sum((c.end or c.start) - c.start for c in chats) / (end - start)
 
 
 def chat_summary(chats: list[Chat]) -> dict[str, float]:
@@ -136,6 +142,7 @@ def chat_summary(chats: list[Chat]) -> dict[str, float]:
     tpots = [t for c in chats if (t := c.tpot) is not None]
     return {
         "requests": len(chats),
+        "failed": sum(c.end is None for c in chats),
         "ttft_p50_ms": 1e3 * percentile(ttfts, 50),
         "ttft_p90_ms": 1e3 * percentile(ttfts, 90),
         "ttft_p99_ms": 1e3 * percentile(ttfts, 99),
