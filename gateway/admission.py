@@ -65,7 +65,7 @@ class ClassGate:
         except (asyncio.CancelledError, TimeoutError) as exc:
             if waiter.done() and not waiter.cancelled():
                 self._release()  # granted and given up at once: pass the slot on
-            else:
+            elif waiter in self._waiters:  # grant() may have dropped it already, as cancelled
                 self._waiters.remove(waiter)
                 self._on_change()
             if isinstance(exc, TimeoutError):
