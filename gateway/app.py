@@ -29,12 +29,13 @@ from gateway.admission import ClassGate
 from gateway.auth import KeyRing, exposure_warning, is_loopback
 from gateway.backends.base import Backend
 from gateway.backends.http import HttpBackend
+from gateway.backends.relocating import RelocatingHttpBackend
 from gateway.batches.dispatch import InProcessDispatch
 from gateway.batches.routes import batch_routes
 from gateway.batches.service import BatchService
-from gateway.backends.relocating import RelocatingHttpBackend
 from gateway.config import GatewayConfig, TrafficClass
 from gateway.errors import GatewayError, error_body, internal_error
+from gateway.freezing import EngineFreezer
 from gateway.load import LoadBoard
 from gateway.metrics import CONTENT_TYPE, GatewayMetrics, LiveState
 from gateway.policy import Endpoint
@@ -143,6 +144,7 @@ def create_app(config: GatewayConfig, backends: Mapping[str, Backend] | None = N
         LiveState(board, gates, lambda: router.spilling, lambda: yielding.holding),
         per_key=settings.auth.per_key_metrics,
     )
+    freezer = EngineFreezer(config.replicas, backends, board, lambda: router.settings, metrics.registry)
     batch_proxies: dict[str, GenerationProxy] = {}  # filled below: the Batch API sends its lines through them
     batches = BatchService(
         settings.batches, InProcessDispatch(batch_proxies), config.served_names, keyring.client_named, metrics
@@ -153,6 +155,7 @@ def create_app(config: GatewayConfig, backends: Mapping[str, Backend] | None = N
         for backend in backends.values():
             await backend.start()
         await board.poll_once(backends)
+        await freezer.start()
         poller = asyncio.create_task(board.poll_forever(backends, settings.limits.load_poll_interval_s))
         log.info("gateway for %s: replicas %s, policy %s", config.model, sorted(backends), router.settings.policy)
         if not keyring.enabled and not is_loopback(settings.host):
@@ -162,6 +165,7 @@ def create_app(config: GatewayConfig, backends: Mapping[str, Backend] | None = N
             yield
         finally:
             await batches.stop()
+            await freezer.stop()
             poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
@@ -253,6 +257,7 @@ def create_app(config: GatewayConfig, backends: Mapping[str, Backend] | None = N
             raise GatewayError(400, first["msg"].removeprefix("Value error, "), param=param) from None
         router.update(new)
         yielding.update()
+        freezer.update()
         for gate in gates.values():
             gate.grant()
         log.info("routing switched to policy %s", new.policy)
