@@ -119,7 +119,9 @@ def batch_root(cpu_stack: Any) -> Iterator[str]:
 def test_a_frozen_batch_stream_makes_no_progress_and_finishes_intact_after_resume(
     client: openai.OpenAI, batch_root: str, cpu_stack: Any
 ) -> None:
-    max_tokens = 160
+    # Long enough that the stream is still running when the pause lands, on a quiet machine too
+    # (160 tokens once ended in the second the pause took to arrive): ~10 s of PP=2 decode here.
+    max_tokens = 1500
     received: list[str] = []
     finish: list[str | None] = []
     usage: list[int] = []
