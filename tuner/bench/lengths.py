@@ -15,6 +15,7 @@ therefore prices every prompt word in the server's tokens:
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -69,7 +70,8 @@ async def _from_tokenize(
 
     sample = [COMMON_WORDS[i % len(COMMON_WORDS)] for i in range(0, _CHECK_WORDS * 7, 7)]
     try:
-        costs = {word: await count(f" {word}") for word in COMMON_WORDS}
+        counts = await asyncio.gather(*(count(f" {word}") for word in COMMON_WORDS))
+        costs = dict(zip(COMMON_WORDS, counts, strict=True))
         whole = await count("".join(f" {word}" for word in sample))
     except _PROBE_ERRORS:
         return None
@@ -98,12 +100,7 @@ async def _from_usage(session: aiohttp.ClientSession, endpoint: Endpoint, header
         answer = await _post(session, endpoint.request_url, body, headers)
         return int(answer["usage"]["prompt_tokens"])
 
-    try:
-        mean = (await prompt_tokens(_LONG) - await prompt_tokens(_SHORT)) / (_LONG - _SHORT)
-    except _PROBE_ERRORS as exc:
-        return WordTokens(
-            "usage", 1.0, note=f"could not calibrate prompt lengths ({exc!r}): one token per word is assumed"
-        )
+    mean = (await prompt_tokens(_LONG) - await prompt_tokens(_SHORT)) / (_LONG - _SHORT)
     return WordTokens(
         "usage",
         max(mean, 0.1),
@@ -112,6 +109,22 @@ async def _from_usage(session: aiohttp.ClientSession, endpoint: Endpoint, header
     )
 
 
+_PRICED: dict[tuple[str, str, str], WordTokens] = {}
+"""Prices already found in this process, per (url, model, api): a sweep's runs ask once."""
+
+
 async def price_words(session: aiohttp.ClientSession, endpoint: Endpoint, headers: dict[str, str]) -> WordTokens:
     """What prompt words cost on this server: from `/tokenize` if it answers, else from usage."""
-    return await _from_tokenize(session, endpoint, headers) or await _from_usage(session, endpoint, headers)
+    key = (endpoint.url, endpoint.model, endpoint.api)
+    if key in _PRICED:
+        return _PRICED[key]
+    words = await _from_tokenize(session, endpoint, headers)
+    if words is None:
+        try:
+            words = await _from_usage(session, endpoint, headers)
+        except _PROBE_ERRORS as exc:  # not kept: the next run asks again
+            return WordTokens(
+                "usage", 1.0, note=f"could not calibrate prompt lengths ({exc!r}): one token per word is assumed"
+            )
+    _PRICED[key] = words
+    return words
