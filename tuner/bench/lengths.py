@@ -15,7 +15,6 @@ therefore prices every prompt word in the server's tokens:
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -70,8 +69,7 @@ async def _from_tokenize(
 
     sample = [COMMON_WORDS[i % len(COMMON_WORDS)] for i in range(0, _CHECK_WORDS * 7, 7)]
     try:
-        counts = await asyncio.gather(*(count(f" {word}") for word in COMMON_WORDS))
-        costs = dict(zip(COMMON_WORDS, counts, strict=True))
+        costs = {word: await count(f" {word}") for word in COMMON_WORDS}  # one at a time: cheap, and no burst
         whole = await count("".join(f" {word}" for word in sample))
     except _PROBE_ERRORS:
         return None
