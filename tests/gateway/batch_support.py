@@ -26,12 +26,13 @@ _SERVE = (
 END_STATES = frozenset({"completed", "failed", "expired", "cancelled"})
 
 
-def chat_line(custom_id: str, model: str, text: str = "hello", max_tokens: int = 8) -> dict[str, Any]:
+def chat_line(custom_id: str, model: str, text: str = "hello", max_tokens: int = 8, **body: Any) -> dict[str, Any]:
+    """One input line; `body` adds fields to the request (e.g. vLLM's `ignore_eos`)."""
     return {
         "custom_id": custom_id,
         "method": "POST",
         "url": "/v1/chat/completions",
-        "body": {"model": model, "max_tokens": max_tokens, "messages": [{"role": "user", "content": text}]},
+        "body": {"model": model, "max_tokens": max_tokens, "messages": [{"role": "user", "content": text}]} | body,
     }
 
 

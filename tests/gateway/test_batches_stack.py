@@ -69,9 +69,17 @@ def _batch_engine_running(cpu_stack: CpuStack) -> float:
     raise AssertionError("vllm:num_requests_running not in the engine's metrics")
 
 
+# Work that outlasts the race it stands in, on a fast idle machine too: each line runs to
+# max_tokens (the demo model's EOS ignored). On CI's idle 2 cores the batch engine made 48 lines of
+# 400 tokens, run together, in under 6 s, before the cancel reached them. The lines' length does
+# not make the tests slower: the cancel or the window's end aborts them.
+LONG_LINE = {"max_tokens": 1500, "ignore_eos": True}
+
+
 def test_cancel_on_the_cpu_stack_aborts_on_the_engine(cpu_stack: CpuStack) -> None:
     client = OpenAI(base_url=cpu_stack.base_url, api_key="unused", max_retries=0)
-    lines = [chat_line(f"c{i}", cpu_stack.model, f"Tell a long story {i}.", max_tokens=400) for i in range(48)]
+    count = 2 * cpu_stack.plan.gateway.batches.per_batch_concurrency  # two rounds: the second waits on the first
+    lines = [chat_line(f"c{i}", cpu_stack.model, f"Tell a long story {i}.", **LONG_LINE) for i in range(count)]
     batch = client.batches.create(
         input_file_id=upload(client, jsonl(lines)), endpoint="/v1/chat/completions", completion_window="24h"
     )
@@ -84,7 +92,7 @@ def test_cancel_on_the_cpu_stack_aborts_on_the_engine(cpu_stack: CpuStack) -> No
     batch = wait_until_ended(client, batch.id, STACK_BATCH_DEADLINE_S)
     assert batch.status == "cancelled"
     every = all_records(client, batch)
-    assert collections.Counter(r["custom_id"] for r in every) == {f"c{i}": 1 for i in range(48)}
+    assert collections.Counter(r["custom_id"] for r in every) == {f"c{i}": 1 for i in range(count)}
     assert any(r["error"] and r["error"]["code"] == "batch_cancelled" for r in every)
     while _batch_engine_running(cpu_stack) > 0:  # the aborts reached the engine
         assert time.monotonic() < deadline, "the batch engine still runs lines of a cancelled batch"
@@ -106,7 +114,11 @@ def test_expiry_and_validation_on_real_engines(cpu_stack: CpuStack, tmp_path: Pa
         invalid = client.batches.create(
             input_file_id=upload(client, bad), endpoint="/v1/chat/completions", completion_window="24h"
         )
-        lines = [chat_line(f"e{i}", cpu_stack.model, f"Story {i}.", max_tokens=64) for i in range(200)]
+        # 200 lines of 400 tokens, 4 at a time: about 2 minutes of decode on CI's idle machine, so
+        # the 20 s window ends with some lines answered and the rest expired.
+        lines = [
+            chat_line(f"e{i}", cpu_stack.model, f"Story {i}.", max_tokens=400, ignore_eos=True) for i in range(200)
+        ]
         batch = client.batches.create(
             input_file_id=upload(client, jsonl(lines)), endpoint="/v1/chat/completions", completion_window="24h"
         )

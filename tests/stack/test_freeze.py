@@ -22,51 +22,29 @@ import httpx
 import openai
 import pytest
 import yaml
+from stack_support import (
+    GENERATED,
+    WAIT_S,
+    eventually,
+    pause,
+    pause_status,
+    read_metric,
+    resume,
+    root_of,
+    wait_until_idle,
+)
 
 from deploy.ports import free_port
-from gateway.engine_pause import PAUSE_PATH, RESUME_PATH, PauseStatus
 
 pytestmark = pytest.mark.stack
 
-GENERATED = "vllm:generation_tokens_total"
-WAIT_S = 180.0  # bound on any wait here: a loaded 2-core machine, never a target
 BATCH = {"X-Tandem-Class": "batch"}
 PROMPT = "The history of the two boxes, told slowly:"
-
-
-def engine_root(base_url: str) -> str:
-    return base_url.removesuffix("/v1")
+FREEZE_ATTEMPTS = 6
 
 
 def generated_tokens(root: str) -> float:
-    text = httpx.get(f"{root}/metrics", timeout=30).text
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(GENERATED))
-
-
-def pause(root: str, lease_s: float) -> PauseStatus:
-    answer = httpx.post(f"{root}{PAUSE_PATH}", params={"lease_s": lease_s, "seq": time.time_ns()}, timeout=60)
-    assert answer.status_code == 200, answer.text
-    return PauseStatus.model_validate_json(answer.content)
-
-
-def resume(root: str) -> PauseStatus:
-    answer = httpx.post(f"{root}{RESUME_PATH}", params={"seq": time.time_ns()}, timeout=60)
-    assert answer.status_code == 200, answer.text
-    return PauseStatus.model_validate_json(answer.content)
-
-
-def pause_status(root: str) -> PauseStatus:
-    return PauseStatus.model_validate_json(httpx.get(f"{root}{PAUSE_PATH}", timeout=30).content)
-
-
-def eventually(condition: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> float:
-    """Poll until `condition` holds; the seconds it took. Fails past the (generous) bound."""
-    start = time.monotonic()
-    while not condition():
-        if time.monotonic() - start > timeout_s:
-            pytest.fail(f"{what}: not within {timeout_s:g} s")
-        time.sleep(0.1)
-    return time.monotonic() - start
+    return read_metric(root, GENERATED)
 
 
 def holds_still(read: Callable[[], float], seconds: float) -> tuple[float, float]:
@@ -79,15 +57,6 @@ def holds_still(read: Callable[[], float], seconds: float) -> tuple[float, float
         last = read()
         time.sleep(0.2)
     return first, last
-
-
-def gateway_metric(base_url: str, name: str, **labels: str) -> float:
-    text = httpx.get(base_url.removesuffix("/v1") + "/metrics", timeout=30).text
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))  # as prometheus_client writes them
-    for line in text.splitlines():
-        if line.startswith(f"{name}{{{want}}} ") or (not labels and line.startswith(f"{name} ")):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def batch_stream(client: openai.OpenAI, model: str, max_tokens: int, **options: Any) -> Any:
@@ -111,45 +80,66 @@ def client(cpu_stack: Any) -> openai.OpenAI:
 @pytest.fixture
 def batch_root(cpu_stack: Any) -> Iterator[str]:
     """The batch engine's server root; resumed after the test whatever happened."""
-    root = engine_root(cpu_stack.replica_urls["batch"])
+    root = root_of(cpu_stack.replica_urls["batch"])
     yield root
     resume(root)
 
 
-def test_a_frozen_batch_stream_makes_no_progress_and_finishes_intact_after_resume(
-    client: openai.OpenAI, batch_root: str, cpu_stack: Any
-) -> None:
-    # Long enough that the stream is still running when the pause lands, on a quiet machine too
-    # (160 tokens once ended in the second the pause took to arrive): ~10 s of PP=2 decode here.
-    max_tokens = 1500
+def _freeze_one_stream(client: openai.OpenAI, batch_root: str, model: str, max_tokens: int) -> str | None:
+    """Stream, pause the engine mid-answer, check the freeze, resume, check the answer: None, or
+    why this attempt froze nothing (the answer ended before the pause was served)."""
     received: list[str] = []
     finish: list[str | None] = []
     usage: list[int] = []
 
     def consume() -> None:
-        for chunk in batch_stream(client, cpu_stack.model, max_tokens, stream_options={"include_usage": True}):
+        for chunk in batch_stream(client, model, max_tokens, stream_options={"include_usage": True}):
             if chunk.choices:
                 received.append(chunk.choices[0].text)
                 finish.append(chunk.choices[0].finish_reason)
             if chunk.usage is not None:
                 usage.append(chunk.usage.completion_tokens)
 
+    wait_until_idle(batch_root)
+    start = generated_tokens(batch_root)
     reader = threading.Thread(target=consume, daemon=True)
     reader.start()
-    eventually(lambda: len(received) >= 10, "the batch stream's first tokens")
+    # progress read on the engine: the client's chunks can lag the engine by seconds here
+    eventually(lambda: generated_tokens(batch_root) >= start + 10, "the batch stream's first tokens on the engine")
     status = pause(batch_root, lease_s=120)
     assert status.paused and status.applied
     # The step in flight when the pause came may still land; then nothing moves.
     eventually(lambda: len(set(holds_still(lambda: generated_tokens(batch_root), 1.0))) == 1, "the counter settling")
-    frozen_at = len(received)
+    made = generated_tokens(batch_root) - start
+    if made >= max_tokens:
+        resume(batch_root)
+        reader.join(WAIT_S)
+        return f"paused after all {made:g} tokens"
     first, last = holds_still(lambda: generated_tokens(batch_root), 4.0)
     assert last == first, f"the frozen engine generated {last - first} tokens"
-    assert len(received) <= frozen_at + 1, "the frozen stream kept streaming"
-    assert len(received) < max_tokens
+    assert read_metric(batch_root, "vllm:num_requests_running") == 1  # held, not dropped
+    assert reader.is_alive() and not usage, "the frozen stream ended"
     assert resume(batch_root).paused is False
     reader.join(WAIT_S)
     assert not reader.is_alive(), "the stream did not finish after the resume"
-    assert usage == [max_tokens] and finish[-1] == "length"  # intact: every token, once, one answer
+    # intact: every token, once, one answer (a lagging reader gets some tokens merged in one chunk)
+    assert usage == [max_tokens] and 0 < len(received) <= max_tokens and finish[-1] == "length"
+    return None
+
+
+def test_a_frozen_batch_stream_makes_no_progress_and_finishes_intact_after_resume(
+    client: openai.OpenAI, batch_root: str, cpu_stack: Any
+) -> None:
+    # Catching a stream mid-answer is a race on two cores: a generating engine serves the pause
+    # 2-9 s late (tests/stack/stack_support.py), so an attempt whose answer ended first is tried
+    # again. 1,900 tokens, as many as the context allows (max_model_len 2048): ~12 s of PP=2 decode.
+    missed = []
+    for _ in range(FREEZE_ATTEMPTS):
+        why = _freeze_one_stream(client, batch_root, cpu_stack.model, max_tokens=1900)
+        if why is None:
+            return
+        missed.append(why)
+    pytest.fail(f"no stream was still running when the pause was served, in {FREEZE_ATTEMPTS} attempts: {missed}")
 
 
 def test_an_interactive_request_in_a_batch_flood_freezes_the_batch_engine_and_releases_it(
@@ -159,7 +149,7 @@ def test_an_interactive_request_in_a_batch_flood_freezes_the_batch_engine_and_re
     before = httpx.get(routing_url, timeout=30).json()
     freeze = before | {"gpu_arbitration": "freeze", "batch_yield_fraction": 1.0, "freeze_settle_s": 0.5}
     assert httpx.put(routing_url, json=freeze, timeout=30).status_code == 200
-    freezes_before = gateway_metric(cpu_stack.base_url, "tandem_gateway_engine_freezes_total", replica="batch")
+    freezes_before = read_metric(cpu_stack.base_url, "tandem_gateway_engine_freezes_total", replica="batch")
     results: list[tuple[int, str | None]] = []
 
     def batch_request() -> None:
@@ -193,15 +183,14 @@ def test_an_interactive_request_in_a_batch_flood_freezes_the_batch_engine_and_re
         assert chunks > 0
         eventually(
             lambda: (
-                gateway_metric(cpu_stack.base_url, "tandem_gateway_engine_freezes_total", replica="batch")
-                > freezes_before
+                read_metric(cpu_stack.base_url, "tandem_gateway_engine_freezes_total", replica="batch") > freezes_before
             ),
             "the gateway counting the freeze",
         )
         # released once interactive work has been gone for the settle time
         eventually(lambda: not pause_status(batch_root).paused, "the batch engine resumed")
         eventually(
-            lambda: gateway_metric(cpu_stack.base_url, "tandem_gateway_engine_frozen", replica="batch") == 0,
+            lambda: read_metric(cpu_stack.base_url, "tandem_gateway_engine_frozen", replica="batch") == 0,
             "the gateway's frozen gauge back to 0",
         )
         for thread in flood:
@@ -209,9 +198,9 @@ def test_an_interactive_request_in_a_batch_flood_freezes_the_batch_engine_and_re
         assert results == [(96, "length")] * 4  # no batch request lost, failed or cut short
         assert (
             seen_frozen
-            or gateway_metric(cpu_stack.base_url, "tandem_gateway_engine_frozen_seconds_total", replica="batch") > 0
+            or read_metric(cpu_stack.base_url, "tandem_gateway_engine_frozen_seconds_total", replica="batch") > 0
         )
-        pause_latency = gateway_metric(
+        pause_latency = read_metric(
             cpu_stack.base_url, "tandem_gateway_engine_control_seconds_count", replica="batch", command="pause"
         )
         assert pause_latency >= 1
@@ -227,27 +216,18 @@ def test_a_disconnect_while_frozen_aborts_the_request(client: openai.OpenAI, bat
     before = generated_tokens(batch_root)
     stream = batch_stream(client, cpu_stack.model, max_tokens)
     eventually(
-        lambda: gateway_metric(cpu_stack.base_url, "tandem_gateway_replica_in_flight", replica="batch") == 1,
+        lambda: read_metric(cpu_stack.base_url, "tandem_gateway_replica_in_flight", replica="batch") == 1,
         "the gateway sending the request to the frozen engine",
     )
     stream.close()  # the client goes away while its request is frozen
     eventually(
-        lambda: gateway_metric(cpu_stack.base_url, "tandem_gateway_replica_in_flight", replica="batch") == 0,
+        lambda: read_metric(cpu_stack.base_url, "tandem_gateway_replica_in_flight", replica="batch") == 0,
         "the gateway letting the request go",
     )
     # the abort reaches the paused engine (it handles aborts between steps, paused or not)
     assert resume(batch_root).paused is False
 
-    def idle() -> bool:
-        text = httpx.get(f"{batch_root}/metrics", timeout=30).text
-        busy = [
-            line
-            for line in text.splitlines()
-            if line.startswith(("vllm:num_requests_running", "vllm:num_requests_waiting"))
-        ]
-        return all(float(line.rsplit(" ", 1)[1]) == 0 for line in busy)
-
-    eventually(idle, "the batch engine idle after the resume")
+    wait_until_idle(batch_root, WAIT_S)
     generated = generated_tokens(batch_root) - before
     assert generated < max_tokens / 2, f"the aborted request still generated {generated:g} tokens"
 
