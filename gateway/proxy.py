@@ -129,6 +129,11 @@ class _Exchange:
     upstream_id: str = ""  # what the replica is sent: unique (upstream_request_id)
 
 
+def _every_replica_failed(last: str) -> GatewayError:
+    # Names, not addresses: a replica's host and port stay in the gateway's log.
+    return GatewayError(502, f"every replica failed before answering; last: replica {last} was unreachable")
+
+
 class GenerationProxy:
     """ASGI app for one generation endpoint."""
 
@@ -281,7 +286,7 @@ class GenerationProxy:
             except GatewayError:
                 if not failed:
                     raise
-                raise GatewayError(502, f"every replica failed before answering; last: {last_failure}") from None
+                raise _every_replica_failed(last_failure) from None
             exchange.replica = decision.replica
             payload = self._payload(body, decision, features.stream)
             board = self._router.board
@@ -298,19 +303,22 @@ class GenerationProxy:
                             self.endpoint, payload, exchange.upstream_id
                         )
                 except UpstreamUnavailable as exc:
+                    # The client hears the replica's name; its address stays in the log.
+                    log.warning("request %s: replica %s unreachable: %s", exchange.request_id, decision.replica, exc)
                     if exc.down:
                         board.mark_down(decision.replica)
                     failed |= {decision.replica}
-                    last_failure = str(exc)
+                    last_failure = decision.replica
                     if len(failed) > MAX_RESENDS:
-                        raise GatewayError(502, f"every replica failed before answering; last: {exc}") from None
+                        raise _every_replica_failed(last_failure) from None
                     self._metrics.retries(decision.replica).inc()
                     continue
                 except UpstreamLost as exc:
                     log.warning("request %s: replica %s lost it: %s", exchange.request_id, decision.replica, exc)
                     raise GatewayError(502, f"replica {decision.replica} failed before answering") from None
                 except UpstreamTimeout as exc:
-                    raise GatewayError(504, str(exc)) from None
+                    log.warning("request %s: replica %s: %s", exchange.request_id, decision.replica, exc)
+                    raise GatewayError(504, f"replica {decision.replica} sent no answer in time") from None
                 except TimeoutError:
                     raise self._deadline_error(exchange, first_kind) from None
                 try:

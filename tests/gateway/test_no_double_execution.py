@@ -50,3 +50,9 @@ def test_a_refused_request_is_sent_to_one_other_replica_at_most() -> None:
         gateway.stop()
     assert reply.status_code == 502 and reply.json()["error"]["code"] == 502
     assert _CountingBackend.sends == 2  # the first replica, then one other; never the third
+    message = reply.json()["error"]["message"]
+    # the client hears a replica's name, never its address
+    assert "was unreachable" in message and any(f"replica {name} " in message for name in urls)
+    assert "127.0.0.1" not in message and not any(
+        url.rsplit(":", 1)[1].split("/")[0] in message for url in urls.values()
+    )
