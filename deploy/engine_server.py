@@ -28,6 +28,12 @@ from deploy.ports import free_port
 
 logger = logging.getLogger("tandem.engine")
 
+# How long Serve's health check waits for the engine's /health (Serve's own bound is 30 s). Not
+# less: a busy CPU engine serves its HTTP server seconds late (up to 10 s measured,
+# benchmarks/engine_stall.py), and at 5 s Serve marked the working interactive engine unhealthy
+# and restarted it twice during a 30-minute soak at 40% load, losing the requests it held.
+HEALTH_TIMEOUT_S = 20.0
+
 START_TIMEOUT_S = float(os.environ.get("TANDEM_ENGINE_START_TIMEOUT_S", "900"))
 STOP_GRACE_S = 15.0
 
@@ -132,7 +138,7 @@ class EngineServer:
 
     async def _healthy(self) -> bool:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT_S))
         try:
             async with self._session.get(f"http://{self.host}:{self.port}/health") as response:
                 return response.status == 200
