@@ -3,10 +3,11 @@ Prometheus counters, the gateway's gauges, and Tandem's pause lease on an engine
 
 Why the pause matters to these tests: on two cores, an engine that generates starves its own HTTP
 server (its workers' gloo threads fill the run queue: up to 160 runnable threads counted with
-vmstat). On the CI machine kind, a pause sent to an engine 5 chunks into a stream was served 2.3 to
-8.6 s later, after the whole answer (1,500 or 2,000 tokens) in 4 of 7 trials; aborts wait in the
-same queue. A test that needs "the request is still in the engine" therefore freezes the engine
-first: then nothing generates, its server answers at once, and no race decides the outcome."""
+vmstat). On the CI machine kind, a pause sent to an engine 5 chunks into a stream was served up to
+10 s later, after the whole 2,000-token answer in 3 of 5 trials on TP=2 (benchmarks/engine_stall.py,
+docs/benchmarks.md); aborts wait in the same queue. A test that needs "the request is still in
+the engine" therefore freezes the engine first: then nothing generates, its server answers at
+once, and no race decides the outcome."""
 
 from __future__ import annotations
 
@@ -47,13 +48,13 @@ def read_metric(url: str, name: str, **labels: str) -> float:
     return metric_sum(metrics_text(url), name, **labels)
 
 
-def eventually(condition: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> float:
-    """Poll until `condition` holds; the seconds it took. Fails past the (generous) bound."""
+def eventually(condition: Callable[[], bool], what: str, timeout_s: float = WAIT_S, every_s: float = 0.1) -> float:
+    """Poll every `every_s` until `condition` holds; the seconds it took. Fails past the (generous) bound."""
     start = time.monotonic()
     while not condition():
         if time.monotonic() - start > timeout_s:
             pytest.fail(f"{what}: not within {timeout_s:g} s")
-        time.sleep(0.1)
+        time.sleep(every_s)
     return time.monotonic() - start
 
 

@@ -12,13 +12,13 @@ import copy
 import signal
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import httpx
 import openai
 import psutil
 import pytest
+from stack_support import eventually
 
 pytestmark = pytest.mark.stack
 
@@ -28,16 +28,6 @@ CLIENT_ENDS_WITHIN_S = 120.0
 ENGINE_RETURNS_WITHIN_S = 600.0
 GATEWAY_RETURNS_WITHIN_S = 300.0
 TIGHT_FIRST_TOKEN_S = 5.0
-
-
-def wait_for(what: str, condition: Callable[[], bool], timeout_s: float, every_s: float = 0.5) -> float:
-    """Seconds until `condition()` held; fails with `what` past the timeout."""
-    start = time.monotonic()
-    while not condition():
-        if time.monotonic() - start > timeout_s:
-            pytest.fail(f"{what}: not within {timeout_s:g} s")
-        time.sleep(every_s)
-    return time.monotonic() - start
 
 
 def engine_processes(plan: Any) -> dict[str, tuple[psutil.Process, str]]:
@@ -100,10 +90,11 @@ def test_a_stalled_engine_hits_the_deadlines_is_routed_around_and_returns(cpu_st
         assert stalled.status_code == 504, stalled.text
         assert stalled.json()["error"]["code"] == 504 and "first token" in stalled.json()["error"]["message"]
         assert time.monotonic() - start < TIGHT_FIRST_TOKEN_S + 20
-        marked_down = wait_for(
-            "the probe marks the stopped engine down",
+        marked_down = eventually(
             lambda: gateway_gauge(root, "tandem_gateway_replica_healthy", 'replica="interactive"') == 0,
+            "the probe marks the stopped engine down",
             PROBE_MARKS_DOWN_WITHIN_S,
+            every_s=0.5,
         )
         around = ask(base, model)
         assert around.status_code == 200 and around.headers["x-tandem-replica"] == "batch"
@@ -111,13 +102,13 @@ def test_a_stalled_engine_hits_the_deadlines_is_routed_around_and_returns(cpu_st
     finally:
         engine.resume()  # SIGCONT
         httpx.put(f"{root}/admin/routing", json=original, timeout=10)
-    returned = wait_for(
-        "interactive traffic returns to the resumed engine",
+    returned = eventually(
         lambda: served_by(base, model) == "interactive",
+        "interactive traffic returns to the resumed engine",
         ENGINE_RETURNS_WITHIN_S,
         every_s=1.0,
     )
-    wait_for("every class slot freed", lambda: nothing_in_flight(root), 30)
+    eventually(lambda: nothing_in_flight(root), "every class slot freed", 30, every_s=0.5)
     cpu_stack.replica_urls.update({n: url for n, (_, url) in engine_processes(cpu_stack.plan).items()})
     print(f"stalled engine: marked down after {marked_down:.1f} s, serving again {returned:.1f} s after SIGCONT")
 
@@ -154,17 +145,19 @@ def test_an_engine_killed_mid_load_fails_cleanly_and_comes_back(cpu_stack) -> No
     assert set(outcomes) <= {"ok", "APIError", "InternalServerError"}, outcomes
     # While it is gone, new requests are refused by its port and go to the other replica.
     assert ask(base, model).headers.get("x-tandem-replica") == "batch"
-    wait_for("/ready reports the gap", lambda: httpx.get(f"{root}/ready", timeout=30).status_code == 503, 60)
-    took = wait_for(
-        "Serve restarts the engine and interactive traffic returns to it",
+    eventually(
+        lambda: httpx.get(f"{root}/ready", timeout=30).status_code == 503, "/ready reports the gap", 60, every_s=0.5
+    )
+    took = eventually(
         lambda: served_by(base, model) == "interactive",
+        "Serve restarts the engine and interactive traffic returns to it",
         ENGINE_RETURNS_WITHIN_S,
         every_s=2.0,
     )
     new = engine_processes(cpu_stack.plan)
     assert new["interactive"][1] != old_url, "the engine came back on its old port: nothing was followed"
     cpu_stack.replica_urls.update({n: url for n, (_, url) in new.items()})
-    wait_for("/ready again", lambda: httpx.get(f"{root}/ready", timeout=30).status_code == 200, 60)
+    eventually(lambda: httpx.get(f"{root}/ready", timeout=30).status_code == 200, "/ready again", 60, every_s=0.5)
     print(f"engine back and serving after {took:.0f} s")
 
 
@@ -205,7 +198,7 @@ def test_the_gateway_killed_while_clients_stream_comes_back_with_its_settings(cp
         except httpx.HTTPError:
             return False
 
-    back = wait_for("Serve restarts the gateway", gateway_answers, GATEWAY_RETURNS_WITHIN_S, every_s=1.0)
+    back = eventually(gateway_answers, "Serve restarts the gateway", GATEWAY_RETURNS_WITHIN_S, every_s=1.0)
     assert httpx.get(f"{root}/admin/routing", timeout=10).json() == settings_before
-    wait_for("the restarted gateway serves", lambda: served_by(base, model) == "interactive", 120, every_s=1.0)
+    eventually(lambda: served_by(base, model) == "interactive", "the restarted gateway serves", 120, every_s=1.0)
     print(f"gateway killed mid-stream: the client saw {outcome!r}; the gateway answered again after {back:.0f} s")
