@@ -129,7 +129,7 @@ def create_app(config: GatewayConfig, backends: Mapping[str, Backend] | None = N
     if unknown:
         raise ValueError(f"backends and config.replicas name different replicas: {sorted(unknown)}")
     settings = config.settings
-    board = LoadBoard(config.replicas)
+    board = LoadBoard(config.replicas, settings.limits.load_probe_misses)
     router = Router(settings.routing, board)
     yielding = BatchYielding(lambda: router.settings)
     gates: dict[TrafficClass, ClassGate] = {

@@ -270,6 +270,12 @@ class RequestLimits(BaseModel):
     load_poll_interval_s: float = Field(
         0.5, gt=0, description="How often each engine's /metrics is read for its queue lengths."
     )
+    load_probe_misses: int = Field(
+        3,
+        ge=1,
+        description="Load probes in a row that time out before a replica takes no new traffic (a refused "
+        "or failed probe counts at once): a generating CPU engine answers its own /metrics seconds late.",
+    )
     stream_idle_timeout_s: float = Field(
         60.0,
         gt=0,

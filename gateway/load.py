@@ -27,14 +27,16 @@ class _ReplicaStats:
     running: int = 0
     waiting: int = 0
     healthy: bool = True
+    probes_missed: int = 0
     polled_at: float = 0.0
 
 
 class LoadBoard:
     """Per-replica load, read as an immutable snapshot by the routing policy."""
 
-    def __init__(self, replicas: list[ReplicaEndpoint]) -> None:
+    def __init__(self, replicas: list[ReplicaEndpoint], probe_misses_to_mark_down: int = 3) -> None:
         self._stats = {r.name: _ReplicaStats(r) for r in replicas}
+        self._misses_to_mark_down = probe_misses_to_mark_down
         self._listeners: list[Callable[[], None]] = []
 
     def snapshot(self, exclude: frozenset[str] = frozenset()) -> list[ReplicaLoad]:
@@ -90,17 +92,29 @@ class LoadBoard:
         await asyncio.gather(*(self._poll(name, backends[name]) for name in self._stats))
 
     async def _poll(self, name: str, backend: Backend) -> None:
+        """Read one replica's queue. A probe that is refused or answered badly takes the replica out
+        of routing at once; one that times out only after `probe_misses_to_mark_down` in a row: a
+        CPU engine that is generating answers its own server seconds late (docs/reliability.md), and
+        taking a busy but working replica out of routing on one slow answer turned traffic away."""
         stats = self._stats[name]
         try:
             load = await backend.engine_load()
-        except Exception as exc:  # any failure to answer means: do not send it work
-            if stats.healthy:
-                log.warning("replica %s stopped answering its load probe: %s", name, type(exc).__name__)
-            stats.healthy = False
+        except Exception as exc:  # a failure to answer means: do not send it work, now or soon
+            stats.probes_missed += 1
+            slow = isinstance(exc, TimeoutError) and stats.probes_missed < self._misses_to_mark_down
+            if stats.healthy and not slow:
+                log.warning(
+                    "replica %s stopped answering its load probe (%d in a row): %s",
+                    name,
+                    stats.probes_missed,
+                    type(exc).__name__,
+                )
+                stats.healthy = False
             return
         if not stats.healthy:
             log.info("replica %s is answering again", name)
         stats.healthy = True
+        stats.probes_missed = 0
         stats.polled_at = time.monotonic()
         if load is not None:
             stats.running, stats.waiting = load.running, load.waiting
