@@ -4,9 +4,12 @@ in the same run (each class alone on its replica), with the measured co-residenc
 (tuner/perfmodel/data/coresidence/, from benchmarks/coresidence/ on an H200).
 
     .venv/bin/python benchmarks/arbitration_simulated.py [--duration 300] [--seeds 3] [--models ...]
+        [--loads plan 20:60 ...]
 
-Per model (its shipped Spark plan, the routing benchmark's steady mix: half as many chat users as
-the interactive replica has slots, batch at half what the batch replica completes alone):
+Per model and chat load (its shipped Spark plan, the routing benchmark's steady mix: batch at half
+what the batch replica completes alone; chat users "plan": half as many as the interactive replica
+has slots, thinking 2 s between turns, or "USERS:THINK_S", e.g. 20:60 for a team of twenty that
+reads each answer for a minute on average):
   references   interactive-only (all-interactive) and batch-only (all-batch)
   settings     class-aware with arbitration off, admission yielding (fraction 0, the default hold),
                freeze at the default bound, and freeze along a sweep of (freeze_max_s, release_s)
@@ -27,6 +30,8 @@ from pathlib import Path
 from deploy.plan import load_plan, shipped_plan
 from gateway.config import RoutingSettings
 from gateway.policy import POLICIES
+from tuner.perfmodel import load_engine, load_hardware, resolve_model
+from tuner.perfmodel.predict import build_replica
 from tuner.perfmodel.simulate import Scenario, SimResult, simulate
 from tuner.policy_eval.scenarios import plan_routing, simulated_scenarios
 
@@ -35,6 +40,10 @@ RESULTS = ROOT / "benchmarks" / "results" / "arbitration-simulated.json"
 CHART = ROOT / "docs" / "img" / "arbitration-frontier.png"
 BOUNDS = ((2.0, 2.0), (5.0, 2.5), (10.0, 2.5), (20.0, 2.5), (30.0, 1.0), (60.0, 1.0))
 """(freeze_max_s, freeze_release_s) along the frontier: batch gets at least release / (max + release)."""
+BATCH_STEPS = ((64, 4096), (32, 2048), (16, 1024))
+"""The batch engine's (max_num_seqs, max_num_batched_tokens) tried with the freeze (the Spark plans
+ship 128-256 and 16384): a freeze takes effect after the step in flight, so a chat request that
+starts one waits for a batch step, and a smaller batch makes that step shorter."""
 
 
 def mean_of(results: Sequence[SimResult], read: Callable[[SimResult], float | None]) -> float:
@@ -61,13 +70,56 @@ def run(scenario: Scenario, settings: RoutingSettings, seeds: int) -> dict[str, 
     return summary([simulate(scenario, settings, seed=seed) for seed in range(seeds)])
 
 
-def model_report(model: str, duration_s: float, seeds: int, users: int | None = None) -> dict[str, object]:
+def chat_load(text: str) -> dict[str, float]:
+    """Read a chat load: "plan" (the plan-sized users and think time) or "USERS:THINK_S"."""
+    if text == "plan":
+        return {}
+    users, _, think_s = text.partition(":")
+    try:
+        return {"users": int(users), "think_time_s": float(think_s)}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a chat load is 'plan' or USERS:THINK_S, e.g. 20:60, got {text!r}") from None
+
+
+def with_batch_step(scenario: Scenario, seqs: int, tokens: int) -> Scenario:
+    """`scenario` with its batch replica's engine stepping at most `seqs` sequences and `tokens`
+    tokens at a time."""
+    step = {"max_num_seqs": seqs, "max_num_batched_tokens": tokens}
+    replicas = tuple(
+        r.model_copy(update={"settings": r.settings.model_copy(update=step)}) if r.traffic_class == "batch" else r
+        for r in scenario.replicas
+    )
+    return scenario.model_copy(update={"replicas": replicas})
+
+
+def batch_step_ms(scenario: Scenario) -> dict[str, float]:
+    """The batch replica's step at its full batch, from the perf model (alone, not slowed): decode
+    only, and decode with a prompt chunk filling the rest of its token budget. A freeze that a chat
+    request starts takes effect after such a step."""
+    replica = next(r for r in scenario.replicas if r.traffic_class == "batch")
+    shape = scenario.batch.shape
+    model = build_replica(
+        resolve_model(scenario.model),
+        load_hardware(scenario.hardware),
+        replica.layout,
+        shape,
+        replica.settings,
+        load_engine(scenario.engine),
+    )
+    running, context = model.max_running, shape.input_len + shape.output_len / 2
+    chunk = max(0, model.max_num_batched_tokens - running)
+    return {
+        "decode": 1e3 * model.cycle_seconds(running, context),
+        "decode_and_prefill": 1e3 * model.cycle_seconds(running, context, chunk, shape.input_len / 2),
+    }
+
+
+def model_report(model: str, duration_s: float, seeds: int, load: dict[str, float]) -> dict[str, object]:
     plan = load_plan(shipped_plan(f"{model}.dgx-spark-pair"))
     scenarios = simulated_scenarios(plan, duration_s)
-    if users is not None:  # a lighter (or heavier) chat load than the plan-sized one
-        for name in ("steady", "interactive-only"):
-            chat = scenarios[name].interactive.model_copy(update={"users": users})
-            scenarios[name] = scenarios[name].model_copy(update={"interactive": chat})
+    for name in ("steady", "interactive-only"):  # a chat load other than the plan-sized one
+        chat = scenarios[name].interactive.model_copy(update=load)
+        scenarios[name] = scenarios[name].model_copy(update={"interactive": chat})
     base = plan_routing(plan).model_copy(update={"policy": "class-aware"})
     alone_i = run(scenarios["interactive-only"], base.model_copy(update={"policy": "all-interactive"}), seeds)
     alone_b = run(scenarios["batch-only"], base.model_copy(update={"policy": "all-batch"}), seeds)
@@ -82,6 +134,11 @@ def model_report(model: str, duration_s: float, seeds: int, users: int | None = 
             update={"freeze_max_s": max_s, "freeze_release_s": release_s}
         )
     rows = {name: run(steady, s, seeds) for name, s in settings.items()}
+    steps = {"plan": batch_step_ms(steady)}
+    for seqs, tokens in BATCH_STEPS:
+        smaller = with_batch_step(steady, seqs, tokens)
+        rows[f"freeze, batch of {seqs}"] = run(smaller, settings["freeze"], seeds)
+        steps[f"batch of {seqs}"] = batch_step_ms(smaller)
     baselines = {
         name: run(steady, base.model_copy(update={"policy": name}), seeds) for name in POLICIES if name != "class-aware"
     }
@@ -97,23 +154,40 @@ def model_report(model: str, duration_s: float, seeds: int, users: int | None = 
         "model": model,
         "plan": f"{model}.dgx-spark-pair",
         "users": scenarios["steady"].interactive.users,
+        "think_time_s": scenarios["steady"].interactive.think_time_s,
         "duration_s": duration_s,
         "seeds": seeds,
         "alone": {"interactive": alone_i, "batch": alone_b},
         "interactive_busy_alone": busy,
         "batch_floor_tok_s": batch_floor,
+        "batch_step_ms": steps,
         "best_baseline": best_baseline[0],
         "settings": rows,
         "baselines": baselines,
     }
 
 
+def steps_line(report: dict[str, object]) -> str:
+    """The batch step times beside the interactive TTFT they delay (a freeze waits for one step)."""
+    steps, alone = report["batch_step_ms"], report["alone"]
+    assert isinstance(steps, dict) and isinstance(alone, dict)
+    told = "; ".join(
+        f"{name}: {ms['decode']:.0f} ms decoding, {ms['decode_and_prefill']:.0f} ms with a prompt chunk"
+        for name, ms in steps.items()
+    )
+    ttft = alone["interactive"]["interactive_ttft_p99_ms"]
+    return f"Batch step at full batch (perf model, alone): {told}. Interactive TTFT p99 alone: {ttft:.0f} ms."
+
+
 def markdown(report: dict[str, object]) -> str:
     rows = report["settings"]
     assert isinstance(rows, dict)
     lines = [
-        f"**{report['model']}**, {report['users']} chat users (interactive busy share alone {report['interactive_busy_alone']:.2f}; "
+        f"**{report['model']}**, {report['users']} chat users thinking {report['think_time_s']:g} s "
+        f"(interactive busy share alone {report['interactive_busy_alone']:.2f}; "
         f"best baseline by goodput: {report['best_baseline']})",
+        "",
+        steps_line(report),
         "",
         "| class-aware, arbitration | int. TTFT p99 / alone | batch tok/s / alone | batch / floor | "
         "goodput / best baseline | batch frozen | forced resumes |",
@@ -148,6 +222,17 @@ def plot(reports: Sequence[dict[str, object]], path: Path) -> None:
         )
         for name, r in frontier:
             ax.annotate(name.removeprefix("freeze "), (r["batch_vs_alone"], r["ttft_p99_vs_alone"]), fontsize=8)
+        smaller = [(name, rows[name]) for name in rows if name.startswith("freeze, batch of")]
+        ax.plot(
+            [r["batch_vs_alone"] for _, r in smaller],
+            [r["ttft_p99_vs_alone"] for _, r in smaller],
+            "d--",
+            label="freeze 10/2.5, a smaller batch step (max_num_seqs)",
+        )
+        for name, r in smaller:
+            ax.annotate(
+                name.removeprefix("freeze, batch of "), (r["batch_vs_alone"], r["ttft_p99_vs_alone"]), fontsize=8
+            )
         for name, marker in (("off", "s"), ("admission yielding", "^"), ("freeze", "*")):
             r = rows[name]
             ax.plot(r["batch_vs_alone"], r["ttft_p99_vs_alone"], marker, markersize=10, label=name)
@@ -156,7 +241,10 @@ def plot(reports: Sequence[dict[str, object]], path: Path) -> None:
         ax.axvline(0.9 * (1 - busy), color="grey", linestyle=":", linewidth=0.8, label="batch floor")
         ax.set_xlabel("batch output tok/s / batch alone")
         ax.set_ylabel("interactive TTFT p99 / interactive alone")
-        ax.set_title(f"{report['model']}, {report['users']} chat users, simulated Spark pair", fontsize=9)
+        ax.set_title(
+            f"{report['model']}, {report['users']} chat users thinking {report['think_time_s']:g} s, simulated Spark pair",
+            fontsize=9,
+        )
         ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -168,11 +256,11 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=300.0)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--models", nargs="+", default=["gpt-oss-120b", "llama-3.1-8b"])
-    parser.add_argument("--users", type=int, nargs="+", default=[0], help="chat users; 0: the plan-sized number")
+    parser.add_argument(
+        "--loads", type=chat_load, nargs="+", default=[{}], help="chat loads: plan, or USERS:THINK_S (e.g. 20:60)"
+    )
     args = parser.parse_args()
-    reports = [
-        model_report(model, args.duration, args.seeds, users or None) for users in args.users for model in args.models
-    ]
+    reports = [model_report(model, args.duration, args.seeds, load) for load in args.loads for model in args.models]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(reports, indent=1) + "\n")
     plot(reports, CHART)

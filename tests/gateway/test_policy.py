@@ -110,6 +110,13 @@ def test_batch_borrows_only_an_idle_interactive_replica() -> None:
     assert route(CHAT, "batch", replicas(**full_pp), no_borrow, PolicyState())[0].replica == "pp"
 
 
+def test_batch_never_borrows_the_interactive_replica_under_the_freeze() -> None:
+    """The freeze reserves the shared GPUs for chat: batch work on the chat engine would sit ahead of
+    the next chat request, where no freeze reaches it."""
+    freeze = SETTINGS.model_copy(update={"gpu_arbitration": "freeze"})
+    assert route(CHAT, "batch", replicas(pp_free=0), freeze, PolicyState())[0].replica == "pp"
+
+
 def test_batch_flood_never_reaches_a_busy_interactive_replica() -> None:
     """Starvation, one way: however long the batch queue, interactive keeps its replica."""
     state = PolicyState()
