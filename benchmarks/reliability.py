@@ -35,6 +35,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import httpx
+import orjson
 import psutil
 from hypothesis import HealthCheck, Phase, given, settings
 
@@ -49,6 +50,18 @@ class Outcome:
     status: int  # 0: transport error; -1: no answer within the client's timeout
     ttft_s: float | None = None
     retry_after: bool = False
+    error: str | None = None  # what a failure said: the exception, or the error event's message
+
+
+def refused(reply: httpx.Response) -> Outcome:
+    """An answer other than 200; a 5xx keeps what it said (the gateway's OpenAI error message)."""
+    said = f"{reply.status_code}: {reply.text[:160]}" if reply.status_code >= 500 else None
+    return Outcome(reply.status_code, retry_after="retry-after" in reply.headers, error=said)
+
+
+def failure(exc: httpx.HTTPError) -> Outcome:
+    """A request the client got no answer to: -1 for its own timeout, 0 for a transport error."""
+    return Outcome(-1 if isinstance(exc, httpx.TimeoutException) else 0, error=f"{type(exc).__name__}: {exc}"[:160])
 
 
 @dataclass
@@ -76,30 +89,26 @@ async def stream_chat(http: httpx.AsyncClient, model: str, traffic_class: str, m
         async with http.stream("POST", CHAT, json=body, headers={"X-Tandem-Class": traffic_class}) as reply:
             if reply.status_code != 200:
                 await reply.aread()
-                return Outcome(reply.status_code, retry_after="retry-after" in reply.headers)
+                return refused(reply)
             ttft = None
-            errored = False
+            error = None
             async for line in reply.aiter_lines():
                 if line.startswith("data: {") and ttft is None:
                     ttft = time.perf_counter() - start
                 if line.startswith('data: {"error"'):
-                    errored = True
-            return Outcome(599 if errored else 200, ttft)
-    except httpx.TimeoutException:
-        return Outcome(-1)
-    except httpx.TransportError:
-        return Outcome(0)
+                    error = orjson.loads(line[6:])["error"].get("message", "")[:160]
+            return Outcome(200 if error is None else 599, ttft, error=error)
+    except httpx.TransportError as exc:
+        return failure(exc)
 
 
 async def batch_completion(http: httpx.AsyncClient, model: str) -> Outcome:
     body = {"model": model, "prompt": ["one", "two"], "max_tokens": 16}
     try:
         reply = await http.post("/completions", json=body)
-        return Outcome(reply.status_code)
-    except httpx.TimeoutException:
-        return Outcome(-1)
-    except httpx.TransportError:
-        return Outcome(0)
+        return Outcome(200) if reply.status_code == 200 else refused(reply)
+    except httpx.TransportError as exc:
+        return failure(exc)
 
 
 def gateway_process(base_url: str) -> psutil.Process:
@@ -299,6 +308,7 @@ def main() -> int:
                 "statuses": dict(sorted(statuses.items())),
                 "errors": sum(n for s, n in statuses.items() if s != 200),
                 "lost": statuses.get(-1, 0) + statuses.get(0, 0),
+                "failures_said": dict(Counter(o.error for o in outcomes if o.error).most_common(8)),
                 "ttft_p50_s": round(statistics.median(ttfts), 3) if ttfts else None,
                 "gateway_rss_mb": [round(rss_start, 1), round(rss_end, 1)],
                 "rss_growth_pct": round(100 * (rss_end - rss_start) / rss_start, 2),
