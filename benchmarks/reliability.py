@@ -111,6 +111,11 @@ async def batch_completion(http: httpx.AsyncClient, model: str) -> Outcome:
         return failure(exc)
 
 
+def failures_said(outcomes: list[Outcome]) -> dict[str, int]:
+    """The 8 most common things failures said, with their counts."""
+    return dict(Counter(o.error for o in outcomes if o.error).most_common(8))
+
+
 def gateway_process(base_url: str) -> psutil.Process:
     port = int(base_url.rsplit(":", 1)[1].split("/")[0])
     pids = {c.pid for c in psutil.net_connections("tcp") if c.laddr and c.laddr.port == port and c.status == "LISTEN"}
@@ -280,6 +285,7 @@ def main() -> int:
                 "admitted_ttft_max_s": round(max(ttfts, default=float("nan")), 2),
                 "first_token_deadline_s": deadline,
                 "gateway_rss_mb": [round(rss_before, 1), round(rss_mb(gateway), 1)],
+                "failures_said": failures_said(tally.outcomes),
             }
             print(f"overload: {json.dumps(summary['overload'])}", flush=True)
 
@@ -308,7 +314,7 @@ def main() -> int:
                 "statuses": dict(sorted(statuses.items())),
                 "errors": sum(n for s, n in statuses.items() if s != 200),
                 "lost": statuses.get(-1, 0) + statuses.get(0, 0),
-                "failures_said": dict(Counter(o.error for o in outcomes if o.error).most_common(8)),
+                "failures_said": failures_said(outcomes),
                 "ttft_p50_s": round(statistics.median(ttfts), 3) if ttfts else None,
                 "gateway_rss_mb": [round(rss_start, 1), round(rss_end, 1)],
                 "rss_growth_pct": round(100 * (rss_end - rss_start) / rss_start, 2),
