@@ -2,7 +2,7 @@
 freeze off and on, as ratios against each class alone, measured in the same run on the same stack.
 
     .venv/bin/python benchmarks/arbitration_live.py [--plans deploy/plans/cpu-demo.yaml
-        benchmarks/plans/cpu-roles-swapped.yaml] [--interactive 24] [--batch-concurrency 16]
+        benchmarks/plans/cpu-roles-swapped.yaml] [--interactive 48] [--batch-concurrency 16]
 
 Per plan (one stack start each; the routing switched through PUT /admin/routing between phases):
   interactive alone   --interactive streamed chats (64 tokens) one after another, 0.5 s apart
@@ -73,12 +73,16 @@ class Flood:
 
 
 async def chat(client: httpx.AsyncClient, url: str, model: str) -> Chat:
+    """One streamed chat of 64 tokens. Its first token is the first event with a choice (vLLM sends
+    it once the prompt is processed; the demo model's first tokens often decode to no text), and its
+    token count is the usage the server reports (events can arrive several at a time)."""
     record = Chat(time.monotonic())
     body = {
         "model": model,
         "messages": [{"role": "user", "content": PROMPT}],
         "max_tokens": 64,
         "stream": True,
+        "stream_options": {"include_usage": True},
         "ignore_eos": True,
     }
     async with client.stream("POST", f"{url}/chat/completions", json=body) as response:
@@ -87,9 +91,10 @@ async def chat(client: httpx.AsyncClient, url: str, model: str) -> Chat:
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             event = orjson.loads(line[6:])
-            if event.get("choices") and event["choices"][0]["delta"].get("content"):
+            if event.get("choices"):
                 record.first = record.first or time.monotonic()
-                record.tokens += 1
+            if event.get("usage"):
+                record.tokens = event["usage"]["completion_tokens"]
     record.end = time.monotonic()
     return record
 
@@ -223,15 +228,18 @@ async def pause_resume_latency(
             while len(tokens) == seen and not reader.done():
                 await asyncio.sleep(0.001)
             resumes.append(tokens[seen] - t1 if len(tokens) > seen else float("nan"))
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.1)
     finally:
         await client.post(f"{batch_root}{RESUME_PATH}", params={"seq": time.time_ns()})
         reader.cancel()
+    answered = [r for r in resumes if r == r]  # NaN: the stream ended before a token came
     return {
+        "rounds": len(pauses),
         "pause_p50_ms": 1e3 * percentile(pauses, 50),
         "pause_p99_ms": 1e3 * percentile(pauses, 99),
-        "resume_to_token_p50_ms": 1e3 * percentile(resumes, 50),
-        "resume_to_token_p99_ms": 1e3 * percentile(resumes, 99),
+        "resumes_answered": len(answered),
+        "resume_to_token_p50_ms": 1e3 * percentile(answered, 50),
+        "resume_to_token_p99_ms": 1e3 * percentile(answered, 99),
     }
 
 
@@ -276,7 +284,7 @@ def main() -> None:
     parser.add_argument(
         "--plans", nargs="+", default=["deploy/plans/cpu-demo.yaml", "benchmarks/plans/cpu-roles-swapped.yaml"]
     )
-    parser.add_argument("--interactive", type=int, default=24)
+    parser.add_argument("--interactive", type=int, default=48)
     parser.add_argument("--batch-concurrency", type=int, default=16)
     args = parser.parse_args()
     results: dict[str, Any] = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "runs": {}}
