@@ -27,7 +27,7 @@ replica on the Spark pair. The rule, and why:
                            replicas time-slice the same GPUs, and holding admissions cannot keep
                            a steadily fed batch replica off them (admitted batch requests run to
                            the end), so every hold costs batch goodput, and the interactive TTFT
-                           tail stays about 2x whatever the hold. A plan that weighs interactive
+                           tail stays 2.1-2.7x whatever the hold. A plan that weighs interactive
                            latency above the total sets it (0 with a hold bound), or lets the
                            tuner's routing study search it.
   GPU arbitration          "admission" (no freeze; the base's), for every shipped plan. Freezing
@@ -35,7 +35,8 @@ replica on the Spark pair. The rule, and why:
                            gives interactive steps their alone speed, but on the plans' simulated
                            steady mix the TP replica is busy all the time, so the batch replica
                            is frozen for all but the starvation bound's share and its goodput
-                           goes (docs/routing.md, "GPU arbitration"); a plan whose chat load
+                           goes, and the TTFT tail stays above 2x (a freeze waits for the batch
+                           step in flight) (docs/routing.md, "GPU arbitration"); a plan whose chat load
                            leaves the GPUs idle between turns, or that weighs interactive latency
                            above batch work, sets gpu_arbitration: freeze.
 
