@@ -26,6 +26,7 @@ import json
 import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from deploy.plan import load_plan, shipped_plan
 from gateway.config import RoutingSettings
@@ -201,6 +202,14 @@ def markdown(report: dict[str, object]) -> str:
     return "\n".join(lines)
 
 
+def curve(ax: Any, rows: dict[str, dict[str, float]], prefix: str, style: str, label: str) -> None:
+    """The rows named `prefix`..., as a line of TTFT p99 against batch output, each point labelled."""
+    points = [(name.removeprefix(prefix), rows[name]) for name in rows if name.startswith(prefix)]
+    ax.plot([r["batch_vs_alone"] for _, r in points], [r["ttft_p99_vs_alone"] for _, r in points], style, label=label)
+    for name, r in points:
+        ax.annotate(name, (r["batch_vs_alone"], r["ttft_p99_vs_alone"]), fontsize=8)
+
+
 def plot(reports: Sequence[dict[str, object]], path: Path) -> None:
     import matplotlib
 
@@ -213,26 +222,8 @@ def plot(reports: Sequence[dict[str, object]], path: Path) -> None:
     for ax, report in zip(axes.flat, reports, strict=False):
         rows = report["settings"]
         assert isinstance(rows, dict)
-        frontier = [(name, rows[name]) for name in rows if name.startswith("freeze ")]
-        ax.plot(
-            [r["batch_vs_alone"] for _, r in frontier],
-            [r["ttft_p99_vs_alone"] for _, r in frontier],
-            "o-",
-            label="freeze, along the starvation bound (max/release s)",
-        )
-        for name, r in frontier:
-            ax.annotate(name.removeprefix("freeze "), (r["batch_vs_alone"], r["ttft_p99_vs_alone"]), fontsize=8)
-        smaller = [(name, rows[name]) for name in rows if name.startswith("freeze, batch of")]
-        ax.plot(
-            [r["batch_vs_alone"] for _, r in smaller],
-            [r["ttft_p99_vs_alone"] for _, r in smaller],
-            "d--",
-            label="freeze 10/2.5, a smaller batch step (max_num_seqs)",
-        )
-        for name, r in smaller:
-            ax.annotate(
-                name.removeprefix("freeze, batch of "), (r["batch_vs_alone"], r["ttft_p99_vs_alone"]), fontsize=8
-            )
+        curve(ax, rows, "freeze ", "o-", "freeze, along the starvation bound (max/release s)")
+        curve(ax, rows, "freeze, batch of ", "d--", "freeze 10/2.5, a smaller batch step (max_num_seqs)")
         for name, marker in (("off", "s"), ("admission yielding", "^"), ("freeze", "*")):
             r = rows[name]
             ax.plot(r["batch_vs_alone"], r["ttft_p99_vs_alone"], marker, markersize=10, label=name)

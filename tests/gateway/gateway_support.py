@@ -9,12 +9,33 @@ from typing import Any
 from fake_upstream import FakeUpstream
 
 from deploy.ports import free_port
+from gateway.backends.base import Backend, EngineLoad, UpstreamResponse
+from gateway.backends.base import Endpoint as ApiEndpoint
 from gateway.config import GatewayConfig
 from gateway.server import GatewayThread
 
 PUBLIC_MODEL = "tandem-test"
 ADMIN_KEY = "sk-admin-0123456789"
 USER_KEY = "sk-user-0123456789"
+
+
+class IdleBackend(Backend):
+    """A replica that serves nothing (no requests, no load, always ready): the base of the tests
+    that drive one part of a backend (engine control, load probes) and nothing else."""
+
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+    async def send(self, endpoint: ApiEndpoint, body: dict[str, Any], request_id: str) -> UpstreamResponse:
+        raise NotImplementedError
+
+    async def call(self, method: str, path: str, request_id: str) -> UpstreamResponse:
+        raise NotImplementedError
+
+    async def engine_load(self) -> EngineLoad | None:
+        return None
+
+    async def ready(self) -> bool:
+        return True
 
 
 @dataclass

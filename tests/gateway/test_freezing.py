@@ -7,17 +7,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import pytest
+from gateway_support import IdleBackend
 from prometheus_client import CollectorRegistry, generate_latest
 
-from gateway.backends.base import Backend, EngineLoad, UpstreamResponse
+from gateway.backends.base import Backend
 from gateway.config import ReplicaEndpoint, RoutingSettings
 from gateway.engine_pause import EngineControlFailed, PauseStatus
 from gateway.freezing import EngineFreezer
 from gateway.load import LoadBoard
-from gateway.policy import Endpoint
 
 FREEZE = RoutingSettings(gpu_arbitration="freeze", freeze_settle_s=0.2, freeze_max_s=30, freeze_lease_s=3)
 REPLICAS = [
@@ -26,7 +25,7 @@ REPLICAS = [
 ]
 
 
-class RecordingEngine(Backend):
+class RecordingEngine(IdleBackend):
     """A batch replica that records pause/resume commands (and can refuse them)."""
 
     def __init__(self) -> None:
@@ -47,20 +46,6 @@ class RecordingEngine(Backend):
         self.commands.append((command, seq))
         self.paused = paused
         return PauseStatus(paused=paused, seq=seq)
-
-    async def start(self) -> None: ...
-    async def close(self) -> None: ...
-    async def send(self, endpoint: Endpoint, body: dict[str, Any], request_id: str) -> UpstreamResponse:
-        raise NotImplementedError
-
-    async def call(self, method: str, path: str, request_id: str) -> UpstreamResponse:
-        raise NotImplementedError
-
-    async def engine_load(self) -> EngineLoad | None:
-        return None
-
-    async def ready(self) -> bool:
-        return True
 
 
 async def eventually(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:

@@ -5,11 +5,10 @@ refused or failed probe takes it out at once; one good answer brings it back and
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
+from gateway_support import IdleBackend
 
-from gateway.backends.base import Backend, Endpoint, EngineLoad, UpstreamResponse
+from gateway.backends.base import EngineLoad
 from gateway.backends.http_client import ConnectFailed
 from gateway.config import ReplicaEndpoint
 from gateway.load import LoadBoard
@@ -17,7 +16,7 @@ from gateway.load import LoadBoard
 REPLICA = ReplicaEndpoint(name="tp", traffic_class="interactive", model="m")
 
 
-class ScriptedProbe(Backend):
+class ScriptedProbe(IdleBackend):
     """A replica whose load probes answer, in order, what `answers` says: a load or an exception."""
 
     def __init__(self, answers: list[EngineLoad | Exception]) -> None:
@@ -28,17 +27,6 @@ class ScriptedProbe(Backend):
         if isinstance(answer, Exception):
             raise answer
         return answer
-
-    async def start(self) -> None: ...
-    async def close(self) -> None: ...
-    async def send(self, endpoint: Endpoint, body: dict[str, Any], request_id: str) -> UpstreamResponse:
-        raise NotImplementedError
-
-    async def call(self, method: str, path: str, request_id: str) -> UpstreamResponse:
-        raise NotImplementedError
-
-    async def ready(self) -> bool:
-        return True
 
 
 async def verdicts(answers: list[EngineLoad | Exception], misses: int = 3) -> list[bool]:
