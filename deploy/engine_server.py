@@ -35,38 +35,44 @@ logger = logging.getLogger("tandem.engine")
 # benchmarks/engine_stall.py), and at 5 s Serve marked the working interactive engine unhealthy
 # and restarted it twice during a 30-minute soak at 40% load, losing the requests it held.
 HEALTH_TIMEOUT_S = 20.0
-# A /health that times out is forgiven while the server process is computing: in a 30-minute soak
-# at 40% load the batch engine's server left /health unanswered for 20 s three checks in a row,
-# and Serve restarted the working engine (docs/reliability.md). A stopped or deadlocked server
-# uses no CPU; a busy one uses seconds of it between two checks (10 s apart).
-BUSY_CPU_S = 0.05
+# A /health that times out is forgiven while the server's main thread runs or waits to run: in
+# 30-minute soaks at 40% load the batch engine's server left /health unanswered for 20 s three
+# checks in a row and Serve restarted the working engine; in the next soak its server used under
+# 0.05 s of CPU in 30 s and yet answered again later (starved: runnable, not running). A stopped
+# (SIGSTOP) or deadlocked server neither runs nor waits to run.
+RUNNABLE_S = 0.05
 
 
 class ServerProgress:
-    """Whether a process used CPU since the last reading: `advanced()` compares with it and keeps
-    the new reading, so each health check asks about the time since the one before."""
+    """Whether a process ran or waited to run since the last reading: `advanced()` compares with it
+    and keeps the new reading, so each health check asks about the time since the one before."""
 
-    def __init__(self, cpu_seconds: Callable[[], float]) -> None:
-        self._cpu_seconds = cpu_seconds
-        self._seen = cpu_seconds()
+    def __init__(self, run_seconds: Callable[[], float]) -> None:
+        self._run_seconds = run_seconds
+        self._seen = run_seconds()
 
     def advanced(self) -> bool:
-        now = self._cpu_seconds()
-        advanced, self._seen = now - self._seen >= BUSY_CPU_S, now
+        now = self._run_seconds()
+        advanced, self._seen = now - self._seen >= RUNNABLE_S, now
         return advanced
 
 
-def process_cpu_seconds(pid: int) -> Callable[[], float]:
-    """User plus system CPU time of one process (its threads, not its children: the engine core and
-    workers busy-poll their collectives whether or not the server works)."""
+def server_run_seconds(pid: int) -> Callable[[], float]:
+    """Seconds the process's main thread (the server's event loop) has run on a CPU or waited in a
+    run queue (Linux /proc/PID/schedstat; elsewhere its CPU time, from psutil). Not its children:
+    the engine core and workers busy-poll their collectives whether or not the server works."""
+    schedstat = Path(f"/proc/{pid}/schedstat")
     process = psutil.Process(pid)
 
     def read() -> float:
         try:
+            if schedstat.exists():
+                on_cpu_ns, waiting_ns, _ = schedstat.read_text().split()
+                return (int(on_cpu_ns) + int(waiting_ns)) / 1e9
             times = process.cpu_times()
-        except psutil.NoSuchProcess:
+            return times.user + times.system
+        except (OSError, ValueError, psutil.NoSuchProcess):
             return 0.0
-        return times.user + times.system
 
     return read
 
@@ -141,7 +147,7 @@ class EngineServer:
                 command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
             )
         self._session: aiohttp.ClientSession | None = None
-        self._progress = ServerProgress(process_cpu_seconds(self._process.pid))
+        self._progress = ServerProgress(server_run_seconds(self._process.pid))
         # Serve reports the replica as running once __init__ returns, so it returns when the
         # engine answers: `serve.run` then means "ready to serve".
         await self.wait_ready()
@@ -170,17 +176,19 @@ class EngineServer:
 
     async def check_health(self) -> None:
         """Serve's liveness check: the server process is there and answers /health, or at least
-        computes (a generating CPU engine answers its own server tens of seconds late)."""
+        runs or waits to run (a generating CPU engine answers its own server tens of seconds late)."""
         if self._process.poll() is not None:
             raise RuntimeError(f"engine {self.replica.name!r} exited with code {self._process.returncode}")
         answered = await self._healthy()
-        computing = self._progress.advanced()  # read every time: the next check compares with now
+        runnable = self._progress.advanced()  # read every time: the next check compares with now
         if answered:
             return
-        if not computing:
-            raise RuntimeError(f"engine {self.replica.name!r} does not answer /health and its server computes nothing")
+        if not runnable:
+            raise RuntimeError(
+                f"engine {self.replica.name!r} does not answer /health and its server neither runs nor waits to run"
+            )
         logger.warning(
-            "engine %r: /health unanswered within %g s, but its server is computing; not reported unhealthy",
+            "engine %r: /health unanswered within %g s, but its server runs or waits for a CPU; not reported unhealthy",
             self.replica.name,
             HEALTH_TIMEOUT_S,
         )

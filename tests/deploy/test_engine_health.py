@@ -1,11 +1,13 @@
 """Serve's health check of an engine replica (deploy/engine_server.py): a server that does not
-answer /health is reported unhealthy only when it also computes nothing. A generating CPU engine
-left its /health unanswered for 20 s three checks in a row in a 30-minute soak, and Serve restarted
-the working engine; a stopped (SIGSTOP) or deadlocked server uses no CPU. Real processes stand in
-for the server here: one that spins, one that is stopped."""
+answer /health is reported unhealthy only when its main thread has neither run nor waited to run
+since the last check. A generating CPU engine left its /health unanswered for 20 s three checks in
+a row in a 30-minute soak and Serve restarted the working engine; a starved server waits in the run
+queue, a stopped (SIGSTOP) or deadlocked one does not. Real processes stand in for the server here:
+one that spins, one starved of CPU, one stopped."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -15,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from deploy.engine_server import BUSY_CPU_S, EngineServer, ServerProgress, process_cpu_seconds
+from deploy.engine_server import RUNNABLE_S, EngineServer, ServerProgress, server_run_seconds
 from deploy.plan import Replica
 from deploy.ports import free_port
 
@@ -23,7 +25,7 @@ SPIN = "while True: pass"
 
 
 def test_progress_is_cpu_used_since_the_last_reading() -> None:
-    readings = iter([10.0, 10.0, 10.0 + BUSY_CPU_S, 12.0, 12.0])
+    readings = iter([10.0, 10.0, 10.0 + RUNNABLE_S, 12.0, 12.0])
     progress = ServerProgress(lambda: next(readings))
     assert [progress.advanced() for _ in range(4)] == [False, True, True, False]
 
@@ -46,9 +48,9 @@ def wait_for_cpu(read: Any, seconds: float, deadline_s: float = 120.0) -> None:
 
 
 def test_a_computing_process_advances_and_a_stopped_one_does_not(spinner: subprocess.Popen[bytes]) -> None:
-    read = process_cpu_seconds(spinner.pid)
+    read = server_run_seconds(spinner.pid)
     progress = ServerProgress(read)
-    wait_for_cpu(read, 2 * BUSY_CPU_S)
+    wait_for_cpu(read, 2 * RUNNABLE_S)
     assert progress.advanced()
     spinner.send_signal(signal.SIGSTOP)
     time.sleep(0.5)  # a stop takes effect at once; what it had run before is read now
@@ -56,13 +58,35 @@ def test_a_computing_process_advances_and_a_stopped_one_does_not(spinner: subpro
     time.sleep(1.0)
     assert not progress.advanced()
     spinner.send_signal(signal.SIGCONT)
-    wait_for_cpu(read, 2 * BUSY_CPU_S)
+    wait_for_cpu(read, 2 * RUNNABLE_S)
     assert progress.advanced()
+
+
+def test_a_starved_process_advances_though_it_barely_runs() -> None:
+    """Pinned to one CPU at nice 19 beside two normal spinners, it gets little CPU time but waits in
+    the run queue, as a CPU engine's starved server does (its CPU time alone read as 'stuck')."""
+    cpu = min(os.sched_getaffinity(0))
+    pin = f"import os; os.sched_setaffinity(0, {{{cpu}}}); "
+    hogs = [subprocess.Popen([sys.executable, "-c", pin + SPIN]) for _ in range(2)]
+    starved = subprocess.Popen([sys.executable, "-c", pin + "os.nice(19); " + SPIN])
+    try:
+        progress = ServerProgress(server_run_seconds(starved.pid))
+        time.sleep(2.0)
+        assert progress.advanced()
+        starved.send_signal(signal.SIGSTOP)
+        time.sleep(0.5)
+        progress.advanced()
+        time.sleep(1.0)
+        assert not progress.advanced()
+    finally:
+        for process in (*hogs, starved):
+            process.kill()
+            process.wait(timeout=30)
 
 
 def test_a_gone_process_reads_as_no_cpu() -> None:
     process = subprocess.Popen([sys.executable, "-c", "pass"])
-    read = process_cpu_seconds(process.pid)
+    read = server_run_seconds(process.pid)
     process.wait(timeout=60)
     assert read() == 0.0
 
@@ -75,7 +99,7 @@ def server_over(process: subprocess.Popen[bytes]) -> Any:
     server.host, server.port = "127.0.0.1", free_port("127.0.0.1")
     server._process = process
     server._session = None
-    server._progress = ServerProgress(process_cpu_seconds(process.pid))
+    server._progress = ServerProgress(server_run_seconds(process.pid))
     return server
 
 
@@ -83,14 +107,14 @@ async def test_an_unanswered_health_check_passes_while_the_server_computes(
     spinner: subprocess.Popen[bytes],
 ) -> None:
     server = server_over(spinner)
-    wait_for_cpu(process_cpu_seconds(spinner.pid), 2 * BUSY_CPU_S)
+    wait_for_cpu(server_run_seconds(spinner.pid), 2 * RUNNABLE_S)
     try:
         await server.check_health()  # /health refused, but the process computes
         spinner.send_signal(signal.SIGSTOP)
         time.sleep(0.5)
         server._progress.advanced()
         time.sleep(1.0)
-        with pytest.raises(RuntimeError, match="computes nothing"):
+        with pytest.raises(RuntimeError, match="neither runs nor waits to run"):
             await server.check_health()
     finally:
         spinner.send_signal(signal.SIGCONT)
