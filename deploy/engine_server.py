@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil
 
 from deploy.plan import EngineArgs, Replica
 from deploy.ports import free_port
@@ -58,17 +59,20 @@ class ServerProgress:
 
 def server_run_seconds(pid: int) -> Callable[[], float]:
     """Seconds the process's main thread (the server's event loop) has run on a CPU or waited in a
-    run queue, from Linux's /proc/PID/schedstat; 0 once it cannot be read (the process is gone, or
-    the kernel keeps no such figures: then /health alone decides). Not its children: the engine
-    core and workers busy-poll their collectives whether or not the server works."""
+    run queue (Linux /proc/PID/schedstat; elsewhere its CPU time, from psutil). Not its children:
+    the engine core and workers busy-poll their collectives whether or not the server works."""
     schedstat = Path(f"/proc/{pid}/schedstat")
+    process = psutil.Process(pid)
 
     def read() -> float:
         try:
-            on_cpu_ns, waiting_ns, _ = schedstat.read_text().split()
-        except (OSError, ValueError):
+            if schedstat.exists():
+                on_cpu_ns, waiting_ns, _ = schedstat.read_text().split()
+                return (int(on_cpu_ns) + int(waiting_ns)) / 1e9
+            times = process.cpu_times()
+            return times.user + times.system
+        except (OSError, ValueError, psutil.NoSuchProcess):
             return 0.0
-        return (int(on_cpu_ns) + int(waiting_ns)) / 1e9
 
     return read
 
