@@ -201,6 +201,14 @@ async def batch_alone(
     return {"batch_tok_s": (after - before) / (end - start), "batch_ok": flood.ok, "batch_failed": flood.failed}
 
 
+async def token_times(client: httpx.AsyncClient, url: str, body: dict[str, Any], into: list[float]) -> None:
+    """Stream a batch-class request, appending the time each event arrives to `into`."""
+    async with client.stream("POST", url, json=body, headers={"X-Tandem-Class": "batch"}) as answer:
+        async for line in answer.aiter_lines():
+            if line.startswith("data: {"):
+                into.append(time.monotonic())
+
+
 async def pause_resume_latency(
     client: httpx.AsyncClient, url: str, model: str, batch_root: str, rounds: int = 20
 ) -> dict[str, float]:
@@ -212,16 +220,7 @@ async def pause_resume_latency(
     pauses, resumes = [], []
     for _ in range(rounds):
         tokens: list[float] = []
-
-        async def read(tokens: list[float] = tokens) -> None:
-            async with client.stream(
-                "POST", f"{url}/completions", json=body, headers={"X-Tandem-Class": "batch"}
-            ) as answer:
-                async for line in answer.aiter_lines():
-                    if line.startswith("data: {"):
-                        tokens.append(time.monotonic())
-
-        reader = asyncio.create_task(read())
+        reader = asyncio.create_task(token_times(client, f"{url}/completions", body, tokens))
         try:
             while len(tokens) < 5 and not reader.done():
                 await asyncio.sleep(0.01)

@@ -31,9 +31,7 @@ from typing import Any
 from deploy.plan import load_plan, shipped_plan
 from gateway.config import RoutingSettings
 from gateway.policy import POLICIES
-from tuner.perfmodel import load_engine, load_hardware, resolve_model
-from tuner.perfmodel.predict import build_replica
-from tuner.perfmodel.simulate import Scenario, SimResult, simulate
+from tuner.perfmodel.simulate import Scenario, SimResult, replica_models, simulate
 from tuner.policy_eval.scenarios import plan_routing, simulated_scenarios
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,16 +95,8 @@ def batch_step_ms(scenario: Scenario) -> dict[str, float]:
     """The batch replica's step at its full batch, from the perf model (alone, not slowed): decode
     only, and decode with a prompt chunk filling the rest of its token budget. A freeze that a chat
     request starts takes effect after such a step."""
-    replica = next(r for r in scenario.replicas if r.traffic_class == "batch")
-    shape = scenario.batch.shape
-    model = build_replica(
-        resolve_model(scenario.model),
-        load_hardware(scenario.hardware),
-        replica.layout,
-        shape,
-        replica.settings,
-        load_engine(scenario.engine),
-    )
+    batch = next(r for r in scenario.replicas if r.traffic_class == "batch")
+    model, shape = replica_models(scenario)[batch.name], scenario.batch.shape
     running, context = model.max_running, shape.input_len + shape.output_len / 2
     chunk = max(0, model.max_num_batched_tokens - running)
     return {

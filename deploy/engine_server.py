@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import psutil
 
 from deploy.plan import EngineArgs, Replica
 from deploy.ports import free_port
@@ -59,20 +58,17 @@ class ServerProgress:
 
 def server_run_seconds(pid: int) -> Callable[[], float]:
     """Seconds the process's main thread (the server's event loop) has run on a CPU or waited in a
-    run queue (Linux /proc/PID/schedstat; elsewhere its CPU time, from psutil). Not its children:
-    the engine core and workers busy-poll their collectives whether or not the server works."""
+    run queue, from Linux's /proc/PID/schedstat; 0 once it cannot be read (the process is gone, or
+    the kernel keeps no such figures: then /health alone decides). Not its children: the engine
+    core and workers busy-poll their collectives whether or not the server works."""
     schedstat = Path(f"/proc/{pid}/schedstat")
-    process = psutil.Process(pid)
 
     def read() -> float:
         try:
-            if schedstat.exists():
-                on_cpu_ns, waiting_ns, _ = schedstat.read_text().split()
-                return (int(on_cpu_ns) + int(waiting_ns)) / 1e9
-            times = process.cpu_times()
-            return times.user + times.system
-        except (OSError, ValueError, psutil.NoSuchProcess):
+            on_cpu_ns, waiting_ns, _ = schedstat.read_text().split()
+        except (OSError, ValueError):
             return 0.0
+        return (int(on_cpu_ns) + int(waiting_ns)) / 1e9
 
     return read
 

@@ -34,7 +34,7 @@ class _ReplicaStats:
 class LoadBoard:
     """Per-replica load, read as an immutable snapshot by the routing policy."""
 
-    def __init__(self, replicas: list[ReplicaEndpoint], probe_misses_to_mark_down: int = 3) -> None:
+    def __init__(self, replicas: list[ReplicaEndpoint], probe_misses_to_mark_down: int) -> None:
         self._stats = {r.name: _ReplicaStats(r) for r in replicas}
         self._misses_to_mark_down = probe_misses_to_mark_down
         self._listeners: list[Callable[[], None]] = []

@@ -24,7 +24,7 @@ from deploy.ports import free_port
 SPIN = "while True: pass"
 
 
-def test_progress_is_cpu_used_since_the_last_reading() -> None:
+def test_progress_is_run_time_since_the_last_reading() -> None:
     readings = iter([10.0, 10.0, 10.0 + RUNNABLE_S, 12.0, 12.0])
     progress = ServerProgress(lambda: next(readings))
     assert [progress.advanced() for _ in range(4)] == [False, True, True, False]
@@ -84,7 +84,7 @@ def test_a_starved_process_advances_though_it_barely_runs() -> None:
             process.wait(timeout=30)
 
 
-def test_a_gone_process_reads_as_no_cpu() -> None:
+def test_a_gone_process_reads_as_no_run_time() -> None:
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     read = server_run_seconds(process.pid)
     process.wait(timeout=60)

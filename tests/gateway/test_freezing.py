@@ -13,7 +13,7 @@ from gateway_support import IdleBackend
 from prometheus_client import CollectorRegistry, generate_latest
 
 from gateway.backends.base import Backend
-from gateway.config import ReplicaEndpoint, RoutingSettings
+from gateway.config import ReplicaEndpoint, RequestLimits, RoutingSettings
 from gateway.engine_pause import EngineControlFailed, PauseStatus
 from gateway.freezing import EngineFreezer
 from gateway.load import LoadBoard
@@ -63,7 +63,7 @@ def metric(registry: CollectorRegistry, name: str, **labels: str) -> float:
 class Rig:
     def __init__(self, settings: RoutingSettings, replicas: list[ReplicaEndpoint] = REPLICAS) -> None:
         self.settings = settings
-        self.board = LoadBoard(replicas)
+        self.board = LoadBoard(replicas, RequestLimits().load_probe_misses)
         self.engine = RecordingEngine()
         self.registry = CollectorRegistry()
         backends: dict[str, Backend] = {r.name: RecordingEngine() for r in replicas}

@@ -10,7 +10,7 @@ from gateway_support import IdleBackend
 
 from gateway.backends.base import EngineLoad
 from gateway.backends.http_client import ConnectFailed
-from gateway.config import ReplicaEndpoint
+from gateway.config import ReplicaEndpoint, RequestLimits
 from gateway.load import LoadBoard
 
 REPLICA = ReplicaEndpoint(name="tp", traffic_class="interactive", model="m")
@@ -29,7 +29,9 @@ class ScriptedProbe(IdleBackend):
         return answer
 
 
-async def verdicts(answers: list[EngineLoad | Exception], misses: int = 3) -> list[bool]:
+async def verdicts(
+    answers: list[EngineLoad | Exception], misses: int = RequestLimits().load_probe_misses
+) -> list[bool]:
     """The replica's health after each probe."""
     board = LoadBoard([REPLICA], probe_misses_to_mark_down=misses)
     backend = ScriptedProbe(list(answers))
@@ -67,6 +69,6 @@ async def test_one_miss_is_enough_when_the_setting_says_so() -> None:
 
 
 async def test_the_load_read_by_a_good_probe_reaches_the_snapshot() -> None:
-    board = LoadBoard([REPLICA])
+    board = LoadBoard([REPLICA], RequestLimits().load_probe_misses)
     await board.poll_once({"tp": ScriptedProbe([LOAD])})
     assert (board.snapshot()[0].running, board.snapshot()[0].waiting) == (2, 0)

@@ -173,6 +173,20 @@ class SimResult(BaseModel):
 # ---- simulation ---------------------------------------------------------------------------------------
 
 
+def replica_models(scenario: Scenario) -> dict[str, ReplicaModel]:
+    """The perf model of each of the scenario's replicas, for the shape of the class it serves."""
+    arch, hardware, engine = (
+        resolve_model(scenario.model),
+        load_hardware(scenario.hardware),
+        load_engine(scenario.engine),
+    )
+    shapes = {"interactive": scenario.interactive.shape, "batch": scenario.batch.shape}
+    return {
+        r.name: build_replica(arch, hardware, r.layout, shapes[r.traffic_class], r.settings, engine)
+        for r in scenario.replicas
+    }
+
+
 @dataclass(slots=True)
 class _Request:
     id: int
@@ -242,16 +256,8 @@ class _Simulation:
         self.arbitration = Arbitration()
         self.frozen_total: dict[str, float] = {}
         self.forced_resumes = 0
-        arch, hardware, engine = (
-            resolve_model(scenario.model),
-            load_hardware(scenario.hardware),
-            load_engine(scenario.engine),
-        )
-        shapes = {"interactive": scenario.interactive.shape, "batch": scenario.batch.shape}
-        self.replicas = {
-            r.name: _Replica(r, build_replica(arch, hardware, r.layout, shapes[r.traffic_class], r.settings, engine))
-            for r in scenario.replicas
-        }
+        models = replica_models(scenario)
+        self.replicas = {r.name: _Replica(r, models[r.name]) for r in scenario.replicas}
         self.in_flight: dict[TrafficClass, int] = dict.fromkeys(TRAFFIC_CLASSES, 0)
         self.gateway_queue: dict[TrafficClass, deque[_Request]] = {c: deque() for c in TRAFFIC_CLASSES}
         self.done: dict[TrafficClass, list[_Request]] = {c: [] for c in TRAFFIC_CLASSES}
