@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -62,24 +63,42 @@ def test_a_computing_process_advances_and_a_stopped_one_does_not(spinner: subpro
     assert progress.advanced()
 
 
+def pinned(cpu: int, nice: int) -> subprocess.Popen[str]:
+    """A process that spins on CPU `cpu` at `nice`; it prints a line once both are set."""
+    code = f"import os\nos.sched_setaffinity(0, {{{cpu}}})\nos.nice({nice})\nprint(flush=True)\n{SPIN}\n"
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None and process.stdout.readline() == "\n", f"the spinner exited ({process.wait()})"
+    return process
+
+
+def cpu_seconds(pid: int) -> float:
+    """The process's CPU time alone (utime + stime from /proc/PID/stat), which a starved server
+    barely adds to."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def test_a_starved_process_advances_though_it_barely_runs() -> None:
     """Pinned to one CPU at nice 19 beside two normal spinners, it gets little CPU time but waits in
     the run queue, as a CPU engine's starved server does (its CPU time alone read as 'stuck')."""
     cpu = min(os.sched_getaffinity(0))
-    pin = f"import os; os.sched_setaffinity(0, {{{cpu}}}); "
-    hogs = [subprocess.Popen([sys.executable, "-c", pin + SPIN]) for _ in range(2)]
-    starved = subprocess.Popen([sys.executable, "-c", pin + "os.nice(19); " + SPIN])
+    processes = [pinned(cpu, nice=0) for _ in range(2)]
     try:
-        progress = ServerProgress(server_run_seconds(starved.pid))
-        time.sleep(2.0)
+        starved = pinned(cpu, nice=19)
+        processes.append(starved)
+        read = server_run_seconds(starved.pid)
+        progress, cpu_before, run_before = ServerProgress(read), cpu_seconds(starved.pid), read()
+        time.sleep(1.0)
+        ran, used_cpu = read() - run_before, cpu_seconds(starved.pid) - cpu_before
         assert progress.advanced()
+        assert used_cpu < ran / 2, f"starved, it ran or waited {ran:.2f} s but used {used_cpu:.2f} s of CPU"
         starved.send_signal(signal.SIGSTOP)
         time.sleep(0.5)
         progress.advanced()
         time.sleep(1.0)
         assert not progress.advanced()
     finally:
-        for process in (*hogs, starved):
+        for process in processes:
             process.kill()
             process.wait(timeout=30)
 
