@@ -18,7 +18,6 @@ import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,43 +33,15 @@ logger = logging.getLogger("tandem.engine")
 # benchmarks/engine_stall.py), and at 5 s Serve marked the working interactive engine unhealthy
 # and restarted it twice during a 30-minute soak at 40% load, losing the requests it held.
 HEALTH_TIMEOUT_S = 20.0
-# A /health that times out is forgiven while the server's main thread runs or waits to run: in
-# 30-minute soaks at 40% load the batch engine's server left /health unanswered for 20 s three
-# checks in a row and Serve restarted the working engine; in the next soak its server used under
-# 0.05 s of CPU in 30 s and yet answered again later (starved: runnable, not running). A stopped
-# (SIGSTOP) or deadlocked server neither runs nor waits to run.
-RUNNABLE_S = 0.05
-
-
-class ServerProgress:
-    """Whether a process ran or waited to run since the last reading: `advanced()` compares with it
-    and keeps the new reading, so each health check asks about the time since the one before."""
-
-    def __init__(self, run_seconds: Callable[[], float]) -> None:
-        self._run_seconds = run_seconds
-        self._seen = run_seconds()
-
-    def advanced(self) -> bool:
-        now = self._run_seconds()
-        advanced, self._seen = now - self._seen >= RUNNABLE_S, now
-        return advanced
-
-
-def server_run_seconds(pid: int) -> Callable[[], float]:
-    """Seconds the process's main thread (the server's event loop) has run on a CPU or waited in a
-    run queue, from Linux's /proc/PID/schedstat; 0 once it cannot be read (the process is gone, or
-    the kernel keeps no such figures: then /health alone decides). Not its children: the engine
-    core and workers busy-poll their collectives whether or not the server works."""
-    schedstat = Path(f"/proc/{pid}/schedstat")
-
-    def read() -> float:
-        try:
-            on_cpu_ns, waiting_ns, _ = schedstat.read_text().split()
-        except (OSError, ValueError):
-            return 0.0
-        return (int(on_cpu_ns) + int(waiting_ns)) / 1e9
-
-    return read
+# An unanswered /health fails the check only once the server has answered none for this long.
+# A generating CPU engine starves its own server for minutes: in 30-minute soaks at 25-40% load
+# the servers left /health unanswered for 20 s at a time, up to about 170 s in a row, and Serve
+# restarted working engines (losing what they held). Neither the server's CPU time nor its main
+# thread's run and run-queue time (/proc/PID/schedstat) told a starved server from a stopped one:
+# in the fifth soak a server whose main thread had neither run nor waited to run for 20 s answered
+# again later. A deadlocked or stopped server is restarted after this long plus Serve's three
+# failed checks (about 60 s more).
+UNANSWERED_LIMIT_S = float(os.environ.get("TANDEM_ENGINE_UNANSWERED_LIMIT_S", "300"))
 
 
 START_TIMEOUT_S = float(os.environ.get("TANDEM_ENGINE_START_TIMEOUT_S", "900"))
@@ -143,10 +114,10 @@ class EngineServer:
                 command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
             )
         self._session: aiohttp.ClientSession | None = None
-        self._progress = ServerProgress(server_run_seconds(self._process.pid))
         # Serve reports the replica as running once __init__ returns, so it returns when the
         # engine answers: `serve.run` then means "ready to serve".
         await self.wait_ready()
+        self._answered_at = time.monotonic()
 
     @property
     def base_url(self) -> str:
@@ -161,7 +132,7 @@ class EngineServer:
                     f"engine {self.replica.name!r} exited with code {self._process.returncode} while "
                     f"starting; last lines of {self.log_path}:\n{self._log_tail()}"
                 )
-            if await self._healthy():
+            if await self._health_status() == 200:
                 return self.base_url
             await asyncio.sleep(0.5)
         raise TimeoutError(f"engine {self.replica.name!r} not ready after {START_TIMEOUT_S:.0f} s; see {self.log_path}")
@@ -171,32 +142,35 @@ class EngineServer:
         return self.base_url
 
     async def check_health(self) -> None:
-        """Serve's liveness check: the server process is there and answers /health, or at least
-        runs or waits to run (a generating CPU engine answers its own server tens of seconds late)."""
+        """Serve's liveness check: the server process is there and has answered /health within
+        `UNANSWERED_LIMIT_S` (a generating CPU engine answers its own server minutes late)."""
         if self._process.poll() is not None:
             raise RuntimeError(f"engine {self.replica.name!r} exited with code {self._process.returncode}")
-        answered = await self._healthy()
-        runnable = self._progress.advanced()  # read every time: the next check compares with now
-        if answered:
+        status = await self._health_status()
+        if status == 200:
+            self._answered_at = time.monotonic()
             return
-        if not runnable:
-            raise RuntimeError(
-                f"engine {self.replica.name!r} does not answer /health and its server neither runs nor waits to run"
-            )
+        if status is not None:  # vLLM's server answers 503 once its engine core is dead
+            raise RuntimeError(f"engine {self.replica.name!r} answers /health with {status}")
+        silent_s = time.monotonic() - self._answered_at
+        if silent_s > UNANSWERED_LIMIT_S:
+            raise RuntimeError(f"engine {self.replica.name!r} has not answered /health for {silent_s:.0f} s")
         logger.warning(
-            "engine %r: /health unanswered within %g s, but its server runs or waits for a CPU; not reported unhealthy",
+            "engine %r: /health unanswered for %.0f s (limit %g s); not reported unhealthy yet",
             self.replica.name,
-            HEALTH_TIMEOUT_S,
+            silent_s,
+            UNANSWERED_LIMIT_S,
         )
 
-    async def _healthy(self) -> bool:
+    async def _health_status(self) -> int | None:
+        """The status of the server's /health answer; None when it gives none in time."""
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT_S))
         try:
             async with self._session.get(f"http://{self.host}:{self.port}/health") as response:
-                return response.status == 200
+                return response.status
         except (TimeoutError, aiohttp.ClientError):
-            return False
+            return None
 
     def _log_tail(self, lines: int = 30) -> str:
         try:
