@@ -31,38 +31,36 @@ def sleeper() -> Iterator[subprocess.Popen[bytes]]:
     process.wait(timeout=30)
 
 
-class _Health(BaseHTTPRequestHandler):
-    status = 200  # what /health answers
+def serving(status: int) -> Iterator[int]:
+    """A server on 127.0.0.1 whose /health answers `status`; yields its port, then stops."""
 
-    def do_GET(self) -> None:
-        self.send_response(self.status if self.path == "/health" else 404)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(status if self.path == "/health" else 404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
 
-    def log_message(self, *args: Any) -> None:
-        pass
+        def log_message(self, *args: Any) -> None:
+            pass
 
-
-@pytest.fixture
-def health_server() -> Iterator[int]:
-    """A server on 127.0.0.1 that answers /health with 200; yields its port."""
-    yield from serving(_Health)
-
-
-@pytest.fixture
-def dead_engine_server() -> Iterator[int]:
-    """A server that answers /health with 503, as vLLM's does once its engine core died."""
-    yield from serving(type("_DeadHealth", (_Health,), {"status": 503}))
-
-
-def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Health)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server.server_address[1]
     server.shutdown()
     server.server_close()
     thread.join(timeout=30)
+
+
+@pytest.fixture
+def health_server() -> Iterator[int]:
+    yield from serving(200)
+
+
+@pytest.fixture
+def dead_engine_server() -> Iterator[int]:
+    """Answers /health with 503, as vLLM's server does once its engine core died."""
+    yield from serving(503)
 
 
 def server_over(process: subprocess.Popen[bytes], port: int | None = None) -> Any:
