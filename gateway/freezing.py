@@ -194,7 +194,7 @@ class EngineFreezer:
             ReplicaWork(r.name, r.traffic_class, r.device_group, self._board.interactive_in_flight(r.name))
             for r in self._replicas
         ]
-        state = arbitrate(work, loop.time(), settings, self.state)
+        state = arbitrate(work, self._timer.now(loop), settings, self.state)
         if state == self.state:
             return
         for name, hold in state.holds:

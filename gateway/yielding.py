@@ -47,7 +47,7 @@ class BatchYielding:
         assert self._interactive is not None and self._batch is not None, "watch() the gates first"
         loop = asyncio.get_running_loop()
         active = self._interactive.in_flight + self._interactive.queued
-        state = batch_yield(active, loop.time(), settings, self.state)
+        state = batch_yield(active, self._timer.now(loop), settings, self.state)
         if state == self.state:
             return
         self.state = state
