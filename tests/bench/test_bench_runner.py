@@ -150,8 +150,8 @@ def test_broken_streams_are_counted_by_kind(broken_url, behaviour: str, error_ty
 
 
 def test_slow_requests_time_out_and_the_run_still_ends(upstream) -> None:
-    upstream.first_token_delay_s = 2.0
+    upstream.first_token_delay_s = 10.0
     started = time.monotonic()
     result = run_benchmark(config(upstream.base_url, ClosedLoop(concurrency=2), Bounds(num_requests=2), timeout_s=0.2))
     assert result.overall.errors == {"timeout": 2}
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 5.0  # waiting for the answers would take 10 s

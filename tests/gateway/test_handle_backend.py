@@ -131,7 +131,7 @@ def test_hang_up_cancels_the_call(handle_stack: tuple[str, FakeUpstream]) -> Non
         ) as r:
             next(r.iter_lines())
         hung_up = time.monotonic()
-        assert tp.wait_for_abort(sent_as(tp, "handle-gone"), 2.0) is not None
-        assert time.monotonic() - hung_up < 2.0
+        assert tp.wait_for_abort(sent_as(tp, "handle-gone"), 5.0) is not None  # not aborted: 10 s of tokens
+        assert time.monotonic() - hung_up < 5.0
     finally:
         tp.token_delay_s = 0
