@@ -32,7 +32,7 @@ def raw_request(stack: FakeStack, payload: dict, request_id: str) -> socket.sock
     return sock
 
 
-def wait_until(condition: Callable[[], bool], timeout_s: float = 2.0) -> bool:
+def wait_until(condition: Callable[[], bool], timeout_s: float = 30.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:
