@@ -92,6 +92,9 @@ class EngineServer:
     the child process goes with the old one (see deploy.engine_process).
     """
 
+    _answered_at: float
+    """When /health last answered 200 (time.monotonic); first set as wait_ready sees the engine up."""
+
     # Serve awaits an async constructor (a replica is ready once it returns); Python's type rules know no such thing.
     async def __init__(  # type: ignore[misc]
         self, model_source: str, served_name: str, replica: dict[str, Any], log_dir: str
@@ -117,7 +120,6 @@ class EngineServer:
         # Serve reports the replica as running once __init__ returns, so it returns when the
         # engine answers: `serve.run` then means "ready to serve".
         await self.wait_ready()
-        self._answered_at = time.monotonic()
 
     @property
     def base_url(self) -> str:
@@ -148,7 +150,6 @@ class EngineServer:
             raise RuntimeError(f"engine {self.replica.name!r} exited with code {self._process.returncode}")
         status = await self._health_status()
         if status == 200:
-            self._answered_at = time.monotonic()
             return
         if status is not None:  # vLLM's server answers 503 once its engine core is dead
             raise RuntimeError(f"engine {self.replica.name!r} answers /health with {status}")
@@ -163,11 +164,14 @@ class EngineServer:
         )
 
     async def _health_status(self) -> int | None:
-        """The status of the server's /health answer; None when it gives none in time."""
+        """The status of the server's /health answer; None when it gives none in time. A 200 is
+        recorded in `_answered_at`, which the liveness check measures silence from."""
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT_S))
         try:
             async with self._session.get(f"http://{self.host}:{self.port}/health") as response:
+                if response.status == 200:
+                    self._answered_at = time.monotonic()
                 return response.status
         except (TimeoutError, aiohttp.ClientError):
             return None
