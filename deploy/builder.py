@@ -1,18 +1,13 @@
 """ServingPlan -> Ray Serve application: one engine deployment per replica, the gateway in front.
 
 Like `ray.serve.llm`'s builders, these are plain functions returning a bound `Application`;
-`serve.run` (deploy.stack) starts it. Two data paths, chosen by `plan.data_path`:
-
-- `http` (default): each replica is an `EngineServer` running vLLM's own OpenAI server; the
-  gateway speaks HTTP to it. Ray reserves the replica's placement group (one bundle per worker).
-- `handle`: each replica is a `ray.serve.llm` LLMServer; the gateway calls it through Serve
-  handles. This is the path where vLLM's Ray executor places one GPU worker per bundle across
-  nodes, so it is the one for layouts that span the two boxes on GPUs.
+`serve.run` (deploy.stack) starts it. Each replica is an `EngineServer` running vLLM's own OpenAI
+server inside the replica's placement group (one bundle per worker); the gateway speaks HTTP
+to it. On GPUs a replica of several workers puts them in those bundles through vLLM's Ray
+executor, which is how a layout spans the two boxes (deploy.engine_server).
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from ray import serve
 from ray.serve.deployment import Application
@@ -27,9 +22,6 @@ GATEWAY_DEPLOYMENT = "gateway"
 ENGINE_HEALTH_CHECK_PERIOD_S = 10
 # The gateway holds no GPU and little CPU: a small share keeps it placeable beside the engines.
 GATEWAY_CPUS = 0.1
-# Ray Serve LLM batches stream chunks every 50 ms by default; interactive latency cannot pay
-# that, so the handle path streams every chunk as it comes (docs/architecture.md).
-HANDLE_STREAM_BATCHING_MS = 0
 
 
 def engine_deployment_name(replica: Replica) -> str:
@@ -74,11 +66,20 @@ def gateway_config(plan: ServingPlan, replica_urls: dict[str, str] | None = None
 
 def build_app(plan: ServingPlan, model_source: str, log_dir: str) -> Application:
     """Bind every replica's engine deployment and the gateway that fronts them."""
-    if plan.data_path == "http":
-        engines = {r.name: http_engine(plan, r, model_source, log_dir) for r in plan.replicas}
-    else:
-        engines = {r.name: _llm_server_engine(plan, r, model_source) for r in plan.replicas}
+    engines: dict[str, Application] = {}
+    previous: Application | None = None
+    for replica in plan.replicas:
+        start_after = previous if starts_in_turn(plan) else None
+        engines[replica.name] = previous = engine_app(plan, replica, model_source, log_dir, start_after=start_after)
     return gateway_app(plan, engines)
+
+
+def starts_in_turn(plan: ServingPlan) -> bool:
+    """Whether the engines must start one after the other: GPU replicas that share devices and
+    size their KV cache by profiling free memory (no `kv_cache_memory_bytes`). Started together,
+    each would count the other's weights as its own use and could find no memory for its cache."""
+    shared = not plan.cluster.is_cpu and device_group(plan) is not None
+    return shared and any(r.engine.kv_cache_memory_bytes is None for r in plan.replicas)
 
 
 def gateway_app(plan: ServingPlan, engines: dict[str, Application]) -> Application:
@@ -92,62 +93,39 @@ def gateway_app(plan: ServingPlan, engines: dict[str, Application]) -> Applicati
     )
     # The config object itself, not a dump: Ray pickles it with its SecretStr keys intact, where
     # a JSON dump would hand the replica `**********` for every key.
-    return gateway.bind(gateway_config(plan), plan.data_path, engines)
+    return gateway.bind(gateway_config(plan), engines)
 
 
-def http_engine(
-    plan: ServingPlan, replica: Replica, model_source: str, log_dir: str, engine_cls: type = EngineServer
+def engine_actor_options(plan: ServingPlan, replica: Replica) -> dict[str, float]:
+    """The replica actor's own resources, taken from the first bundle of its placement group.
+    Under vLLM's Ray executor the workers are actors of their own, one per bundle, and the first
+    needs that bundle's GPU share: the replica takes none of it (as Ray Serve LLM's replicas do)."""
+    accelerator = plan.cluster.accelerator
+    first = replica.placement_bundles(accelerator)[0]
+    gpus = 0.0 if replica.executor(accelerator) == "ray" else first.get("GPU", 0.0)
+    return {"num_cpus": first["CPU"], "num_gpus": gpus}
+
+
+def engine_app(
+    plan: ServingPlan,
+    replica: Replica,
+    model_source: str,
+    log_dir: str,
+    engine_cls: type = EngineServer,
+    start_after: Application | None = None,
 ) -> Application:
     """One replica as an `EngineServer` deployment holding the replica's placement group.
-    `engine_cls` swaps the class behind the same deployment options (tests probe placement)."""
-    bundles = replica.placement_bundles(plan.cluster.accelerator)
+    `engine_cls` swaps the class behind the same deployment options (tests probe placement);
+    `start_after` is the engine whose readiness this one waits for before starting vLLM."""
     deployment = serve.deployment(engine_cls).options(
         name=engine_deployment_name(replica),
         num_replicas=1,
-        # The replica's actor sits in the first bundle; the rest are held for its other workers.
-        ray_actor_options={"num_cpus": bundles[0]["CPU"], "num_gpus": bundles[0].get("GPU", 0)},
-        placement_group_bundles=bundles,
+        ray_actor_options=engine_actor_options(plan, replica),
+        placement_group_bundles=replica.placement_bundles(plan.cluster.accelerator),
         placement_group_strategy=replica.placement.strategy,
         health_check_period_s=ENGINE_HEALTH_CHECK_PERIOD_S,
         max_ongoing_requests=1000,  # only url()/health calls come through Serve; the data goes by HTTP
     )
-    return deployment.bind(model_source, plan.model.name, replica.model_dump(mode="json"), log_dir)
-
-
-def llm_config(plan: ServingPlan, replica: Replica, model_source: str) -> Any:
-    """The `ray.serve.llm.LLMConfig` of one replica (the handle data path)."""
-    from ray.serve.llm import LLMConfig
-
-    engine_kwargs: dict[str, Any] = {
-        "tensor_parallel_size": replica.tensor_parallel_size,
-        "pipeline_parallel_size": replica.pipeline_parallel_size,
-        **replica.engine.to_vllm_kwargs(),
-    }
-    if plan.cluster.is_cpu:
-        # vLLM refuses its Ray executor on the CPU platform; its workers stay in the replica.
-        engine_kwargs["distributed_executor_backend"] = "mp"
-    return LLMConfig(
-        model_loading_config={"model_id": plan.model.name, "model_source": model_source},
-        engine_kwargs=engine_kwargs,
-        # GPU bundles tell Ray Serve LLM it is a GPU deployment; its accelerator_type list
-        # has no GB10, so the type stays unset rather than naming a resource no node has.
-        placement_group_config={
-            "bundles": replica.placement_bundles(plan.cluster.accelerator),
-            "strategy": replica.placement.strategy,
-        },
-        runtime_env={"env_vars": dict(replica.env)},
-        deployment_config={"num_replicas": 1, "health_check_period_s": ENGINE_HEALTH_CHECK_PERIOD_S},
-        experimental_configs={"stream_batching_interval_ms": HANDLE_STREAM_BATCHING_MS},
-    )
-
-
-def _llm_server_engine(plan: ServingPlan, replica: Replica, model_source: str) -> Application:
-    from ray.serve.llm import build_llm_deployment
-
-    from deploy.leased_llm_server import LeasedLLMServer
-
-    return build_llm_deployment(
-        llm_config(plan, replica, model_source),
-        override_serve_options={"name": engine_deployment_name(replica)},
-        deployment_cls=LeasedLLMServer,  # a pause lease, for gateway.freezing
+    return deployment.bind(
+        model_source, plan.model.name, replica.model_dump(mode="json"), log_dir, plan.cluster.accelerator, start_after
     )

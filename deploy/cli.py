@@ -28,7 +28,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from deploy.plan import PlanError, ServingPlan, load_plan, parse_plan, shipped_plan
+from deploy.plan import PlanError, ServingPlan, default_plan, load_plan, parse_plan
 from deploy.start_time import start_time_hint
 from gateway.auth import exposure_warning
 from gateway.cli import serve
@@ -54,9 +54,10 @@ AddressOption = Annotated[
 
 
 def _load(plan_path: Path | None, model: Path | None, port: int | None) -> ServingPlan:
-    """The plan to run: --plan, else the CPU demo plan; --model swaps in a local model dir."""
+    """The plan to run: --plan, else the embedded default (deploy.plan.default_plan); --model swaps
+    in a local model dir."""
     try:
-        plan = load_plan(plan_path or shipped_plan("cpu-demo"))
+        plan = load_plan(plan_path or default_plan())
         changes: dict = {}
         if model is not None:
             model_dir = model.expanduser().resolve()

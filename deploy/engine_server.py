@@ -1,10 +1,15 @@
 """A Serve deployment that runs vLLM's own OpenAI server for one replica of a plan.
 
-This is the `http` data path: Ray places the replica (its placement group reserves one bundle
-per worker, spread over the nodes as the plan says), and inside that replica vLLM's OpenAI server
-runs as a child process. The gateway then speaks HTTP straight to it: one hop, no Ray message
-per token. On this machine that path measured close to direct vLLM, where Ray Serve LLM's own
-OpenAI path cost 4.8x the TTFT (docs/architecture.md).
+Ray places the replica (its placement group reserves one bundle per worker, spread over the
+nodes as the plan says), and inside that replica vLLM's OpenAI server runs as a child process.
+The gateway then speaks HTTP straight to it: one hop, no Ray message per token, and every
+endpoint vLLM serves (docs/architecture.md, the data path).
+
+On GPUs a replica of several workers runs vLLM's Ray executor inside the replica's own placement
+group, the way Ray Serve LLM hands its group to vLLM (`parallel_config.placement_group`): the
+child process is told the group's id (deploy.engine_process attaches it to vLLM's config), and
+each worker actor takes its bundle's GPU share (`VLLM_RAY_PER_WORKER_GPUS`), so a TP=2 or PP=2
+replica spans the two boxes and two replicas share each GPU.
 """
 
 from __future__ import annotations
@@ -19,12 +24,16 @@ import sys
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from deploy.plan import EngineArgs, Replica
+from deploy.engine_process import PLACEMENT_GROUP_ENV
+from deploy.plan import EngineArgs, Executor, Replica
 from deploy.ports import free_port
+
+if TYPE_CHECKING:
+    from ray.serve.handle import DeploymentHandle
 
 logger = logging.getLogger("tandem.engine")
 
@@ -48,7 +57,9 @@ START_TIMEOUT_S = float(os.environ.get("TANDEM_ENGINE_START_TIMEOUT_S", "900"))
 STOP_GRACE_S = 15.0
 
 
-def vllm_server_args(model_source: str, served_name: str, replica: Replica, host: str, port: int) -> list[str]:
+def vllm_server_args(
+    model_source: str, served_name: str, replica: Replica, host: str, port: int, executor: Executor
+) -> list[str]:
     """The command-line arguments of vLLM's OpenAI server for one replica."""
     args = [
         "--model", model_source,
@@ -60,8 +71,26 @@ def vllm_server_args(model_source: str, served_name: str, replica: Replica, host
         "--disable-uvicorn-access-log",
         # The pause lease (gateway.engine_pause): the gateway freezes a batch engine with it.
         "--middleware", "deploy.engine_lease.PauseLeaseMiddleware",
+        "--distributed-executor-backend", executor,
     ]  # fmt: skip
     return args + _engine_flags(replica.engine)
+
+
+def engine_env(
+    replica: Replica, executor: Executor, placement_group_id: str | None, ray_address: str
+) -> dict[str, str]:
+    """What the engine's process needs besides the replica's own environment. Under the Ray
+    executor: the placement group to put the workers in, the cluster to find it on, and each
+    worker's GPU share (vLLM asks Ray for one whole GPU per worker unless told, which no
+    fractional bundle holds: Ray refuses at once)."""
+    env = dict(replica.env)
+    if executor == "ray":
+        if placement_group_id is None:
+            raise RuntimeError(f"engine {replica.name!r}: the Ray executor needs the replica's placement group")
+        env[PLACEMENT_GROUP_ENV] = placement_group_id
+        env["RAY_ADDRESS"] = ray_address
+        env["VLLM_RAY_PER_WORKER_GPUS"] = str(replica.placement.gpus_per_worker)
+    return env
 
 
 def _engine_flags(engine: EngineArgs) -> list[str]:
@@ -97,20 +126,35 @@ class EngineServer:
 
     # Serve awaits an async constructor (a replica is ready once it returns); Python's type rules know no such thing.
     async def __init__(  # type: ignore[misc]
-        self, model_source: str, served_name: str, replica: dict[str, Any], log_dir: str
+        self,
+        model_source: str,
+        served_name: str,
+        replica: dict[str, Any],
+        log_dir: str,
+        accelerator: str | None,
+        start_after: DeploymentHandle | None = None,
     ) -> None:
         import ray
 
         self.replica = Replica.model_validate(replica)
-        self.host = _node_address(ray.get_runtime_context().get_node_id())
+        if start_after is not None:
+            # A co-resident engine that sizes its KV cache by profiling must not profile while
+            # another engine on the same GPU loads: each would count the other's memory as its own.
+            logger.info("engine %r: waiting for the engine before it on the same GPUs", self.replica.name)
+            await start_after.url.remote()
+        context = ray.get_runtime_context()
+        self.host = _node_address(context.get_node_id())
         self.port = free_port(self.host)
         self.log_path = Path(log_dir) / f"engine-{self.replica.name}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        executor = self.replica.executor(accelerator)
+        group = ray.util.get_current_placement_group()
         command = [
             sys.executable, "-m", "deploy.engine_process", "--parent-pid", str(os.getpid()), "--",
-            *vllm_server_args(model_source, served_name, self.replica, self.host, self.port),
+            *vllm_server_args(model_source, served_name, self.replica, self.host, self.port, executor),
         ]  # fmt: skip
-        env = {**os.environ, **self.replica.env}
+        group_id = group.id.hex() if group is not None else None
+        env = {**os.environ, **engine_env(self.replica, executor, group_id, context.gcs_address)}
         with self.log_path.open("ab") as log:
             # Its own session, so a Ctrl-C meant for `gateway up` reaches it only through us.
             self._process = subprocess.Popen(

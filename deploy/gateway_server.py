@@ -18,32 +18,25 @@ from gateway.config import GatewayConfig
 
 class GatewayServer:
     # Serve awaits an async constructor (a replica is ready once it returns); Python's type rules know no such thing.
-    async def __init__(  # type: ignore[misc]
-        self, config: GatewayConfig, data_path: str, engines: dict[str, DeploymentHandle]
-    ) -> None:
+    async def __init__(self, config: GatewayConfig, engines: dict[str, DeploymentHandle]) -> None:  # type: ignore[misc]
         from gateway.app import http_backends
-        from gateway.backends import HandleBackend
         from gateway.server import start_in_thread
 
         # A GatewayConfig, pickled by Ray with its keys (deploy.builder); copied so that the base
         # URLs filled in below stay this replica's own.
         gateway_config = config.model_copy(deep=True)
-        backends = None
-        if data_path == "http":
-            for replica in gateway_config.replicas:
-                replica.base_url = await engines[replica.name].url.remote()
-            # An engine that Serve restarts serves from a new port: its backend asks the handle
-            # again after a failed probe and follows it (gateway.backends.relocating).
-            backends = http_backends(gateway_config, {name: handle.url.remote for name, handle in engines.items()})
-        else:
-            backends = {name: HandleBackend(handle) for name, handle in engines.items()}
+        for replica in gateway_config.replicas:
+            replica.base_url = await engines[replica.name].url.remote()
+        # An engine that Serve restarts serves from a new port: its backend asks the handle
+        # again after a failed probe and follows it (gateway.backends.relocating).
+        backends = http_backends(gateway_config, {name: handle.url.remote for name, handle in engines.items()})
         self.config = gateway_config
-        self._backends: Mapping[str, Backend] = backends or {}
+        self._backends: Mapping[str, Backend] = backends
         settings = gateway_config.settings
         self._server = start_in_thread(gateway_config, backends, host=settings.host, port=settings.port)
 
     async def replica_urls(self) -> dict[str, str | None]:
-        """Each replica's OpenAI base URL (http data path), for status and tests."""
+        """Each replica's OpenAI base URL, for status and tests."""
         return {name: getattr(backend, "base_url", None) for name, backend in self._backends.items()}
 
     async def check_health(self) -> None:

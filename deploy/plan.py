@@ -65,6 +65,12 @@ class EngineArgs(BaseModel):
     enable_chunked_prefill: bool | None = None
     enable_prefix_caching: bool | None = None
     enforce_eager: bool = False
+    kv_cache_memory_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="KV cache per worker, in bytes. Set, vLLM sizes its cache from it instead of profiling free "
+        "device memory, which two engines starting on one GPU would each count the other's use in.",
+    )
     scheduling_policy: Literal["fcfs", "priority"] = "fcfs"
     dtype: str = "auto"
     extra: dict[str, Any] = Field(default_factory=dict)
@@ -115,6 +121,7 @@ def vllm_engine_argument_names() -> frozenset[str] | None:
     return frozenset(f.name for f in dataclasses.fields(VllmEngineArgs))
 
 
+Executor = Literal["mp", "uni", "ray"]
 PlacementStrategy = Literal["STRICT_SPREAD", "SPREAD", "PACK", "STRICT_PACK"]
 
 
@@ -160,6 +167,16 @@ class Replica(BaseModel):
             bundle["GPU"] = self.placement.gpus_per_worker
         return [dict(bundle) for _ in range(self.world_size)]
 
+    def executor(self, accelerator: str | None) -> Executor:
+        """How vLLM runs this replica's workers. On GPUs, a replica of several workers uses vLLM's
+        Ray executor: one Ray actor per worker, each in its own bundle of the replica's placement
+        group, so a layout spans nodes and every worker gets exactly its bundle's GPU share. A
+        one-worker GPU replica runs in the engine's own process on the GPU share Ray gave the
+        replica. vLLM refuses its Ray executor on the CPU, so CPU workers stay in the replica."""
+        if accelerator is None:
+            return "mp"
+        return "ray" if self.world_size > 1 else "uni"
+
 
 class Cluster(BaseModel):
     """The machines a plan runs on."""
@@ -181,9 +198,6 @@ class Cluster(BaseModel):
         return self.nodes * self.devices_per_node
 
 
-DataPath = Literal["http", "handle"]
-
-
 class ServingPlan(BaseModel):
     """A model, its replicas, the cluster and the gateway's settings: everything deploy/ runs."""
 
@@ -193,11 +207,16 @@ class ServingPlan(BaseModel):
     replicas: list[Replica] = Field(min_length=1)
     cluster: Cluster = Field(default_factory=Cluster)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
-    data_path: DataPath = Field(
-        "http",
-        description="http: each replica runs vLLM's own OpenAI server and the gateway speaks HTTP to it; "
-        "handle: each replica is a ray.serve.llm LLMServer reached through Serve handles.",
-    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_data_path(cls, data: Any) -> Any:
+        """`data_path` (http | handle) is gone: every replica runs vLLM's own OpenAI server, on GPUs
+        with vLLM's Ray executor inside the replica's placement group, so a plan that named either
+        path runs unchanged on the one that remains (docs/architecture.md)."""
+        if isinstance(data, dict) and "data_path" in data:
+            data = {k: v for k, v in data.items() if k != "data_path"}
+        return data
 
     @model_validator(mode="after")
     def _fits_cluster(self) -> ServingPlan:
@@ -221,11 +240,6 @@ class ServingPlan(BaseModel):
                 raise ValueError(
                     f"{where}: pipeline parallelism with enforce_eager fails on vLLM's CPU backend (the first "
                     "step's receive buffer is never allocated); set enforce_eager: false"
-                )
-            if self.data_path == "http" and not cluster.is_cpu and r.world_size > cluster.devices_per_node:
-                raise ValueError(
-                    f"{where}: data_path 'http' runs vLLM's multiprocessing executor, which cannot span nodes "
-                    f"({r.world_size} workers, {cluster.devices_per_node} GPU(s) per node); use data_path 'handle'"
                 )
         if not cluster.is_cpu:
             shares = sum(r.engine.gpu_memory_utilization for r in self.replicas)
@@ -312,3 +326,22 @@ SHIPPED_PLANS_DIR = Path(__file__).parent / "plans"
 def shipped_plan(name: str) -> Path:
     """Path of a plan shipped with Tandem, e.g. 'cpu-demo'."""
     return SHIPPED_PLANS_DIR / f"{name}.yaml"
+
+
+def gpu_answers() -> bool:
+    """Whether an NVIDIA GPU answers on this machine: `nvidia-smi -L` lists one (the Makefile asks
+    the same to choose vLLM's CUDA build)."""
+    import subprocess
+
+    try:
+        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return listed.returncode == 0 and listed.stdout.lstrip().startswith("GPU")
+
+
+def default_plan() -> Path:
+    """The embedded default (`make up`, `gateway up` without --plan, the test stack): both replicas
+    on one GPU where a GPU answers (the CPU demo's TP=2 replica cannot start on one GPU), the
+    CPU demo elsewhere."""
+    return shipped_plan("one-gpu" if gpu_answers() else "cpu-demo")

@@ -46,8 +46,8 @@ def resolve_model_source(plan: ServingPlan) -> str:
 
 def logical_cpus_needed(plan: ServingPlan) -> int:
     """Ray CPUs for a local head running the plan. Bundles are logical (the engines share the
-    real cores), so this is accounting: every bundle, the gateway, and one more per replica for
-    what Ray Serve LLM adds (its replica actor, its model-download task)."""
+    real cores), so this is accounting: every bundle, the gateway, and one more per replica of
+    slack for Ray's own tasks beside them."""
     reserved = sum(b["CPU"] for r in plan.replicas for b in r.placement_bundles(plan.cluster.accelerator))
     return max(os.cpu_count() or 1, math.ceil(reserved + GATEWAY_CPUS) + len(plan.replicas))
 

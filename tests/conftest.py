@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from real_stack import HANDLE_PLAN, CpuStack, Stacks
 
-from deploy.plan import shipped_plan
+from deploy.plan import default_plan
 from gateway.batch_settings import DATA_DIR_ENV
 
 
@@ -44,7 +44,7 @@ def stacks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stacks]:
 @pytest.fixture
 def cpu_stack(stacks: Stacks) -> CpuStack:
     """The default stack (`make up`): the http data path, TP=2 interactive + PP=2 batch."""
-    return stacks.get(shipped_plan("cpu-demo"))
+    return stacks.get(default_plan())
 
 
 @pytest.fixture

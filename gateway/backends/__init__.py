@@ -1,5 +1,5 @@
-"""How the gateway reaches a replica: over HTTP (any OpenAI-compatible server) or through a Ray
-Serve deployment handle (an LLMServer). Both implement `Backend` (see .base)."""
+"""How the gateway reaches a replica: over HTTP, to any OpenAI-compatible server (vLLM's own in a
+deployed stack). `Backend` (see .base) is the interface the gateway's parts are written against."""
 
 from gateway.backends.base import (
     Backend,
@@ -10,13 +10,11 @@ from gateway.backends.base import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from gateway.backends.handle import HandleBackend
 from gateway.backends.http import HttpBackend
 
 __all__ = [
     "Backend",
     "EngineLoad",
-    "HandleBackend",
     "HttpBackend",
     "UpstreamBroken",
     "UpstreamLost",

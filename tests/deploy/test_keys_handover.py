@@ -69,14 +69,13 @@ def _post(base_url: str, key: str) -> httpx.Response:
 def test_the_deployed_gateway_accepts_the_plans_key_and_refuses_the_mask() -> None:
     plan = keyed_plan()
     gateway_args = build_app(plan, "demo", "/tmp/tandem-logs")._bound_deployment.init_args
-    config, data_path, _ = cloudpickle.loads(cloudpickle.dumps(gateway_args[:2] + (None,)))
-    assert data_path == "http"
+    (config,) = cloudpickle.loads(cloudpickle.dumps(gateway_args[:1]))
     with (
         FakeUpstream(model="tandem-demo").running() as interactive,
         FakeUpstream(model="tandem-demo").running() as batch,
     ):
         engines = {"interactive": _FakeEngineHandle(interactive.base_url), "batch": _FakeEngineHandle(batch.base_url)}
-        server = asyncio.run(_start(GatewayServer, config, data_path, engines))
+        server = asyncio.run(_start(GatewayServer, config, engines))
         try:
             base_url = f"http://127.0.0.1:{server._server.port}/v1"
             assert _post(base_url, SECRET).status_code == 200

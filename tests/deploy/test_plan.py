@@ -20,7 +20,7 @@ def spark_data() -> dict:
 
 def test_shipped_plans_all_validate() -> None:
     paths = sorted(SHIPPED_PLANS_DIR.glob("*.yaml"))
-    assert len(paths) == 6
+    assert len(paths) == 8
     for path in paths:
         plan = load_plan(path)
         classes = sorted(r.traffic_class for r in plan.replicas)
@@ -106,10 +106,19 @@ def test_eager_pipeline_parallel_on_cpu_is_refused_with_the_reason() -> None:
     expect_error(data, "pipeline parallelism with enforce_eager fails on vLLM's CPU backend")
 
 
-def test_http_path_cannot_span_gpu_nodes() -> None:
-    data = spark_data()
-    data["data_path"] = "http"
-    expect_error(data, "cannot span nodes", "use data_path 'handle'")
+def test_a_plan_that_names_a_data_path_runs_on_the_one_that_remains() -> None:
+    for path in ("http", "handle"):
+        data = spark_data() | {"data_path": path}
+        assert parse_plan(data) == parse_plan(spark_data())
+
+
+def test_gpu_workers_of_a_layout_use_vllms_ray_executor_and_cpu_workers_stay_in_the_replica() -> None:
+    spark = parse_plan(spark_data())
+    assert {r.executor(spark.cluster.accelerator) for r in spark.replicas} == {"ray"}
+    one_gpu = load_plan(shipped_plan("one-gpu"))
+    assert {r.executor(one_gpu.cluster.accelerator) for r in one_gpu.replicas} == {"uni"}
+    cpu = load_plan(shipped_plan("cpu-demo"))
+    assert {r.executor(cpu.cluster.accelerator) for r in cpu.replicas} == {"mp"}
 
 
 def test_duplicate_replica_names_and_bad_hysteresis() -> None:

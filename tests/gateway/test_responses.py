@@ -9,12 +9,10 @@ import time
 
 import httpx
 import openai
-import orjson
 import pytest
 from gateway_support import KEYS, PUBLIC_MODEL, USER_KEY, FakeStack
 from test_disconnect import ABORT_WITHIN_S
 
-from gateway.backends.handle import HandleBackend
 from gateway.config import RoutingSettings
 from gateway.policy import Reject, ReplicaLoad, RequestFeatures, Route, route_to
 from gateway.response_ids import ResponseIdMap
@@ -211,27 +209,3 @@ def test_the_token_cap_names_max_output_tokens(make_stack) -> None:
     assert answer.json()["error"]["param"] == "max_output_tokens"
     assert "max_output_tokens 101" in answer.json()["error"]["message"]
     assert create(stack, max_output_tokens=100).status_code == 200
-
-
-class _HandleWithoutResponses:
-    """Stands in for an LLMServer deployment handle; the Responses API must not reach it."""
-
-    def options(self, **_: object) -> _HandleWithoutResponses:
-        return self
-
-    def __getattr__(self, name: str) -> object:
-        raise AssertionError(f"the handle was called ({name}) for a route it does not serve")
-
-
-async def test_the_handle_path_answers_501_naming_the_data_path() -> None:
-    backend = HandleBackend(_HandleWithoutResponses())
-    await backend.start()  # imports ray.serve.llm's request models: no cluster needed
-    for answer in (
-        await backend.send("responses", {"model": "m", "input": "hi"}, "r1"),
-        await backend.call("GET", "/responses/resp_x", "r2"),
-        await backend.call("POST", "/responses/resp_x/cancel", "r3"),
-    ):
-        assert answer.status == 501 and not answer.streaming
-        error = orjson.loads(await answer.read())["error"]
-        assert "`handle` data path" in error["message"] and "data_path: http" in error["message"]
-        assert error["code"] == 501

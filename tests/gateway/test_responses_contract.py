@@ -176,15 +176,6 @@ def test_bad_request(serves_responses: Endpoint, fields: dict[str, Any]) -> None
     assert through.json()["error"]["type"] == direct.json()["error"]["type"]
 
 
-def test_handle_path_says_so(client: openai.OpenAI, endpoint: Endpoint) -> None:
-    if endpoint.replica_urls:
-        pytest.skip("this data path serves the Responses API")
-    with pytest.raises(openai.APIStatusError) as info:
-        client.responses.create(model=endpoint.model, input=INPUT, max_output_tokens=2)
-    assert info.value.status_code == 501
-    assert "handle" in info.value.message and "data_path: http" in info.value.message
-
-
 def test_lax_booleans_as_vllm_reads_them(serves_responses: Endpoint) -> None:
     """vLLM's ResponsesRequest reads `stream: "yes"` as true (pydantic's lax booleans): so does the gateway."""
     endpoint = serves_responses

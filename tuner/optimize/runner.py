@@ -44,6 +44,7 @@ from tuner.optimize.space import MEMORY_SHARE_STEP, MIN_MEMORY_SHARE, Candidate,
 from tuner.optimize.study import ClassStudy, make_sampler, open_study, recover_interrupted, study_name, warm_start
 from tuner.optimize.targets import ClusterTarget, ModelChoice, TargetError, resolve_model_choice, resolve_target
 from tuner.perfmodel import load_hardware
+from tuner.plan_fit import with_kv_budgets
 from tuner.workloads import get_workload
 
 INTERACTIVE_SEQS = IntRange(1, 64, log=True)
@@ -257,7 +258,8 @@ def optimize(request: OptimizeRequest, reporter: Reporter | None = None) -> Opti
     routing_notes = routing_info.pop("notes", [])
     if isinstance(routing_notes, list):  # _tune_routing's notes for the report
         notes.extend(str(note) for note in routing_notes)
-    plan = compose_plan(template, replicas, routing)
+    # Each GPU replica's KV budget from its share: co-resident engines then start without profiling memory.
+    plan = with_kv_budgets(compose_plan(template, replicas, routing), model.architecture)
     plan_path = request.out / f"{model.key}.{target.name}.yaml"
     dump_plan(plan, plan_path, header=_plan_header(request, model, target))
     result = OptimizeResult(

@@ -1,0 +1,98 @@
+"""What each replica of a plan holds on each box, and the KV cache budget that follows.
+
+Per box, a replica's memory share (`gpu_memory_utilization` of the box) holds its slice of the
+weights, a runtime reserve (activations, CUDA graphs, NCCL buffers: what vLLM's profile run
+measures) and its KV cache. The tuner writes each replica's KV budget into the plan
+(`kv_cache_memory_bytes`): vLLM then sizes its cache from the budget instead of profiling free
+device memory, which two engines starting together on one GPU would each misread (each counts
+the other's weights as its own use). Weights come from the performance model's architectures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from deploy.plan import Replica, ServingPlan
+from tuner.perfmodel import ModelArchitecture
+
+RUNTIME_RESERVE_GB = 4.0
+"""Per engine and device: activations of the largest step, CUDA graphs, NCCL buffers, allocator slack."""
+UNSET_LENGTH = 8192
+"""The sequence length a replica without `max_model_len` is checked for."""
+OS_HEADROOM = 0.10
+"""Of each box's memory, left to the OS and the processes beside the engines (unified memory on GB10)."""
+
+
+@dataclass(frozen=True)
+class ReplicaMemory:
+    """One replica's footprint on each device it uses, in GB (1e9 bytes)."""
+
+    name: str
+    share_gb: float
+    weights_gb: float
+    reserve_gb: float
+    longest_sequence_gb: float
+
+    @property
+    def kv_gb(self) -> float:
+        return self.share_gb - self.weights_gb - self.reserve_gb
+
+    @property
+    def kv_cache_bytes(self) -> int:
+        """The budget a plan carries, whole MiB (vLLM's own reports are in GiB; a MiB leaves no doubt)."""
+        mib = 1 << 20
+        return max(0, int(self.kv_gb * 1e9) // mib * mib)
+
+
+def replica_memory(replica: Replica, arch: ModelArchitecture, memory_per_device_gb: float) -> ReplicaMemory:
+    tp, pp = replica.tensor_parallel_size, replica.pipeline_parallel_size
+    layers = range(arch.num_layers // pp)
+    return ReplicaMemory(
+        name=replica.name,
+        share_gb=replica.engine.gpu_memory_utilization * memory_per_device_gb,
+        weights_gb=arch.weights_per_device_gb(tp, pp),
+        reserve_gb=RUNTIME_RESERVE_GB,
+        longest_sequence_gb=arch.kv_bytes_for_sequence(replica.engine.max_model_len or UNSET_LENGTH, layers, tp) / 1e9,
+    )
+
+
+def plan_memory(plan: ServingPlan, arch: ModelArchitecture) -> list[ReplicaMemory]:
+    """Every replica's footprint per device; a device is `memory_per_node_gb / devices_per_node`."""
+    per_device = plan.cluster.memory_per_node_gb / plan.cluster.devices_per_node
+    return [replica_memory(r, arch, per_device) for r in plan.replicas]
+
+
+def fit_problems(plan: ServingPlan, arch: ModelArchitecture, min_sequences: int = 4) -> list[str]:
+    """Why the plan does not fit its devices (empty when it does): a replica whose KV cache holds
+    fewer than `min_sequences` of its longest sequences, a KV budget past what its share leaves, or
+    shares that leave the OS too little."""
+    problems = []
+    for memory, replica in zip(plan_memory(plan, arch), plan.replicas, strict=True):
+        if memory.kv_gb < min_sequences * memory.longest_sequence_gb:
+            problems.append(
+                f"{memory.name}: {memory.share_gb:.1f} GB share - {memory.weights_gb:.1f} GB weights - "
+                f"{memory.reserve_gb:g} GB reserve leaves {memory.kv_gb:.1f} GB of KV cache, under {min_sequences} "
+                f"sequences of {replica.engine.max_model_len} tokens ({memory.longest_sequence_gb:.2f} GB each)"
+            )
+        budget = replica.engine.kv_cache_memory_bytes
+        if budget is not None and budget > memory.kv_cache_bytes:
+            problems.append(
+                f"{memory.name}: kv_cache_memory_bytes {budget / 1e9:.1f} GB is more than its share leaves "
+                f"({memory.kv_gb:.1f} GB)"
+            )
+    shares = sum(r.engine.gpu_memory_utilization for r in plan.replicas)
+    if not plan.cluster.is_cpu and shares > 1 - OS_HEADROOM + 1e-9:
+        problems.append(f"memory shares add up to {shares:.2f}: over {1 - OS_HEADROOM:.2f}, no room left for the OS")
+    return problems
+
+
+def with_kv_budgets(plan: ServingPlan, arch: ModelArchitecture) -> ServingPlan:
+    """The plan with each GPU replica's KV budget set from its share (CPU plans unchanged: vLLM's
+    CPU build takes its cache size from VLLM_CPU_KVCACHE_SPACE)."""
+    if plan.cluster.is_cpu:
+        return plan
+    replicas = [
+        r.model_copy(update={"engine": r.engine.model_copy(update={"kv_cache_memory_bytes": m.kv_cache_bytes})})
+        for r, m in zip(plan.replicas, plan_memory(plan, arch), strict=True)
+    ]
+    return plan.model_copy(update={"replicas": replicas})
