@@ -1,14 +1,11 @@
 """What the gateway costs on the real CPU stack: vLLM's own benchmark client, direct to an engine's
 own OpenAI server and through the gateway, on the same engine in the same run.
 
-    .venv/bin/python benchmarks/data_path.py [--paths http,handle] [--concurrency 1,8]
-        [--num-requests 64] [--repeats 2] [--replica interactive]
+    .venv/bin/python benchmarks/data_path.py [--concurrency 1,8] [--num-requests 64] [--repeats 2]
+        [--replica interactive] [--plan deploy/plans/cpu-demo.yaml]
 
-- `http`: the default stack (deploy/plans/cpu-demo.yaml): the gateway speaks HTTP to vLLM's own
-  server inside each replica. Direct and gateway runs alternate on the same engine.
-- `handle`: the same plan with `data_path: handle` (Ray Serve LLM's LLMServer behind Serve
-  handles); its gateway figures are compared with the direct figures of the `http` stack, the same
-  engine settings, measured earlier in the same run.
+The stack of the plan (the CPU demo by default): the gateway speaks HTTP to vLLM's own server
+inside each replica. Direct and gateway runs alternate on the same engine.
 
 Random 128 in / 64 out (vLLM's `random` dataset shape used across docs/benchmarks.md). Targets (issue 3): through the gateway, TTFT p50 <= 1.3x
 and output tok/s >= 0.9x of direct, at concurrency 1 and 8.
@@ -36,7 +33,7 @@ def medians(runs: list[dict]) -> dict[str, float]:
     return {key: statistics.median(run[key] for run in runs) for key in FIGURES}
 
 
-def measure(plan: ServingPlan, args: argparse.Namespace, out: Path, with_direct: bool) -> dict:
+def measure(plan: ServingPlan, args: argparse.Namespace, out: Path) -> dict:
     """{concurrency: {"direct": medians, "gateway": medians}} for one stack."""
     tokenizer = ensure_demo_model()
     figures: dict[int, dict[str, dict[str, float]]] = {}
@@ -49,8 +46,6 @@ def measure(plan: ServingPlan, args: argparse.Namespace, out: Path, with_direct:
             for repeat in range(args.repeats):
                 order = ["direct", "gateway"] if repeat % 2 == 0 else ["gateway", "direct"]
                 for target in order:
-                    if target == "direct" and not with_direct:
-                        continue
                     base, headers = (engine, None) if target == "direct" else (gateway, header)
                     dataset = random_dataset(args.input_len, args.output_len)
                     runs[target].append(
@@ -65,7 +60,7 @@ def measure(plan: ServingPlan, args: argparse.Namespace, out: Path, with_direct:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--paths", default="http,handle")
+    parser.add_argument("--plan", type=Path, default=shipped_plan("cpu-demo"))
     parser.add_argument("--concurrency", default="1,8", type=lambda s: [int(c) for c in s.split(",")])
     parser.add_argument("--num-requests", type=int, default=64)
     parser.add_argument("--input-len", type=int, default=128)
@@ -75,34 +70,25 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="Write all figures here as JSON.")
     args = parser.parse_args()
     out = Path(tempfile.mkdtemp(prefix="data-path-"))
-    base_plan = load_plan(shipped_plan("cpu-demo"))
-    results: dict[str, dict] = {}
-    for path in args.paths.split(","):
-        print(f"{path} data path: starting the stack...", flush=True)
-        plan = base_plan.model_copy(update={"data_path": path})
-        results[path] = measure(plan, args, out, with_direct=path == "http")
-
-    direct = results.get("http", {})
+    print(f"{args.plan}: starting the stack...", flush=True)
+    results = measure(load_plan(args.plan), args, out)
     missed = 0
     print(
         f"\nrandom {args.input_len} in / {args.output_len} out, {args.num_requests} requests, "
         f"median of {args.repeats} repeats, replica {args.replica!r}"
     )
-    print(f"{'path':<8}{'c':>4}{'TTFT p50 ms':>14}{'direct':>9}{'ratio':>8}{'out tok/s':>12}{'direct':>9}{'ratio':>8}")
-    for path, by_concurrency in results.items():
-        for concurrency, figures in by_concurrency.items():
-            ours, ref = figures["gateway"], direct.get(concurrency, {}).get("direct")
-            if ref is None:
-                continue
-            ttft_ratio = ours["median_ttft_ms"] / ref["median_ttft_ms"]
-            tput_ratio = ours["output_throughput"] / ref["output_throughput"]
-            ok = ttft_ratio <= TARGETS["median_ttft_ms"] and tput_ratio >= TARGETS["output_throughput"]
-            missed += not ok
-            print(
-                f"{path:<8}{concurrency:>4}{ours['median_ttft_ms']:>14.1f}{ref['median_ttft_ms']:>9.1f}"
-                f"{ttft_ratio:>8.2f}{ours['output_throughput']:>12.1f}{ref['output_throughput']:>9.1f}"
-                f"{tput_ratio:>8.2f}{'' if ok else '  <-- misses the target'}"
-            )
+    print(f"{'c':>4}{'TTFT p50 ms':>14}{'direct':>9}{'ratio':>8}{'out tok/s':>12}{'direct':>9}{'ratio':>8}")
+    for concurrency, figures in results.items():
+        ours, ref = figures["gateway"], figures["direct"]
+        ttft_ratio = ours["median_ttft_ms"] / ref["median_ttft_ms"]
+        tput_ratio = ours["output_throughput"] / ref["output_throughput"]
+        ok = ttft_ratio <= TARGETS["median_ttft_ms"] and tput_ratio >= TARGETS["output_throughput"]
+        missed += not ok
+        print(
+            f"{concurrency:>4}{ours['median_ttft_ms']:>14.1f}{ref['median_ttft_ms']:>9.1f}"
+            f"{ttft_ratio:>8.2f}{ours['output_throughput']:>12.1f}{ref['output_throughput']:>9.1f}"
+            f"{tput_ratio:>8.2f}{'' if ok else '  <-- misses the target'}"
+        )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 1 if missed else 0

@@ -96,6 +96,11 @@ def start_local_head(num_cpus: int | None) -> None:
             ray.shutdown()
 
 
+def _on_loopback(address: str) -> bool:
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0]
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
 class RayConnection:
     """Ray for one command: join the cluster at `address`, else start a local head we own."""
 
@@ -108,6 +113,10 @@ class RayConnection:
         import ray
 
         if self.address:
+            if _on_loopback(self.address):
+                # A cluster of nodes on this machine (tests, or a trial run on one box): Ray would
+                # otherwise swap 127.0.0.1 for the host's outward address, where nothing listens.
+                ray_on_loopback_only()
             ray.init(address=self.address, namespace="tandem", log_to_driver=False)
             return self
         start_local_head(self.num_cpus)

@@ -1,24 +1,29 @@
 """Session fixtures shared across the suite: the real CPU stacks.
 
 `cpu_stack` runs `gateway up` (the command behind `make up`) in a subprocess, exactly as a user
-would, on free ports: real Ray, two real vLLM engines on the CPU (TP=2 and PP=2 of the demo
-model), the real gateway. `cpu_stack_handle` is the same with `data_path: handle` (ray.serve.llm
-LLMServer replicas reached through Serve handles). Both come from `Stacks`, which runs one stack
-at a time, each started once per session on first use (a few minutes here); stopping a stack
-checks that Ctrl-C left no process behind, and a stack that fails to start reports the command's
-own output.
+would, on free ports: real Ray, two real vLLM engines (TP=2 and PP=2 of the demo model on the CPU;
+the one-GPU plan where a GPU answers; `TANDEM_TEST_PLAN` names another plan), the real gateway.
+`two_node_stack` is the Spark pair's path: two Ray nodes on this machine and `gateway deploy
+--address` onto them, each replica holding a bundle on both nodes. Both come from `Stacks`, which
+runs one stack at a time, each started once per session on first use (a few minutes here);
+stopping a stack checks that nothing was left behind, and a stack that fails to start reports the
+commands' own output.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from real_stack import HANDLE_PLAN, CpuStack, Stacks
+from real_stack import TWO_NODE_PLAN, CpuStack, Stacks
 
 from deploy.plan import default_plan
 from gateway.batch_settings import DATA_DIR_ENV
+
+TEST_PLAN_ENV = "TANDEM_TEST_PLAN"
+"""A plan for the default stack instead of the embedded default (the GPU proving ground's model)."""
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -43,22 +48,23 @@ def stacks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stacks]:
 
 @pytest.fixture
 def cpu_stack(stacks: Stacks) -> CpuStack:
-    """The default stack (`make up`): the http data path, TP=2 interactive + PP=2 batch."""
-    return stacks.get(default_plan())
+    """The default stack (`make up`): TP=2 interactive + PP=2 batch on one node."""
+    plan = os.environ.get(TEST_PLAN_ENV)
+    return stacks.get(Path(plan).resolve() if plan else default_plan())
 
 
 @pytest.fixture
-def cpu_stack_handle(stacks: Stacks) -> CpuStack:
-    """The handle data path: ray.serve.llm LLMServer replicas behind Serve handles."""
-    return stacks.get(HANDLE_PLAN)
+def two_node_stack(stacks: Stacks) -> CpuStack:
+    """The Spark pair's path on two Ray nodes here: `gateway deploy --address`, STRICT_SPREAD replicas."""
+    return stacks.get(TWO_NODE_PLAN)
 
 
 def _stack_order(item: pytest.Item) -> int:
-    """0: no real stack; 1: the default (http) stack; 2: the handle stack."""
+    """0: no real stack; 1: the default stack; 2: the two-node stack."""
     names = set(getattr(item, "fixturenames", ()))
     callspec = getattr(item, "callspec", None)
     param = callspec.params.get("endpoint") if callspec is not None else None
-    if "cpu_stack_handle" in names or param == "stack-handle":
+    if "two_node_stack" in names or param == "stack-two-nodes":
         return 2
     if "cpu_stack" in names or param == "stack":
         return 1

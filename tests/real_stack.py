@@ -1,9 +1,11 @@
-"""The real CPU stacks the suite runs against: `gateway up` in a subprocess, one stack at a time.
+"""The real stacks the suite runs against, one at a time, started as a user starts them.
 
-`gateway_up(plan, workdir)` runs `gateway up` (the command behind `make up`) exactly as a user
-would, on a free port: real Ray, two real vLLM engines on the CPU, the real gateway. `Stacks`
-keeps at most one running (tests/conftest.py makes it the session's). A start that fails raises
-StackStartFailed with the command's own output; stopping checks that Ctrl-C left nothing behind.
+`gateway_up(plan, workdir)` runs `gateway up` (the command behind `make up`) on a free port: real
+Ray, two real vLLM engines, the real gateway. `two_node_deploy(plan, workdir)` starts two Ray nodes
+on this machine (tests/two_node_cluster.py) and runs `gateway deploy --address` onto them, as a
+team does on its two boxes. `Stacks` keeps at most one running (tests/conftest.py makes it the
+session's) and picks the way by the plan's node count. A start that fails raises StackStartFailed
+with the commands' own output; stopping checks that nothing was left behind.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 
 from deploy.plan import ServingPlan, load_plan
 from deploy.ports import free_port
@@ -29,7 +32,8 @@ from deploy.ports import free_port
 STACK_START_TIMEOUT_S = 900
 STACK_STOP_TIMEOUT_S = 90
 ENGINE_LINE = re.compile(r"engine (\S+): (http://\S+/v1)")
-HANDLE_PLAN = Path(__file__).parent / "plans" / "cpu-handle.yaml"
+TWO_NODE_PLAN = Path(__file__).parent / "plans" / "cpu-two-nodes.yaml"
+TWO_NODE_CLUSTER = Path(__file__).parent / "two_node_cluster.py"
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,70 @@ def gateway_up(plan: Path, workdir: Path) -> Iterator[CpuStack]:
         _stop_and_check_nothing_left(process, log)
 
 
+def _plan_on_port(plan: Path, port: int, workdir: Path) -> Path:
+    """A copy of the plan whose gateway listens on `port` (`gateway deploy` has no --port)."""
+    data = yaml.safe_load(plan.read_text())
+    data["gateway"] = {**data.get("gateway", {}), "port": port}
+    copy = workdir / plan.name
+    copy.write_text(yaml.safe_dump(data))
+    return copy
+
+
+def _run_cli(args: list[str], log: Path, env: dict[str, str], timeout_s: float) -> subprocess.CompletedProcess:
+    with log.open("a") as out:
+        out.write(f"\n$ gateway {' '.join(args)}\n")
+        out.flush()
+        return subprocess.run(
+            [sys.executable, "-m", "deploy.cli", *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            timeout=timeout_s,
+        )
+
+
+@contextmanager
+def two_node_deploy(plan: Path, workdir: Path) -> Iterator[CpuStack]:
+    """Two Ray nodes here, `gateway deploy PLAN --address` onto them, until the block ends; then
+    `gateway down` and both nodes stopped, with nothing left behind."""
+    port = free_port()
+    log = workdir / "two-nodes.log"
+    env = {**os.environ, "COLUMNS": "200", "TANDEM_DATA_DIR": str(workdir / "batch-data")}
+    with log.open("w") as out:
+        cluster = subprocess.Popen(
+            [sys.executable, str(TWO_NODE_CLUSTER), "--cpus", "2"],
+            stdout=subprocess.PIPE,
+            stderr=out,
+            env=env,
+            text=True,
+        )
+    try:
+        assert cluster.stdout is not None
+        line = cluster.stdout.readline()  # blocks until both nodes are up, or the script ends
+        if not line.startswith("address="):
+            raise StackStartFailed(f"two Ray nodes did not start ({cluster.wait()}):\n{_tail(log)}")
+        address = line.strip().removeprefix("address=")
+        deployed = _run_cli(
+            ["deploy", str(_plan_on_port(plan, port, workdir)), "--address", address], log, env, STACK_START_TIMEOUT_S
+        )
+        if deployed.returncode != 0:
+            raise StackStartFailed(f"`gateway deploy` exited with {deployed.returncode}:\n{_tail(log)}")
+        text = log.read_text(errors="replace")
+        try:
+            yield CpuStack(
+                base_url=f"http://127.0.0.1:{port}/v1",
+                model=load_plan(plan).model.name,
+                replica_urls=dict(ENGINE_LINE.findall(text)),
+                plan=load_plan(plan),
+                log=log,
+            )
+        finally:
+            down = _run_cli(["down", "--address", address], log, env, STACK_STOP_TIMEOUT_S)
+            assert down.returncode == 0, _tail(log, 3000)
+    finally:
+        _stop_and_check_nothing_left(cluster, log)
+
+
 class Stacks:
     """The real stacks of a session, at most one running at a time: two full stacks on two cores
     starve each other (a gateway that took minutes to start, engines that crawl), and no test needs
@@ -140,7 +208,8 @@ class Stacks:
         workdir = self._workdir / plan.stem
         workdir.mkdir(exist_ok=True)
         try:
-            stack = exits.enter_context(gateway_up(plan, workdir))
+            start = two_node_deploy if load_plan(plan).cluster.nodes > 1 else gateway_up
+            stack = exits.enter_context(start(plan, workdir))
         except StackStartFailed as exc:
             self._failed[plan] = str(exc)
             pytest.fail(str(exc), pytrace=False)

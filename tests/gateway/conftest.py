@@ -58,12 +58,12 @@ def fake_stack() -> Iterator[FakeStack]:
     params=[
         "fake",
         pytest.param("stack", marks=pytest.mark.stack),
-        pytest.param("stack-handle", marks=pytest.mark.stack),
+        pytest.param("stack-two-nodes", marks=pytest.mark.stack),
     ]
 )
 def endpoint(request: pytest.FixtureRequest) -> Endpoint:
-    """The server the contract tests talk to: the fake upstreams, the real CPU stack over HTTP to
-    vLLM's own servers, or the real CPU stack over Serve handles to ray.serve.llm's LLMServer."""
+    """The server the contract tests talk to: the fake upstreams, the real stack (`gateway up`), or
+    the real stack deployed onto two Ray nodes as on the Spark pair (`gateway deploy --address`)."""
     if request.param == "fake":
         fake: FakeStack = request.getfixturevalue("fake_stack")
         return Endpoint(
@@ -74,7 +74,7 @@ def endpoint(request: pytest.FixtureRequest) -> Endpoint:
             replica_models={"tp": fake.tp.model, "pp": fake.pp.model},
             fake=fake,
         )
-    stack = request.getfixturevalue("cpu_stack" if request.param == "stack" else "cpu_stack_handle")
+    stack = request.getfixturevalue("cpu_stack" if request.param == "stack" else "two_node_stack")
     models = {name: httpx.get(f"{url}/models").json()["data"][0]["id"] for name, url in stack.replica_urls.items()}
     return Endpoint(
         base_url=stack.base_url,

@@ -1,7 +1,6 @@
 """The Responses API contract, checked with the official `openai` SDK against every `endpoint` (the
-fake stack; the real CPU stack under -m stack): what vLLM's own server answers, the gateway
-answers, each case compared with the replica's own server in the same test. On the handle data
-path (ray.serve.llm's LLMServer has no Responses API) every call gets a clear 501 instead."""
+fake stack; the real stacks under -m stack, on one node and on two): what vLLM's own server
+answers, the gateway answers, each case compared with the replica's own server in the same test."""
 
 from __future__ import annotations
 
@@ -20,14 +19,6 @@ def client(endpoint: Endpoint) -> openai.OpenAI:
     return openai.OpenAI(base_url=endpoint.base_url, api_key=endpoint.api_key, max_retries=0, timeout=120)
 
 
-@pytest.fixture
-def serves_responses(endpoint: Endpoint) -> Endpoint:
-    """The endpoints whose replicas serve the Responses API (all but the handle data path)."""
-    if not endpoint.replica_urls:
-        pytest.skip("the handle data path does not serve the Responses API (test_handle_path_says_so)")
-    return endpoint
-
-
 def direct_client(endpoint: Endpoint, replica: str) -> openai.OpenAI:
     """The replica's own server (vLLM's, or the fake's), to compare answers with."""
     return openai.OpenAI(base_url=endpoint.replica_urls[replica], api_key="unused", max_retries=0, timeout=120)
@@ -42,8 +33,7 @@ def event_kinds(events: list[Any]) -> list[str]:
     return kinds
 
 
-def test_create(client: openai.OpenAI, serves_responses: Endpoint) -> None:
-    endpoint = serves_responses
+def test_create(client: openai.OpenAI, endpoint: Endpoint) -> None:
     raw = client.responses.with_raw_response.create(model=endpoint.model, input=INPUT, max_output_tokens=8)
     reply = raw.parse()
     assert raw.headers["x-tandem-class"] == "interactive"
@@ -60,8 +50,7 @@ def test_create(client: openai.OpenAI, serves_responses: Endpoint) -> None:
     assert [item.type for item in reply.output] == [item.type for item in direct.parse().output]
 
 
-def test_stream(client: openai.OpenAI, serves_responses: Endpoint) -> None:
-    endpoint = serves_responses
+def test_stream(client: openai.OpenAI, endpoint: Endpoint) -> None:
     with client.responses.with_streaming_response.create(
         model=endpoint.model, input=INPUT, max_output_tokens=6, stream=True
     ) as raw:
@@ -85,8 +74,7 @@ def test_stream(client: openai.OpenAI, serves_responses: Endpoint) -> None:
     assert kinds == event_kinds(list(direct))
 
 
-def test_previous_response_id_reaches_the_replica_holding_it(client: openai.OpenAI, serves_responses: Endpoint) -> None:
-    endpoint = serves_responses
+def test_previous_response_id_reaches_the_replica_holding_it(client: openai.OpenAI, endpoint: Endpoint) -> None:
     first = client.responses.with_raw_response.create(
         model=endpoint.model, input=INPUT, max_output_tokens=4, extra_headers={"X-Tandem-Class": "batch"}
     )
@@ -105,8 +93,7 @@ def test_previous_response_id_reaches_the_replica_holding_it(client: openai.Open
     assert reply.usage is not None and reply.usage.input_tokens > first.parse().usage.input_tokens  # type: ignore[union-attr]
 
 
-def test_retrieve(client: openai.OpenAI, serves_responses: Endpoint) -> None:
-    endpoint = serves_responses
+def test_retrieve(client: openai.OpenAI, endpoint: Endpoint) -> None:
     raw = client.responses.with_raw_response.create(model=endpoint.model, input=INPUT, max_output_tokens=4)
     created = raw.parse()
     got = client.responses.retrieve(created.id)
@@ -136,8 +123,7 @@ def compare_errors(endpoint: Endpoint, method: str, path: str, body: dict[str, A
     return error
 
 
-def test_unknown_id_is_not_found(client: openai.OpenAI, serves_responses: Endpoint) -> None:
-    endpoint = serves_responses
+def test_unknown_id_is_not_found(client: openai.OpenAI, endpoint: Endpoint) -> None:
     with pytest.raises(openai.NotFoundError) as info:
         client.responses.retrieve("resp_unknown")
     assert info.value.body["param"] == "response_id"  # type: ignore[index]
@@ -148,8 +134,7 @@ def test_unknown_id_is_not_found(client: openai.OpenAI, serves_responses: Endpoi
     assert retrieved == chained == cancelled == httpx.get(f"{url}/responses/resp_unknown").json()["error"]
 
 
-def test_cancel_of_a_finished_response_is_refused_as_by_vllm(client: openai.OpenAI, serves_responses: Endpoint) -> None:
-    endpoint = serves_responses
+def test_cancel_of_a_finished_response_is_refused_as_by_vllm(client: openai.OpenAI, endpoint: Endpoint) -> None:
     created = client.responses.create(model=endpoint.model, input=INPUT, max_output_tokens=2)
     error = compare_errors(endpoint, "POST", f"/responses/{created.id}/cancel")
     assert error["code"] == 400
@@ -160,8 +145,7 @@ def test_cancel_of_a_finished_response_is_refused_as_by_vllm(client: openai.Open
     [{"input": None}, {"input": 5}, {"max_output_tokens": "many"}, {"model": "no-such-model"}],
     ids=["no-input", "input-type", "max-output-tokens-type", "unknown-model"],
 )
-def test_bad_request(serves_responses: Endpoint, fields: dict[str, Any]) -> None:
-    endpoint = serves_responses
+def test_bad_request(endpoint: Endpoint, fields: dict[str, Any]) -> None:
     body = {k: v for k, v in ({"input": INPUT, "max_output_tokens": 2} | fields).items() if v is not None}
     name, url = next(iter(endpoint.replica_urls.items()))
     direct = httpx.post(f"{url}/responses", json={"model": endpoint.replica_models[name]} | body)
@@ -176,9 +160,8 @@ def test_bad_request(serves_responses: Endpoint, fields: dict[str, Any]) -> None
     assert through.json()["error"]["type"] == direct.json()["error"]["type"]
 
 
-def test_lax_booleans_as_vllm_reads_them(serves_responses: Endpoint) -> None:
+def test_lax_booleans_as_vllm_reads_them(endpoint: Endpoint) -> None:
     """vLLM's ResponsesRequest reads `stream: "yes"` as true (pydantic's lax booleans): so does the gateway."""
-    endpoint = serves_responses
     name, url = next(iter(endpoint.replica_urls.items()))
     body = {"input": INPUT, "max_output_tokens": 2, "stream": "yes"}
     direct = httpx.post(f"{url}/responses", json=body | {"model": endpoint.replica_models[name]})
@@ -196,9 +179,8 @@ def test_lax_booleans_as_vllm_reads_them(serves_responses: Endpoint) -> None:
 @pytest.mark.parametrize(
     ("method", "path"), [("DELETE", "/responses/resp_x"), ("GET", "/responses/resp_x/input_items")]
 )
-def test_routes_vllm_does_not_serve(serves_responses: Endpoint, method: str, path: str) -> None:
+def test_routes_vllm_does_not_serve(endpoint: Endpoint, method: str, path: str) -> None:
     """What vLLM's server does not serve, the gateway refuses with the same status (its own envelope)."""
-    endpoint = serves_responses
     direct = httpx.request(method, f"{next(iter(endpoint.replica_urls.values()))}{path}")
     through = httpx.request(
         method, f"{endpoint.base_url}{path}", headers={"Authorization": f"Bearer {endpoint.api_key}"}

@@ -3,13 +3,19 @@
 gateway killed while clients stream. Each scenario is bounded in time and leaves the session's
 stack healthy: the engine is resumed, or Serve restarts it and the gateway follows it to its new
 port; the test waits for that and updates `cpu_stack.replica_urls` for the tests that follow.
-The long scenarios (overload, 10,000 bad inputs, soak) are benchmarks/reliability.py."""
+Whatever happens inside a scenario, `leaves_a_healthy_stack` checks afterwards that the stack
+serves again through every replica and, where it does not, has the session start it anew, so
+one failure cannot take the tests after it down. The long scenarios (overload, 10,000 bad
+inputs, soak) are benchmarks/reliability.py."""
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import copy
+import os
 import signal
+import socket
 import threading
 import time
 from typing import Any
@@ -18,6 +24,7 @@ import httpx
 import openai
 import psutil
 import pytest
+from real_stack import Stacks
 from stack_support import eventually
 
 pytestmark = pytest.mark.stack
@@ -28,6 +35,54 @@ CLIENT_ENDS_WITHIN_S = 120.0
 ENGINE_RETURNS_WITHIN_S = 600.0
 GATEWAY_RETURNS_WITHIN_S = 300.0
 TIGHT_FIRST_TOKEN_S = 5.0
+HEALTHY_AGAIN_WITHIN_S = 600.0
+
+
+@pytest.fixture(autouse=True)
+def leaves_a_healthy_stack(cpu_stack: Any, stacks: Stacks) -> Any:
+    """After each scenario: the stack answers /ready and serves through every replica, or the
+    session's stack is started anew (and this test fails, saying what was left)."""
+    yield
+    root = cpu_stack.base_url.removesuffix("/v1")
+
+    def serves_everywhere() -> bool:
+        try:
+            ready = httpx.get(f"{root}/ready", timeout=10).status_code == 200
+        except httpx.HTTPError:
+            return False
+        return ready and {served_by(cpu_stack.base_url, cpu_stack.model) for _ in range(4)} != {"-"}
+
+    deadline = time.monotonic() + HEALTHY_AGAIN_WITHIN_S
+    while time.monotonic() < deadline:
+        if serves_everywhere():
+            return
+        time.sleep(2)
+    try:
+        stacks.stop()  # the next test that asks for the stack gets a new one
+    finally:
+        pytest.fail(f"the stack did not serve again within {HEALTHY_AGAIN_WITHIN_S:g} s; the next test starts it anew")
+
+
+def refuses(url: str) -> bool:
+    """Whether nothing listens at the URL's port any more (a connection is refused)."""
+    host, port = url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def kill_at_once(process: psutil.Process) -> None:
+    """SIGKILL the engine's whole process group in one call (the server started it in a session
+    of its own). Killed one by one, its forked children hold its listening socket a moment
+    longer: a connection accepted in that window is reset unanswered, a 502, not a refusal."""
+    os.killpg(os.getpgid(process.pid), signal.SIGKILL)
+    with contextlib.suppress(psutil.NoSuchProcess):
+        for child in process.children(recursive=True):  # any that left the group
+            child.send_signal(signal.SIGKILL)
 
 
 def engine_processes(plan: Any) -> dict[str, tuple[psutil.Process, str]]:
@@ -136,14 +191,15 @@ def test_an_engine_killed_mid_load_fails_cleanly_and_comes_back(cpu_stack) -> No
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         clients = [pool.submit(_stream_outcome, base, model, started) for _ in range(4)]
         assert started.wait(CLIENT_ENDS_WITHIN_S), "no stream started"
-        for process in [engine, *engine.children(recursive=True)]:
-            process.send_signal(signal.SIGKILL)
+        kill_at_once(engine)
         outcomes = [c.result(timeout=CLIENT_ENDS_WITHIN_S + 30) for c in clients]
     # Streams the dead engine held end with an error the SDK understands (or had finished); none
     # hangs, and none is replayed on the other replica.
     assert "hang" not in outcomes, outcomes
     assert set(outcomes) <= {"ok", "APIError", "InternalServerError"}, outcomes
-    # While it is gone, new requests are refused by its port and go to the other replica.
+    # Once its port refuses (the kernel closes the socket as the last holder dies), new requests
+    # are refused there and go to the other replica.
+    eventually(lambda: refuses(old_url), "the killed engine's port refusing connections", 60, every_s=0.2)
     assert ask(base, model).headers.get("x-tandem-replica") == "batch"
     eventually(
         lambda: httpx.get(f"{root}/ready", timeout=30).status_code == 503, "/ready reports the gap", 60, every_s=0.5
