@@ -130,9 +130,11 @@ def _wait_listening(port: int, process: subprocess.Popen, timeout_s: float = 60)
 
 
 @contextlib.contextmanager
-def _process(args: list[str], port: int, core: str, log: Path) -> Iterator[subprocess.Popen]:
+def serving_process(args: list[str], port: int, core: str | None, log: Path) -> Iterator[subprocess.Popen]:
+    """A server process (pinned to `core` unless None), stopped on exit; yielded once it listens."""
+    pinned = ["taskset", "-c", core] if core is not None else []
     with log.open("wb") as out:
-        process = subprocess.Popen(["taskset", "-c", core, *args], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        process = subprocess.Popen([*pinned, *args], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
     try:
         _wait_listening(port, process)
         yield process
@@ -145,7 +147,7 @@ def _process(args: list[str], port: int, core: str, log: Path) -> Iterator[subpr
             process.wait()
 
 
-def _gateway_config(upstream_port: int, port: int, workdir: Path) -> Path:
+def gateway_config(upstream_port: int, port: int, workdir: Path) -> Path:
     """Every feature on: keys with a default class, class-aware routing over two replicas (both
     the same fake here), engine-load polling, metrics, per-request log lines."""
     replica = {"model": MODEL, "base_url": f"http://127.0.0.1:{upstream_port}/v1", "max_num_seqs": 256}
@@ -165,6 +167,11 @@ def _gateway_config(upstream_port: int, port: int, workdir: Path) -> Path:
     path = workdir / "gateway.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def gateway_command(config: Path) -> list[str]:
+    """Tandem's gateway serving `config`, as its own process."""
+    return [sys.executable, "-c", f"from gateway.server import run_serve_command; run_serve_command({str(config)!r})"]
 
 
 NAIVE_PROXY = """
@@ -254,20 +261,19 @@ def run(seconds: float) -> list[Row]:
         workdir = Path(tmp)
         upstream_port = free_port()
         upstream_args = [python, "tests/fake_upstream.py", "--port", str(upstream_port), "--model", MODEL]
-        with _process(upstream_args, upstream_port, LOAD_CORE, workdir / "upstream.log"):
+        with serving_process(upstream_args, upstream_port, LOAD_CORE, workdir / "upstream.log"):
             console.print(f"[bold]direct[/bold] to the fake upstream (core {LOAD_CORE})")
             rows += _measure("direct", upstream_port, None, MODEL, seconds)
 
             port = free_port()
-            config = _gateway_config(upstream_port, port, workdir)
-            serve = f"from gateway.server import run_serve_command; run_serve_command({str(config)!r})"
-            with _process([python, "-c", serve], port, PROXY_CORE, workdir / "gateway.log") as gateway:
+            config = gateway_config(upstream_port, port, workdir)
+            with serving_process(gateway_command(config), port, PROXY_CORE, workdir / "gateway.log") as gateway:
                 console.print(f"[bold]gateway[/bold] (core {PROXY_CORE}, every feature on)")
                 rows += _measure("gateway", port, gateway.pid, "tandem-bench", seconds)
 
             port = free_port()
             naive = [python, "-c", NAIVE_PROXY, f"http://127.0.0.1:{upstream_port}/v1", str(port)]
-            with _process(naive, port, PROXY_CORE, workdir / "naive.log") as proxy:
+            with serving_process(naive, port, PROXY_CORE, workdir / "naive.log") as proxy:
                 console.print(f"[bold]naive[/bold] FastAPI + httpx pass-through (core {PROXY_CORE})")
                 rows += _measure("naive", port, proxy.pid, MODEL, seconds)
 
@@ -290,7 +296,7 @@ def run(seconds: float) -> list[Row]:
                     "--num_workers",
                     "1",
                 ]
-                with _process(args, port, PROXY_CORE, workdir / "litellm.log") as proxy:
+                with serving_process(args, port, PROXY_CORE, workdir / "litellm.log") as proxy:
                     console.print(f"[bold]litellm[/bold] proxy (core {PROXY_CORE})")
                     rows += _measure("litellm", port, proxy.pid, "tandem-bench", seconds)
     return rows

@@ -26,12 +26,13 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import random
 import signal
 import statistics
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass, field
 
 import httpx
@@ -43,6 +44,18 @@ from tuner.bench.hostile import HostileRequest, check_answer, hostile_requests
 from tuner.percentiles import percentile
 
 CHAT = "/chat/completions"
+
+
+def auth_headers() -> dict[str, str]:
+    """Bearer auth from OPENAI_API_KEY (a gateway with keys on), as the OpenAI SDK does; never printed."""
+    key = os.environ.get("OPENAI_API_KEY")
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def client(base_url: str, timeout: float, limits: httpx.Limits | None = None) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        base_url=base_url, timeout=timeout, headers=auth_headers(), limits=limits or httpx.Limits()
+    )
 
 
 @dataclass
@@ -128,15 +141,28 @@ def rss_mb(process: psutil.Process) -> float:
     return process.memory_info().rss / 2**20
 
 
-async def capacity(base_url: str, model: str, seconds: float = 20.0, clients: int = 16) -> float:
+def mixed_request(http: httpx.AsyncClient, model: str, rng: random.Random, mix_batch: float) -> Awaitable[Outcome]:
+    """One request of the soak's mix: a batch completion of two prompts with probability
+    `mix_batch`, else an interactive stream."""
+    if rng.random() < mix_batch:
+        return batch_completion(http, model)
+    return stream_chat(http, model, "interactive")
+
+
+async def capacity(
+    base_url: str, model: str, seconds: float = 20.0, clients: int = 16, mix_batch: float = 0.0
+) -> float:
+    """Requests answered 200 per second by `clients` closed-loop clients sending the mix."""
     done = 0
     stop_at = time.monotonic() + seconds
-    async with httpx.AsyncClient(base_url=base_url, timeout=120) as http:
+    rng = random.Random(7)
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with client(base_url, 120, limits) as http:
 
         async def worker() -> None:
             nonlocal done
             while time.monotonic() < stop_at:
-                if (await stream_chat(http, model, "interactive")).status == 200:
+                if (await mixed_request(http, model, rng, mix_batch)).status == 200:
                     done += 1
 
         await asyncio.gather(*(worker() for _ in range(clients)))
@@ -149,16 +175,13 @@ async def open_loop(base_url: str, model: str, rate: float, seconds: float, mix_
     tally = Tally()
     rng = random.Random(14)
     limits = httpx.Limits(max_connections=2000, max_keepalive_connections=200)
-    async with httpx.AsyncClient(base_url=base_url, timeout=300, limits=limits) as http:
+    async with client(base_url, 300, limits) as http:
         tasks: list[asyncio.Task[Outcome]] = []
         start = time.monotonic()
         next_at = start
         while next_at - start < seconds:
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-            if rng.random() < mix_batch:
-                tasks.append(asyncio.create_task(batch_completion(http, model)))
-            else:
-                tasks.append(asyncio.create_task(stream_chat(http, model, "interactive")))
+            tasks.append(asyncio.ensure_future(mixed_request(http, model, rng, mix_batch)))
             next_at += rng.expovariate(rate)
         tally.sending_s = time.monotonic() - start
         tally.outcomes = list(await asyncio.gather(*tasks))
@@ -186,7 +209,7 @@ async def bad_inputs(base_url: str, model: str, count: int) -> dict[str, object]
     statuses: Counter[int] = Counter()
     good_failed = 0
     semaphore = asyncio.Semaphore(32)
-    async with httpx.AsyncClient(base_url=root, timeout=300) as http:
+    async with client(root, 300) as http:
 
         async def send(request: HostileRequest) -> None:
             async with semaphore:
@@ -208,7 +231,7 @@ async def bad_inputs(base_url: str, model: str, count: int) -> dict[str, object]
             if (await stream_chat(http_v1, model, "interactive", max_tokens=4)).status != 200:
                 good_failed += 1
 
-        async with httpx.AsyncClient(base_url=base_url, timeout=300) as http_v1:
+        async with client(base_url, 300) as http_v1:
             tasks = []
             for i, request in enumerate(requests):
                 tasks.append(asyncio.create_task(send(request)))
@@ -225,10 +248,40 @@ async def bad_inputs(base_url: str, model: str, count: int) -> dict[str, object]
     }
 
 
+def soak(
+    base_url: str, model: str, gateway: psutil.Process, rate: float, minutes: float, mix_batch: float = 0.3
+) -> dict[str, object]:
+    """Mixed traffic at `rate` for `minutes`: what every request got, and the gateway's RSS growth
+    from the end of the first minute (its caches and pools warm) to the end."""
+    gateway.cpu_percent()
+    warm = asyncio.run(open_loop(base_url, model, rate, min(60.0, minutes * 60), mix_batch=mix_batch))
+    rss_start = rss_mb(gateway)
+    tally = asyncio.run(open_loop(base_url, model, rate, max(0.0, minutes * 60 - 60), mix_batch=mix_batch))
+    rss_end = rss_mb(gateway)
+    outcomes = warm.outcomes + tally.outcomes
+    statuses = Counter(o.status for o in outcomes)
+    ttfts = sorted(o.ttft_s for o in outcomes if o.status == 200 and o.ttft_s is not None)
+    return {
+        "minutes": minutes,
+        "rate_rps": round(rate, 2),
+        "sent": len(outcomes),
+        "issued_in_s": round(warm.sending_s + tally.sending_s, 1),
+        "statuses": dict(sorted(statuses.items())),
+        "errors": sum(n for s, n in statuses.items() if s != 200),
+        "lost": statuses.get(-1, 0) + statuses.get(0, 0),
+        "failures_said": failures_said(outcomes),
+        "ttft_p50_s": round(statistics.median(ttfts), 3) if ttfts else None,
+        "ttft_p99_s": round(percentile(ttfts, 99), 3) if ttfts else None,
+        "gateway_cpu_pct": round(gateway.cpu_percent(), 1),
+        "gateway_rss_mb": [round(rss_start, 1), round(rss_end, 1)],
+        "rss_growth_pct": round(100 * (rss_end - rss_start) / rss_start, 2),
+    }
+
+
 @contextlib.contextmanager
 def stack(url: str | None) -> Iterator[tuple[str, str]]:
     if url is not None:
-        model = httpx.get(f"{url}/models", timeout=10).json()["data"][0]["id"]
+        model = httpx.get(f"{url}/models", timeout=10, headers=auth_headers()).json()["data"][0]["id"]
         yield url, model
         return
     from deploy.plan import load_plan, shipped_plan
@@ -239,7 +292,7 @@ def stack(url: str | None) -> Iterator[tuple[str, str]]:
 
 
 def first_token_deadline(base_url: str) -> float:
-    routing = httpx.get(f"{base_url.removesuffix('/v1')}/admin/routing", timeout=10).json()
+    routing = httpx.get(f"{base_url.removesuffix('/v1')}/admin/routing", timeout=10, headers=auth_headers()).json()
     return float(routing["limits"]["interactive"]["first_token_timeout_s"])
 
 
@@ -299,26 +352,7 @@ def main() -> int:
             print(f"bad inputs: {json.dumps(result)}", flush=True)
 
         if args.soak_min > 0:
-            soak_rate = args.soak_load * rate
-            warm = asyncio.run(open_loop(base_url, model, soak_rate, 60, mix_batch=0.3))
-            rss_start = rss_mb(gateway)
-            tally = asyncio.run(open_loop(base_url, model, soak_rate, args.soak_min * 60 - 60, mix_batch=0.3))
-            rss_end = rss_mb(gateway)
-            outcomes = warm.outcomes + tally.outcomes
-            statuses = Counter(o.status for o in outcomes)
-            ttfts = sorted(o.ttft_s for o in outcomes if o.status == 200 and o.ttft_s is not None)
-            summary["soak"] = {
-                "minutes": args.soak_min,
-                "rate_rps": round(soak_rate, 2),
-                "sent": len(outcomes),
-                "statuses": dict(sorted(statuses.items())),
-                "errors": sum(n for s, n in statuses.items() if s != 200),
-                "lost": statuses.get(-1, 0) + statuses.get(0, 0),
-                "failures_said": failures_said(outcomes),
-                "ttft_p50_s": round(statistics.median(ttfts), 3) if ttfts else None,
-                "gateway_rss_mb": [round(rss_start, 1), round(rss_end, 1)],
-                "rss_growth_pct": round(100 * (rss_end - rss_start) / rss_start, 2),
-            }
+            summary["soak"] = soak(base_url, model, gateway, args.soak_load * rate, args.soak_min)
             print(f"soak: {json.dumps(summary['soak'])}", flush=True)
     print(json.dumps(summary, indent=2))
     return 0

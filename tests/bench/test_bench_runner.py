@@ -155,3 +155,26 @@ def test_slow_requests_time_out_and_the_run_still_ends(upstream) -> None:
     result = run_benchmark(config(upstream.base_url, ClosedLoop(concurrency=2), Bounds(num_requests=2), timeout_s=0.2))
     assert result.overall.errors == {"timeout": 2}
     assert time.monotonic() - started < 5.0  # waiting for the answers would take 10 s
+
+
+def test_prompts_are_built_before_the_measured_window_starts(upstream, monkeypatch) -> None:
+    # vLLM's client builds its prompts before timing; a window that held prompt building would
+    # lower every throughput by the time it took.
+    from tuner.bench import arrivals, prompts
+
+    events: list[tuple[str, float]] = []
+    prepare, budget_init = prompts.PromptFactory.prepare, arrivals.Budget.__init__
+
+    def recorded_prepare(self: prompts.PromptFactory, count: int) -> None:
+        prepare(self, count)
+        events.append(("prompts built", time.perf_counter()))
+
+    def recorded_budget(self: arrivals.Budget, bounds: Bounds) -> None:
+        budget_init(self, bounds)
+        events.append(("window starts", self.started))
+
+    monkeypatch.setattr(prompts.PromptFactory, "prepare", recorded_prepare)
+    monkeypatch.setattr(arrivals.Budget, "__init__", recorded_budget)
+    run_benchmark(config(upstream.base_url, ClosedLoop(concurrency=2), Bounds(num_requests=6, warmup_requests=1)))
+    assert [name for name, _ in events] == ["prompts built", "prompts built", "window starts"]
+    assert events[1][1] <= events[2][1]

@@ -8,6 +8,11 @@
   with a single output token (as vLLM does).
 - Percentiles: tuner.percentiles (numpy's linear interpolation, as vLLM).
 
+Beyond vLLM, ``tokens_per_event``: output tokens per streamed token event. 1.0 means the server
+sent each token as it came; above 1 it merged tokens into one event (vLLM does when its API server
+falls behind its engine), which shortens ITL and, in the limit of a whole answer in one event,
+makes TTFT the whole latency and TPOT 0, under vLLM's definitions as under these.
+
 Beyond vLLM: failed requests are counted by error type, and ``slo_attainment`` is good
 requests over *all* requests sent, failures included, so errors cannot flatter it.
 """
@@ -65,6 +70,7 @@ class Metrics(BaseModel):
     tpot_ms: LatencyStats | None
     itl_ms: LatencyStats | None
     e2el_ms: LatencyStats | None
+    tokens_per_event: float | None = None
 
 
 def _tpot(record: RequestRecord) -> float:
@@ -88,6 +94,7 @@ def compute_metrics(records: Sequence[RequestRecord], duration_s: float, slo: SL
     input_tokens = sum(r.prompt_tokens for r in done)
     output_tokens = sum(r.output_tokens for r in done)
     per_s = 1.0 / duration_s if duration_s > 0 else 0.0
+    events = sum(len(r.itl) + 1 for r in done)  # every gap follows one token event; the first has none
     good = sum(_meets(r, slo) for r in done) if slo is not None else None
     return Metrics(
         requests=len(records),
@@ -108,4 +115,5 @@ def compute_metrics(records: Sequence[RequestRecord], duration_s: float, slo: SL
         tpot_ms=LatencyStats.of([_tpot(r) for r in done if r.output_tokens > 1]),
         itl_ms=LatencyStats.of([gap for r in done for gap in r.itl]),
         e2el_ms=LatencyStats.of([r.latency for r in done]),
+        tokens_per_event=output_tokens / events if events else None,
     )

@@ -84,6 +84,8 @@ def print_report(results: Iterable[BenchResult], console: Console) -> None:
     if results:
         m = results[0].overall
         if m.mean_input_tokens is not None and m.mean_output_tokens is not None:
+            merged = f"; {m.tokens_per_event:.2f} tokens per stream event" if m.tokens_per_event else ""
             console.print(
                 f"tokens per request (server usage): {m.mean_input_tokens:,.0f} in / {m.mean_output_tokens:,.0f} out"
+                + merged
             )

@@ -81,12 +81,13 @@ async def benchmark(
         warmup = await _warm_up(config, sender(config.streams[0], _WARMUP_STREAM, []), limit)
 
         records: list[RequestRecord] = []
+        # Prompts are built before the clock starts: the measured window (vLLM's too) holds requests only.
+        senders = [sender(stream, index, records) for index, stream in enumerate(config.streams)]
         budget = Budget(config.bounds)
         started_at = datetime.now(UTC)
         report = on_request or (lambda record: None)
         drivers = []
-        for index, stream in enumerate(config.streams):
-            send = sender(stream, index, records)
+        for index, (stream, send) in enumerate(zip(config.streams, senders, strict=True)):
             if isinstance(stream.load, ClosedLoop):
                 drivers.append(drive_closed(stream.load, send, budget, report))
             else:
