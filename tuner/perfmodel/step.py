@@ -134,16 +134,20 @@ class StepModel:
         self._expert_bytes = model.expert_bytes(self._expert_split)
         self._expert_share = self.constants.ep_imbalance.value / tp if ep else 1.0
         """Share of the step's pairs and touched experts the busiest rank works on."""
-        self._pair_seconds = 0.0
+        self.pair_seconds = 0.0
+        """Cost of one (token, expert) pair on a rank (0 without a build, or for a dense model)."""
         self._layer_floor = 0.0
         self._host = None
+        self.host_overlapped = True
+        """Whether the host's step time hides behind the GPU's (vLLM's max_concurrent_batches > 1)."""
         if build is not None:
             self._layer_floor = build.layer_floor_us.value * 1e-6
             self._host = load_host_costs()
-            self._host_overlaps = host_overlaps(pp, spans_nodes=hardware.nodes_spanned(tp * pp) > 1,
-                                                async_scheduling=build.async_scheduling)
+            self.host_overlapped = host_overlaps(
+                pp, spans_nodes=hardware.nodes_spanned(tp * pp) > 1, async_scheduling=build.async_scheduling
+            )
             if model.is_moe:
-                self._pair_seconds = load_moe_kernels().pair_seconds(
+                self.pair_seconds = load_moe_kernels().pair_seconds(
                     build.moe_backend, model.expert_params / self._expert_split, hardware.device.peak_tflops("bf16")
                 )
         self._kv_token_bytes = model.kv_bytes_per_token_layer(tp)
@@ -175,9 +179,9 @@ class StepModel:
         m = self.model
         expert_bytes = self.distinct_experts(batch.tokens) * self._expert_share * self._expert_bytes
         moe_seconds = 0.0
-        if self._pair_seconds:  # the MoE kernel: its bytes, or its decode pairs' work, whichever is longer
+        if self.pair_seconds:  # the MoE kernel: its bytes, or its decode pairs' work, whichever is longer
             pairs = batch.decode_tokens * m.experts_per_token * self._expert_share
-            moe_seconds = max(expert_bytes / self.bandwidth, pairs * self._pair_seconds)
+            moe_seconds = max(expert_bytes / self.bandwidth, pairs * self.pair_seconds)
             expert_bytes = 0.0
         weight_bytes = self._attention_bytes + expert_bytes
         window = float(m.sliding_window) if sliding and m.sliding_window else float("inf")
@@ -253,7 +257,7 @@ class StepModel:
         )
         device = max(busiest_stage, longest_pass)
         host = self.host_seconds(micro_batches)
-        return max(device, host) if self._host is None or self._host_overlaps else device + host
+        return max(device, host) if self.host_overlapped else device + host
 
     def host_seconds(self, micro_batches: list[StepBatch]) -> float:
         """The engine core's host time for one cycle (one step per micro-batch); 0 without a build."""
