@@ -71,7 +71,7 @@ def _time_us(torch: Any, fn: Callable[[], Any]) -> tuple[float, str]:
             for _ in range(CALLS_PER_GRAPH):
                 fn()
         run, how = graph.replay, "cuda-graph"
-    except Exception:  # noqa: BLE001 - some kernels cannot be captured; time them eagerly
+    except Exception:
         torch.cuda.synchronize()
 
         def run() -> None:
@@ -220,7 +220,7 @@ def run(out: Path, budget_s: float, backends: list[str]) -> dict[str, Any]:
     }
     try:
         bench = Bench(torch)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         result["meta"]["error"] = f"vLLM's fused_topk is not importable: {exc}"
         return result
     deadline = time.monotonic() + budget_s
@@ -246,7 +246,7 @@ def run(out: Path, budget_s: float, backends: list[str]) -> dict[str, Any]:
                         fn = getattr(bench, backend)(tp, tokens)
                         row["us"], row["timing"] = _time_us(torch, fn)
                         row["status"] = "ok"
-                    except Exception as exc:  # noqa: BLE001 - one failing shape must not end the run
+                    except Exception as exc:
                         row["status"] = f"error: {type(exc).__name__}: {exc}"
                         row["traceback"] = traceback.format_exc(limit=3)
                         torch.cuda.synchronize()
@@ -259,7 +259,9 @@ def run(out: Path, budget_s: float, backends: list[str]) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     default_out = Path(os.environ.get("OUT", ".")) / "moe_kernels.json"
-    parser.add_argument("--out", type=Path, default=default_out, help="JSON file to write (default $OUT/moe_kernels.json)")
+    parser.add_argument(
+        "--out", type=Path, default=default_out, help="JSON file to write (default $OUT/moe_kernels.json)"
+    )
     parser.add_argument("--budget-s", type=float, default=150.0, help="Stop starting new measurements after this.")
     parser.add_argument("--backends", default="topk,triton,marlin", help="Comma-separated: topk, triton, marlin.")
     args = parser.parse_args()

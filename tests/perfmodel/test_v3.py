@@ -47,14 +47,18 @@ def test_tp_wins_single_stream_and_pp_wins_once_decode_is_pair_bound() -> None:
         assert rate["tp2-pp1", 1] > rate["tp1-pp2", 1], build
         assert rate["tp1-pp2", 128] > rate["tp2-pp1", 128], build
     bare = pair.model_copy(update={"default_build": None})
-    assert predict(GPT, bare, Layout(tp=2), EQUAL, 128).output_tok_s > predict(GPT, bare, Layout(pp=2), EQUAL, 128).output_tok_s
+    assert (
+        predict(GPT, bare, Layout(tp=2), EQUAL, 128).output_tok_s
+        > predict(GPT, bare, Layout(pp=2), EQUAL, 128).output_tok_s
+    )
 
 
 def test_prefill_tokens_pay_the_compute_roofline_not_the_pair_cost() -> None:
     steps = _steps()
     decode = StepBatch(decode_tokens=64, decode_context=1024)
-    with_prefill = StepBatch(decode_tokens=64, decode_context=1024, prefill_tokens=2048, prefill_context=2048,
-                             prefill_sequences=1)
+    with_prefill = StepBatch(
+        decode_tokens=64, decode_context=1024, prefill_tokens=2048, prefill_context=2048, prefill_sequences=1
+    )
     added = steps.layer_seconds(with_prefill, sliding=False) - steps.layer_seconds(decode, sliding=False)
     assert 0 < added < 2048 * GPT.experts_per_token * steps.pair_seconds / 4
 
@@ -64,7 +68,9 @@ def test_the_layer_floor_holds_a_tp_shard_that_reads_few_bytes() -> None:
     one = StepBatch(decode_tokens=1, decode_context=512)
     for tp in (1, 2, 4):
         steps = StepModel(GPT, a100, load_engine("vllm"), tp, build=load_build("ampere-marlin"))
-        assert steps.layer_seconds(one, sliding=False) == pytest.approx(load_build("ampere-marlin").layer_floor_us.value * 1e-6)
+        assert steps.layer_seconds(one, sliding=False) == pytest.approx(
+            load_build("ampere-marlin").layer_floor_us.value * 1e-6
+        )
 
 
 def test_host_time_is_serial_only_for_a_ray_layout_without_pp() -> None:
@@ -99,8 +105,15 @@ def test_unknown_build_is_named_and_builds_are_vllm_only() -> None:
 def test_moe_fit_recovers_pair_cost_and_exponent_from_kernel_timings() -> None:
     def rows(shape: str, params: float, pair_us: float) -> list[dict]:
         return [
-            {"backend": "marlin", "shape": shape, "expert_params": params, "tokens": t, "pairs": 4 * t,
-             "us": 4 * t * pair_us, "status": "ok"}
+            {
+                "backend": "marlin",
+                "shape": shape,
+                "expert_params": params,
+                "tokens": t,
+                "pairs": 4 * t,
+                "us": 4 * t * pair_us,
+                "status": "ok",
+            }
             for t in (1, 64, 128, 256)
         ] + [{"backend": "marlin", "shape": shape, "tokens": 512, "status": "error: out of memory"}]
 

@@ -53,7 +53,9 @@ def predict_command(
     ] = "dgx-spark-pair",
     tp: Annotated[int | None, typer.Option(min=1, help="Tensor parallel size (omit both to compare layouts).")] = None,
     pp: Annotated[int | None, typer.Option(min=1, help="Pipeline parallel size.")] = None,
-    ep: Annotated[bool, typer.Option("--ep", help="Expert parallel over the TP ranks (MoE models, with --tp).")] = False,
+    ep: Annotated[
+        bool, typer.Option("--ep", help="Expert parallel over the TP ranks (MoE models, with --tp).")
+    ] = False,
     build: Annotated[
         str | None,
         typer.Option(help=f"vLLM build: {', '.join(known_builds())} (default: the hardware's default_build)."),

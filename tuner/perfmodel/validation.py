@@ -88,7 +88,9 @@ def _workload(case: dict[str, Any], entry: dict[str, Any]) -> Workload:
     return Workload(**(entry.get("workload") or case["workload"]))
 
 
-def measure(case: dict[str, Any], layout: dict[str, Any], concurrency: int, workload: Workload, **overrides: Any) -> float:
+def measure(
+    case: dict[str, Any], layout: dict[str, Any], concurrency: int, workload: Workload, **overrides: Any
+) -> float:
     """The case's metric for one layout at one concurrency."""
     replica = _replica(case, layout, workload, **overrides)
     if case["metric"] == "decode_tok_s":
@@ -127,8 +129,10 @@ def case_rows(case: dict[str, Any]) -> tuple[list[Row], list[WinnerCheck]]:
         label = f"{_name(ratio['layout'])} / {_name(ratio['over'])} c={ratio['concurrency']} ({shape})"
         rows.append(Row(case["name"], label, top / bottom, ratio["published"]))
         if Layout(**ratio["over"]).tp * Layout(**ratio["over"]).pp > 1:  # two multi-GPU layouts: who is ahead
-            ahead = lambda r: _name(ratio["layout"]) if r > 1 else _name(ratio["over"])  # noqa: E731
-            checks.append(WinnerCheck(case["name"], label, ahead(top / bottom), ahead(ratio["published"])))
+            names = (_name(ratio["layout"]), _name(ratio["over"]))
+            predicted = names[0] if top > bottom else names[1]
+            published = names[0] if ratio["published"] > 1 else names[1]
+            checks.append(WinnerCheck(case["name"], label, predicted, published))
         else:  # both over one box: compare the multi-GPU layouts with each other below
             key = (ratio["concurrency"], shape)
             over_one_box.setdefault(key, []).append((_name(ratio["layout"]), top / bottom, ratio["published"]))
@@ -191,9 +195,7 @@ def markdown(rows: list[Row], checks: list[WinnerCheck]) -> str:
     lines = ["| case | figure | predicted | published | predicted / published |", "|---|---|---|---|---|"]
     for row in rows:
         mark = " (calibration)" if row.calibration else ("" if row.within else " **out**")
-        lines.append(
-            f"| {row.case} | {row.label} | {row.predicted:.2f} | {row.published:g} | {row.ratio:.2f}{mark} |"
-        )
+        lines.append(f"| {row.case} | {row.label} | {row.predicted:.2f} | {row.published:g} | {row.ratio:.2f}{mark} |")
     lines += ["", "| case | where | predicted winner | published winner |", "|---|---|---|---|"]
     for check in checks:
         mark = "" if check.right else " **wrong**"
