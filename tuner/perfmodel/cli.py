@@ -58,7 +58,10 @@ def predict_command(
     ] = False,
     build: Annotated[
         str | None,
-        typer.Option(help=f"vLLM build: {', '.join(known_builds())} (default: the hardware's default_build)."),
+        typer.Option(
+            help=f"vLLM build: {', '.join(known_builds())}, or none for bytes, FLOPs and the link alone "
+            "(default: the hardware's default_build)."
+        ),
     ] = None,
     workload: Annotated[str, typer.Option(help=f"Workload preset: {', '.join(WORKLOADS)}.")] = "equal",
     input_len: Annotated[int | None, typer.Option(min=1, help="Override the preset's prompt length.")] = None,

@@ -173,15 +173,20 @@ def build_replica(
     return ReplicaModel(steps, capacity, max_num_seqs, max_tokens, contention)
 
 
+NO_BUILD = "none"
+"""`EngineSettings.build` value that leaves the build's terms out (bytes, FLOPs and the link alone)."""
+
+
 def resolve_build(settings: EngineSettings, hardware: HardwareProfile, engine: EngineProfile) -> EngineBuild | None:
-    """The vLLM build a replica runs: the settings' own, else the hardware's default. Builds are vLLM
-    builds: other engines (and vLLM on hardware with no build on file) keep the build-free model."""
+    """The vLLM build a replica runs: the settings' own, else the hardware's default; 'none' prices bytes,
+    FLOPs and the link alone (the model before builds). Builds are vLLM builds: other engines (and vLLM
+    on hardware with no build on file) keep the build-free model."""
     if engine.name != "vllm":
-        if settings.build is not None:
+        if settings.build not in (None, NO_BUILD):
             raise ValueError(f"engine builds are vLLM builds; engine {engine.name!r} takes none")
         return None
     name = settings.build or hardware.default_build
-    return load_build(name) if name else None
+    return load_build(name) if name and name != NO_BUILD else None
 
 
 def _capacity(
