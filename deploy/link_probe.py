@@ -20,9 +20,12 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import re
 import socket
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -84,6 +87,12 @@ class LinkSamples(BaseModel):
     control_roundtrip_us: float | None = Field(
         None, description="Median Ray call from the driver to the far node's actor and back (cluster probes only)."
     )
+    transport: str = Field(
+        "",
+        description="What carried the collectives: NCCL's NET/IB (RDMA, RoCE included), NET/Socket (TCP fallback), "
+        "P2P or SHM inside a node, from NCCL's INFO log; gloo/TCP for gloo; 'unknown' when the log said nothing.",
+    )
+    transport_evidence: tuple[str, ...] = Field((), description="The NCCL log lines the transport was read from.")
 
     def at(self, operation: Operation, nbytes: int) -> float:
         """Measured microseconds of `operation` at exactly `nbytes` (KeyError-free: nearest size)."""
@@ -102,6 +111,50 @@ def link_environment() -> dict[str, str]:
         for k, v in sorted(os.environ.items())
         if k.startswith(ENV_PREFIXES) and not any(m in k.upper() for m in SECRET_MARKERS)
     }
+
+
+NCCL_TRANSPORTS = ("NET/IB", "NET/Socket", "NVLS", "P2P", "SHM")
+_VIA = re.compile(r"via (NET/IB|NET/Socket|NVLS|P2P|SHM)")
+_NETWORK = re.compile(r"Using network (IB|Socket)")
+MAX_EVIDENCE = 6
+
+
+def nccl_transport(lines: Iterable[str], environment: dict[str, str] | None = None) -> tuple[str, tuple[str, ...]]:
+    """The transport NCCL chose, read from its NCCL_DEBUG=INFO lines ('Using network IB', 'Channel 00/0 :
+    0[0] -> 1[0] [send] via NET/IB/0'), with the lines that say so. Between nodes NCCL runs NET/IB (RDMA,
+    RoCE included) or, when no RDMA device comes up, NET/Socket over TCP; inside a node P2P or SHM. With no
+    such line, NCCL_IB_DISABLE=1 or NCCL_NET=Socket in the environment still tells the socket fallback."""
+    seen: dict[str, list[str]] = {}
+    for line in lines:
+        for match in (_VIA.search(line), _NETWORK.search(line)):
+            if match:
+                name = match.group(1)
+                seen.setdefault(name if "/" in name or name in NCCL_TRANSPORTS else f"NET/{name}", []).append(
+                    line.strip()
+                )
+    for transport in NCCL_TRANSPORTS:  # the network transport wins: it is what crosses the link
+        if transport in seen:
+            return transport, tuple(seen[transport][:MAX_EVIDENCE])
+    env = environment or {}
+    if env.get("NCCL_IB_DISABLE") == "1" or env.get("NCCL_NET", "").lower() == "socket":
+        setting = "NCCL_IB_DISABLE=1" if env.get("NCCL_IB_DISABLE") == "1" else f"NCCL_NET={env['NCCL_NET']}"
+        return "NET/Socket", (f"environment: {setting}",)
+    return "unknown", ()
+
+
+def _nccl_log_to(directory: str) -> None:
+    """Make NCCL write its INFO log (init and network lines only) under `directory`, where the probe reads
+    the transport back; a user's own NCCL_DEBUG / NCCL_DEBUG_FILE is left as it is."""
+    os.environ.setdefault("NCCL_DEBUG", "INFO")
+    os.environ.setdefault("NCCL_DEBUG_SUBSYS", "INIT,NET")
+    os.environ.setdefault("NCCL_DEBUG_FILE", str(Path(directory) / "nccl.%h.%p.log"))
+
+
+def _nccl_log_lines(directory: str) -> list[str]:
+    lines: list[str] = []
+    for path in sorted(Path(directory).glob("nccl.*.log")):
+        lines += path.read_text(errors="replace").splitlines()
+    return lines
 
 
 def _sync(device: Any) -> None:
@@ -194,8 +247,11 @@ def _run_rank(
     import torch
     import torch.distributed as dist
 
+    log_dir = tempfile.mkdtemp(prefix="tandem-nccl-")
     if backend == "nccl":
         torch.cuda.set_device(rank % max(1, torch.cuda.device_count()))
+        _nccl_log_to(log_dir)  # before the first communicator: NCCL reads it at init
+    environment = link_environment()
     dist.init_process_group(
         backend, init_method=f"tcp://{master}:{port}", rank=rank, world_size=2, timeout=dt.timedelta(minutes=5)
     )
@@ -204,10 +260,16 @@ def _run_rank(
     finally:
         dist.destroy_process_group()
     torch_version, nccl_version, device_name = _versions(backend)
+    if backend == "nccl":
+        transport, evidence = nccl_transport(_nccl_log_lines(log_dir), environment)
+    else:
+        transport, evidence = "gloo/TCP", (f"GLOO_SOCKET_IFNAME={os.environ.get('GLOO_SOCKET_IFNAME', '(default)')}",)
     return {
+        "transport": transport,
+        "transport_evidence": list(evidence),
         "device_name": device_name,
         "results": {op: [s.model_dump() for s in samples] for op, samples in results.items()},
-        "environment": link_environment(),
+        "environment": environment,
         "torch_version": torch_version,
         "nccl_version": nccl_version,
         "host": socket.gethostname(),
@@ -232,6 +294,8 @@ def _samples(rank0: dict[str, Any], backend: str, nodes: Sequence[str], control_
         torch_version=rank0["torch_version"],
         nccl_version=rank0["nccl_version"],
         results=rank0["results"],
+        transport=rank0.get("transport", ""),
+        transport_evidence=tuple(rank0.get("transport_evidence", ())),
     )
 
 
@@ -370,11 +434,26 @@ def _control_roundtrip_us(workers: Sequence[Any]) -> float:
     return sorted(times)[len(times) // 2] * 1e6
 
 
+def socket_fallback_warning(samples: LinkSamples) -> str | None:
+    """A warning when NCCL carried the collectives over TCP sockets between nodes instead of RDMA."""
+    if samples.backend != "nccl" or samples.transport != "NET/Socket":
+        return None
+    evidence = f" ({samples.transport_evidence[0]})" if samples.transport_evidence else ""
+    return (
+        f"NCCL fell back to TCP sockets (NET/Socket){evidence}: the RDMA transport (NET/IB over RoCE) did not come "
+        "up, which costs the mid-size messages of TP's decode steps most. Check that the RDMA devices are visible "
+        "(ibv_devices, /dev/infiniband in containers), NCCL_IB_DISABLE is unset, and NCCL_IB_HCA names both "
+        "halves of the ConnectX-7 (docs/cluster.md)."
+    )
+
+
 def slow_link_warning(samples: LinkSamples) -> str | None:
     """Why a TP=2 replica should not span this link, or None when it is fast enough."""
     latency = samples.at("allreduce", 8192)
     bandwidth = samples.large_message_bandwidth_gbs("allreduce")
     reasons = []
+    if socket_fallback_warning(samples) is not None:
+        reasons.append("NCCL runs over TCP sockets (NET/Socket), not RDMA")
     if bandwidth < SLOW_LINK_BANDWIDTH_GBS:
         reasons.append(f"all-reduce reaches {bandwidth:.2f} GB/s at 64 MB (below {SLOW_LINK_BANDWIDTH_GBS:g})")
     if latency > SLOW_LINK_LATENCY_US:

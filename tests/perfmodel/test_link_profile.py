@@ -148,3 +148,52 @@ def test_probe_says_which_layout_the_measured_link_favours(tmp_path: Path, capsy
     nominal = next(cells for cells in prefill if "nominal" in cells[2])
     # At 3 GB/s PP=2 wins prefill-heavy traffic at C=128; at the nominal 22 GB/s TP=2 does.
     assert float(measured[-2]) > 1 > float(nominal[-2])
+
+
+# ---- the transport NCCL chose (deploy.link_probe.nccl_transport) ------------------------------------
+
+IB_LOG = [
+    "spark-a:123:456 [0] NCCL INFO NET/IB : Using [0]rocep1s0f1:1/RoCE [1]roceP2p1s0f1:1/RoCE [RO]; OOB enp1s0f1np1",
+    "spark-a:123:456 [0] NCCL INFO Using network IB",
+    "spark-a:123:456 [0] NCCL INFO Channel 00/0 : 0[0] -> 1[0] [send] via NET/IB/0",
+]
+SOCKET_LOG = [
+    "spark-a:123:456 [0] NCCL INFO NET/IB : No device found.",
+    "spark-a:123:456 [0] NCCL INFO NET/Socket : Using [0]enp1s0f1np1:192.168.100.10<0>",
+    "spark-a:123:456 [0] NCCL INFO Using network Socket",
+    "spark-a:123:456 [0] NCCL INFO Channel 00/0 : 0[0] -> 1[0] [send] via NET/Socket/0",
+]
+
+
+def _with_transport(transport: str, evidence: tuple[str, ...] = (), backend: str = "nccl"):
+    from deploy.link_probe import LinkSamples, Sample
+
+    fast = {op: (Sample(bytes=8192, microseconds=30, calls=1), Sample(bytes=2**26, microseconds=3000, calls=1))
+            for op in ("allreduce", "allgather", "p2p")}  # fmt: skip
+    return LinkSamples(date="2026-12-07", backend=backend, device="cuda", nodes=("a", "b"), results=fast,
+                       transport=transport, transport_evidence=evidence)  # fmt: skip
+
+
+def test_nccl_transport_reads_rdma_and_the_socket_fallback_from_the_log() -> None:
+    from deploy.link_probe import nccl_transport
+
+    transport, evidence = nccl_transport(IB_LOG)
+    assert transport == "NET/IB" and any("via NET/IB" in line for line in evidence)
+    assert nccl_transport(SOCKET_LOG)[0] == "NET/Socket"
+    assert nccl_transport(["NCCL INFO Channel 00 : 0[0] -> 1[1] via P2P/IPC"])[0] == "P2P"
+    assert nccl_transport([], {"NCCL_IB_DISABLE": "1"}) == ("NET/Socket", ("environment: NCCL_IB_DISABLE=1",))
+    assert nccl_transport(["NCCL INFO Bootstrap : Using eth0"]) == ("unknown", ())
+
+
+def test_a_socket_fallback_is_warned_about_even_on_a_fast_link() -> None:
+    from deploy.link_probe import slow_link_warning, socket_fallback_warning
+
+    fallback = _with_transport("NET/Socket", ("NCCL INFO Using network Socket",))
+    warning = socket_fallback_warning(fallback)
+    assert warning is not None and "NET/Socket" in warning and "NCCL_IB_HCA" in warning
+    assert "TCP sockets" in (slow_link_warning(fallback) or "")
+    assert (
+        socket_fallback_warning(_with_transport("NET/IB")) is None
+        and slow_link_warning(_with_transport("NET/IB")) is None
+    )
+    assert socket_fallback_warning(_with_transport("gloo/TCP", backend="gloo")) is None

@@ -124,14 +124,19 @@ def _crossover(hardware: HardwareProfile, workload: str, levels=(1, 8, 32, 64, 1
     return crossover
 
 
+def _without_build(name: str) -> HardwareProfile:
+    """The profile priced by bytes, FLOPs and the link alone (no engine build's kernel and host terms)."""
+    return load_hardware(name).model_copy(update={"default_build": None})
+
+
 def test_tp_pp_crossover_comes_from_the_link_bandwidth() -> None:
-    """On the healthy Spark pair (22 GB/s) TP=2 out-produces PP=2 at every concurrency for every
-    workload; at the 3 GB/s of a misconfigured pair prefill-heavy traffic flips to PP=2, and the
-    slower the link the earlier (docs/perfmodel.md, "TP vs PP")."""
-    pair = load_hardware("dgx-spark-pair")
+    """Link physics alone (no build terms): on the healthy Spark pair (22 GB/s) TP=2 out-produces
+    PP=2 at every concurrency for every workload; at the 3 GB/s of a misconfigured pair
+    prefill-heavy traffic flips to PP=2, and the slower the link the earlier."""
+    pair = _without_build("dgx-spark-pair")
     for workload in WORKLOADS:
         assert _crossover(pair, workload) is None, workload
-        assert _crossover(load_hardware("h100-sxm-node"), workload) is None, workload
+        assert _crossover(_without_build("h100-sxm-node"), workload) is None, workload
     flips = []
     for gbs in (6.0, 3.0, 1.5):
         slow = with_link(pair, 2, scaled_link(pair.inter_node_link, bandwidth=gbs / 22))
@@ -206,8 +211,8 @@ def test_cli_json_prints_one_object_per_layout_and_concurrency() -> None:
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.output.splitlines()]
     assert [(r["layout"], r["concurrency"]) for r in rows] == [
-        (layout, c) for layout in ("tp1-pp1", "tp2-pp1", "tp1-pp2") for c in (1, 32)
+        (layout, c) for layout in ("tp1-pp1", "tp2-pp1", "tp1-pp2", "tp2-pp1-ep") for c in (1, 32)
     ]
-    assert set(rows[0]) == {"layout", "tp", "pp", "concurrency", "ttft_ms", "tpot_ms", "output_tok_s", "fits"}
+    assert set(rows[0]) == {"layout", "tp", "pp", "ep", "concurrency", "ttft_ms", "tpot_ms", "output_tok_s", "fits"}
     unknown = CliRunner().invoke(app, ["predict", "--model", "nope"])
     assert unknown.exit_code == 2 and "gpt-oss-120b" in unknown.output

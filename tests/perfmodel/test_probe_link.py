@@ -45,13 +45,14 @@ def test_probe_writes_a_profile_that_predict_reads_and_flags_a_slow_link(two_nod
     assert run.returncode == 0, run.stdout + run.stderr
     samples = LinkSamples.model_validate_json(samples_file.read_text())
     assert samples.backend == "gloo" and len(samples.nodes) == 2
+    assert samples.transport == "gloo/TCP" and "transport: gloo/TCP" in run.stdout
     for op in ("allreduce", "allgather", "p2p"):
         assert [s.bytes for s in samples.results[op]] == [2**k for k in range(13, 27)]  # 8 KB .. 64 MB
 
     hardware = load_hardware(str(out))
     link = hardware.inter_node_link
     assert hardware.base == "dgx-spark-pair" and hardware.device == load_hardware("dgx-spark-pair").device
-    assert link.measured is not None and link.measured.backend == "gloo"
+    assert link.measured is not None and link.measured.backend == "gloo" and link.measured.transport == "gloo/TCP"
     assert samples.control_roundtrip_us is not None and link.control_roundtrip_us is not None
     assert [p.microseconds for p in link.allreduce.points] == [s.microseconds for s in samples.results["allreduce"]]
     # A loopback gloo link is far below the Spark pair's 22 GB/s: flagged, with causes.

@@ -103,6 +103,12 @@ def optimize_command(
             help="Performance-model profile, by name or file (tuner probe-link writes one); default: the cluster's."
         ),
     ] = None,
+    build: Annotated[
+        str | None,
+        typer.Option(
+            help="vLLM build the performance model prices (MoE kernels, host overlap); default: the hardware's."
+        ),
+    ] = None,
     evaluate: Annotated[
         str, typer.Option(help="model: the performance model (seconds); live: deploy and bench each trial.")
     ] = "model",
@@ -144,6 +150,7 @@ def optimize_command(
         model=model,
         cluster=cluster,
         hardware=hardware,
+        build=build,
         evaluate=evaluate,
         trials=trials,
         workload=workload,

@@ -15,6 +15,7 @@ Choosing what goes in the plan:
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -23,6 +24,9 @@ from deploy.plan import Placement, Replica, ServingPlan
 from gateway.config import RoutingSettings, TrafficClass
 from tuner.optimize.objectives import ClassObjective, Measurement
 from tuner.optimize.space import Candidate, SearchSpace
+
+if TYPE_CHECKING:
+    from tuner.perfmodel import Layout
 
 MEASURED = "measured"
 PREDICTED = "predicted"
@@ -61,11 +65,15 @@ def tuned_replica(template: ServingPlan, traffic_class: TrafficClass, candidate:
         strategy = "PACK"
     else:
         strategy = "STRICT_SPREAD" if workers <= cluster.nodes else "SPREAD"
+    extra = {k: v for k, v in base.engine.extra.items() if k != EXPERT_PARALLEL}
+    if layout.ep:
+        extra[EXPERT_PARALLEL] = True
     engine = base.engine.model_copy(
         update={
             "max_num_seqs": candidate.max_num_seqs,
             "max_num_batched_tokens": candidate.max_num_batched_tokens,
             "enable_chunked_prefill": candidate.enable_chunked_prefill,
+            "extra": extra,
             **({"gpu_memory_utilization": candidate.memory_share} if candidate.memory_share is not None else {}),
         }
     )
@@ -83,17 +91,30 @@ def tuned_replica(template: ServingPlan, traffic_class: TrafficClass, candidate:
     )
 
 
+EXPERT_PARALLEL = "enable_expert_parallel"
+"""vLLM's engine argument for expert parallelism (MoE layers split by experts over the TP ranks)."""
+
+
+def replica_layout(replica: Replica) -> Layout:
+    """The perf model's layout of a plan replica (expert parallel when its engine asks for it)."""
+    from tuner.perfmodel import Layout
+
+    return Layout(
+        tp=replica.tensor_parallel_size,
+        pp=replica.pipeline_parallel_size,
+        ep=bool(replica.engine.extra.get(EXPERT_PARALLEL)),
+    )
+
+
 def baseline_candidate(
     template: ServingPlan, traffic_class: TrafficClass, space: SearchSpace, default_tokens: int
 ) -> Candidate:
     """The template replica's settings as a point of the space (unset values as vLLM resolves them)."""
-    from tuner.perfmodel import Layout
-
     replica = template_replica(template, traffic_class)
     engine = replica.engine
     chunked = engine.enable_chunked_prefill is not False
     return Candidate(
-        layout=Layout(tp=replica.tensor_parallel_size, pp=replica.pipeline_parallel_size),
+        layout=replica_layout(replica),
         max_num_seqs=engine.max_num_seqs,
         enable_chunked_prefill=chunked,
         max_num_batched_tokens=(engine.max_num_batched_tokens or default_tokens) if chunked else space.max_model_len,

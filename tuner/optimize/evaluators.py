@@ -51,14 +51,17 @@ class ModelEvaluator:
 
     kind = "model"
 
-    def __init__(self, architecture: ModelArchitecture, hardware: HardwareProfile, workload: Workload) -> None:
-        self.architecture, self.hardware, self.workload = architecture, hardware, workload
+    def __init__(
+        self, architecture: ModelArchitecture, hardware: HardwareProfile, workload: Workload, build: str | None = None
+    ) -> None:
+        self.architecture, self.hardware, self.workload, self.build = architecture, hardware, workload, build
 
     def predict(self, candidate: Candidate, concurrency: int) -> Prediction:
         settings = EngineSettings(
             max_num_seqs=candidate.max_num_seqs,
             max_num_batched_tokens=candidate.max_num_batched_tokens,
             gpu_memory_utilization=candidate.memory_share or EngineSettings().gpu_memory_utilization,
+            build=self.build,
         )
         replica = build_replica(self.architecture, self.hardware, candidate.layout, self.workload, settings)
         return predict_replica(replica, self.workload, concurrency)

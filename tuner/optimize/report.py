@@ -18,11 +18,11 @@ CONCURRENCY_AXIS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 def _best_by_layout_kind(study: optuna.Study, space: SearchSpace) -> dict[str, optuna.trial.FrozenTrial]:
-    """The fastest completed batch trial with TP > 1 and the fastest with PP > 1."""
+    """The fastest completed batch trial of each multi-GPU kind: TP > 1, PP > 1, and EP."""
     best: dict[str, optuna.trial.FrozenTrial] = {}
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         layout = space.from_params(trial.params).layout
-        kind = "TP" if layout.tp > 1 else "PP" if layout.pp > 1 else None
+        kind = "EP" if layout.ep else "TP" if layout.tp > 1 else "PP" if layout.pp > 1 else None
         if kind and (kind not in best or trial.values[0] > best[kind].values[0]):
             best[kind] = trial
     return best

@@ -24,6 +24,9 @@ class OptimizeRequest(BaseModel):
         None,
         description="Performance-model profile (name or file, e.g. from tuner probe-link) instead of the cluster's.",
     )
+    build: str | None = Field(
+        None, description="vLLM build the model prices (tuner/perfmodel/data/builds.yaml); default: the hardware's."
+    )
     evaluate: Literal["model", "live"] = "model"
     trials: int = Field(40, ge=1, description="Trials per class (the study's total, counting resumed ones).")
     workload: str = "equal"

@@ -20,9 +20,10 @@ from optuna.trial import FrozenTrial
 
 from deploy.plan import Replica
 from gateway.config import RoutingSettings
+from tuner.optimize.compose import replica_layout
 from tuner.optimize.objectives import ClassObjective
 from tuner.optimize.study import make_sampler
-from tuner.perfmodel import EngineSettings, Layout
+from tuner.perfmodel import EngineSettings
 from tuner.perfmodel.simulate import BatchLoad, ClassSLO, InteractiveLoad, Scenario, SimReplica, SimResult, simulate
 from tuner.workloads import Workload
 
@@ -39,7 +40,7 @@ def _sim_replica(replica: Replica) -> SimReplica:
     return SimReplica(
         name=replica.name,
         traffic_class=replica.traffic_class,
-        layout=Layout(tp=replica.tensor_parallel_size, pp=replica.pipeline_parallel_size),
+        layout=replica_layout(replica),
         settings=EngineSettings(
             max_num_seqs=engine.max_num_seqs,
             max_num_batched_tokens=engine.max_num_batched_tokens,

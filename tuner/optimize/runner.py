@@ -44,6 +44,7 @@ from tuner.optimize.space import MEMORY_SHARE_STEP, MIN_MEMORY_SHARE, Candidate,
 from tuner.optimize.study import ClassStudy, make_sampler, open_study, recover_interrupted, study_name, warm_start
 from tuner.optimize.targets import ClusterTarget, ModelChoice, TargetError, resolve_model_choice, resolve_target
 from tuner.perfmodel import load_hardware
+from tuner.perfmodel.build import load_build
 from tuner.plan_fit import with_kv_budgets
 from tuner.workloads import get_workload
 
@@ -88,7 +89,8 @@ def search_spaces(
     if budget is not None:  # the other replica keeps at least MIN_MEMORY_SHARE; the top stays on the step grid
         steps = math.floor((budget - 2 * MIN_MEMORY_SHARE) / MEMORY_SHARE_STEP + 1e-9)
         shares = ShareRange(MIN_MEMORY_SHARE, round(MIN_MEMORY_SHARE + steps * MEMORY_SHARE_STEP, 4))
-    layouts = target.layouts()
+    architecture = model.architecture
+    layouts = target.layouts(moe=architecture is not None and architecture.is_moe)
     if predictor is not None:
         reasons: list[str] = []
         fitting = []
@@ -179,9 +181,11 @@ def optimize(request: OptimizeRequest, reporter: Reporter | None = None) -> Opti
     hardware_name = request.hardware or target.hardware
     try:
         hardware = load_hardware(hardware_name) if hardware_name else None
+        if request.build is not None:
+            load_build(request.build)  # an unknown build is bad input, named before any trial
     except ValueError as exc:
         raise TargetError(str(exc)) from None
-    predictor = ModelEvaluator(model.architecture, hardware, shape) if hardware is not None else None
+    predictor = ModelEvaluator(model.architecture, hardware, shape, request.build) if hardware is not None else None
     notes: list[str] = []
     if request.evaluate == "model" and predictor is None:
         raise TargetError(

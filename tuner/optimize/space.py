@@ -90,8 +90,10 @@ class Candidate:
 
 
 def layout_from_name(name: str) -> Layout:
-    tp, pp = name.removeprefix("tp").split("-pp")
-    return Layout(tp=int(tp), pp=int(pp))
+    """The layout `Layout.name` wrote: 'tp2-pp1', or 'tp2-pp1-ep' with expert parallelism."""
+    ep = name.endswith("-ep")
+    tp, pp = name.removeprefix("tp").removesuffix("-ep").split("-pp")
+    return Layout(tp=int(tp), pp=int(pp), ep=ep)
 
 
 @dataclass(frozen=True)

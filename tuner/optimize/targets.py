@@ -118,10 +118,14 @@ class ClusterTarget(BaseModel):
             return self.memory_budget
         return round(sum(r.engine.gpu_memory_utilization for r in template.replicas), 4)
 
-    def layouts(self) -> list[Layout]:
-        """Every (tp, pp) of powers of two whose workers the cluster has."""
+    def layouts(self, moe: bool = False) -> list[Layout]:
+        """Every (tp, pp) of powers of two whose workers the cluster has; for a MoE model on GPUs also
+        each TP layout with expert parallelism (vLLM's enable_expert_parallel over the TP ranks)."""
         sizes = [2**i for i in range(8) if 2**i <= self.cluster.devices]
-        return [Layout(tp=tp, pp=pp) for tp in sizes for pp in sizes if tp * pp <= self.cluster.devices]
+        layouts = [Layout(tp=tp, pp=pp) for tp in sizes for pp in sizes if tp * pp <= self.cluster.devices]
+        if moe and not self.cluster.is_cpu:
+            layouts += [layout.model_copy(update={"ep": True}) for layout in layouts if layout.tp > 1]
+        return layouts
 
 
 BUILT_IN_TARGETS: dict[str, ClusterTarget] = {

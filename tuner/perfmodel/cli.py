@@ -10,22 +10,27 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tuner.perfmodel.architecture import resolve_model
+from tuner.perfmodel.architecture import ModelArchitecture, resolve_model
+from tuner.perfmodel.build import known_builds
 from tuner.perfmodel.engine import EngineSettings, known_engines, load_engine
 from tuner.perfmodel.figures import save_figure
 from tuner.perfmodel.hardware import HardwareProfile, known_hardware, load_hardware
 from tuner.perfmodel.link_sweep_report import run_link_sweep
 from tuner.perfmodel.predict import Layout, Prediction, build_replica, predict_replica
+from tuner.perfmodel.terms import Term, replica_terms
 from tuner.workloads import WORKLOADS, Workload, get_workload
 
 predict_app = typer.Typer(help="Predict TP/PP latency and throughput from first principles (runs nothing).")
 
 
-def candidate_layouts(hardware: HardwareProfile) -> list[Layout]:
-    """The layouts worth comparing on a two-device budget: one device alone, TP=2, PP=2."""
+def candidate_layouts(hardware: HardwareProfile, model: ModelArchitecture | None = None) -> list[Layout]:
+    """The layouts worth comparing on a two-device budget: one device alone, TP=2, PP=2, and for a
+    MoE model EP=2 (vLLM's enable_expert_parallel over the two TP ranks)."""
     layouts = [Layout()]
     if hardware.devices >= 2:
         layouts += [Layout(tp=2), Layout(pp=2)]
+        if model is not None and model.is_moe:
+            layouts.append(Layout(tp=2, ep=True))
     return layouts
 
 
@@ -48,6 +53,16 @@ def predict_command(
     ] = "dgx-spark-pair",
     tp: Annotated[int | None, typer.Option(min=1, help="Tensor parallel size (omit both to compare layouts).")] = None,
     pp: Annotated[int | None, typer.Option(min=1, help="Pipeline parallel size.")] = None,
+    ep: Annotated[
+        bool, typer.Option("--ep", help="Expert parallel over the TP ranks (MoE models, with --tp).")
+    ] = False,
+    build: Annotated[
+        str | None,
+        typer.Option(
+            help=f"vLLM build: {', '.join(known_builds())}, or none for bytes, FLOPs and the link alone "
+            "(default: the hardware's default_build)."
+        ),
+    ] = None,
     workload: Annotated[str, typer.Option(help=f"Workload preset: {', '.join(WORKLOADS)}.")] = "equal",
     input_len: Annotated[int | None, typer.Option(min=1, help="Override the preset's prompt length.")] = None,
     output_len: Annotated[int | None, typer.Option(min=1, help="Override the preset's output length.")] = None,
@@ -76,11 +91,12 @@ def predict_command(
         raise typer.BadParameter(str(exc)) from None
     shape = Workload(input_len=input_len or preset.input_len, output_len=output_len or preset.output_len)
     levels = _concurrencies(concurrency)
-    layouts = candidate_layouts(hw) if tp is None and pp is None else [Layout(tp=tp or 1, pp=pp or 1)]
+    layouts = candidate_layouts(hw, arch) if tp is None and pp is None else [Layout(tp=tp or 1, pp=pp or 1, ep=ep)]
     settings = EngineSettings(
         gpu_memory_utilization=gpu_memory_utilization,
         max_num_seqs=max_num_seqs,
         max_num_batched_tokens=max_num_batched_tokens,
+        build=build,
     )
     if link_sweep:
         try:
@@ -89,12 +105,14 @@ def predict_command(
             raise typer.BadParameter(str(exc)) from None
         return
     results: dict[str, list[Prediction]] = {}
+    terms: dict[str, list[Term]] = {}
     for layout in layouts:
         try:
             replica = build_replica(arch, hw, layout, shape, settings, profile)
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from None
         results[layout.name] = [predict_replica(replica, shape, c) for c in levels]
+        terms[layout.name] = replica_terms(replica.steps)
     if as_json:
         for rows in results.values():
             for row in rows:
@@ -103,6 +121,7 @@ def predict_command(
         _print_table(results, f"{arch.name} on {hw.name}, {engine}, in {shape.input_len} / out {shape.output_len}")
         if len(results) > 1:
             _print_winners(results, levels)
+        _print_terms(terms)
     if plot is not None:
         _plot(results, plot, f"{arch.name} on {hw.name} ({shape.input_len}/{shape.output_len})")
 
@@ -156,6 +175,23 @@ def _print_winners(results: dict[str, list[Prediction]], levels: list[int]) -> N
         rate_ratio = _ratio(by_rate, lambda r: r.output_tok_s or 0.0, higher=True)
         ttft_ratio = _ratio(by_ttft, lambda r: r.ttft_ms or 0.0, higher=False)
         table.add_row(str(level), by_rate[0].layout, rate_ratio, by_ttft[0].layout, ttft_ratio)
+    Console().print(table)
+
+
+def _print_terms(terms: dict[str, list[Term]]) -> None:
+    """The build-dependent terms each layout was priced with, and where each figure comes from."""
+    if not any(terms.values()):
+        return
+    table = Table(title="Terms (docs/perfmodel.md, 'v3'); kind: how far to trust a figure")
+    for column in ("layout", "term", "value", "kind", "source"):
+        table.add_column(column, overflow="fold")
+    shown: set[tuple[str, str]] = set()
+    for layout, rows in terms.items():
+        for term in rows:
+            if (term.name, term.value) in shown:  # the same figure for every layout: print it once
+                continue
+            shown.add((term.name, term.value))
+            table.add_row(layout, term.name, term.value, term.kind, term.source)
     Console().print(table)
 
 

@@ -150,6 +150,7 @@ class LinkMeasurement(BaseModel):
     iterations: int = 0
     torch_version: str = ""
     nccl_version: str = ""
+    transport: str = Field("", description="NET/IB, NET/Socket, P2P, SHM (NCCL's log) or gloo/TCP.")
 
 
 class LinkProfile(BaseModel):

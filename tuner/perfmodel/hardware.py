@@ -52,6 +52,9 @@ class HardwareProfile(BaseModel):
     base: str | None = Field(
         None, description="The shipped profile whose nominal link a measured one is compared with (probe-link)."
     )
+    default_build: str | None = Field(
+        None, description="The vLLM build (data/builds.yaml) this hardware runs unless a replica names another."
+    )
     notes: tuple[str, ...] = ()
 
     @property

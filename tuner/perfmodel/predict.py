@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, Field
 
 from tuner.perfmodel.architecture import ModelArchitecture, resolve_model
+from tuner.perfmodel.build import EngineBuild, load_build
 from tuner.perfmodel.coresidence import load_coresidence
 from tuner.perfmodel.engine import EngineProfile, EngineSettings, ModelConstants, load_engine
 from tuner.perfmodel.hardware import HardwareProfile, load_hardware
@@ -39,10 +40,11 @@ class Layout(BaseModel):
 
     tp: int = Field(1, ge=1)
     pp: int = Field(1, ge=1)
+    ep: bool = Field(False, description="Expert parallel over the TP ranks (vLLM's enable_expert_parallel).")
 
     @property
     def name(self) -> str:
-        return f"tp{self.tp}-pp{self.pp}"
+        return f"tp{self.tp}-pp{self.pp}" + ("-ep" if self.ep else "")
 
 
 class Capacity(BaseModel):
@@ -69,6 +71,7 @@ class Prediction(BaseModel):
     layout: str
     tp: int
     pp: int
+    ep: bool = False
     concurrency: int
     fits: bool
     running: int
@@ -83,7 +86,7 @@ class Prediction(BaseModel):
     def as_row(self) -> dict[str, object]:
         """The flat record `tuner predict --json` prints."""
         return self.model_dump(
-            include={"layout", "tp", "pp", "concurrency", "ttft_ms", "tpot_ms", "output_tok_s", "fits"}
+            include={"layout", "tp", "pp", "ep", "concurrency", "ttft_ms", "tpot_ms", "output_tok_s", "fits"}
         )
 
 
@@ -150,7 +153,17 @@ def build_replica(
     settings = settings or EngineSettings()
     engine = engine or load_engine("vllm")
     constants = constants or ModelConstants()
-    steps = StepModel(model, hardware, engine, layout.tp, layout.pp, constants, enforce_eager=settings.enforce_eager)
+    steps = StepModel(
+        model,
+        hardware,
+        engine,
+        layout.tp,
+        layout.pp,
+        constants,
+        enforce_eager=settings.enforce_eager,
+        build=resolve_build(settings, hardware, engine),
+        ep=layout.ep,
+    )
     max_num_seqs, max_tokens = settings.resolved(hardware)
     # A step beside a busy co-resident replica: the measured slowdown of a latency-bound step next to
     # a decoding engine (tuner.perfmodel.coresidence), in proportion to how busy the other one is.
@@ -158,6 +171,22 @@ def build_replica(
     contention = 1.0 + settings.other_replica_busy * (slowed - 1.0)
     capacity = _capacity(steps, hardware, settings, engine, workload.input_len + workload.output_len)
     return ReplicaModel(steps, capacity, max_num_seqs, max_tokens, contention)
+
+
+NO_BUILD = "none"
+"""`EngineSettings.build` value that leaves the build's terms out (bytes, FLOPs and the link alone)."""
+
+
+def resolve_build(settings: EngineSettings, hardware: HardwareProfile, engine: EngineProfile) -> EngineBuild | None:
+    """The vLLM build a replica runs: the settings' own, else the hardware's default; 'none' prices bytes,
+    FLOPs and the link alone (the model before builds). Builds are vLLM builds: other engines (and vLLM
+    on hardware with no build on file) keep the build-free model."""
+    if engine.name != "vllm":
+        if settings.build not in (None, NO_BUILD):
+            raise ValueError(f"engine builds are vLLM builds; engine {engine.name!r} takes none")
+        return None
+    name = settings.build or hardware.default_build
+    return load_build(name) if name and name != NO_BUILD else None
 
 
 def _capacity(
@@ -188,9 +217,10 @@ def predict_replica(replica: ReplicaModel, workload: Workload, concurrency: int)
     """Steady-state closed-loop figures for an already-built replica (the tuner's fast path)."""
     steps = replica.steps
     common = dict(
-        layout=f"tp{steps.tp}-pp{steps.pp}",
+        layout=f"tp{steps.tp}-pp{steps.pp}" + ("-ep" if steps.ep else ""),
         tp=steps.tp,
         pp=steps.pp,
+        ep=steps.ep,
         concurrency=concurrency,
         max_concurrency=replica.max_running,
         weights_per_device_gb=round(replica.capacity.weights_gb, 3),

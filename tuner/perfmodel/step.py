@@ -25,6 +25,23 @@ TP splits every layer across ranks and adds two all-reduces of the step's activa
 (after attention and after the MLP), plus one for the vocab-parallel embedding and a gather of
 the logits. PP splits the layers into stages and adds a point-to-point hand-off of the
 activations between stages.
+
+With an engine build (`EngineBuild`, vLLM on a GPU) three more terms apply (docs/perfmodel.md, "v3"):
+
+  MoE kernels   a MoE layer takes max(touched expert bytes / bandwidth, decode pairs x pair cost):
+                the pair cost depends on the build's kernel backend and falls less than the shard
+                (tuner/perfmodel/moe.py), so TP, whose every rank sees every pair, keeps most of it
+                while PP and EP split the pairs between GPUs. Prefill chunks run the kernels as
+                GEMMs: the compute roofline holds them.
+  layer floor   a layer never takes less than the build's latency-bound floor: work every TP rank
+                replicates (router, top-k, alignment, norms), which PP splits by layers.
+  host          a + b x sequences of host time per step (tuner/perfmodel/host.py), serial after
+                the GPU's work where vLLM keeps one batch in flight (TP or EP over Ray), hidden
+                behind it where it keeps several (PP, async scheduling).
+
+Expert parallelism (`ep`, vLLM's enable_expert_parallel with TP ranks) keeps attention split as TP
+does and gives each rank whole experts, E / tp of them: the busiest rank sees its share of the
+pairs and touched experts times the routing imbalance (`ModelConstants.ep_imbalance`).
 """
 
 from __future__ import annotations
@@ -32,9 +49,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tuner.perfmodel.architecture import ModelArchitecture
+from tuner.perfmodel.build import EngineBuild
 from tuner.perfmodel.collectives import LinkProfile
 from tuner.perfmodel.engine import EngineProfile, ModelConstants
 from tuner.perfmodel.hardware import ComputeDtype, HardwareProfile
+from tuner.perfmodel.host import host_overlaps, load_host_costs
+from tuner.perfmodel.moe import load_moe_kernels
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,10 +97,15 @@ class StepModel:
         pp: int = 1,
         constants: ModelConstants | None = None,
         enforce_eager: bool = False,
+        build: EngineBuild | None = None,
+        ep: bool = False,
     ) -> None:
         if tp * pp > hardware.devices:
             raise ValueError(f"tp {tp} x pp {pp} needs {tp * pp} devices; {hardware.name} has {hardware.devices}")
+        if ep and (tp < 2 or not model.is_moe):
+            raise ValueError("expert parallelism needs a MoE model and tp >= 2 (vLLM's EP size is the TP size)")
         self.model, self.hardware, self.engine, self.tp, self.pp = model, hardware, engine, tp, pp
+        self.build, self.ep = build, ep
         self.constants = constants or ModelConstants()
         self.bandwidth = self.constants.achievable_bandwidth_gbs(hardware) * 1e9 * engine.bandwidth_efficiency.value
         peak = hardware.device.peak_tflops(_compute_dtype(model)) * 1e12
@@ -92,7 +117,8 @@ class StepModel:
         self.stages = model.stage_layers(pp)
         self._expert_inclusion = _expert_inclusion(model, self.constants.expert_popularity_skew.value)
         self._multi_token_overhead = engine.multi_token_layer_overhead_us.value * 1e-6
-        self._eager_overhead = engine.eager_layer_overhead_us.value * 1e-6 if enforce_eager else 0.0
+        eager = build.eager_layer_overhead_us if build is not None else engine.eager_layer_overhead_us
+        self._eager_overhead = eager.value * 1e-6 if enforce_eager else 0.0
         # A layout spanning nodes is driven through vLLM's Ray executor: each step's scheduler
         # output goes to the workers and their results come back across the link, once per step.
         spans_nodes = hardware.nodes_spanned(tp * pp) > 1
@@ -103,7 +129,27 @@ class StepModel:
             else 0.0
         )
         self._attention_bytes = model.attention_bytes(tp) + model.router_bytes
-        self._expert_bytes = model.expert_bytes(tp)
+        # Under EP a rank holds whole experts (E / tp of them); under TP a 1/tp slice of every one.
+        self._expert_split = 1 if ep else tp
+        self._expert_bytes = model.expert_bytes(self._expert_split)
+        self._expert_share = self.constants.ep_imbalance.value / tp if ep else 1.0
+        """Share of the step's pairs and touched experts the busiest rank works on."""
+        self.pair_seconds = 0.0
+        """Cost of one (token, expert) pair on a rank (0 without a build, or for a dense model)."""
+        self._layer_floor = 0.0
+        self._host = None
+        self.host_overlapped = True
+        """Whether the host's step time hides behind the GPU's (vLLM's max_concurrent_batches > 1)."""
+        if build is not None:
+            self._layer_floor = build.layer_floor_us.value * 1e-6
+            self._host = load_host_costs()
+            self.host_overlapped = host_overlaps(
+                pp, spans_nodes=hardware.nodes_spanned(tp * pp) > 1, async_scheduling=build.async_scheduling
+            )
+            if model.is_moe:
+                self.pair_seconds = load_moe_kernels().pair_seconds(
+                    build.moe_backend, model.expert_params / self._expert_split, hardware.device.peak_tflops("bf16")
+                )
         self._kv_token_bytes = model.kv_bytes_per_token_layer(tp)
         self._dense_params = (model.attention_params + model.router_params) / tp
         self._expert_params = model.expert_params / tp
@@ -131,7 +177,13 @@ class StepModel:
         """Time of one layer on one device: the larger of its memory time and compute time, plus
         the engine's launch overhead when a multi-token step runs without CUDA graphs."""
         m = self.model
-        weight_bytes = self._attention_bytes + self.distinct_experts(batch.tokens) * self._expert_bytes
+        expert_bytes = self.distinct_experts(batch.tokens) * self._expert_share * self._expert_bytes
+        moe_seconds = 0.0
+        if self.pair_seconds:  # the MoE kernel: its bytes, or its decode pairs' work, whichever is longer
+            pairs = batch.decode_tokens * m.experts_per_token * self._expert_share
+            moe_seconds = max(expert_bytes / self.bandwidth, pairs * self.pair_seconds)
+            expert_bytes = 0.0
+        weight_bytes = self._attention_bytes + expert_bytes
         window = float(m.sliding_window) if sliding and m.sliding_window else float("inf")
         decode_attended = min(batch.decode_context, window)
         prefill_attended = min(batch.prefill_context, window)
@@ -147,7 +199,8 @@ class StepModel:
         prefill_flops = batch.prefill_tokens * (2 * active + self._score_flops * max(prefill_mean_attended, 0.0))
         compute = decode_flops / self.decode_flops_rate + prefill_flops / self.prefill_flops_rate
         launches = (self._multi_token_overhead if batch.tokens > 1 else 0.0) + self._eager_overhead
-        return max((weight_bytes + kv_bytes) / self.bandwidth, compute) + launches
+        device = max(max((weight_bytes + kv_bytes) / self.bandwidth, compute) + moe_seconds, self._layer_floor)
+        return device + launches
 
     # ---- one stage ------------------------------------------------------------------------------
 
@@ -202,7 +255,16 @@ class StepModel:
             sum(times) + (self.pp - 1) * self.handoff_seconds(b.tokens)
             for times, b in zip(per_batch, micro_batches, strict=True)
         )
-        return max(busiest_stage, longest_pass)
+        device = max(busiest_stage, longest_pass)
+        host = self.host_seconds(micro_batches)
+        return max(device, host) if self.host_overlapped else device + host
+
+    def host_seconds(self, micro_batches: list[StepBatch]) -> float:
+        """The engine core's host time for one cycle (one step per micro-batch); 0 without a build."""
+        if self._host is None:
+            return 0.0
+        device = self.hardware.device.name
+        return sum(self._host.step_seconds(b.sampled, device) for b in micro_batches)
 
 
 def _expert_inclusion(model: ModelArchitecture, skew: float) -> tuple[float, ...]:

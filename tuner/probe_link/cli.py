@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from deploy.link_probe import DEFAULT_SIZES, LinkSamples, probe_cluster, probe_local
+from deploy.link_probe import DEFAULT_SIZES, LinkSamples, probe_cluster, probe_local, socket_fallback_warning
 from deploy.stack import RayConnection
 from tuner.perfmodel.architecture import resolve_model
 from tuner.perfmodel.collectives import LinkProfile
@@ -143,6 +143,11 @@ def _print_table(samples: LinkSamples, link: LinkProfile, check: LinkCheck) -> N
     console.print(f"all-reduce model: {regimes}")
     if samples.environment:
         console.print("environment: " + " ".join(f"{k}={v}" for k, v in samples.environment.items()))
+    evidence = f" ({samples.transport_evidence[0]})" if samples.transport_evidence else ""
+    console.print(f"transport: {samples.transport or 'unknown'}{evidence}")
+    fallback = socket_fallback_warning(samples)
+    if fallback is not None:
+        console.print(f"[yellow]warning:[/yellow] {fallback}")
 
 
 def _print_verdict(check: LinkCheck, base: str) -> None:

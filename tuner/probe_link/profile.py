@@ -77,6 +77,7 @@ def measured_link(samples: LinkSamples, name: str | None = None) -> LinkProfile:
             environment=samples.environment,
             torch_version=samples.torch_version,
             nccl_version=samples.nccl_version,
+            transport=samples.transport,
         ),
     )
 
