@@ -53,18 +53,23 @@ SIM_DURATION_S = 900.0
 
 
 def arbitration_scenarios(
-    plan: ServingPlan, chat: str, batch: str, duration_s: float, hardware: str = "dgx-spark-pair"
+    plan: ServingPlan,
+    chat: str | InteractiveLoad | None,
+    batch: str,
+    duration_s: float,
+    hardware: str = "dgx-spark-pair",
 ) -> dict[str, Scenario]:
     """The mixed scenario and its two references ("interactive-only", "batch-only") for a plan's
-    replicas under the named chat and batch loads."""
-    if chat not in CHAT_LOADS:
+    replicas under a chat load (a name in CHAT_LOADS, a load, or None: the plan-sized one of the
+    routing benchmark) and the named batch load."""
+    if isinstance(chat, str) and chat not in CHAT_LOADS:
         raise ValueError(f"unknown chat load {chat!r}; choose one of {sorted(CHAT_LOADS)}")
     if batch not in BATCH_LOADS:
         raise ValueError(f"unknown batch load {batch!r}; choose one of {sorted(BATCH_LOADS)}")
     base = simulated_scenarios(plan, duration_s, hardware=hardware)  # batch at half the replica's capacity
     rate = base["steady"].batch.rate_per_s * BATCH_LOADS[batch] / 0.5
     stream = base["steady"].batch.model_copy(update={"rate_per_s": rate})
-    users = CHAT_LOADS[chat]
+    users = CHAT_LOADS[chat] if isinstance(chat, str) else chat or base["steady"].interactive
     return {
         "mixed": base["steady"].model_copy(update={"interactive": users, "batch": stream}),
         "interactive-only": base["interactive-only"].model_copy(update={"interactive": users}),
@@ -115,6 +120,7 @@ def point(
     *,
     fraction: float = 1.0,
     settle_s: float | None = None,
+    hold_s: float | None = None,
     freeze_max_s: float | None = None,
     batch_tokens: int | None = None,
 ) -> ArbitrationPoint:
@@ -123,6 +129,8 @@ def point(
     update["batch_yield_fraction"] = fraction if mode in ("admission", "bounded") else 1.0
     if settle_s is not None:
         update["batch_yield_settle_s"] = settle_s
+    if hold_s is not None:
+        update["batch_yield_max_hold_s"] = hold_s
     if freeze_max_s is not None:
         update["freeze_max_s"] = freeze_max_s
     routing = RoutingSettings.model_validate(base.model_dump() | update)
