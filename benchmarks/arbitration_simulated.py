@@ -35,7 +35,13 @@ from typing import Any
 from deploy.plan import load_plan, shipped_plan
 from gateway.config import RoutingSettings
 from gateway.policy import POLICIES
-from tuner.optimize.arbitration_search import BATCH_LOADS, arbitration_scenarios, point, with_batch_budget
+from tuner.optimize.arbitration_search import (
+    BATCH_LOADS,
+    CAP_HOLD_S,
+    arbitration_scenarios,
+    point,
+    with_batch_budget,
+)
 from tuner.perfmodel.simulate import InteractiveLoad, Scenario, SimResult, replica_models, simulate
 from tuner.policy_eval.scenarios import plan_routing
 from tuner.workloads import get_workload
@@ -51,7 +57,7 @@ ship 128-256 and 16384): a freeze takes effect after the step in flight, so a ch
 starts one waits for a batch step, and a smaller batch makes that step shorter."""
 BOUNDED_BUDGETS = (512, 1024, 2048)
 """The batch engine's step budgets of the bounded-step rows (the Spark plans ship 16384)."""
-BOUNDED_CAP = {"fraction": 0.0625, "settle_s": 5.0, "hold_s": 3600.0}
+BOUNDED_CAP = {"fraction": 0.0625, "settle_s": 5.0, "hold_s": CAP_HOLD_S}
 """The bounded step's batch cap: 1/16 of the batch class's concurrency while chat is around, lifted
 5 s after chat goes idle, never cut by the yield's starvation bound (the cap is above zero, so batch
 is never starved by it; the freeze's own bound still applies)."""

@@ -48,6 +48,10 @@ STEP_BUDGETS = (256, 512, 1024, 2048, 4096, 8192, 16384)
 CAP_FRACTIONS = (0.03125, 0.0625, 0.125, 0.25, 0.5)
 CAP_SETTLES_S = (0.5, 5.0, 30.0, 120.0)
 FREEZE_MAX_S = (10.0, 20.0, 30.0, 60.0)
+CAP_HOLD_S = 3600.0
+"""The cap is never cut by the yield's starvation bound (batch_yield_max_hold_s): a cap above zero
+starves nothing, and a cut let the batch engine fill up again within seconds (simulated: the cap
+with the default 30 s bound held batch at its full 256 sequences most of the time)."""
 TTFT_TARGET, TPOT_TARGET, BATCH_FLOOR = 1.5, 1.1, 0.9
 SIM_DURATION_S = 900.0
 
@@ -153,6 +157,7 @@ def _suggest(trial: optuna.Trial, base: RoutingSettings, min_tokens: int) -> Arb
         base,
         fraction=trial.suggest_categorical("cap_fraction", list(CAP_FRACTIONS)),
         settle_s=trial.suggest_categorical("cap_settle_s", list(CAP_SETTLES_S)),
+        hold_s=CAP_HOLD_S,
         freeze_max_s=freeze_max_s,
         batch_tokens=trial.suggest_categorical("batch_tokens", budgets),
     )
