@@ -5,6 +5,7 @@ in the same run (each class alone on its replica), with the measured co-residenc
 
     .venv/bin/python benchmarks/arbitration_simulated.py [--duration 300] [--seeds 3] [--models ...]
         [--loads plan 20:60 ...] [--batch-load half|saturating]
+        [--combine RESULTS.json ...]   (one chart and table from runs made per model, e.g. in parallel)
 
 Per model and chat load (its shipped Spark plan; batch "half": the routing benchmark's steady mix,
 batch arriving at half what the batch replica completes alone, or "saturating": 1.25x of it, more
@@ -129,7 +130,7 @@ def model_report(
     model: str, duration_s: float, seeds: int, load: dict[str, float], batch_load: str
 ) -> dict[str, object]:
     plan = load_plan(shipped_plan(f"{model}.dgx-spark-pair"))
-    chat = InteractiveLoad(shape=get_workload("chat"), **load) if load else None  # type: ignore[arg-type]
+    chat = InteractiveLoad(shape=get_workload("chat"), **load) if load else None
     scenarios = arbitration_scenarios(plan, chat, batch_load, duration_s)
     base = plan_routing(plan).model_copy(update={"policy": "class-aware"})
     alone_i = run(scenarios["interactive-only"], base.model_copy(update={"policy": "all-interactive"}), seeds)
@@ -277,12 +278,18 @@ def main() -> None:
     parser.add_argument("--batch-load", choices=sorted(BATCH_LOADS), default="half")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--chart", type=Path, default=CHART)
+    parser.add_argument(
+        "--combine", type=Path, nargs="+", help="simulate nothing: combine these results files (runs per model)"
+    )
     args = parser.parse_args()
-    reports = [
-        model_report(model, args.duration, args.seeds, load, args.batch_load)
-        for load in args.loads
-        for model in args.models
-    ]
+    if args.combine:
+        reports = [report for path in args.combine for report in json.loads(path.read_text())]
+    else:
+        reports = [
+            model_report(model, args.duration, args.seeds, load, args.batch_load)
+            for load in args.loads
+            for model in args.models
+        ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(reports, indent=1) + "\n")
     plot(reports, args.chart)

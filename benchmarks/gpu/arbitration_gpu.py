@@ -35,14 +35,18 @@ import contextlib
 import json
 import platform
 import re
+import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from benchmarks.arbitration_live import Chat, busy_share, chat, pause_resume_latency, set_routing
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/: its scripts import by file name
+from arbitration_live import Chat, busy_share, chat, pause_resume_latency, set_routing
+
 from gateway.engine_pause import PAUSE_PATH, RESUME_PATH
 from tuner.percentiles import percentile
 
@@ -150,7 +154,7 @@ async def batch_worker(
 
 
 @contextlib.asynccontextmanager
-async def flooding(client: httpx.AsyncClient, args: argparse.Namespace, flood: Flood):  # type: ignore[no-untyped-def]
+async def flooding(client: httpx.AsyncClient, args: argparse.Namespace, flood: Flood) -> AsyncIterator[None]:
     body = {
         "model": args.model,
         "prompt": " ".join(["hello"] * args.batch_in),
