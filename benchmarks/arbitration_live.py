@@ -37,9 +37,6 @@ from typing import Any
 import httpx
 import orjson
 
-from deploy.plan import load_plan
-from deploy.ports import free_port
-from deploy.stack import running_stack
 from gateway.engine_pause import PAUSE_PATH, RESUME_PATH
 from tuner.percentiles import percentile
 
@@ -77,15 +74,15 @@ class Flood:
     tokens: int = 0
 
 
-async def chat(client: httpx.AsyncClient, url: str, model: str) -> Chat:
-    """One streamed chat of 64 tokens. Its first token is the first event with a choice (vLLM sends
+async def chat(client: httpx.AsyncClient, url: str, model: str, max_tokens: int = 64, prompt: str = PROMPT) -> Chat:
+    """One streamed chat of `max_tokens` tokens. Its first token is the first event with a choice (vLLM sends
     it once the prompt is processed; the demo model's first tokens often decode to no text), and its
     token count is the usage the server reports (events can arrive several at a time)."""
     record = Chat(time.monotonic())
     body = {
         "model": model,
-        "messages": [{"role": "user", "content": PROMPT}],
-        "max_tokens": 64,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
         "stream": True,
         "stream_options": {"include_usage": True},
         "ignore_eos": True,
@@ -287,6 +284,10 @@ async def measure(
 
 
 def main() -> None:
+    from deploy.plan import load_plan  # the stack's modules (Ray): only where this script starts stacks
+    from deploy.ports import free_port
+    from deploy.stack import running_stack
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--plans", nargs="+", default=["deploy/plans/cpu-demo.yaml", "benchmarks/plans/cpu-roles-swapped.yaml"]

@@ -4,19 +4,24 @@ in the same run (each class alone on its replica), with the measured co-residenc
 (tuner/perfmodel/data/coresidence/, from benchmarks/coresidence/ on an H200).
 
     .venv/bin/python benchmarks/arbitration_simulated.py [--duration 300] [--seeds 3] [--models ...]
-        [--loads plan 20:60 ...]
+        [--loads plan 20:60 ...] [--batch-load half|saturating]
+        [--combine RESULTS.json ...]   (one chart and table from runs made per model, e.g. in parallel)
 
-Per model and chat load (its shipped Spark plan, the routing benchmark's steady mix: batch at half
-what the batch replica completes alone; chat users "plan": half as many as the interactive replica
-has slots, thinking 2 s between turns, or "USERS:THINK_S", e.g. 20:60 for a team of twenty that
-reads each answer for a minute on average):
+Per model and chat load (its shipped Spark plan; batch "half": the routing benchmark's steady mix,
+batch arriving at half what the batch replica completes alone, or "saturating": 1.25x of it, more
+than it can complete (tuner.optimize.arbitration_search.BATCH_LOADS); chat users "plan": half as
+many as the interactive replica has slots, thinking 2 s between turns, or "USERS:THINK_S", e.g.
+20:120 for a team of twenty that reads each answer for two minutes on average):
   references   interactive-only (all-interactive) and batch-only (all-batch)
   settings     class-aware with arbitration off, admission yielding (fraction 0, the default hold),
-               freeze at the default bound, and freeze along a sweep of (freeze_max_s, release_s)
+               freeze at the default bound, and freeze along a sweep of (freeze_max_s, release_s);
+               the bounded step (issue 23): freeze + a batch cap while chat is around + the batch
+               engine's step budget (max_num_batched_tokens), at BOUNDED_BUDGETS
   baselines    the other routing policies, arbitration off
-Targets (issue 13): interactive TTFT p99 <= 1.2x alone; batch tok/s >= 0.9 x alone x (1 - the
-interactive busy share alone); goodput (both classes' requests/s within their SLOs) >= every
-baseline's. Writes benchmarks/results/arbitration-simulated.json and docs/img/arbitration-frontier.png.
+Targets (issue 23): interactive TTFT p99 <= 1.5x and TPOT p50 <= 1.1x alone; batch tok/s >= 0.9 x
+alone x (1 - the interactive busy share alone); goodput (both classes' requests/s within their
+SLOs) is reported against the best baseline. Writes benchmarks/results/arbitration-simulated.json
+(or --out) and docs/img/arbitration-frontier.png (or --chart).
 """
 
 from __future__ import annotations
@@ -31,8 +36,16 @@ from typing import Any
 from deploy.plan import load_plan, shipped_plan
 from gateway.config import RoutingSettings
 from gateway.policy import POLICIES
-from tuner.perfmodel.simulate import Scenario, SimResult, replica_models, simulate
-from tuner.policy_eval.scenarios import plan_routing, simulated_scenarios
+from tuner.optimize.arbitration_search import (
+    BATCH_LOADS,
+    CAP_HOLD_S,
+    arbitration_scenarios,
+    point,
+    with_batch_budget,
+)
+from tuner.perfmodel.simulate import InteractiveLoad, Scenario, SimResult, replica_models, simulate
+from tuner.policy_eval.scenarios import plan_routing
+from tuner.workloads import get_workload
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "arbitration-simulated.json"
@@ -43,6 +56,13 @@ BATCH_STEPS = ((64, 4096), (32, 2048), (16, 1024))
 """The batch engine's (max_num_seqs, max_num_batched_tokens) tried with the freeze (the Spark plans
 ship 128-256 and 16384): a freeze takes effect after the step in flight, so a chat request that
 starts one waits for a batch step, and a smaller batch makes that step shorter."""
+BOUNDED_BUDGETS = (512, 1024, 2048)
+"""The batch engine's step budgets of the bounded-step rows (the Spark plans ship 16384)."""
+BOUNDED_CAP = {"fraction": 0.0625, "settle_s": 5.0, "hold_s": CAP_HOLD_S}
+"""The bounded step's batch cap: 1/16 of the batch class's concurrency while chat is around, lifted
+5 s after chat goes idle, never cut by the yield's starvation bound (the cap is above zero, so batch
+is never starved by it; the freeze's own bound still applies)."""
+BOUNDED_FREEZE_MAX_S = (10.0, 30.0)
 
 
 def mean_of(results: Sequence[SimResult], read: Callable[[SimResult], float | None]) -> float:
@@ -54,6 +74,7 @@ def summary(results: Sequence[SimResult]) -> dict[str, float]:
     return {
         "interactive_ttft_p99_ms": mean_of(results, lambda r: r.classes["interactive"].ttft_p99_ms),
         "interactive_tpot_p50_ms": mean_of(results, lambda r: r.classes["interactive"].tpot_p50_ms),
+        "batch_step_p99_ms": mean_of(results, lambda r: r.batch_step_p99_ms),
         "batch_tok_s": mean_of(results, lambda r: r.classes["batch"].output_tok_s),
         "batch_failed": mean_of(results, lambda r: r.classes["batch"].failed),
         "goodput_req_s": mean_of(
@@ -105,16 +126,16 @@ def batch_step_ms(scenario: Scenario) -> dict[str, float]:
     }
 
 
-def model_report(model: str, duration_s: float, seeds: int, load: dict[str, float]) -> dict[str, object]:
+def model_report(
+    model: str, duration_s: float, seeds: int, load: dict[str, float], batch_load: str
+) -> dict[str, object]:
     plan = load_plan(shipped_plan(f"{model}.dgx-spark-pair"))
-    scenarios = simulated_scenarios(plan, duration_s)
-    for name in ("steady", "interactive-only"):  # a chat load other than the plan-sized one
-        chat = scenarios[name].interactive.model_copy(update=load)
-        scenarios[name] = scenarios[name].model_copy(update={"interactive": chat})
+    chat = InteractiveLoad(shape=get_workload("chat"), **load) if load else None
+    scenarios = arbitration_scenarios(plan, chat, batch_load, duration_s)
     base = plan_routing(plan).model_copy(update={"policy": "class-aware"})
     alone_i = run(scenarios["interactive-only"], base.model_copy(update={"policy": "all-interactive"}), seeds)
     alone_b = run(scenarios["batch-only"], base.model_copy(update={"policy": "all-batch"}), seeds)
-    steady = scenarios["steady"]
+    steady = scenarios["mixed"]
     settings: dict[str, RoutingSettings] = {
         "off": base,
         "admission yielding": base.model_copy(update={"batch_yield_fraction": 0.0}),
@@ -130,6 +151,14 @@ def model_report(model: str, duration_s: float, seeds: int, load: dict[str, floa
         smaller = with_batch_step(steady, seqs, tokens)
         rows[f"freeze, batch of {seqs}"] = run(smaller, settings["freeze"], seeds)
         steps[f"batch of {seqs}"] = batch_step_ms(smaller)
+    for max_s in BOUNDED_FREEZE_MAX_S:
+        for tokens in BOUNDED_BUDGETS:
+            bounded = point("bounded", base, freeze_max_s=max_s, batch_tokens=tokens, **BOUNDED_CAP)
+            rows[f"bounded {max_s:g}/2.5, budget {tokens}"] = run(
+                with_batch_budget(steady, tokens), bounded.routing, seeds
+            )
+    for tokens in BOUNDED_BUDGETS:
+        steps[f"budget {tokens}"] = batch_step_ms(with_batch_budget(steady, tokens))
     baselines = {
         name: run(steady, base.model_copy(update={"policy": name}), seeds) for name in POLICIES if name != "class-aware"
     }
@@ -138,16 +167,18 @@ def model_report(model: str, duration_s: float, seeds: int, load: dict[str, floa
     best_baseline = max(baselines.items(), key=lambda kv: kv[1]["goodput_req_s"])
     for row in rows.values():
         row["ttft_p99_vs_alone"] = row["interactive_ttft_p99_ms"] / alone_i["interactive_ttft_p99_ms"]
+        row["tpot_p50_vs_alone"] = row["interactive_tpot_p50_ms"] / alone_i["interactive_tpot_p50_ms"]
         row["batch_vs_alone"] = row["batch_tok_s"] / alone_b["batch_tok_s"]
         row["batch_vs_floor"] = row["batch_tok_s"] / batch_floor if batch_floor > 0 else float("inf")
         row["goodput_vs_best_baseline"] = row["goodput_req_s"] / best_baseline[1]["goodput_req_s"]
     return {
         "model": model,
         "plan": f"{model}.dgx-spark-pair",
-        "users": scenarios["steady"].interactive.users,
-        "think_time_s": scenarios["steady"].interactive.think_time_s,
+        "users": steady.interactive.users,
+        "think_time_s": steady.interactive.think_time_s,
         "duration_s": duration_s,
         "seeds": seeds,
+        "batch_load": batch_load,
         "alone": {"interactive": alone_i, "batch": alone_b},
         "interactive_busy_alone": busy,
         "batch_floor_tok_s": batch_floor,
@@ -174,20 +205,22 @@ def markdown(report: dict[str, object]) -> str:
     rows = report["settings"]
     assert isinstance(rows, dict)
     lines = [
-        f"**{report['model']}**, {report['users']} chat users thinking {report['think_time_s']:g} s "
+        f"**{report['model']}**, {report['users']} chat users thinking {report['think_time_s']:g} s, "
+        f"batch {report['batch_load']} "
         f"(interactive busy share alone {report['interactive_busy_alone']:.2f}; "
         f"best baseline by goodput: {report['best_baseline']})",
         "",
         steps_line(report),
         "",
-        "| class-aware, arbitration | int. TTFT p99 / alone | batch tok/s / alone | batch / floor | "
-        "goodput / best baseline | batch frozen | forced resumes |",
-        "|---|---|---|---|---|---|---|",
+        "| class-aware, arbitration | int. TTFT p99 / alone | int. TPOT p50 / alone | batch tok/s / alone | "
+        "batch / floor | goodput / best baseline | batch frozen | forced resumes | batch step p99 |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in rows.items():
         lines.append(
-            f"| {name} | {r['ttft_p99_vs_alone']:.2f}x | {r['batch_vs_alone']:.2f}x | {r['batch_vs_floor']:.2f}x | "
-            f"{r['goodput_vs_best_baseline']:.2f}x | {r['batch_frozen']:.2f} | {r['forced_resumes']:.0f} |"
+            f"| {name} | {r['ttft_p99_vs_alone']:.2f}x | {r['tpot_p50_vs_alone']:.2f}x | {r['batch_vs_alone']:.2f}x | "
+            f"{r['batch_vs_floor']:.2f}x | {r['goodput_vs_best_baseline']:.2f}x | {r['batch_frozen']:.2f} | "
+            f"{r['forced_resumes']:.0f} | {r['batch_step_p99_ms']:.0f} ms |"
         )
     return "\n".join(lines)
 
@@ -214,16 +247,18 @@ def plot(reports: Sequence[dict[str, object]], path: Path) -> None:
         assert isinstance(rows, dict)
         curve(ax, rows, "freeze ", "o-", "freeze, along the starvation bound (max/release s)")
         curve(ax, rows, "freeze, batch of ", "d--", "freeze 10/2.5, a smaller batch step (max_num_seqs)")
+        curve(ax, rows, "bounded ", "v-.", "bounded step: freeze + batch cap + step budget")
         for name, marker in (("off", "s"), ("admission yielding", "^"), ("freeze", "*")):
             r = rows[name]
             ax.plot(r["batch_vs_alone"], r["ttft_p99_vs_alone"], marker, markersize=10, label=name)
         busy = float(report["interactive_busy_alone"])  # type: ignore[arg-type]
-        ax.axhline(1.2, color="grey", linestyle="--", linewidth=0.8, label="TTFT target 1.2x")
+        ax.axhline(1.5, color="grey", linestyle="--", linewidth=0.8, label="TTFT target 1.5x")
         ax.axvline(0.9 * (1 - busy), color="grey", linestyle=":", linewidth=0.8, label="batch floor")
         ax.set_xlabel("batch output tok/s / batch alone")
         ax.set_ylabel("interactive TTFT p99 / interactive alone")
         ax.set_title(
-            f"{report['model']}, {report['users']} chat users thinking {report['think_time_s']:g} s, simulated Spark pair",
+            f"{report['model']}, {report['users']} chat users thinking {report['think_time_s']:g} s, "
+            f"batch {report['batch_load']}, simulated Spark pair",
             fontsize=9,
         )
         ax.legend(fontsize=7)
@@ -240,14 +275,27 @@ def main() -> None:
     parser.add_argument(
         "--loads", type=chat_load, nargs="+", default=[{}], help="chat loads: plan, or USERS:THINK_S (e.g. 20:60)"
     )
+    parser.add_argument("--batch-load", choices=sorted(BATCH_LOADS), default="half")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--chart", type=Path, default=CHART)
+    parser.add_argument(
+        "--combine", type=Path, nargs="+", help="simulate nothing: combine these results files (runs per model)"
+    )
     args = parser.parse_args()
-    reports = [model_report(model, args.duration, args.seeds, load) for load in args.loads for model in args.models]
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(reports, indent=1) + "\n")
-    plot(reports, CHART)
+    if args.combine:
+        reports = [report for path in args.combine for report in json.loads(path.read_text())]
+    else:
+        reports = [
+            model_report(model, args.duration, args.seeds, load, args.batch_load)
+            for load in args.loads
+            for model in args.models
+        ]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(reports, indent=1) + "\n")
+    plot(reports, args.chart)
     for report in reports:
         print(markdown(report), end="\n\n")
-    print(f"results: {RESULTS.relative_to(ROOT)}, chart: {CHART.relative_to(ROOT)}")
+    print(f"results: {args.out}, chart: {args.chart}")
 
 
 if __name__ == "__main__":

@@ -59,7 +59,19 @@ class EngineArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_num_seqs: int = Field(64, ge=1)
-    max_num_batched_tokens: int | None = Field(None, ge=1)
+    max_num_batched_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Tokens one engine step may schedule (decode tokens and prompt chunks): the step budget. "
+        "On a batch engine co-resident with an interactive one it bounds the step a freeze waits for "
+        "(docs/routing.md, bounded step).",
+    )
+    long_prefill_token_threshold: int | None = Field(
+        None,
+        ge=1,
+        description="Most prompt tokens one request may prefill in a step (vLLM's chunk cap per request; "
+        "None: vLLM's default). Only where the installed vLLM has this argument.",
+    )
     max_model_len: int | None = Field(None, ge=16)
     gpu_memory_utilization: float = Field(0.45, gt=0, le=1)
     enable_chunked_prefill: bool | None = None
@@ -100,6 +112,31 @@ class EngineArgs(BaseModel):
         typed = set(self.extra) & (set(type(self).model_fields) - {"extra"})
         if typed:
             raise ValueError(f"engine.extra repeats typed field(s) {sorted(typed)}: set them directly")
+        return self
+
+    @model_validator(mode="after")
+    def _step_budget_is_consistent(self) -> EngineArgs:
+        """vLLM's own rules for the step budget, said before an engine starts (vLLM 0.32,
+        vllm/config/scheduler.py: the budget must hold one decode token per sequence)."""
+        budget = self.max_num_batched_tokens
+        if budget is not None and budget < self.max_num_seqs:
+            raise ValueError(
+                f"max_num_batched_tokens ({budget}) is below max_num_seqs ({self.max_num_seqs}): a step must have "
+                "room for one decode token per running sequence; raise the budget or lower max_num_seqs"
+            )
+        threshold = self.long_prefill_token_threshold
+        if threshold is not None:
+            if budget is not None and threshold > budget:
+                raise ValueError(
+                    f"long_prefill_token_threshold ({threshold}) is above max_num_batched_tokens ({budget}): "
+                    "no step can prefill more than its budget; lower it or leave it unset"
+                )
+            known = vllm_engine_argument_names()
+            if known is not None and "long_prefill_token_threshold" not in known:
+                raise ValueError(
+                    "long_prefill_token_threshold: the installed vLLM has no such argument; leave it unset "
+                    "and bound the step with max_num_batched_tokens"
+                )
         return self
 
     def to_vllm_kwargs(self) -> dict[str, Any]:

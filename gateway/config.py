@@ -105,8 +105,10 @@ class RoutingSettings(BaseModel):
         1.0,
         ge=0,
         le=1,
-        description="While interactive requests are in flight, batch may have at most this fraction of its "
-        "max_concurrency in flight (0: no new batch request starts); 1: batch never yields. See gateway.policy.batch_yield.",
+        description="While interactive requests are in flight (and batch_yield_settle_s after), batch may have at "
+        "most this fraction of its max_concurrency in flight (0: no new batch request starts); 1: batch never "
+        "yields. See gateway.policy.batch_yield. With gpu_arbitration 'freeze' it is the bounded step's batch cap: "
+        "fewer batch sequences make the batch step a freeze waits for shorter (docs/routing.md).",
     )
     batch_yield_settle_s: float = Field(
         2.0, ge=0, description="A hold ends once interactive has had nothing in flight for this long (hysteresis)."
@@ -121,7 +123,8 @@ class RoutingSettings(BaseModel):
         "admission",
         description="How replicas that share devices share them (gateway.arbitration). 'admission': only batch "
         "yielding at admission, by batch_yield_fraction (1: off). 'freeze': the batch engine is paused in place "
-        "(requests and KV cache kept) while interactive work runs beside it, within the freeze_* bounds.",
+        "(requests and KV cache kept) while interactive work runs beside it, within the freeze_* bounds; with "
+        "batch_yield_fraction below 1 as well, batch admissions are capped too (the bounded step).",
     )
     freeze_settle_s: float = Field(
         0.5, ge=0, description="A freeze ends once interactive work beside the batch replica has been gone this long."
@@ -144,15 +147,6 @@ class RoutingSettings(BaseModel):
     def _policy_is_known(self) -> RoutingSettings:
         if self.policy not in POLICY_NAMES:
             raise ValueError(f"unknown routing policy {self.policy!r}; choose one of {sorted(POLICY_NAMES)}")
-        return self
-
-    @model_validator(mode="after")
-    def _one_arbitration(self) -> RoutingSettings:
-        if self.gpu_arbitration == "freeze" and self.batch_yield_fraction < 1:
-            raise ValueError(
-                "gpu_arbitration 'freeze' and batch yielding (batch_yield_fraction below 1) exclude each other: "
-                "a frozen engine keeps new batch requests queued by itself; set batch_yield_fraction to 1"
-            )
         return self
 
     @model_validator(mode="after")

@@ -38,6 +38,7 @@ class LoadBoard:
         self._stats = {r.name: _ReplicaStats(r) for r in replicas}
         self._misses_to_mark_down = probe_misses_to_mark_down
         self._listeners: list[Callable[[], None]] = []
+        self._back: asyncio.Event | None = None  # set when a replica is found answering again
 
     def snapshot(self, exclude: frozenset[str] = frozenset()) -> list[ReplicaLoad]:
         return [
@@ -88,6 +89,24 @@ class LoadBoard:
     def in_flight(self, replica: str) -> int:
         return self._stats[replica].in_flight
 
+    async def wait_for_a_replica(self, deadline_at: float) -> bool:
+        """While every replica is out of routing, wait until a poll finds one answering again or
+        the loop's clock reaches `deadline_at`. True only if one came back while waiting (False if
+        one was in routing already: nothing to wait for). Batch work waits here instead of failing:
+        on a loaded machine a generating engine answers its load probe seconds late, and a few
+        misses in a row took both busy engines out of routing (issue 23)."""
+        if any(s.healthy for s in self._stats.values()):
+            return False
+        while not any(s.healthy for s in self._stats.values()):
+            if self._back is None or self._back.is_set():
+                self._back = asyncio.Event()
+            try:
+                async with asyncio.timeout_at(deadline_at):
+                    await self._back.wait()
+            except TimeoutError:
+                return False
+        return True
+
     async def poll_once(self, backends: Mapping[str, Backend]) -> None:
         await asyncio.gather(*(self._poll(name, backends[name]) for name in self._stats))
 
@@ -113,6 +132,8 @@ class LoadBoard:
             return
         if not stats.healthy:
             log.info("replica %s is answering again", name)
+            if self._back is not None:
+                self._back.set()
         stats.healthy = True
         stats.probes_missed = 0
         stats.polled_at = time.monotonic()

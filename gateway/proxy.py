@@ -283,10 +283,12 @@ class GenerationProxy:
         while True:
             try:
                 decision = self._route(body, features, traffic_class, failed)
-            except GatewayError:
-                if not failed:
-                    raise
-                raise _every_replica_failed(last_failure) from None
+            except GatewayError as exc:
+                if failed:
+                    raise _every_replica_failed(last_failure) from None
+                if exc.status == 503 and await self._wait_for_a_replica(traffic_class, deadlines):
+                    continue
+                raise
             exchange.replica = decision.replica
             payload = self._payload(body, decision, features.stream)
             board = self._router.board
@@ -326,6 +328,18 @@ class GenerationProxy:
                 finally:
                     await upstream.aclose()
             return
+
+    async def _wait_for_a_replica(self, traffic_class: TrafficClass, deadlines: Deadlines) -> bool:
+        """A batch request that finds no replica in routing waits for one, as it would for a slot in
+        its class queue (queue_timeout_s, within its total deadline), instead of failing at once:
+        replicas leave routing when their load probe is refused or late, which a busy engine on a
+        loaded machine can be for seconds. Interactive requests fail at once (503 + Retry-After),
+        as a person is waiting. True: a replica is in routing again, route anew."""
+        if traffic_class != "batch":
+            return False
+        wait_s = self._router.settings.limits[traffic_class].queue_timeout_s
+        deadline_at = min(asyncio.get_running_loop().time() + wait_s, deadlines.total_at)
+        return await self._router.board.wait_for_a_replica(deadline_at)
 
     def _deadline_error(self, exchange: _Exchange, kind: DeadlineKind) -> GatewayError:
         """Count a deadline that fired before the answer's headers went out, as the error to send."""

@@ -57,6 +57,7 @@ class FakeUpstream:
     completed: list[str] = field(default_factory=list)
     record: bool = True
     serves_tokenize: bool = True  # vLLM's /tokenize; off: a server without it
+    metrics_status: int = 200  # another status: the load probe fails (the replica leaves routing)
     active: int = 0
     _failures: list[InjectedFailure] = field(default_factory=list)
     port: int = 0
@@ -145,6 +146,8 @@ class FakeUpstream:
         return _json({"object": "list", "data": [card]})
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        if self.metrics_status != 200:
+            return web.Response(status=self.metrics_status, text="unavailable")
         running = min(self.active, self.max_num_seqs)
         labels = f'{{engine="0",model_name="{self.model}"}}'
         text = (

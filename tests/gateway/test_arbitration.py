@@ -8,6 +8,7 @@ from deploy.builder import gateway_config
 from deploy.plan import SHIPPED_PLANS_DIR, load_plan
 from gateway.arbitration import Arbitration, HoldTimers, ReplicaWork, arbitrate, frozen_share
 from gateway.config import RoutingSettings
+from gateway.policy import YieldState, batch_limits, batch_yield
 
 FREEZE = RoutingSettings(gpu_arbitration="freeze", freeze_settle_s=0.5, freeze_max_s=10.0, freeze_release_s=2.5)
 
@@ -125,7 +126,6 @@ def test_next_change_names_the_timer_to_set() -> None:
     "bad",
     [
         {"gpu_arbitration": "pause"},
-        {"gpu_arbitration": "freeze", "batch_yield_fraction": 0.5},
         {"freeze_max_s": 0},
         {"freeze_release_s": 0},
         {"freeze_lease_s": 0},
@@ -135,6 +135,20 @@ def test_next_change_names_the_timer_to_set() -> None:
 def test_arbitration_settings_that_could_starve_or_conflict_are_refused(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         RoutingSettings(**bad)  # type: ignore[arg-type]
+
+
+def test_bounded_step_caps_batch_admissions_while_the_freeze_runs() -> None:
+    """Freeze and batch yielding combine (the bounded step): while interactive work is active the
+    batch class is held to its cap as well as frozen, so the batch step in flight when the next
+    chat lands is short; the cap lifts batch_yield_settle_s after interactive work ends."""
+    bounded = RoutingSettings(gpu_arbitration="freeze", batch_yield_fraction=0.125, batch_yield_settle_s=5)
+    limits = bounded.limits["batch"].model_copy(update={"max_concurrency": 256})
+    held = batch_yield(1, 0.0, bounded, YieldState())
+    assert held.holding and batch_limits(limits, bounded, held).max_concurrency == 32
+    idle = batch_yield(0, 1.0, bounded, held)  # interactive gone at 1 s
+    assert batch_yield(0, 5.9, bounded, idle).holding  # within the settle
+    assert not batch_yield(0, 6.0, bounded, idle).holding
+    assert arbitrate(pair(1), 0.0, bounded, Arbitration()).frozen == {"pp"}
 
 
 def test_every_shipped_plan_shares_its_devices_and_ships_the_measured_default() -> None:

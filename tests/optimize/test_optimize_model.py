@@ -20,7 +20,7 @@ from tuner.perfmodel import load_hardware
 from tuner.workloads import get_workload
 
 runner = CliRunner()
-FAST = dict(trials=16, routing_trials=4)
+FAST = dict(trials=16, routing_trials=4, arbitration_trials=0)
 
 
 def _request(tmp_path: Path, **overrides: object) -> OptimizeRequest:
@@ -47,6 +47,21 @@ def test_model_run_writes_a_valid_plan_that_respects_memory_and_slos(tmp_path: P
     assert routing.spill_release_threshold < routing.spill_queue_threshold
     assert result.report_path is not None and result.report_path.read_text().startswith("# tuner optimize")
     assert (result.report_path.parent / "llama-3.1-8b.dgx-spark-pair.report.png").stat().st_size > 10_000
+
+
+def test_co_resident_plan_gets_the_arbitration_mode_the_study_chose(tmp_path: Path) -> None:
+    """The replicas share the Spark pair's GPUs: the arbitration study runs, and the plan carries its
+    choice (the gateway's mode and cap, and the batch engine's step budget in bounded mode)."""
+    result = optimize(_request(tmp_path, trials=8, routing_trials=0, arbitration_trials=3))
+    plan = load_plan(result.plan_path)
+    info = result.routing["arbitration"]
+    assert isinstance(info, dict) and info["study"] == "llama-3.1-8b.dgx-spark-pair.arbitration"
+    routing = plan.gateway.routing
+    expected = "freeze" if info["mode"] in ("freeze", "bounded") else "admission"
+    assert routing.gpu_arbitration == expected
+    assert (routing.batch_yield_fraction < 1) == (info["mode"] in ("admission", "bounded"))
+    assert info["batch_load"] == "saturating" and info["chat_load"] == "team"
+    assert ("GPU arbitration" in " ".join(result.notes)) == (not info["meets_targets"])
 
 
 def test_same_seed_same_result(tmp_path: Path) -> None:

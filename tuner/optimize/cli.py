@@ -128,6 +128,15 @@ def optimize_command(
     routing_trials: Annotated[
         int, typer.Option(min=0, help="Simulated trials for the spill thresholds (0: keep the template's).")
     ] = 20,
+    arbitration_trials: Annotated[
+        int,
+        typer.Option(
+            min=0, help="Simulated trials for GPU arbitration of co-resident replicas (0: keep the template's)."
+        ),
+    ] = 24,
+    arbitration_batch_load: Annotated[
+        str, typer.Option(help="Batch load the arbitration study runs beside the chat team: saturating or half.")
+    ] = "saturating",
     warm_start: Annotated[int, typer.Option(min=0, help="Live: model-ranked points tried first.")] = 2,
     live_requests: Annotated[int, typer.Option(min=1, help="Live: measured requests per trial (at most).")] = 64,
     live_duration: Annotated[
@@ -162,6 +171,8 @@ def optimize_command(
         out=out,
         seed=seed,
         routing_trials=routing_trials,
+        arbitration_trials=arbitration_trials,
+        arbitration_batch_load=arbitration_batch_load,
         warm_start=warm_start,
         live_requests=live_requests,
         live_duration_s=live_duration,

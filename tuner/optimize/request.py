@@ -38,6 +38,11 @@ class OptimizeRequest(BaseModel):
     out: Path = Path("plans")
     seed: int = 0
     routing_trials: int = Field(20, ge=0)
+    arbitration_trials: int = Field(
+        24, ge=0, description="Simulated trials for GPU arbitration of co-resident replicas (0: keep the template's)."
+    )
+    arbitration_chat_load: str = Field("team", description="Named chat load of the arbitration study.")
+    arbitration_batch_load: str = Field("saturating", description="Named batch load of the arbitration study.")
     warm_start: int = Field(2, ge=0, description="Model-ranked points queued first in a live study.")
     live_requests: int = Field(64, ge=1, description="Measured requests per live trial (at most).")
     live_duration_s: float = Field(60.0, gt=0, description="Longest measured phase of a live trial.")

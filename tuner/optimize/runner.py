@@ -24,6 +24,8 @@ from optuna.trial import FrozenTrial, TrialState
 from deploy.plan import Replica, ServingPlan, dump_plan
 from gateway.config import TRAFFIC_CLASSES, RoutingSettings, TrafficClass
 from tuner.bench import WorkloadSpec
+from tuner.optimize.arbitration_search import SIM_DURATION_S as ARBITRATION_SIM_S
+from tuner.optimize.arbitration_search import arbitration_scenarios, tune_arbitration
 from tuner.optimize.compose import (
     INFEASIBLE,
     PREDICTED,
@@ -262,8 +264,13 @@ def optimize(request: OptimizeRequest, reporter: Reporter | None = None) -> Opti
     routing_notes = routing_info.pop("notes", [])
     if isinstance(routing_notes, list):  # _tune_routing's notes for the report
         notes.extend(str(note) for note in routing_notes)
+    plan = compose_plan(template, replicas, routing)
+    plan, routing_info["arbitration"], arbitration_notes = _tune_arbitration(
+        request, model, target, plan, predictor, reporter
+    )
+    notes.extend(arbitration_notes)
     # Each GPU replica's KV budget from its share: co-resident engines then start without profiling memory.
-    plan = with_kv_budgets(compose_plan(template, replicas, routing), model.architecture)
+    plan = with_kv_budgets(plan, model.architecture)
     plan_path = request.out / f"{model.key}.{target.name}.yaml"
     dump_plan(plan, plan_path, header=_plan_header(request, model, target))
     result = OptimizeResult(
@@ -332,6 +339,67 @@ def _tune_routing(
     return tuned, {"tuned": best is not None, "study": name, "interactive_goodput_req_s": goodput, **_thresholds(tuned)}
 
 
+def _tune_arbitration(
+    request: OptimizeRequest,
+    model: ModelChoice,
+    target: ClusterTarget,
+    plan: ServingPlan,
+    predictor: ModelEvaluator | None,
+    reporter: Reporter,
+) -> tuple[ServingPlan, dict[str, object], list[str]]:
+    """For co-resident replicas, the arbitration mode and its settings (tuner.optimize.arbitration_search)
+    set in the plan: the gateway's routing and the batch engine's step budget."""
+    from deploy.builder import device_group  # imports Ray: only where a plan is tuned
+
+    hardware = request.hardware or target.hardware
+    if device_group(plan) is None:
+        return plan, {"tuned": False}, ["the replicas share no devices: no GPU arbitration to tune"]
+    if predictor is None or hardware is None or request.arbitration_trials == 0:
+        why = "no performance-model profile" if predictor is None else "--arbitration-trials 0"
+        return plan, {"tuned": False}, [f"GPU arbitration kept from the template ({why})"]
+    scenarios = arbitration_scenarios(
+        plan, request.arbitration_chat_load, request.arbitration_batch_load, ARBITRATION_SIM_S, hardware
+    )
+    reporter.phase("arbitration (simulated)", request.arbitration_trials)
+    name = study_name(model.key, target.name, "arbitration")
+    chosen, outcome, trial = tune_arbitration(
+        name,
+        request.storage,
+        scenarios,
+        plan.gateway.routing,
+        request.arbitration_trials,
+        request.seed,
+        callbacks=[lambda s, t: reporter.trial("arbitration (simulated)", t)],
+    )
+    replicas = [
+        r.model_copy(update={"engine": r.engine.model_copy(update={"max_num_batched_tokens": chosen.batch_tokens})})
+        if r.traffic_class == "batch" and chosen.batch_tokens is not None
+        else r
+        for r in plan.replicas
+    ]
+    gateway = plan.gateway.model_copy(update={"routing": chosen.routing})
+    info: dict[str, object] = {
+        "tuned": trial is not None,
+        "study": name,
+        "chat_load": request.arbitration_chat_load,
+        "batch_load": request.arbitration_batch_load,
+        "mode": chosen.mode,
+        "settings": chosen.label(),
+        "meets_targets": outcome.meets_targets,
+        "ttft_p99_vs_alone": outcome.ttft_p99,
+        "tpot_p50_vs_alone": outcome.tpot_p50,
+        "batch_vs_floor": outcome.batch_vs_floor,
+    }
+    notes = []
+    if not outcome.meets_targets:
+        notes.append(
+            f"GPU arbitration ({chosen.label()}): chat TTFT p99 {outcome.ttft_p99:.2f}x / TPOT p50 "
+            f"{outcome.tpot_p50:.2f}x alone, batch {outcome.batch_vs_floor:.2f}x its floor (simulated): "
+            "not every target of issue 23 is met"
+        )
+    return plan.model_copy(update={"replicas": replicas, "gateway": gateway}), info, notes
+
+
 def _thresholds(routing: RoutingSettings) -> dict[str, object]:
     return routing.model_dump(
         include={
@@ -348,5 +416,5 @@ def _plan_header(request: OptimizeRequest, model: ModelChoice, target: ClusterTa
     return (
         f"Written by `tuner optimize --model {request.model} --cluster {request.cluster} --evaluate {request.evaluate} "
         f"--trials {request.trials} --workload {request.workload} --seed {request.seed}`.\n"
-        f"Studies: {request.storage} ({model.key}.{target.name}.interactive|batch|routing); report beside this file."
+        f"Studies: {request.storage} ({model.key}.{target.name}.interactive|batch|routing|arbitration); report beside this file."
     )

@@ -66,6 +66,9 @@ class SimReplica(BaseModel):
     layout: Layout
     settings: EngineSettings = EngineSettings(gpu_memory_utilization=0.45)
     accepts_priority: bool = False
+    long_prefill_token_threshold: int | None = Field(
+        None, ge=1, description="Most prompt tokens one request prefills in a cycle (vLLM's argument); None: no cap."
+    )
 
 
 class InteractiveLoad(BaseModel):
@@ -168,6 +171,10 @@ class SimResult(BaseModel):
     largest over batch replicas)."""
     forced_resumes: int = 0
     """Freezes ended by the starvation bound (freeze_max_s) while interactive work went on."""
+    batch_step_p50_ms: float | None = None
+    batch_step_p99_ms: float | None = None
+    """The batch replicas' cycles as they ran (co-residence slowdown included): a freeze takes
+    effect when the one in flight ends, so these bound what a chat request landing on one waits."""
 
 
 # ---- simulation ---------------------------------------------------------------------------------------
@@ -224,6 +231,9 @@ class _Replica:
     """The prompt chunks the cycle in progress prefills."""
     slowdown: float = 1.0
     """The contention factor the cycle in progress runs at now."""
+    cycle_start: float = 0.0
+    cycle_seconds: list[float] = field(default_factory=list)
+    """How long each finished cycle took."""
     busy_since: float | None = None
     busy_total: float = 0.0
 
@@ -353,10 +363,11 @@ class _Simulation:
             replica.busy_since = self.now
         decoding = [r for r in replica.running if r.prefilled >= r.shape.input_len]
         room = max(1, replica.model.max_num_batched_tokens - len(decoding))
+        per_request = replica.spec.long_prefill_token_threshold or room
         chunks: list[tuple[_Request, int]] = []
         for request in replica.running:
             if room and request.prefilled < request.shape.input_len:
-                chunk = min(room, request.shape.input_len - request.prefilled)
+                chunk = min(room, per_request, request.shape.input_len - request.prefilled)
                 chunks.append((request, chunk))
                 room -= chunk
         prefill = sum(chunk for _, chunk in chunks)
@@ -364,6 +375,7 @@ class _Simulation:
         context = sum(r.shape.input_len + r.generated for r in decoding) / len(decoding) if decoding else 0.0
         seconds = replica.model.cycle_seconds(len(decoding), context, prefill, reached, max(len(chunks), 1))
         replica.cycle_chunks = tuple(chunks)
+        replica.cycle_start = self.now
         replica.slowdown = self._slowdown(replica)
         self._schedule_cycle(replica, self.now + seconds * replica.slowdown)
         self._rebalance()
@@ -400,6 +412,7 @@ class _Simulation:
         if cycle_id != replica.cycle_id or not replica.healthy:
             return  # the replica failed, or the cycle was re-timed, after this event was set
         replica.cycle_end = None
+        replica.cycle_seconds.append(self.now - replica.cycle_start)
         chunks = {id(request): chunk for request, chunk in replica.cycle_chunks}
         for request in list(replica.running):
             if id(request) in chunks:
@@ -549,6 +562,9 @@ class _Simulation:
             if hold.holding:
                 self.frozen_total[name] = self.frozen_total.get(name, 0.0) + duration - hold.since
         busy = {n: r.busy_total / duration for n, r in self.replicas.items()}
+        batch_steps = [
+            1e3 * t for r in self.replicas.values() if r.spec.traffic_class == "batch" for t in r.cycle_seconds
+        ]
         return SimResult(
             policy=self.settings.policy,
             seed=self.seed,
@@ -562,6 +578,8 @@ class _Simulation:
             batch_held_fraction=self.held_total / duration,
             batch_frozen_fraction=max(self.frozen_total.values(), default=0.0) / duration,
             forced_resumes=self.forced_resumes,
+            batch_step_p50_ms=percentile_or_none(batch_steps, 50),
+            batch_step_p99_ms=percentile_or_none(batch_steps, 99),
         )
 
 

@@ -1,0 +1,69 @@
+"""The arbitration study (issue 23): each mode's settings, the references, and what is kept."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from deploy.plan import load_plan, shipped_plan
+from gateway.config import RoutingSettings
+from tuner.optimize.arbitration_search import (
+    CAP_HOLD_S,
+    References,
+    _suggest,
+    arbitration_scenarios,
+    tune_arbitration,
+    with_batch_budget,
+)
+
+PLAN = load_plan(shipped_plan("llama-3.1-8b.dgx-spark-pair"))
+
+
+def test_each_mode_sets_only_its_own_settings() -> None:
+    base = RoutingSettings(batch_yield_fraction=0.5)
+    off = _suggest(optuna.trial.FixedTrial({"mode": "off"}), base, 256)
+    assert (off.routing.gpu_arbitration, off.routing.batch_yield_fraction, off.batch_tokens) == ("admission", 1.0, None)
+    freeze = _suggest(optuna.trial.FixedTrial({"mode": "freeze", "freeze_max_s": 30.0}), base, 256)
+    assert (freeze.routing.gpu_arbitration, freeze.routing.batch_yield_fraction) == ("freeze", 1.0)
+    assert freeze.routing.freeze_max_s == 30.0 and freeze.batch_tokens is None
+    params = {"mode": "bounded", "freeze_max_s": 10.0, "cap_fraction": 0.0625, "cap_settle_s": 5.0, "batch_tokens": 512}
+    bounded = _suggest(optuna.trial.FixedTrial(params), base, 256)
+    r = bounded.routing
+    assert (r.gpu_arbitration, r.batch_yield_fraction, r.batch_yield_settle_s) == ("freeze", 0.0625, 5.0)
+    assert r.batch_yield_max_hold_s == CAP_HOLD_S and bounded.batch_tokens == 512
+    assert "step budget 512" in bounded.label()
+
+
+def test_a_budget_below_the_batch_size_is_never_tried() -> None:
+    """vLLM refuses a step budget below max_num_seqs (deploy.plan checks it too)."""
+    params = {"mode": "bounded", "freeze_max_s": 10.0, "cap_fraction": 0.0625, "cap_settle_s": 5.0, "batch_tokens": 256}
+    with pytest.raises(ValueError):
+        _suggest(optuna.trial.FixedTrial(params), RoutingSettings(), 512)
+
+
+def test_named_loads_and_the_budget_reach_the_scenarios() -> None:
+    scenarios = arbitration_scenarios(PLAN, "team", "saturating", 60)
+    half = arbitration_scenarios(PLAN, "team", "half", 60)
+    assert scenarios["mixed"].interactive.users == 20 and scenarios["mixed"].interactive.think_time_s == 120
+    assert scenarios["mixed"].batch.rate_per_s == pytest.approx(2.5 * half["mixed"].batch.rate_per_s)
+    assert scenarios["batch-only"].interactive.users == 0 and scenarios["interactive-only"].batch.rate_per_s == 0
+    budgeted = with_batch_budget(scenarios["mixed"], 1024)
+    assert {r.traffic_class: r.settings.max_num_batched_tokens for r in budgeted.replicas}["batch"] == 1024
+    with pytest.raises(ValueError, match="unknown batch load"):
+        arbitration_scenarios(PLAN, "team", "flood", 60)
+
+
+def test_the_study_starts_from_off_and_keeps_a_point_that_keeps_the_batch_floor() -> None:
+    scenarios = arbitration_scenarios(PLAN, "team", "saturating", 240)
+    base = RoutingSettings.model_validate(PLAN.gateway.routing.model_dump())
+    storage = optuna.storages.InMemoryStorage()
+    kept, outcome, trial = tune_arbitration("t.arbitration", storage, scenarios, base, n_trials=4, seed=1)
+    study = optuna.load_study(study_name="t.arbitration", storage=storage)
+    assert study.trials[0].params == {"mode": "off"}
+    assert all(set(t.constraints) == {"tpot_p50_over_target", "batch_under_floor"} for t in study.trials)
+    if trial is not None:
+        assert trial.constraints["batch_under_floor"] <= 0  # the batch floor is kept
+        assert kept == _suggest(optuna.trial.FixedTrial(trial.params), base, 256)
+        assert outcome.ttft_p99 == pytest.approx(trial.value)
+    refs = References.of(scenarios, base, 1)
+    assert 0 < refs.interactive_busy < 1 and refs.batch_floor_tok_s < refs.batch_tok_s
