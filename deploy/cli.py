@@ -31,7 +31,7 @@ from rich.console import Console
 from deploy.plan import PlanError, ServingPlan, load_plan, parse_plan, shipped_plan
 from deploy.start_time import start_time_hint
 from gateway.auth import exposure_warning
-from gateway.cli import serve
+from gateway.cli import keys_app, serve, usage
 from gateway.config import describe_fields
 
 if TYPE_CHECKING:
@@ -256,6 +256,8 @@ def down(address: AddressOption = None) -> None:
 
 
 app.command()(serve)
+app.command("usage")(usage)
+app.add_typer(keys_app, name="keys")
 
 
 if __name__ == "__main__":
