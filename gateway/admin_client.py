@@ -31,9 +31,7 @@ class AdminError(RuntimeError):
 
 
 class AdminClient:
-    def __init__(
-        self, url: str, admin_key: str | None, ca_file: Path | None = None, timeout_s: float = 30.0
-    ) -> None:
+    def __init__(self, url: str, admin_key: str | None, ca_file: Path | None = None, timeout_s: float = 30.0) -> None:
         self.root = url.rstrip("/").removesuffix("/v1")
         self._admin_key = admin_key
         self._timeout_s = timeout_s

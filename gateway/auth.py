@@ -67,9 +67,7 @@ class Client:
         if self.tokens_per_minute is None:
             return
         per_second = self.tokens_per_minute / 60.0
-        self._token_budget = min(
-            self.tokens_per_minute, self._token_budget + (now - self._budget_at) * per_second
-        )
+        self._token_budget = min(self.tokens_per_minute, self._token_budget + (now - self._budget_at) * per_second)
         self._budget_at = now
         if self._token_budget <= 0:
             wait = max(1, math.ceil(-self._token_budget / per_second))
@@ -84,9 +82,7 @@ class Client:
         if self.tokens_per_minute is not None and tokens > 0:
             now = time.monotonic()
             per_second = self.tokens_per_minute / 60.0
-            self._token_budget = min(
-                self.tokens_per_minute, self._token_budget + (now - self._budget_at) * per_second
-            )
+            self._token_budget = min(self.tokens_per_minute, self._token_budget + (now - self._budget_at) * per_second)
             self._budget_at = now
             self._token_budget -= tokens
 

@@ -178,11 +178,31 @@ def keys_list(url: UrlOption = DEFAULT_URL, cacert: CaOption = None, fmt: Format
     """Every key by name, where it comes from, its limits and expiry (never a secret)."""
     client = _client(url, cacert)
     keys = _admin(lambda: client.call("GET", "/admin/keys"))["data"]
-    columns = ("name", "source", "prefix", "admin", "default_class", "requests_per_minute", "tokens_per_minute",
-               "max_concurrent", "expires_at", "created_at")
+    columns = (
+        "name",
+        "source",
+        "prefix",
+        "admin",
+        "default_class",
+        "requests_per_minute",
+        "tokens_per_minute",
+        "max_concurrent",
+        "expires_at",
+        "created_at",
+    )
     rows = [[k.get(c) for c in columns] for k in keys]
-    titles = ("name", "source", "starts with", "admin", "class", "req/min", "tok/min", "concurrent", "expires",
-              "created")
+    titles = (
+        "name",
+        "source",
+        "starts with",
+        "admin",
+        "class",
+        "req/min",
+        "tok/min",
+        "concurrent",
+        "expires",
+        "created",
+    )
     _print_rows(fmt, columns, rows, titles, times={"expires_at", "created_at"}, what="keys")
 
 

@@ -176,7 +176,8 @@ class KeyAdmin:
             )
         if client.admin and not any(c.admin for c in others):
             raise GatewayError(
-                409, f"{name!r} is the last admin key: without one nobody could manage keys; add another admin key first"
+                409,
+                f"{name!r} is the last admin key: without one nobody could manage keys; add another admin key first",
             )
         info = self._info(client)
         store.delete_key(name)

@@ -23,6 +23,7 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gateway.sqlite_schema import migrate
 
@@ -202,6 +203,6 @@ class StateStore:
         return [UsageRow(*row) for row in rows]
 
 
-def _key_of(row: tuple[object, ...]) -> StoredKey:
+def _key_of(row: tuple[Any, ...]) -> StoredKey:
     name, digest, prefix, admin, *rest = row
-    return StoredKey(name, bytes(digest), prefix, bool(admin), *rest)  # type: ignore[arg-type]
+    return StoredKey(name, bytes(digest), prefix, bool(admin), *rest)

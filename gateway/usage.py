@@ -80,8 +80,10 @@ class UsageLedger:
             pending, self._pending = self._pending, {}
             if not pending:
                 return
-            rows = [UsageRow(key, model, cls, c.requests, c.prompt_tokens, c.completion_tokens, c.errors, hour)
-                    for (hour, key, model, cls), c in pending.items()]
+            rows = [
+                UsageRow(key, model, cls, c.requests, c.prompt_tokens, c.completion_tokens, c.errors, hour)
+                for (hour, key, model, cls), c in pending.items()
+            ]
             try:
                 await asyncio.to_thread(self.store.add_usage, rows)
             except BaseException:

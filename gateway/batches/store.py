@@ -28,7 +28,6 @@ from typing import IO, Any, Protocol
 
 import orjson
 
-from gateway.sqlite_schema import SchemaTooNew, migrate
 from gateway.batches.objects import (
     UNFINISHED,
     BatchError,
@@ -39,6 +38,7 @@ from gateway.batches.objects import (
     FileObject,
     new_id,
 )
+from gateway.sqlite_schema import SchemaTooNew, migrate
 
 # Migration 1 is the schema of the first release, whose databases have no version (0): IF NOT
 # EXISTS lets it apply to them as well as to a new database (gateway.sqlite_schema).
@@ -77,6 +77,7 @@ CREATE TABLE IF NOT EXISTS lines (
 CREATE INDEX IF NOT EXISTS lines_pending ON lines (batch_id, done, line_no);
 """,
 )
+SCHEMA_VERSION = len(_MIGRATIONS)
 
 
 _CHUNK = 500  # lines per write transaction and per page read

@@ -188,9 +188,7 @@ def test_stored_keys_outlive_a_restart_and_are_stored_hashed(
     assert frank.encode() not in stored and frank[8:].encode() not in stored  # ...its secret is not
 
 
-def test_secrets_are_never_in_a_listing_a_log_or_an_error(
-    keyed: FakeStack, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_secrets_are_never_in_a_listing_a_log_or_an_error(keyed: FakeStack, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     key = issued(cli(keyed, "keys", "add", "grace", admin_key=ADMIN_KEY))
     rotated = issued(cli(keyed, "keys", "rotate", "grace", admin_key=ADMIN_KEY))
