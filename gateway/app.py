@@ -176,7 +176,11 @@ def create_app(config: GatewayConfig, backends: Mapping[str, Backend] | None = N
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = open_state_store(batches.data_dir)
+        try:
+            store = open_state_store(batches.data_dir)
+        except RuntimeError as exc:
+            app.state.startup_error = exc  # uvicorn only logs it; gateway.server reports it
+            raise
         key_admin.load(store)
         ledger.start(store)
         for backend in backends.values():

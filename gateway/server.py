@@ -133,7 +133,10 @@ def start_in_thread(
     if not server.started:
         server.should_exit = True
         thread.join(5)
-        if failure:
+        startup_error = getattr(server.config.app.state, "startup_error", None)
+        if startup_error is not None:
+            reason = str(startup_error)
+        elif failure:
             reason = f"{type(failure[0]).__name__}: {failure[0]}"
         elif not thread.is_alive():
             reason = "the server stopped during start-up (see the log above: a port in use, a lifespan error)"
