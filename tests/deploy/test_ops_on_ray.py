@@ -29,8 +29,8 @@ from deploy.ports import free_port
 
 sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/fake_upstream.py
 sys.path.insert(0, str(Path(__file__).parent))  # test_keys_on_serve's stand-in engine
-from fake_upstream import FakeUpstream  # noqa: E402
-from test_keys_on_serve import stand_in_engine, wait_ready  # noqa: E402
+from fake_upstream import FakeUpstream
+from test_keys_on_serve import stand_in_engine, wait_ready
 
 pytestmark = pytest.mark.ray
 
