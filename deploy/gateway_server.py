@@ -23,6 +23,7 @@ class GatewayServer:
     ) -> None:
         from gateway.app import http_backends
         from gateway.backends import HandleBackend
+        from gateway.logs import configure_logging
         from gateway.server import start_in_thread
 
         # A GatewayConfig, pickled by Ray with its keys (deploy.builder); copied so that the base
@@ -38,6 +39,8 @@ class GatewayServer:
         else:
             backends = {name: HandleBackend(handle) for name, handle in engines.items()}
         self.config = gateway_config
+        log = gateway_config.settings.log  # the plan's gateway.log, for the gateway's own records
+        configure_logging(log.format, log.level, logger="tandem")
         self._backends: Mapping[str, Backend] = backends or {}
         settings = gateway_config.settings
         self._server = start_in_thread(gateway_config, backends, host=settings.host, port=settings.port)

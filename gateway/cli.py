@@ -35,8 +35,7 @@ from gateway.admin_client import (
     parse_duration,
     parse_time,
 )
-from gateway.config import ConfigError
-from gateway.logs import LogFormat, LogLevel
+from gateway.config import ConfigError, LogFormat, LogLevel
 from gateway.server import run_serve_command
 
 app = typer.Typer(
@@ -59,11 +58,13 @@ def serve(
     host: Annotated[str | None, typer.Option("--host")] = None,
     port: Annotated[int | None, typer.Option("--port")] = None,
     log_format: Annotated[
-        LogFormat, typer.Option("--log-format", help="text, or one JSON object per line (for a log shipper).")
-    ] = "text",
+        LogFormat | None,
+        typer.Option("--log-format", help="text, or one JSON object per line (default: the config's settings.log)."),
+    ] = None,
     log_level: Annotated[
-        LogLevel, typer.Option("--log-level", help="info logs one line per request; warning skips them.")
-    ] = "info",
+        LogLevel | None,
+        typer.Option("--log-level", help="info logs one line per request; warning leaves them out."),
+    ] = None,
 ) -> None:
     """Run the gateway alone in front of OpenAI-compatible upstreams (e.g. `vllm serve`)."""
     try:

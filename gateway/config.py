@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from gateway.batch_settings import BatchSettings
 
 TrafficClass = Literal["interactive", "batch"]
+LogFormat = Literal["text", "json"]
+LogLevel = Literal["debug", "info", "warning", "error"]
 TRAFFIC_CLASSES: tuple[TrafficClass, ...] = ("interactive", "batch")
 # The routing policies' names, so a config is checked without importing the policies (gateway.policy
 # imports this module; it checks that its POLICIES table has exactly these names).
@@ -316,6 +318,15 @@ class TlsSettings(BaseModel):
     key_file: Path = Field(description="PEM private key of that certificate (kept readable by the gateway only).")
 
 
+class LogSettings(BaseModel):
+    """The gateway's log output (gateway.logs): one line per request at `info`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: LogFormat = Field("text", description="text, or one JSON object per line.")
+    level: LogLevel = Field("info", description="info logs one line per request; warning leaves them out.")
+
+
 class GatewaySettings(BaseModel):
     """Where the gateway listens and how it routes."""
 
@@ -334,6 +345,9 @@ class GatewaySettings(BaseModel):
     limits: RequestLimits = Field(default_factory=RequestLimits)
     batches: BatchSettings = Field(default_factory=BatchSettings)
     responses: ResponseStateSettings = Field(default_factory=ResponseStateSettings)
+    log: LogSettings = Field(
+        default_factory=LogSettings, description="`gateway serve --log-format/--log-level` take precedence."
+    )
 
 
 class ReplicaEndpoint(BaseModel):

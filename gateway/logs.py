@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import Literal
 
 import orjson
 
-LogFormat = Literal["text", "json"]
-LogLevel = Literal["debug", "info", "warning", "error"]
+from gateway.config import LogFormat, LogLevel
+
 REQUEST_LOGGER = "tandem.gateway.requests"
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
@@ -40,12 +39,16 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(line, default=str).decode()
 
 
-def configure_logging(fmt: LogFormat = "text", level: LogLevel = "info") -> None:
-    """Send every log record (the gateway's, uvicorn's) to stderr in `fmt`, from `level` up."""
+def configure_logging(fmt: LogFormat = "text", level: LogLevel = "info", logger: str | None = None) -> None:
+    """Send log records to stderr in `fmt`, from `level` up: every record (the gateway's and
+    uvicorn's: `gateway serve`), or only those of `logger` and below (inside a process whose
+    logging belongs to someone else, such as a Ray Serve replica), which then stop there."""
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(level.upper())
+    target = logging.getLogger(logger)
+    for old in list(target.handlers):
+        target.removeHandler(old)
+    target.addHandler(handler)
+    target.setLevel(level.upper())
+    if logger is not None:
+        target.propagate = False

@@ -23,8 +23,8 @@ import uvloop
 
 from gateway.app import create_app
 from gateway.backends.base import Backend
-from gateway.config import ConfigError, GatewayConfig, load_config
-from gateway.logs import LogFormat, LogLevel, configure_logging
+from gateway.config import ConfigError, GatewayConfig, LogFormat, LogLevel, load_config
+from gateway.logs import configure_logging
 
 HOST_ENV = "TANDEM_GATEWAY_HOST"
 PORT_ENV = "TANDEM_GATEWAY_PORT"
@@ -133,7 +133,7 @@ def start_in_thread(
     if not server.started:
         server.should_exit = True
         thread.join(5)
-        startup_error = getattr(server.config.app.state, "startup_error", None)
+        startup_error = getattr(getattr(server.config.app, "state", None), "startup_error", None)
         if startup_error is not None:
             reason = str(startup_error)
         elif failure:
@@ -150,12 +150,14 @@ def run_serve_command(
     config_path: str | Path,
     host: str | None = None,
     port: int | None = None,
-    log_format: LogFormat = "text",
-    log_level: LogLevel = "info",
+    log_format: LogFormat | None = None,
+    log_level: LogLevel | None = None,
 ) -> None:
-    """`gateway serve --config FILE [--host H --port P --log-format F --log-level L]`."""
-    configure_logging(log_format, log_level)
+    """`gateway serve --config FILE [--host H --port P --log-format F --log-level L]`; the log
+    flags take precedence over the config's `settings.log`."""
     config = load_config(config_path)
+    log = config.settings.log
+    configure_logging(log_format or log.format, log_level or log.level)
     host = host or os.environ.get(HOST_ENV) or None
     if port is None and os.environ.get(PORT_ENV):
         port = int(os.environ[PORT_ENV])

@@ -12,6 +12,7 @@ is the one connected (everything after it runs as `gateway deploy` runs it).
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Iterator
@@ -66,7 +67,7 @@ def test_keys_added_to_the_deployed_gateway_work_and_outlive_its_restart(serve_c
     from ray import serve
 
     auth = {"keys": [{"name": "ops", "key": PLAN_KEY, "admin": True}], "keys_env": None}
-    plan = plan_with(tmp_path, auth=auth, batches={"data_dir": str(tmp_path / "data")})
+    plan = plan_with(tmp_path, auth=auth, batches={"data_dir": str(tmp_path / "data")}, log={"format": "json"})
     engine = serve.deployment(stand_in_engine()).options(ray_actor_options={"num_cpus": 0})
     root = f"http://127.0.0.1:{plan.gateway.port}"
     env = {"TANDEM_URL": root, "TANDEM_ADMIN_KEY": PLAN_KEY, "COLUMNS": "240"}
@@ -92,6 +93,9 @@ def test_keys_added_to_the_deployed_gateway_work_and_outlive_its_restart(serve_c
             assert added.exit_code == 0, added.output
             teammate = added.stdout.strip()
             assert status(teammate) == 200 and status(PLAN_KEY) == 200 and status("tdm-not-a-key") == 401
+            lines = request_lines(deadline=time.monotonic() + 30)  # the replica's log, one JSON line each
+            assert {line["key"] for line in lines} >= {"teammate", "ops"}
+            assert all(teammate not in json.dumps(line) for line in lines)
 
             # a new gateway replica (the app removed and deployed again): the key is still there
             serve.delete("tandem-ops")
@@ -100,6 +104,24 @@ def test_keys_added_to_the_deployed_gateway_work_and_outlive_its_restart(serve_c
             assert status(teammate) == 200
         finally:
             serve.delete("tandem-ops")
+
+
+def request_lines(deadline: float) -> list[dict[str, object]]:
+    """The gateway replica's per-request JSON lines, from the Ray session's worker logs (stderr of
+    the replica's process), once there are some."""
+    import ray
+
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
+    while True:
+        found = [
+            json.loads(line)
+            for path in logs.glob("worker-*.err")
+            for line in path.read_text(errors="replace").splitlines()
+            if line.startswith("{") and '"tandem.gateway.requests"' in line
+        ]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
 
 
 def test_a_deploy_that_times_out_says_why_and_removes_what_it_started(
