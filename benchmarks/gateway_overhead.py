@@ -3,7 +3,7 @@
 One run measures, against the same fast fake upstream (tests/fake_upstream.py):
   direct    the load generator talks to the upstream itself (the baseline)
   gateway   Tandem's gateway with every feature on: API keys, classification, class-aware
-            routing with engine-load polling, metrics (the per-request log line is at DEBUG, its default level)
+            routing with engine-load polling, metrics (the per-request log line, at INFO, off: --log-level warning)
   naive     a FastAPI + httpx pass-through proxy (what a first attempt looks like)
   litellm   LiteLLM's proxy, from its own virtualenv .venv-litellm (`make bench` makes it)
 
@@ -147,7 +147,7 @@ def _process(args: list[str], port: int, core: str, log: Path) -> Iterator[subpr
 
 def _gateway_config(upstream_port: int, port: int, workdir: Path) -> Path:
     """Every feature on: keys with a default class, class-aware routing over two replicas (both
-    the same fake here), engine-load polling, metrics, per-request log lines."""
+    the same fake here), engine-load polling, metrics."""
     replica = {"model": MODEL, "base_url": f"http://127.0.0.1:{upstream_port}/v1", "max_num_seqs": 256}
     config = {
         "model": "tandem-bench",
@@ -260,7 +260,9 @@ def run(seconds: float) -> list[Row]:
 
             port = free_port()
             config = _gateway_config(upstream_port, port, workdir)
-            serve = f"from gateway.server import run_serve_command; run_serve_command({str(config)!r})"
+            serve = (
+                f"from gateway.server import run_serve_command; run_serve_command({str(config)!r}, log_level='warning')"
+            )
             with _process([python, "-c", serve], port, PROXY_CORE, workdir / "gateway.log") as gateway:
                 console.print(f"[bold]gateway[/bold] (core {PROXY_CORE}, every feature on)")
                 rows += _measure("gateway", port, gateway.pid, "tandem-bench", seconds)
