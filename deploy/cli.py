@@ -37,9 +37,9 @@ from rich.table import Table
 from deploy.plan import PlanError, ServingPlan, load_plan, parse_plan, shipped_plan
 from deploy.plan_version import PLAN_VERSION
 from deploy.start_time import start_time_hint
-from gateway.admin_client import ADMIN_KEY_ENV
+from gateway.admin_client import ADMIN_KEY_ENV, DEFAULT_URL
 from gateway.auth import exposure_warning
-from gateway.cli import keys_app, serve, usage
+from gateway.cli import CaOption, UrlOption, keys_app, serve, show_gateway_status, usage
 from gateway.config import GatewaySettings, describe_fields
 from gateway.version import version_callback
 
@@ -333,17 +333,30 @@ def _on_cluster(address: str | None, query: Callable[[], T]) -> T:
 
 
 @app.command()
-def status(address: AddressOption = None) -> None:
-    """Show the deployed app's state, deployment by deployment."""
-    _require("ray")
-    from deploy.stack import app_status
+def status(address: AddressOption = None, url: UrlOption = DEFAULT_URL, cacert: CaOption = None) -> None:
+    """The gateway's replicas, health, queues, frozen state, recent TTFT/TPOT and usage (as its
+    /status page shows them), then the Serve app's deployments where Ray is installed."""
+    answered = show_gateway_status(url, cacert)
+    if importlib.util.find_spec("ray") is None:
+        console.print("(Ray is not installed here: no deployment states; a gateway-only install has none)")
+        raise typer.Exit(0 if answered else 1)
+    from deploy.stack import RayConnection, app_status
 
-    states = _on_cluster(address, app_status)
+    try:
+        with RayConnection(address or "auto"):
+            states = app_status()
+    except ConnectionError as exc:
+        console.print(f"no Ray cluster to ask: {exc}")
+        raise typer.Exit(0 if answered else 1) from None
     if states is None:
         console.print("No Tandem app is deployed.")
-        raise typer.Exit(1)
+        raise typer.Exit(0 if answered else 1)
+    table = Table(title="Serve deployments", title_justify="left")
+    table.add_column("deployment")
+    table.add_column("state")
     for name, state in states.items():
-        Console().print(f"{name:24} {state}")
+        table.add_row(name, state)
+    Console().print(table)
 
 
 @app.command()

@@ -5,7 +5,7 @@ Routes: POST /v1/chat/completions and /v1/completions (gateway.proxy), POST /v1/
 names only), GET /health (the process is alive), GET /ready (every replica answers), GET /metrics
 (Prometheus), GET and PUT /admin/routing (read or switch the routing settings and policy at
 runtime, admin key required when keys are configured), the key and usage admin routes
-(gateway.admin_api). Every error, the framework's own 404, 405
+(gateway.admin_api), GET /status and /admin/status (gateway.status). Every error, the framework's own 404, 405
 and validation errors included, is answered in the OpenAI envelope (gateway.errors).
 """
 
@@ -51,6 +51,7 @@ from gateway.router import Router
 from gateway.routing_update import NotAnObject, merge_routing
 from gateway.sqlite_schema import SchemaTooNew
 from gateway.state_store import StateStore
+from gateway.status import StatusSource, status_routes
 from gateway.tokenize import TOKENIZER_PATHS, forward_to_tokenizer
 from gateway.usage import UsageLedger
 from gateway.yielding import BatchYielding
@@ -245,6 +246,17 @@ def create_app(config: GatewayConfig, backends: Mapping[str, Backend] | None = N
         keyring.authorize_admin(request.headers.get("authorization"), peer)
 
     app.include_router(admin_routes(key_admin, ledger, require_admin))
+    status = StatusSource(
+        model=config.model,
+        board=board,
+        gates=gates,
+        frozen=lambda: freezer.frozen,
+        spilling=lambda: router.spilling,
+        batch_held=lambda: yielding.holding,
+        recent=metrics.recent,
+        ledger=ledger,
+    )
+    app.include_router(status_routes(status, require_admin))
 
     @app.get("/health")
     async def health() -> Response:

@@ -255,6 +255,47 @@ def _print_rows(
     out.print(table)
 
 
+def show_gateway_status(url: str, cacert: Path | None) -> bool:
+    """Print what GET /admin/status tells (the facts of the /status page); False, saying why, when
+    the gateway does not answer or refuses."""
+    try:
+        facts = _client(url, cacert).call("GET", "/admin/status")
+    except AdminError as exc:
+        console.print(f"gateway: {exc}", highlight=False)
+        return False
+    notes = [f"up {facts['up_s']} s"]
+    notes += ["interactive spills to the batch replica"] if facts["spilling"] else []
+    notes += ["batch yields to interactive"] if facts["batch_held"] else []
+    out.print(f"[bold]{facts['model']}[/bold] at {url}: {'; '.join(notes)}", highlight=False)
+    replicas = Table(title="replicas", title_justify="left")
+    for title in ("replica", "class", "health", "frozen", "in flight", "running", "waiting", "max seqs"):
+        replicas.add_column(title, justify="left" if title in ("replica", "class", "health", "frozen") else "right")
+    for r in facts["replicas"]:
+        health = "[green]healthy[/green]" if r["healthy"] else "[red bold]down[/red bold]"
+        replicas.add_row(
+            r["name"],
+            r["traffic_class"],
+            health,
+            "frozen" if r["frozen"] else "-",
+            *(str(r[k]) for k in ("in_flight", "running", "waiting", "max_num_seqs")),
+        )
+    out.print(replicas)
+    minutes = round(facts["latency_window_s"] / 60)
+    classes = Table(title=f"classes (TTFT/TPOT of the last {minutes} min of streams)", title_justify="left")
+    columns = ("in_flight", "queued", "streams", "ttft_p50_ms", "ttft_p95_ms", "tpot_p50_ms", "tpot_p95_ms")
+    classes.add_column("class")
+    for column in columns:
+        classes.add_column(column.replace("_", " "), justify="right")
+    for name, c in facts["classes"].items():
+        classes.add_row(name, *("-" if c.get(k) is None else str(c[k]) for k in columns))
+    out.print(classes)
+    usage_columns = ("key", "model", "traffic_class", "requests", "prompt_tokens", "completion_tokens", "errors")
+    titles = ("key", "model", "class", "requests", "prompt tokens", "completion tokens", "errors")
+    rows = [[u[c] for c in usage_columns] for u in facts["usage"]]
+    _print_rows("table", usage_columns, rows, titles, what="usage, last 24 hours")
+    return True
+
+
 app.add_typer(keys_app, name="keys")
 
 

@@ -517,6 +517,8 @@ class GenerationProxy:
         elapsed = time.perf_counter() - exchange.started
         if exchange.replica != "-":
             self._metrics.latency(traffic_class, exchange.replica).observe(elapsed)
+        if exchange.ttft_s is not None:
+            self._metrics.recent.record(traffic_class, exchange.ttft_s, elapsed, exchange.completion_tokens)
         if client is not None:  # an unknown key is in the log, not in anybody's usage
             error = exchange.status >= 400 and exchange.status != 499  # 499: the client left
             tokens = (exchange.prompt_tokens, exchange.completion_tokens)

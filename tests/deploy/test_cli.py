@@ -63,7 +63,7 @@ def test_the_stack_commands_say_what_to_install_without_ray(monkeypatch: pytest.
     for module in ("ray", "deploy.stack"):  # importing them now fails, as it would without Ray
         monkeypatch.setitem(sys.modules, module, None)
     plan = str(Path(__file__).parents[2] / "deploy" / "plans" / "cpu-demo.yaml")
-    for command in (["up"], ["status"], ["down"], ["deploy", plan, "--address", "127.0.0.1:1"]):
+    for command in (["up"], ["down"], ["deploy", plan, "--address", "127.0.0.1:1"]):
         result = runner.invoke(app, command)
         assert result.exit_code == 2, command
         assert "needs ray" in result.output and "gateway serve" in result.output
