@@ -1,6 +1,7 @@
 """HTTPS on the gateway's own port (gateway.tls, issue 25): a certificate signed by a test CA made
 here with the `cryptography` package, checked by the openai SDK (an httpx client trusting that
-CA) and by `gateway keys list --cacert`; a client that does not trust the CA is refused."""
+CA) and by `gateway keys list --cacert`; a client that does not trust the CA is refused. And the
+reverse proxy in front of it: X-Forwarded-For believed from `trusted_proxies` only."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import contextlib
 import datetime
 import ipaddress
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -19,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from fake_upstream import FakeUpstream
-from gateway_support import ADMIN_KEY, KEYS, PUBLIC_MODEL, USER_KEY, gateway_config
+from gateway_support import ADMIN_KEY, KEYS, PUBLIC_MODEL, USER_KEY, FakeStack, gateway_config
 from typer.testing import CliRunner
 
 from deploy.cli import app
@@ -128,3 +129,16 @@ def test_a_missing_certificate_file_is_named(tmp_path: Path) -> None:
         config = gateway_config(tp, pp, tls={"cert_file": str(tmp_path / "nope.pem"), "key_file": str(tmp_path)})
         with pytest.raises(ConfigError, match="nope.pem"):
             start_in_thread(config)
+
+
+@pytest.mark.parametrize(("trusted", "admin_status"), [(["127.0.0.1"], 403), ([], 200)])
+def test_x_forwarded_for_is_believed_only_from_a_trusted_proxy(
+    make_stack: Callable[..., FakeStack], tmp_path: Path, trusted: list[str], admin_status: int
+) -> None:
+    """A reverse proxy on the gateway's host connects from loopback; with its X-Forwarded-For
+    believed (it is in trusted_proxies), the caller is the address it names, not loopback, so a
+    keyless gateway's admin routes refuse it. From an address not trusted, the header is ignored."""
+    stack = make_stack(trusted_proxies=trusted, batches={"data_dir": str(tmp_path / "data")})
+    forwarded = httpx.get(f"{stack.root_url}/admin/routing", headers={"X-Forwarded-For": "203.0.113.9"})
+    assert forwarded.status_code == admin_status
+    assert httpx.get(f"{stack.root_url}/admin/routing").status_code == 200  # loopback itself
