@@ -12,12 +12,13 @@ imports deploy/ (docs/architecture.md). `python -m gateway.cli serve ...` runs i
 from __future__ import annotations
 
 import csv
+import os
 import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import quote
 
 import orjson
@@ -35,7 +36,7 @@ from gateway.admin_client import (
     parse_duration,
     parse_time,
 )
-from gateway.config import ConfigError, LogFormat, LogLevel
+from gateway.config import ConfigError, LogFormat, LogLevel, TrafficClass
 from gateway.server import run_serve_command
 
 app = typer.Typer(
@@ -81,7 +82,8 @@ CaOption = Annotated[
     Path | None,
     typer.Option("--cacert", envvar=CA_FILE_ENV, help="CA certificate to trust for an https gateway.", dir_okay=False),
 ]
-FormatOption = Annotated[str, typer.Option("--format", help="table, csv or json.")]
+OutputFormat = Literal["table", "csv", "json"]
+FormatOption = Annotated[OutputFormat, typer.Option("--format", help="table, csv or json.")]
 out = Console()
 keys_app = typer.Typer(
     help=f"Add, list, rotate and revoke the gateway's API keys, at once and without a redeploy. "
@@ -91,8 +93,6 @@ keys_app = typer.Typer(
 
 
 def _client(url: str, cacert: Path | None) -> AdminClient:
-    import os
-
     return AdminClient(url, os.environ.get(ADMIN_KEY_ENV), cacert)
 
 
@@ -119,10 +119,10 @@ def _when(stamp: float | None) -> str:
     return "-" if stamp is None else datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def _issued(key: dict[str, object], what: str) -> None:
+def _issued(key: dict[str, Any], what: str) -> None:
     """The new secret alone on stdout (for `KEY=$(gateway keys add ...)`), the rest on stderr."""
     console.print(
-        f"{what} key [bold]{key['name']}[/bold] (expires {_when(key.get('expires_at'))}, shown once: "  # type: ignore[arg-type]
+        f"{what} key [bold]{key['name']}[/bold] (expires {_when(key.get('expires_at'))}, shown once: "
         "hand it over now, the gateway keeps only its hash):",
         highlight=False,
     )
@@ -136,7 +136,8 @@ def keys_add(
     cacert: CaOption = None,
     admin: Annotated[bool, typer.Option("--admin", help="May manage keys, usage and routing.")] = False,
     traffic_class: Annotated[
-        str | None, typer.Option("--class", help="interactive or batch: this key's class unless a request says.")
+        TrafficClass | None,
+        typer.Option("--class", help="interactive or batch: this key's class unless a request says."),
     ] = None,
     rpm: Annotated[int | None, typer.Option("--rpm", help="Requests per minute.", min=1)] = None,
     tpm: Annotated[int | None, typer.Option("--tpm", help="Prompt + completion tokens per minute.", min=1)] = None,
@@ -224,9 +225,9 @@ def usage(
 
 
 def _print_rows(
-    fmt: str,
+    fmt: OutputFormat,
     columns: tuple[str, ...],
-    rows: list[list[object]],
+    rows: list[list[Any]],
     titles: tuple[str, ...],
     *,
     what: str,
@@ -241,16 +242,13 @@ def _print_rows(
         writer.writerow(columns)
         writer.writerows(rows)
         return
-    if fmt != "table":
-        console.print(f"[red]error:[/red] --format must be table, csv or json, got {fmt!r}")
-        raise typer.Exit(2)
     table = Table(title=what, title_justify="left")
     for title, column in zip(titles, columns, strict=True):
         numeric = column.endswith(("tokens", "minute", "requests", "errors", "concurrent"))
         table.add_column(title, justify="right" if numeric else "left")
     for row in rows:
         table.add_row(
-            *(_when(v) if c in times else "-" if v is None else str(v) for c, v in zip(columns, row, strict=True))  # type: ignore[arg-type]
+            *(_when(v) if c in times else "-" if v is None else str(v) for c, v in zip(columns, row, strict=True))
         )
     out.print(table)
 
