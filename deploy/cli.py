@@ -232,7 +232,7 @@ def up(
         f"({', '.join(f'{r.name}: {r.layout}' for r in serving_plan.replicas)}); {start_time_hint(serving_plan)}"
     )
     try:
-        with running_stack(serving_plan) as deployed:
+        with running_stack(serving_plan, on_progress=_show_progress) as deployed:
             _print_welcome(deployed, serving_plan.gateway, foreground=True)
             stop.wait()
             console.print("Stopping...")

@@ -248,11 +248,13 @@ def app_status() -> dict[str, str] | None:
 
 
 @contextmanager
-def running_stack(plan: ServingPlan, address: str | None = None) -> Iterator[Deployed]:
+def running_stack(
+    plan: ServingPlan, address: str | None = None, on_progress: Progress | None = None
+) -> Iterator[Deployed]:
     """Deploy a plan for the length of a `with` block (tests, `gateway up`, live tuning)."""
     with RayConnection(address, num_cpus=None if address else logical_cpus_needed(plan)) as connection:
         try:
-            yield deploy(plan)
+            yield deploy(plan, on_progress=on_progress)
         finally:
             if not connection.owns_cluster:  # a failed deploy is removed too: Serve would retry it
                 undeploy()
