@@ -21,7 +21,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
 from gateway.errors import GatewayError
-from gateway.key_admin import KeyAdmin, NewKey
+from gateway.key_admin import IssuedKey, KeyAdmin, NewKey
 from gateway.usage import UsageLedger
 
 _MAX_BODY_BYTES = 16 * 1024
@@ -34,6 +34,11 @@ def _json(data: object, status: int = 200, headers: dict[str, str] | None = None
 
 def _dump(model: BaseModel) -> dict[str, object]:
     return model.model_dump(mode="json")
+
+
+def _issued(issued: IssuedKey, status: int = 200) -> Response:
+    """The one answer that reveals a key: its holder must get it, and nothing may keep it."""
+    return _json({**_dump(issued), "key": issued.key.get_secret_value()}, status=status, headers=_NO_STORE)
 
 
 async def _new_key(request: Request) -> NewKey:
@@ -61,13 +66,12 @@ def admin_routes(keys: KeyAdmin, ledger: UsageLedger, require_admin: Callable[[R
     @router.post("/admin/keys")
     async def add_key(request: Request) -> Response:
         require_admin(request)
-        issued = keys.add(await _new_key(request))
-        return _json(_dump(issued), status=201, headers=_NO_STORE)
+        return _issued(keys.add(await _new_key(request)), status=201)
 
     @router.post("/admin/keys/{name}/rotate")
     async def rotate_key(request: Request, name: str) -> Response:
         require_admin(request)
-        return _json(_dump(keys.rotate(name)), headers=_NO_STORE)
+        return _issued(keys.rotate(name))
 
     @router.delete("/admin/keys/{name}")
     async def revoke_key(request: Request, name: str) -> Response:

@@ -20,7 +20,7 @@ import secrets
 import sqlite3
 import time
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from gateway.auth import ANONYMOUS, Client, KeyRing, KeySource, key_digest
 from gateway.config import TrafficClass
@@ -69,9 +69,10 @@ class KeyInfo(BaseModel):
 
 
 class IssuedKey(KeyInfo):
-    """The answer to add and rotate: the key itself, shown this once."""
+    """The answer to add and rotate: the key itself, shown this once. A SecretStr, so that a stray
+    repr or dump of this object shows the mask; the admin route reveals it in its answer only."""
 
-    key: str
+    key: SecretStr
 
 
 class KeyAdmin:
@@ -150,7 +151,7 @@ class KeyAdmin:
         client = _client_of(stored)
         self.keyring.add(stored.digest, client)
         log.info("key %r added (admin: %s)", new.name, new.admin)
-        return IssuedKey(**self._info(client).model_dump(), key=secret)
+        return IssuedKey(**self._info(client).model_dump(), key=SecretStr(secret))
 
     def rotate(self, name: str) -> IssuedKey:
         """A new secret for a stored key; the old one stops working now. Limits stay."""
@@ -164,7 +165,7 @@ class KeyAdmin:
         self._stored[name] = dataclasses.replace(stored, digest=digest, prefix=prefix, rotated_at=now)
         self.keyring.replace_digest(name, digest)
         log.info("key %r rotated", name)
-        return IssuedKey(**self._info(client).model_dump(), key=secret)
+        return IssuedKey(**self._info(client).model_dump(), key=SecretStr(secret))
 
     def revoke(self, name: str) -> KeyInfo:
         store = self._require_store()
