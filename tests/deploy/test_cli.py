@@ -150,3 +150,11 @@ def test_the_welcome_message_says_how_to_send_a_key(
         assert 'api_key="unused"' not in out
     else:
         assert 'api_key="unused"' in out and "gateway keys add ops --admin" in out
+
+
+def test_the_tuner_has_the_same_version_flag() -> None:
+    from tuner.cli import app as tuner_app
+
+    gateway_says = runner.invoke(app, ["--version"]).stdout
+    result = runner.invoke(tuner_app, ["--version"])
+    assert result.exit_code == 0 and result.stdout == gateway_says
