@@ -1,12 +1,15 @@
 """The status page and `gateway status` (issue 25), on a gateway over fake replicas: the page is
 self-contained (nothing fetched from outside the box), its facts need the admin key, show both
-replicas, and change while a request runs and after it (load, then TTFT/TPOT and usage); the
-terminal command prints the same facts, on a gateway-only install too (no Ray)."""
+replicas, and change while a request runs and after it (load, then TTFT/TPOT and usage), in
+headless Chromium too; the terminal command prints the same facts, on a gateway-only install too
+(no Ray)."""
 
 from __future__ import annotations
 
 import importlib.util
 import re
+import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -102,3 +105,47 @@ def test_gateway_status_prints_the_same_facts_without_ray(stack: FakeStack, monk
     assert "Ray is not installed" in result.output
     refused = cli(stack, "status", admin_key=USER_KEY)
     assert refused.exit_code == 1 and "403" in refused.output
+
+
+def rendered(root: str) -> str:
+    """The status page's DOM once its script has run, as headless Chromium (Debian's `chromium`)
+    renders it; the script's first read of /admin/status included."""
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("needs Debian's chromium package (apt-get install chromium)")
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000", "--dump-dom"]
+    result = subprocess.run([chromium, *args, f"{root}/status"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return re.sub(r"<script>.*</script>", "", result.stdout, flags=re.S)
+
+
+def cells(dom: str, table: str) -> list[list[str]]:
+    body = re.search(rf'<table id="{table}">(.*?)</table>', dom, re.S)
+    assert body is not None, dom
+    return [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", body[1])][1:]
+
+
+def test_the_page_shows_both_replicas_and_updates_in_a_browser(
+    make_stack: Callable[..., FakeStack], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TANDEM_API_KEYS", raising=False)
+    keyless = make_stack(batches={"data_dir": str(tmp_path / "data")})  # loopback: no admin key needed
+    before = rendered(keyless.root_url)
+    assert [row[:3] for row in cells(before, "replicas")] == [
+        ["tp", "interactive", "healthy"],
+        ["pp", "batch", "healthy"],
+    ]
+    assert cells(before, "usage") == []
+    for _ in openai.OpenAI(base_url=keyless.base_url, api_key="-", max_retries=0).chat.completions.create(
+        model=PUBLIC_MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=5, stream=True
+    ):
+        pass
+    after = rendered(keyless.root_url)
+    assert [row[:4] for row in cells(after, "usage")] == [["anonymous", PUBLIC_MODEL, "interactive", "1"]]
+    interactive = next(row for row in cells(after, "classes") if row[0] == "interactive")
+    assert interactive[3] == "1" and interactive[4] != "-"  # one stream, with its TTFT
+
+
+def test_the_page_asks_for_the_admin_key(stack: FakeStack) -> None:
+    dom = rendered(stack.root_url)
+    assert "missing or invalid API key" in dom and cells(dom, "replicas") == []
