@@ -3,7 +3,7 @@
 One run measures, against the same fast fake upstream (tests/fake_upstream.py):
   direct    the load generator talks to the upstream itself (the baseline)
   gateway   Tandem's gateway with every feature on: API keys, classification, class-aware
-            routing with engine-load polling, metrics (the per-request log line is at DEBUG, its default level)
+            routing with engine-load polling, metrics (the per-request log line, at INFO, off: --log-level warning)
   naive     a FastAPI + httpx pass-through proxy (what a first attempt looks like)
   litellm   LiteLLM's proxy, from its own virtualenv .venv-litellm (`make bench` makes it)
 
@@ -149,7 +149,7 @@ def serving_process(args: list[str], port: int, core: str | None, log: Path) -> 
 
 def gateway_config(upstream_port: int, port: int, workdir: Path) -> Path:
     """Every feature on: keys with a default class, class-aware routing over two replicas (both
-    the same fake here), engine-load polling, metrics, per-request log lines."""
+    the same fake here), engine-load polling, metrics."""
     replica = {"model": MODEL, "base_url": f"http://127.0.0.1:{upstream_port}/v1", "max_num_seqs": 256}
     config = {
         "model": "tandem-bench",
@@ -171,7 +171,8 @@ def gateway_config(upstream_port: int, port: int, workdir: Path) -> Path:
 
 def gateway_command(config: Path) -> list[str]:
     """Tandem's gateway serving `config`, as its own process."""
-    return [sys.executable, "-c", f"from gateway.server import run_serve_command; run_serve_command({str(config)!r})"]
+    serve = f"from gateway.server import run_serve_command; run_serve_command({str(config)!r}, log_level='warning')"
+    return [sys.executable, "-c", serve]
 
 
 NAIVE_PROXY = """

@@ -4,8 +4,9 @@
   the foreground; Ctrl-C or SIGTERM stops everything it started (what `make up` runs).
 - `gateway deploy PLAN --address ADDR`: deploy onto a running cluster and return.
 - `gateway status` / `gateway down`: look at, or remove, the deployed app (never the cluster).
-- `gateway serve --config FILE`: the gateway alone, fronting OpenAI-compatible upstreams
-  (gateway/cli.py's command, offered here too).
+- `gateway plan validate PLAN`: the plan's checks, and what each box will hold.
+- `gateway serve --config FILE`: the gateway alone, fronting OpenAI-compatible upstreams; `gateway
+  keys ...` and `gateway usage` against a running gateway (gateway/cli.py's commands, offered here too).
 
 The commands that start stacks live in deploy/, above the gateway (docs/architecture.md's layers);
 the console script `gateway` points here. Ray is imported only by the commands that need it, so a
@@ -18,8 +19,12 @@ from __future__ import annotations
 import importlib.util
 import logging
 import signal
+import socket
+import ssl
 import sys
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TypeVar
@@ -27,12 +32,16 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.table import Table
 
 from deploy.plan import PlanError, ServingPlan, default_plan, load_plan, parse_plan
+from deploy.plan_version import PLAN_VERSION
 from deploy.start_time import start_time_hint
+from gateway.admin_client import ADMIN_KEY_ENV, DEFAULT_URL
 from gateway.auth import exposure_warning
-from gateway.cli import serve
-from gateway.config import describe_fields
+from gateway.cli import CaOption, UrlOption, keys_app, serve, show_gateway_status, usage
+from gateway.config import GatewaySettings, describe_fields
+from gateway.version import version_callback
 
 if TYPE_CHECKING:
     from deploy.stack import Deployed
@@ -44,6 +53,23 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 ADDRESS_ENV = "RAY_ADDRESS"
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=version_callback(f"plan format {PLAN_VERSION}"),
+            is_eager=True,
+            help="Print the installed version and the formats it reads.",
+        ),
+    ] = False,
+) -> None:
+    """Tandem's gateway: one OpenAI endpoint over a TP and a PP replica."""
+
+
 T = TypeVar("T")
 
 PlanOption = Annotated[Path | None, typer.Option("--plan", help="Serving plan YAML.", exists=True, dir_okay=False)]
@@ -98,34 +124,81 @@ def _require(*packages: str) -> None:
         raise typer.Exit(2)
 
 
-def _print_welcome(deployed: Deployed) -> None:
+CLIENT_KEY_ENV = "OPENAI_API_KEY"  # what the OpenAI SDK reads when no api_key is given
+
+
+def _print_welcome(deployed: Deployed, settings: GatewaySettings, *, foreground: bool) -> None:
+    """Where the endpoint is (here, and for the team when it listens beyond loopback), whether it
+    wants a key (asked of the gateway itself: plan keys and stored ones alike) and how to send one."""
     base_url, model = deployed.base_url, deployed.model
     out = Console()
-    out.print(f"\n[bold green]Tandem is serving[/bold green] [bold]{model}[/bold] at [bold]{base_url}[/bold]\n")
+    out.print(f"\n[bold green]Tandem is serving[/bold green] [bold]{model}[/bold] at [bold]{base_url}[/bold]")
+    for url in team_urls(settings):
+        out.print(f"  for the team, from other machines: [bold]{url}[/bold]", highlight=False)
+    keyed = requires_key(base_url)
+    if keyed:
+        out.print(
+            f"\nIt wants an API key (`Authorization: Bearer <key>`); the examples read it from ${CLIENT_KEY_ENV}. "
+            f"Give each teammate their own with `gateway keys add NAME` (your admin key in ${ADMIN_KEY_ENV}).",
+            highlight=False,
+        )
+    else:
+        out.print(
+            "\nIt takes no API key: anyone who reaches the port may use it. Turn keys on, without a redeploy, "
+            "with `gateway keys add ops --admin` run on this machine.",
+            highlight=False,
+        )
+    out.print()
     engines = {name: url for name, url in deployed.replica_urls.items() if url}
     if engines:
         out.print("vLLM's own servers behind it (to compare against):")
         for name, url in engines.items():
             out.print(f"  engine {name}: {url}", highlight=False)
         out.print()
+    auth_header = f'    -H "Authorization: Bearer ${CLIENT_KEY_ENV}" \\\n' if keyed else ""
     out.print("Try it with curl:\n")
     out.print(
-        f"  curl {base_url}/chat/completions -H 'Content-Type: application/json' \\\n"
+        f"  curl {base_url}/chat/completions -H 'Content-Type: application/json' \\\n{auth_header}"
         f'    -d \'{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}], '
         f'"max_tokens": 32}}\'\n',
         soft_wrap=True,
         highlight=False,
     )
+    api_key = f'os.environ["{CLIENT_KEY_ENV}"]' if keyed else '"unused"'
     out.print("or with the OpenAI SDK:\n")
     out.print(
-        "  from openai import OpenAI\n"
-        f'  client = OpenAI(base_url="{base_url}", api_key="unused")\n'
-        f'  reply = client.chat.completions.create(model="{model}", max_tokens=32,\n'
-        '      messages=[{"role": "user", "content": "Hello!"}])\n'
-        "  print(reply.choices[0].message.content)\n",
+        ("  import os\n" if keyed else "")
+        + "  from openai import OpenAI\n"
+        + f'  client = OpenAI(base_url="{base_url}", api_key={api_key})\n'
+        + f'  reply = client.chat.completions.create(model="{model}", max_tokens=32,\n'
+        + '      messages=[{"role": "user", "content": "Hello!"}])\n'
+        + "  print(reply.choices[0].message.content)\n",
         highlight=False,
     )
-    out.print("Press Ctrl-C to stop.")
+    if foreground:
+        out.print("Press Ctrl-C to stop.")
+
+
+def team_urls(settings: GatewaySettings) -> list[str]:
+    """The gateway's URL as teammates reach it, when it listens on every interface: this host's
+    name (DNS or /etc/hosts must know it on their machines)."""
+    if settings.host not in ("0.0.0.0", "::", ""):
+        return []
+    scheme = "https" if settings.tls is not None else "http"
+    return [f"{scheme}://{socket.getfqdn()}:{settings.port}/v1"]
+
+
+def requires_key(base_url: str) -> bool:
+    """Whether the gateway refuses a request without a key (GET /v1/models answers 401). No key
+    is sent; over https the certificate is not checked, since only the status is read."""
+    context = ssl._create_unverified_context() if base_url.startswith("https") else None
+    try:
+        with urllib.request.urlopen(f"{base_url}/models", timeout=10, context=context):
+            return False
+    except urllib.error.HTTPError as exc:
+        return exc.code == 401
+    except (urllib.error.URLError, OSError):
+        return True  # unknown: show how to send a key, which works either way
 
 
 def _stop_on_sigterm() -> threading.Event:
@@ -160,8 +233,8 @@ def up(
         f"({', '.join(f'{r.name}: {r.layout}' for r in serving_plan.replicas)}); {start_time_hint(serving_plan)}"
     )
     try:
-        with running_stack(serving_plan) as deployed:
-            _print_welcome(deployed)
+        with running_stack(serving_plan, on_progress=_show_progress) as deployed:
+            _print_welcome(deployed, serving_plan.gateway, foreground=True)
             stop.wait()
             console.print("Stopping...")
     except Exception as exc:  # a failed start is reported, not dumped
@@ -181,24 +254,52 @@ def deploy_command(
             help="First measure the link between two nodes (as tuner probe-link) and warn if a TP replica spans a slow one.",
         ),
     ] = False,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--timeout",
+            help="Seconds to wait for engines and gateway, past which the app is removed "
+            "(default: $TANDEM_READY_TIMEOUT_S, else 900).",
+            min=1,
+        ),
+    ] = None,
 ) -> None:
-    """Deploy a plan onto a running Ray cluster and return; the cluster keeps serving it."""
+    """Deploy a plan onto a running Ray cluster and return; the cluster keeps serving it. Shows
+    each deployment's state as it changes; on failure or timeout removes the app and says why."""
     _require("ray")
-    from deploy.stack import RayConnection, deploy
+    from deploy.stack import READY_TIMEOUT_S, RayConnection, deploy, undeploy
 
+    timeout = timeout or READY_TIMEOUT_S
     serving_plan = _load(plan, None, None)
     if not address:
         console.print(f"[red]error:[/red] --address (or {ADDRESS_ENV}) is required; for a local run use `gateway up`")
         raise typer.Exit(2)
+    console.print(f"deploying {plan.name}: {start_time_hint(serving_plan)}; waiting at most {timeout:.0f} s")
     try:
         with RayConnection(address):
             if probe_link:
                 _probe_link_first(serving_plan)
-            deployed = deploy(serving_plan)
+            try:
+                deployed = deploy(serving_plan, timeout_s=timeout, on_progress=_show_progress)
+            except BaseException as exc:  # a failure, the timeout or Ctrl-C: what was started goes
+                undeploy()
+                why = "stopped by Ctrl-C" if isinstance(exc, KeyboardInterrupt) else str(exc)
+                console.print(f"[red]error:[/red] {why}", highlight=False)
+                console.print("removed the app this deploy started; the cluster keeps running")
+                raise typer.Exit(1) from None
+    except typer.Exit:
+        raise
     except Exception as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
-    _print_welcome(deployed)
+    _print_welcome(deployed, serving_plan.gateway, foreground=False)
+
+
+def _show_progress(elapsed_s: float, states: dict[str, str]) -> None:
+    """One line per change of state: the app's, then each deployment's (gateway, engine-NAME)."""
+    console.print(
+        f"[{elapsed_s:5.0f} s] " + "  ".join(f"{name} {state}" for name, state in states.items()), highlight=False
+    )
 
 
 def _probe_link_first(plan: ServingPlan) -> None:
@@ -233,17 +334,30 @@ def _on_cluster(address: str | None, query: Callable[[], T]) -> T:
 
 
 @app.command()
-def status(address: AddressOption = None) -> None:
-    """Show the deployed app's state, deployment by deployment."""
-    _require("ray")
-    from deploy.stack import app_status
+def status(address: AddressOption = None, url: UrlOption = DEFAULT_URL, cacert: CaOption = None) -> None:
+    """The gateway's replicas, health, queues, frozen state, recent TTFT/TPOT and usage (as its
+    /status page shows them), then the Serve app's deployments where Ray is installed."""
+    answered = show_gateway_status(url, cacert)
+    if importlib.util.find_spec("ray") is None:
+        console.print("(Ray is not installed here: no deployment states; a gateway-only install has none)")
+        raise typer.Exit(0 if answered else 1)
+    from deploy.stack import RayConnection, app_status
 
-    states = _on_cluster(address, app_status)
+    try:
+        with RayConnection(address or "auto"):
+            states = app_status()
+    except ConnectionError as exc:
+        console.print(f"no Ray cluster to ask: {exc}")
+        raise typer.Exit(0 if answered else 1) from None
     if states is None:
         console.print("No Tandem app is deployed.")
-        raise typer.Exit(1)
+        raise typer.Exit(0 if answered else 1)
+    table = Table(title="Serve deployments", title_justify="left")
+    table.add_column("deployment")
+    table.add_column("state")
     for name, state in states.items():
-        Console().print(f"{name:24} {state}")
+        table.add_row(name, state)
+    Console().print(table)
 
 
 @app.command()
@@ -256,7 +370,66 @@ def down(address: AddressOption = None) -> None:
     console.print("Removed the Tandem app." if removed else "No Tandem app was deployed.")
 
 
+plan_app = typer.Typer(help="Check a serving plan before deploying it.", no_args_is_help=True)
+
+
+@plan_app.command("validate")
+def plan_validate(
+    plan: Annotated[Path, typer.Argument(help="Serving plan YAML.", exists=True, dir_okay=False)],
+) -> None:
+    """Run the plan's checks (fields, layout against the cluster, API keys readable) and print
+    what each box will hold: every replica's workers and memory, node by node."""
+    from deploy.plan_report import box_shares, box_warnings
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")  # an older plan's note
+    serving_plan = _load(plan, None, None)
+    cluster = serving_plan.cluster
+    where = "CPU" if cluster.is_cpu else f"{cluster.devices_per_node} x {cluster.accelerator}"
+    out = Console()
+    out.print(
+        f"[bold green]valid[/bold green]: {plan} (plan format {serving_plan.version}): "
+        f"[bold]{serving_plan.model.name}[/bold] on {cluster.nodes} node(s) of {cluster.name} "
+        f"({where}, {cluster.memory_per_node_gb:g} GB each)",
+        highlight=False,
+    )
+    table = Table(title="what each box will hold", title_justify="left")
+    for column in ("node", "replica", "class", "layout", "workers", "memory (GB)", "of which"):
+        table.add_column(column, justify="right" if column in ("node", "workers", "memory (GB)") else "left")
+    shares = box_shares(serving_plan)
+    for node in sorted({share.node for share in shares}):
+        on_node = [share for share in shares if share.node == node]
+        for share in on_node:
+            replica = serving_plan.replica_for_name(share.replica)
+            memory = "-" if share.memory_gb is None else f"{share.memory_gb:.1f}"
+            table.add_row(
+                str(node), share.replica, replica.traffic_class, replica.layout, str(share.workers), memory, share.what
+            )
+        total = sum(share.memory_gb or 0.0 for share in on_node)
+        workers = sum(share.workers for share in on_node)
+        table.add_row(
+            str(node),
+            "[bold]all[/bold]",
+            "",
+            "",
+            str(workers),
+            f"[bold]{total:.1f}[/bold]",
+            f"of {cluster.memory_per_node_gb:g} GB",
+            end_section=True,
+        )
+    out.print(table)
+    for warning in box_warnings(serving_plan, shares):
+        console.print(f"[yellow bold]warning:[/yellow bold] {warning}", highlight=False)
+    if not cluster.is_cpu:
+        out.print(
+            "Whether the weights and the KV cache fit inside these shares: `tuner predict` (the performance model).",
+            highlight=False,
+        )
+
+
+app.add_typer(plan_app, name="plan")
 app.command()(serve)
+app.command("usage")(usage)
+app.add_typer(keys_app, name="keys")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ class GatewayServer:
     # Serve awaits an async constructor (a replica is ready once it returns); Python's type rules know no such thing.
     async def __init__(self, config: GatewayConfig, engines: dict[str, DeploymentHandle]) -> None:  # type: ignore[misc]
         from gateway.app import http_backends
+        from gateway.logs import configure_logging
         from gateway.server import start_in_thread
 
         # A GatewayConfig, pickled by Ray with its keys (deploy.builder); copied so that the base
@@ -31,6 +32,8 @@ class GatewayServer:
         # again after a failed probe and follows it (gateway.backends.relocating).
         backends = http_backends(gateway_config, {name: handle.url.remote for name, handle in engines.items()})
         self.config = gateway_config
+        log = gateway_config.settings.log  # the plan's gateway.log, for the gateway's own records
+        configure_logging(log.format, log.level, logger="tandem")
         self._backends: Mapping[str, Backend] = backends
         settings = gateway_config.settings
         self._server = start_in_thread(gateway_config, backends, host=settings.host, port=settings.port)

@@ -10,6 +10,7 @@ with a message that says what to change.
 from __future__ import annotations
 
 import difflib
+import logging
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from deploy.plan_version import PLAN_VERSION, PlanVersionError, upgrade_plan_data
 from gateway.config import GatewaySettings, TrafficClass, describe_fields
 from gateway.routing_rules import routing_for_replicas
 
@@ -240,6 +242,7 @@ class ServingPlan(BaseModel):
 
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)  # errors never echo a key
 
+    version: int = Field(PLAN_VERSION, ge=1, le=PLAN_VERSION, description="Plan format version (deploy.plan_version).")
     model: ModelSpec
     replicas: list[Replica] = Field(min_length=1)
     cluster: Cluster = Field(default_factory=Cluster)
@@ -314,7 +317,15 @@ class ServingPlan(BaseModel):
 
 
 def parse_plan(data: Any, origin: str = "plan") -> ServingPlan:
-    """Validate plan data, turning pydantic's errors into a PlanError that names each field."""
+    """Validate plan data, turning pydantic's errors into a PlanError that names each field. Data
+    of an older plan format is upgraded first, with a logged note (deploy.plan_version)."""
+    if isinstance(data, dict):
+        data = dict(data)
+        try:
+            for note in upgrade_plan_data(data):
+                logging.getLogger("tandem.deploy.plan").warning("note: %s: %s", origin, note)
+        except PlanVersionError as exc:
+            raise PlanError(f"{origin} cannot be read: {exc}") from None
     try:
         return ServingPlan.model_validate(data)
     except ValidationError as exc:

@@ -11,7 +11,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,23 +143,62 @@ def shutdown_serve(timeout_s: float = SERVE_SHUTDOWN_TIMEOUT_S) -> None:
         logger.warning("serve.shutdown() did not finish in %.0f s; stopping Ray's processes instead", timeout_s)
 
 
-def deploy(plan: ServingPlan, log_dir: Path | None = None) -> Deployed:
-    """Deploy the plan on the connected cluster and wait until the gateway answers /ready."""
-    from ray import serve
+Progress = Callable[[float, dict[str, str]], None]
+"""Told the seconds since the deploy began and the app's and each deployment's state, on each change."""
 
+
+def deploy(
+    plan: ServingPlan,
+    log_dir: Path | None = None,
+    timeout_s: float = READY_TIMEOUT_S,
+    on_progress: Progress | None = None,
+) -> Deployed:
+    """Deploy the plan on the connected cluster and wait, at most `timeout_s` in all, until the
+    app runs and the gateway answers /ready. Failure: RuntimeError with each deployment's own
+    message (an engine's log tail); past the time: TimeoutError with the states it reached. The
+    app is left deployed either way: the caller decides whether to remove it (`undeploy`)."""
+    from ray import serve
+    from ray.serve.api import RunTarget
+
+    started = time.monotonic()
     log_dir = log_dir or cache_dir() / "logs"
     serve.start(proxy_location="Disabled")
     app = build_app(plan, resolve_model_source(plan), str(log_dir))
-    try:
-        handle = serve.run(app, name=APP_NAME, route_prefix=None)
-    except RuntimeError as exc:
-        # Serve says only which deployments failed; why (an engine's log tail) is in their status.
-        raise RuntimeError(f"{exc}\n{_failure_details()}") from None
+    # Not serve.run, which waits without a bound or a word: the same call, then our own wait.
+    (handle,) = serve.run_many(
+        [RunTarget(app, name=APP_NAME, route_prefix=None)],
+        wait_for_ingress_deployment_creation=False,
+        wait_for_applications_running=False,
+    )
+    _wait_running(started, timeout_s, on_progress)
     replica_urls = handle.replica_urls.remote().result()
     settings = plan.gateway
-    base_url = f"http://{_client_host(settings.host)}:{settings.port}/v1"
-    wait_ready(base_url)
+    scheme = "https" if settings.tls is not None else "http"
+    base_url = f"{scheme}://{_client_host(settings.host)}:{settings.port}/v1"
+    wait_ready(base_url, max(1.0, timeout_s - (time.monotonic() - started)))
     return Deployed(base_url=base_url, model=plan.model.name, replica_urls=replica_urls)
+
+
+def _wait_running(started: float, timeout_s: float, on_progress: Progress | None) -> None:
+    """Poll the app's status (as serve.run does) until RUNNING, telling each change."""
+    last: dict[str, str] | None = None
+    while True:
+        states = app_status() or {"app": "NOT_STARTED"}
+        if states != last and on_progress is not None:
+            on_progress(time.monotonic() - started, states)
+        last = states
+        if states["app"] == "RUNNING":
+            return
+        if states["app"] == "DEPLOY_FAILED":
+            # Serve says only which deployments failed; why (an engine's log tail) is in their status.
+            raise RuntimeError(f"deploying the app failed:\n{_failure_details()}")
+        if time.monotonic() - started > timeout_s:
+            where = ", ".join(f"{name} {state}" for name, state in states.items())
+            details = _failure_details()
+            raise TimeoutError(
+                f"the app was not running after {timeout_s:.0f} s ({where})" + (f"\n{details}" if details else "")
+            )
+        time.sleep(1.0)
 
 
 def _failure_details() -> str:
@@ -176,13 +215,15 @@ def _client_host(listen_host: str) -> str:
 
 
 def wait_ready(base_url: str, timeout_s: float = READY_TIMEOUT_S) -> None:
-    """Poll the gateway's /ready until every replica answers."""
+    """Poll the gateway's /ready until every replica answers. Over https the certificate is not
+    checked: it names the gateway's public host, not the loopback address asked here, and this
+    request carries no key and reads only the answer's status."""
     ready_url = base_url.removesuffix("/v1") + "/ready"
     deadline = time.monotonic() + timeout_s
     last = "no answer"
     while time.monotonic() < deadline:
         try:
-            response = httpx.get(ready_url, timeout=5)
+            response = httpx.get(ready_url, timeout=5, verify=False)
             if response.status_code == 200:
                 return
             last = f"HTTP {response.status_code}: {response.text[:200]}"
@@ -216,11 +257,13 @@ def app_status() -> dict[str, str] | None:
 
 
 @contextmanager
-def running_stack(plan: ServingPlan, address: str | None = None) -> Iterator[Deployed]:
+def running_stack(
+    plan: ServingPlan, address: str | None = None, on_progress: Progress | None = None
+) -> Iterator[Deployed]:
     """Deploy a plan for the length of a `with` block (tests, `gateway up`, live tuning)."""
     with RayConnection(address, num_cpus=None if address else logical_cpus_needed(plan)) as connection:
         try:
-            yield deploy(plan)
+            yield deploy(plan, on_progress=on_progress)
         finally:
             if not connection.owns_cluster:  # a failed deploy is removed too: Serve would retry it
                 undeploy()

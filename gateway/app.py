@@ -4,7 +4,8 @@ Routes: POST /v1/chat/completions and /v1/completions (gateway.proxy), POST /v1/
 /v1/responses/{id} and POST /v1/responses/{id}/cancel (gateway.responses), GET /v1/models (public
 names only), GET /health (the process is alive), GET /ready (every replica answers), GET /metrics
 (Prometheus), GET and PUT /admin/routing (read or switch the routing settings and policy at
-runtime, admin key required when keys are configured). Every error, the framework's own 404, 405
+runtime, admin key required when keys are configured), the key and usage admin routes
+(gateway.admin_api), GET /status and /admin/status (gateway.status). Every error, the framework's own 404, 405
 and validation errors included, is answered in the OpenAI envelope (gateway.errors).
 """
 
@@ -13,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -25,6 +28,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
+from gateway.admin_api import admin_routes
 from gateway.admission import ClassGate
 from gateway.auth import KeyRing, exposure_warning, is_loopback
 from gateway.backends.base import Backend
@@ -36,6 +40,7 @@ from gateway.batches.service import BatchService
 from gateway.config import GatewayConfig, TrafficClass
 from gateway.errors import GatewayError, error_body, internal_error
 from gateway.freezing import EngineFreezer
+from gateway.key_admin import KeyAdmin
 from gateway.load import LoadBoard
 from gateway.metrics import CONTENT_TYPE, GatewayMetrics, LiveState
 from gateway.policy import Endpoint
@@ -44,7 +49,11 @@ from gateway.response_ids import ResponseIdMap
 from gateway.responses import RESPONSES_PATH, ResponsesProxy, add_responses_routes
 from gateway.router import Router
 from gateway.routing_update import NotAnObject, merge_routing
+from gateway.sqlite_schema import SchemaTooNew
+from gateway.state_store import StateStore
+from gateway.status import StatusSource, status_routes
 from gateway.tokenize import TOKENIZER_PATHS, forward_to_tokenizer
+from gateway.usage import UsageLedger
 from gateway.yielding import BatchYielding
 
 log = logging.getLogger("tandem.gateway")
@@ -117,6 +126,20 @@ def http_backends(
     }
 
 
+def open_state_store(data_dir: Path) -> StateStore:
+    """The keys and usage store in the data directory; a clear error when it cannot be opened
+    (the gateway then does not start: keys added at runtime would be missing)."""
+    try:
+        return StateStore(data_dir)
+    except SchemaTooNew as exc:
+        raise RuntimeError(str(exc)) from None
+    except (OSError, sqlite3.Error) as exc:
+        raise RuntimeError(
+            f"cannot open the gateway's data directory {data_dir} ({exc}); set gateway.batches.data_dir or "
+            "TANDEM_DATA_DIR to a writable directory"
+        ) from None
+
+
 def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
     return Response(error_body(status, message), status_code=status, media_type="application/json", headers=headers)
 
@@ -140,6 +163,8 @@ def create_app(config: GatewayConfig, backends: Mapping[str, Backend] | None = N
     }
     yielding.watch(gates["interactive"], gates["batch"])
     keyring = KeyRing.from_settings(settings.auth)
+    key_admin = KeyAdmin(keyring)
+    ledger = UsageLedger()
     metrics = GatewayMetrics(
         LiveState(board, gates, lambda: router.spilling, lambda: yielding.holding),
         per_key=settings.auth.per_key_metrics,
@@ -152,6 +177,13 @@ def create_app(config: GatewayConfig, backends: Mapping[str, Backend] | None = N
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            store = open_state_store(batches.data_dir)
+        except RuntimeError as exc:
+            app.state.startup_error = exc  # uvicorn only logs it; gateway.server reports it
+            raise
+        key_admin.load(store)
+        ledger.start(store)
         for backend in backends.values():
             await backend.start()
         await board.poll_once(backends)
@@ -171,6 +203,8 @@ def create_app(config: GatewayConfig, backends: Mapping[str, Backend] | None = N
                 await poller
             for backend in backends.values():
                 await backend.close()
+            await ledger.stop()
+            store.close()
 
     app = GatewayApp(title="Tandem gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.router = router
@@ -182,7 +216,14 @@ def create_app(config: GatewayConfig, backends: Mapping[str, Backend] | None = N
     )
     for endpoint, path in generation:
         proxy = GenerationProxy(
-            endpoint, config=config, backends=backends, router=router, gates=gates, keyring=keyring, metrics=metrics
+            endpoint,
+            config=config,
+            backends=backends,
+            router=router,
+            gates=gates,
+            keyring=keyring,
+            metrics=metrics,
+            ledger=ledger,
         )
         app.add_generation_route(path, proxy)
         batch_proxies[path] = proxy
@@ -194,6 +235,7 @@ def create_app(config: GatewayConfig, backends: Mapping[str, Backend] | None = N
         gates=gates,
         keyring=keyring,
         metrics=metrics,
+        ledger=ledger,
     )
     app.add_generation_route(RESPONSES_PATH, responses)
     add_responses_routes(app, responses)
@@ -202,6 +244,19 @@ def create_app(config: GatewayConfig, backends: Mapping[str, Backend] | None = N
     def require_admin(request: Request) -> None:
         peer = request.client.host if request.client is not None else None
         keyring.authorize_admin(request.headers.get("authorization"), peer)
+
+    app.include_router(admin_routes(key_admin, ledger, require_admin))
+    status = StatusSource(
+        model=config.model,
+        board=board,
+        gates=gates,
+        frozen=lambda: freezer.frozen,
+        spilling=lambda: router.spilling,
+        batch_held=lambda: yielding.holding,
+        recent=metrics.recent,
+        ledger=ledger,
+    )
+    app.include_router(status_routes(status, require_admin))
 
     @app.get("/health")
     async def health() -> Response:

@@ -3,14 +3,20 @@
 Keys are optional: with none configured every request is the anonymous client, as with
 `vllm serve` without --api-key. The anonymous client is never an admin: with no keys, the admin
 routes answer only callers on loopback (`KeyRing.authorize_admin`), so a gateway listening on
-0.0.0.0 does not hand its routing to the network. Keys are compared in constant time against
-every configured key (no early exit on the first match, no lookup by the secret), and are never
-logged: metrics and logs name the key by its `name`. State is one small record per configured key, so memory is
-bounded by the config, not by traffic.
+0.0.0.0 does not hand its routing to the network.
+
+Keys come from the plan (or its keys file and TANDEM_API_KEYS), read at start, and from the
+gateway's own store, where `gateway keys add|rotate|revoke` puts them at runtime
+(gateway.key_admin). The ring holds only each key's SHA-256 digest (gateway.state_store says why
+that hash): a presented key is hashed once and compared in constant time against every digest
+(no early exit on the first match, no lookup by the secret). Keys are never logged: metrics and
+logs name the key by its `name`. State is one small record per key, so memory is bounded by the
+keys, not by traffic.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import math
@@ -18,9 +24,17 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Literal
 
 from gateway.config import ApiKey, AuthSettings, GatewaySettings, TrafficClass
 from gateway.errors import GatewayError
+
+KeySource = Literal["plan", "store"]
+
+
+def key_digest(secret: str) -> bytes:
+    """The SHA-256 digest a key is known by (never the key itself)."""
+    return hashlib.sha256(secret.encode()).digest()
 
 
 @dataclass
@@ -31,13 +45,46 @@ class Client:
     default_class: TrafficClass | None = None
     admin: bool = False
     requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
     max_concurrent: int | None = None
+    expires_at: float | None = None  # unix time; None: never
+    source: KeySource = "plan"
     in_flight: int = 0
     _tokens: float = 0.0
     _refilled_at: float = field(default_factory=time.monotonic)
+    _token_budget: float = 0.0
+    _budget_at: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
         self._tokens = float(self.requests_per_minute or 0)
+        self._token_budget = float(self.tokens_per_minute or 0)
+
+    def _check_token_budget(self, now: float) -> None:
+        """Tokens per minute: a bucket of tokens_per_minute, refilled continuously. A request's
+        tokens are known only once it ends, so they are taken then (`charge_tokens`) and a request
+        is admitted while the bucket is above zero: a large answer can overdraw it, and the key
+        then waits until the refill has covered the overdraft."""
+        if self.tokens_per_minute is None:
+            return
+        per_second = self.tokens_per_minute / 60.0
+        self._token_budget = min(self.tokens_per_minute, self._token_budget + (now - self._budget_at) * per_second)
+        self._budget_at = now
+        if self._token_budget <= 0:
+            wait = max(1, math.ceil(-self._token_budget / per_second))
+            raise GatewayError(
+                429,
+                f"token limit of {self.tokens_per_minute} tokens per minute reached for key {self.name!r}",
+                headers={"Retry-After": str(wait)},
+            )
+
+    def charge_tokens(self, tokens: int) -> None:
+        """Take a finished request's prompt and completion tokens from the per-minute budget."""
+        if self.tokens_per_minute is not None and tokens > 0:
+            now = time.monotonic()
+            per_second = self.tokens_per_minute / 60.0
+            self._token_budget = min(self.tokens_per_minute, self._token_budget + (now - self._budget_at) * per_second)
+            self._budget_at = now
+            self._token_budget -= tokens
 
     def _take_rate_token(self, now: float) -> None:
         """Token bucket: requests_per_minute tokens, refilled continuously."""
@@ -64,7 +111,9 @@ class Client:
                 f"key {self.name!r} already has {self.max_concurrent} requests in flight",
                 headers={"Retry-After": "1"},
             )
-        self._take_rate_token(time.monotonic())
+        now = time.monotonic()
+        self._check_token_budget(now)
+        self._take_rate_token(now)
         self.in_flight += 1
         try:
             yield
@@ -76,17 +125,19 @@ ANONYMOUS = "anonymous"
 
 
 class KeyRing:
-    """Looks up the client behind an Authorization header."""
+    """Looks up the client behind an Authorization header. Changed at runtime (on the event loop)
+    by the key admin routes: a key added, rotated or revoked counts from the next request."""
 
     def __init__(self, keys: list[ApiKey]) -> None:
-        self._keys = [
+        self._keys: list[tuple[bytes, Client]] = [
             (
-                key.key.get_secret_value().encode(),
+                key_digest(key.key.get_secret_value()),
                 Client(
                     name=key.name,
                     default_class=key.default_class,
                     admin=key.admin,
                     requests_per_minute=key.requests_per_minute,
+                    tokens_per_minute=key.tokens_per_minute,
                     max_concurrent=key.max_concurrent,
                 ),
             )
@@ -102,6 +153,23 @@ class KeyRing:
     def enabled(self) -> bool:
         return bool(self._keys)
 
+    @property
+    def clients(self) -> list[Client]:
+        return [client for _, client in self._keys]
+
+    def add(self, digest: bytes, client: Client) -> None:
+        """A new key; its name must not be taken (the caller checks, and says why)."""
+        if any(known.name == client.name for known in self.clients):
+            raise ValueError(f"a key named {client.name!r} exists")
+        self._keys.append((digest, client))
+
+    def replace_digest(self, name: str, digest: bytes) -> None:
+        """A new secret for the key `name`: the old one stops working, limits and counts stay."""
+        self._keys = [(digest if client.name == name else old, client) for old, client in self._keys]
+
+    def remove(self, name: str) -> None:
+        self._keys = [(digest, client) for digest, client in self._keys if client.name != name]
+
     def client_named(self, name: str) -> Client | None:
         """The client of the key called `name` (the anonymous one when keys are off); None if no
         key has that name. For work submitted earlier and run later: the Batch API's lines."""
@@ -110,17 +178,20 @@ class KeyRing:
         return next((client for _, client in self._keys if client.name == name), None)
 
     def authenticate(self, authorization: str | None) -> Client:
-        """The client for `Authorization: Bearer <key>`; 401 when keys are on and it matches none."""
+        """The client for `Authorization: Bearer <key>`; 401 when keys are on and it matches none,
+        or when its key has expired."""
         if not self._keys:
             return self._anonymous
         scheme, _, token = (authorization or "").partition(" ")
-        presented = token.strip().encode() if scheme.lower() == "bearer" else b""
+        presented = key_digest(token.strip()) if scheme.lower() == "bearer" else b""
         found: Client | None = None
-        for secret, client in self._keys:
-            if hmac.compare_digest(secret, presented) and found is None:
+        for digest, client in self._keys:
+            if hmac.compare_digest(digest, presented) and found is None:
                 found = client
         if found is None:
             raise GatewayError(401, "missing or invalid API key (send Authorization: Bearer <key>)")
+        if found.expires_at is not None and time.time() >= found.expires_at:
+            raise GatewayError(401, f"API key {found.name!r} has expired; ask the gateway's admin for a new one")
         return found
 
     def authorize_admin(self, authorization: str | None, peer: str | None) -> Client:
@@ -135,7 +206,7 @@ class KeyRing:
             return self._anonymous
         client = self.authenticate(authorization)
         if not client.admin:
-            raise GatewayError(403, f"key {client.name!r} may not change routing (it is not an admin key)")
+            raise GatewayError(403, f"key {client.name!r} may not use the admin routes (it is not an admin key)")
         return client
 
 

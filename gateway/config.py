@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from gateway.batch_settings import BatchSettings
 
 TrafficClass = Literal["interactive", "batch"]
+LogFormat = Literal["text", "json"]
+LogLevel = Literal["debug", "info", "warning", "error"]
 TRAFFIC_CLASSES: tuple[TrafficClass, ...] = ("interactive", "batch")
 # The routing policies' names, so a config is checked without importing the policies (gateway.policy
 # imports this module; it checks that its POLICIES table has exactly these names).
@@ -182,8 +184,13 @@ class ApiKey(BaseModel):
         None, description="Class of this key's requests unless they send X-Tandem-Class."
     )
     requests_per_minute: int | None = Field(None, ge=1, description="Past this rate: 429.")
+    tokens_per_minute: int | None = Field(
+        None, ge=1, description="Prompt + completion tokens per minute, taken as requests end; past it: 429."
+    )
     max_concurrent: int | None = Field(None, ge=1, description="Requests in flight at once; past this: 429.")
-    admin: bool = Field(False, description="May change routing at runtime (PUT /admin/routing).")
+    admin: bool = Field(
+        False, description="May use the admin routes: routing (PUT /admin/routing), keys and usage (/admin/keys)."
+    )
 
     @field_validator("key")
     @classmethod
@@ -295,6 +302,25 @@ class ResponseStateSettings(BaseModel):
     ttl_s: float = Field(24 * 3600.0, gt=0, description="Seconds an id is remembered after its last use.")
 
 
+class TlsSettings(BaseModel):
+    """HTTPS on the gateway's own port (uvicorn's ssl_certfile / ssl_keyfile): PEM files on the
+    machine the gateway runs on (the head node of a cluster)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cert_file: Path = Field(description="PEM certificate chain: the server's certificate first.")
+    key_file: Path = Field(description="PEM private key of that certificate (kept readable by the gateway only).")
+
+
+class LogSettings(BaseModel):
+    """The gateway's log output (gateway.logs): one line per request at `info`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: LogFormat = Field("text", description="text, or one JSON object per line.")
+    level: LogLevel = Field("info", description="info logs one line per request; warning leaves them out.")
+
+
 class GatewaySettings(BaseModel):
     """Where the gateway listens and how it routes."""
 
@@ -302,11 +328,20 @@ class GatewaySettings(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    tls: TlsSettings | None = Field(None, description="Serve HTTPS with these files; none: plain HTTP.")
+    trusted_proxies: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1"],
+        description="Addresses (or networks) whose X-Forwarded-For names the real client: a reverse proxy in "
+        "front of the gateway. From anyone else the header is ignored.",
+    )
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     limits: RequestLimits = Field(default_factory=RequestLimits)
     batches: BatchSettings = Field(default_factory=BatchSettings)
     responses: ResponseStateSettings = Field(default_factory=ResponseStateSettings)
+    log: LogSettings = Field(
+        default_factory=LogSettings, description="`gateway serve --log-format/--log-level` take precedence."
+    )
 
 
 class ReplicaEndpoint(BaseModel):

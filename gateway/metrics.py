@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 from gateway.admission import ClassGate
 from gateway.config import TrafficClass
 from gateway.load import LoadBoard
+from gateway.recent import RecentLatency
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -192,6 +193,7 @@ class GatewayMetrics:
             )
         )
         r.register(live)
+        self.recent = RecentLatency()  # the last minutes' streams, for the status page (gateway.status)
 
     def requests(self, endpoint: str, traffic_class: str, replica: str, status: str, key: str) -> Any:
         """The request counter's child for these labels (the key's name only when per_key is on)."""

@@ -41,12 +41,15 @@ from gateway.classify import CLASS_HEADER, classify
 from gateway.config import TRAFFIC_CLASSES, GatewayConfig, ReplicaEndpoint, TrafficClass
 from gateway.deadlines import DEADLINE_STATUS, DeadlineExceeded, DeadlineKind, Deadlines
 from gateway.errors import GatewayError, error_body, internal_error
+from gateway.logs import REQUEST_LOGGER
 from gateway.metrics import GatewayMetrics
 from gateway.policy import Endpoint, RequestFeatures, Route
 from gateway.protocol import features_of, parse_view
 from gateway.router import Router
+from gateway.usage import UsageLedger
 
 log = logging.getLogger("tandem.gateway")
+request_log = logging.getLogger(REQUEST_LOGGER)
 
 # The ASGI types, as Starlette (whose app hands requests to the proxy) declares them.
 Scope = MutableMapping[str, Any]
@@ -127,6 +130,10 @@ class _Exchange:
     responding: bool = False  # response headers sent: errors can no longer be an HTTP status
     finished: bool = False  # last byte handed to the server: a disconnect now is the normal end
     upstream_id: str = ""  # what the replica is sent: unique (upstream_request_id)
+    model: str = "-"  # the served name the client asked for, once checked
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    ttft_s: float | None = None  # streams: request received to first event sent
 
 
 def _every_replica_failed(last: str) -> GatewayError:
@@ -149,8 +156,10 @@ class GenerationProxy:
         gates: Mapping[TrafficClass, ClassGate],
         keyring: KeyRing,
         metrics: GatewayMetrics,
+        ledger: UsageLedger,
     ) -> None:
         self.endpoint = endpoint
+        self._public_model = config.model
         self._limits = config.settings.limits
         self._served_names = config.served_names
         self._backends = backends
@@ -160,6 +169,7 @@ class GenerationProxy:
         self._gates = gates
         self._keyring = keyring
         self._metrics = metrics
+        self._ledger = ledger
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one request. The app calls this ahead of the framework's middleware (see
@@ -242,6 +252,7 @@ class GenerationProxy:
         view = parse_view(self.endpoint, body)
         if view.model is not None and view.model not in self._served_names:
             raise GatewayError(404, f"The model `{view.model}` does not exist.", param="model")
+        exchange.model = view.model or self._public_model
         features = features_of(self.endpoint, view)
         cap = self._limits.max_tokens_cap
         if cap is not None and features.max_tokens is not None and features.max_tokens > cap:
@@ -440,9 +451,8 @@ class GenerationProxy:
                     return
                 if not started:
                     started = True
-                    self._metrics.ttft(exchange.traffic_class or "-", exchange.replica).observe(
-                        time.perf_counter() - exchange.started
-                    )
+                    exchange.ttft_s = time.perf_counter() - exchange.started
+                    self._metrics.ttft(exchange.traffic_class or "-", exchange.replica).observe(exchange.ttft_s)
                 when, kind = deadlines.next_event()
         except UpstreamBroken as exc:
             # The replica broke off mid-stream: the status is sent, so say it the way vLLM does.
@@ -467,8 +477,17 @@ class GenerationProxy:
             usage = orjson.loads(data).get("usage")
         except (orjson.JSONDecodeError, AttributeError):
             return
-        if isinstance(usage, dict):  # client and class are set (auth, classification) before any upstream answer
-            self._metrics.count_usage(exchange.client.name, exchange.traffic_class, usage)  # type: ignore[union-attr, arg-type]
+        if isinstance(usage, dict):
+            self._record_usage(exchange, usage)
+
+    def _record_usage(self, exchange: _Exchange, usage: Mapping[str, Any]) -> None:
+        """A replica's token counts for this request (chat/completions names): metrics now, the
+        ledger and the key's token budget when the request ends (`_account`)."""
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        exchange.prompt_tokens = prompt if isinstance(prompt, int) and prompt > 0 else 0
+        exchange.completion_tokens = completion if isinstance(completion, int) and completion > 0 else 0
+        # client and class are set (auth, classification) before any upstream answer
+        self._metrics.count_usage(exchange.client.name, exchange.traffic_class, usage)  # type: ignore[union-attr, arg-type]
 
     def _take_usage(self, exchange: _Exchange, chunk: bytes, *, keep: bool) -> bytes:
         """Count the usage event's tokens; drop the event unless the client asked for usage."""
@@ -483,8 +502,7 @@ class GenerationProxy:
                 except orjson.JSONDecodeError:
                     payload = None
                 if isinstance(payload, dict) and isinstance(payload.get("usage"), dict):
-                    # client and class are set (auth, classification) before any upstream answer
-                    self._metrics.count_usage(exchange.client.name, exchange.traffic_class, payload["usage"])  # type: ignore[union-attr, arg-type]
+                    self._record_usage(exchange, payload["usage"])
                     usage_only = not payload.get("choices")
             if keep or not usage_only:
                 kept.append(event + b"\n\n")
@@ -505,24 +523,37 @@ class GenerationProxy:
         await send({"type": "http.response.body", "body": body})
 
     def _account(self, exchange: _Exchange) -> None:
+        """The request's metrics, usage ledger entry, token charge and log line, once it ended."""
         traffic_class = exchange.traffic_class or "-"
-        key = exchange.client.name if exchange.client else "-"
+        client = exchange.client
+        key = client.name if client else "-"
         self._metrics.requests(self.endpoint, traffic_class, exchange.replica, str(exchange.status), key).inc()
         elapsed = time.perf_counter() - exchange.started
         if exchange.replica != "-":
             self._metrics.latency(traffic_class, exchange.replica).observe(elapsed)
-        if log.isEnabledFor(logging.DEBUG):  # one line per request costs ~10% of the gateway's CPU
-            log.debug(
-                "request_id=%s upstream_id=%s endpoint=%s key=%s class=%s replica=%s status=%d ms=%.1f",
-                exchange.request_id,
-                exchange.upstream_id,
-                self.endpoint,
-                key,
-                traffic_class,
-                exchange.replica,
-                exchange.status,
-                elapsed * 1000,
-            )
+        if exchange.ttft_s is not None:
+            self._metrics.recent.record(traffic_class, exchange.ttft_s, elapsed, exchange.completion_tokens)
+        if client is not None:  # an unknown key is in the log, not in anybody's usage
+            error = exchange.status >= 400 and exchange.status != 499  # 499: the client left
+            tokens = (exchange.prompt_tokens, exchange.completion_tokens)
+            self._ledger.record(key, exchange.model, traffic_class, *tokens, error)
+            client.charge_tokens(sum(tokens))
+        if request_log.isEnabledFor(logging.INFO):  # costs ~10% of the gateway's CPU: --log-level warning skips it
+            fields = {
+                "request_id": exchange.request_id,
+                "upstream_id": exchange.upstream_id,
+                "endpoint": self.endpoint,
+                "key": key,
+                "model": exchange.model,
+                "class": traffic_class,
+                "replica": exchange.replica,
+                "status": exchange.status,
+                "ttft_ms": None if exchange.ttft_s is None else round(exchange.ttft_s * 1000, 1),
+                "prompt_tokens": exchange.prompt_tokens,
+                "completion_tokens": exchange.completion_tokens,
+                "duration_ms": round(elapsed * 1000, 1),
+            }
+            request_log.info(" ".join(f"{name}=%s" for name in fields), *fields.values(), extra={"fields": fields})
 
 
 def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:

@@ -118,8 +118,8 @@ class ResponsesProxy(GenerationProxy):
         if isinstance(response_id, str) and exchange.replica != "-":
             self.ids.remember(response_id, exchange.replica)
         usage = response.get("usage")
-        if isinstance(usage, dict):  # client and class are set (auth, classification) before any upstream answer
-            self._metrics.count_usage(exchange.client.name, exchange.traffic_class, responses_usage(usage))  # type: ignore[union-attr, arg-type]
+        if isinstance(usage, dict):
+            self._record_usage(exchange, responses_usage(usage))
 
     # ---- retrieval and cancel ----------------------------------------------------------------
     async def retrieve(self, request: Request, response_id: str) -> Response:

@@ -11,44 +11,63 @@ Ray actor, or in tests), each time under uvicorn with uvloop and httptools.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 import uvloop
 
 from gateway.app import create_app
 from gateway.backends.base import Backend
-from gateway.config import GatewayConfig, load_config
+from gateway.config import ConfigError, GatewayConfig, LogFormat, LogLevel, load_config
+from gateway.logs import configure_logging
 
 HOST_ENV = "TANDEM_GATEWAY_HOST"
 PORT_ENV = "TANDEM_GATEWAY_PORT"
 
 
 def _uvicorn_config(
-    config: GatewayConfig, backends: Mapping[str, Backend] | None, host: str | None, port: int | None
+    config: GatewayConfig,
+    backends: Mapping[str, Backend] | None,
+    host: str | None,
+    port: int | None,
+    own_logging: bool = False,
 ) -> uvicorn.Config:
+    """`own_logging`: the caller has configured logging (gateway.logs), so uvicorn keeps its
+    hands off and its records go to the same handler, in the same format."""
+    settings = config.settings
+    tls = settings.tls
+    if tls is not None:
+        missing = [str(path) for path in (tls.cert_file, tls.key_file) if not path.expanduser().is_file()]
+        if missing:
+            raise ConfigError(f"gateway.tls: no such file(s) on this machine: {', '.join(missing)}")
+    extra: dict[str, Any] = {"log_config": None} if own_logging else {}
     return uvicorn.Config(
         create_app(config, backends),
-        host=host if host is not None else config.settings.host,
-        port=port if port is not None else config.settings.port,
+        host=host if host is not None else settings.host,
+        port=port if port is not None else settings.port,
         loop="uvloop",
         http="httptools",
         lifespan="on",
-        access_log=False,  # gateway.proxy logs each request (at DEBUG) with its class and replica
+        access_log=False,  # gateway.proxy logs each request (gateway.logs) with its key, class and replica
         server_header=False,
         log_level="info",
         timeout_graceful_shutdown=5,
+        ssl_certfile=str(tls.cert_file.expanduser()) if tls else None,
+        ssl_keyfile=str(tls.key_file.expanduser()) if tls else None,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.trusted_proxies,
+        **extra,
     )
 
 
-def serve(config: GatewayConfig, host: str | None = None, port: int | None = None) -> None:
+def serve(config: GatewayConfig, host: str | None = None, port: int | None = None, own_logging: bool = False) -> None:
     """Serve in the foreground until SIGINT/SIGTERM."""
-    uvicorn.Server(_uvicorn_config(config, None, host, port)).run()
+    uvicorn.Server(_uvicorn_config(config, None, host, port, own_logging)).run()
 
 
 class GatewayThread:
@@ -64,7 +83,8 @@ class GatewayThread:
 
     @property
     def base_url(self) -> str:
-        return f"http://{self._server.config.host}:{self.port}/v1"
+        scheme = "https" if self._server.config.ssl_certfile else "http"
+        return f"{scheme}://{self._server.config.host}:{self.port}/v1"
 
     def is_alive(self) -> bool:
         """Whether the gateway's thread still runs (it ends when the server stops or fails)."""
@@ -113,7 +133,10 @@ def start_in_thread(
     if not server.started:
         server.should_exit = True
         thread.join(5)
-        if failure:
+        startup_error = getattr(getattr(server.config.app, "state", None), "startup_error", None)
+        if startup_error is not None:
+            reason = str(startup_error)
+        elif failure:
             reason = f"{type(failure[0]).__name__}: {failure[0]}"
         elif not thread.is_alive():
             reason = "the server stopped during start-up (see the log above: a port in use, a lifespan error)"
@@ -123,11 +146,19 @@ def start_in_thread(
     return GatewayThread(server, thread)
 
 
-def run_serve_command(config_path: str | Path, host: str | None = None, port: int | None = None) -> None:
-    """`gateway serve --config FILE [--host H --port P]`."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+def run_serve_command(
+    config_path: str | Path,
+    host: str | None = None,
+    port: int | None = None,
+    log_format: LogFormat | None = None,
+    log_level: LogLevel | None = None,
+) -> None:
+    """`gateway serve --config FILE [--host H --port P --log-format F --log-level L]`; the log
+    flags take precedence over the config's `settings.log`."""
     config = load_config(config_path)
+    log = config.settings.log
+    configure_logging(log_format or log.format, log_level or log.level)
     host = host or os.environ.get(HOST_ENV) or None
     if port is None and os.environ.get(PORT_ENV):
         port = int(os.environ[PORT_ENV])
-    serve(config, host, port)
+    serve(config, host, port, own_logging=True)

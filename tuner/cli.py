@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
+from deploy.plan_version import PLAN_VERSION
+from gateway.version import version_callback
 from tuner.bench.cli import bench_app
 from tuner.optimize.cli import optimize_app
 from tuner.perfmodel.cli import predict_app
@@ -14,6 +18,23 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=version_callback(f"plan format {PLAN_VERSION}"),
+            is_eager=True,
+            help="Print the installed version and the formats it reads.",
+        ),
+    ] = False,
+) -> None:
+    """Benchmark endpoints, predict layouts, and tune serving plans for Tandem."""
+
+
 # Subcommands register below, one line each (bench, predict, optimize).
 app.add_typer(bench_app, name="bench")
 app.add_typer(predict_app, name="predict")

@@ -5,6 +5,7 @@
 #   bash benchmarks/gpu/device.sh install        install the bundle, check imports, make the 8B-shaped model
 #   bash benchmarks/gpu/device.sh stack-tests    the stack tests on the one-GPU plan with the 8B-shaped model
 #   bash benchmarks/gpu/device.sh up             start that stack in the background (setsid) and wait for it
+#   bash benchmarks/gpu/device.sh engine NAME    the OpenAI base URL of replica NAME's vLLM server (after `up`)
 #   bash benchmarks/gpu/device.sh run CMD...     run CMD with the environment set (after `up`)
 # Every command writes what it shows under $OUT (the device tool brings that folder back).
 set -euo pipefail
@@ -35,6 +36,7 @@ case "${1:-}" in
       sleep 2
     done
     cp $root/stack.log "$out/stack.log"; grep -q "Press Ctrl-C to stop." $root/stack.log ;;
+  engine) grep -o "engine $2: http://[^ ]*" $root/stack.log | head -1 | sed 's/.*: //' ;;
   run) shift; "$@" ;;
-  *) sed -n 2,8p "$0"; exit 2 ;;
+  *) sed -n 2,9p "$0"; exit 2 ;;
 esac

@@ -38,8 +38,12 @@ from gateway.batches.objects import (
     FileObject,
     new_id,
 )
+from gateway.sqlite_schema import SchemaTooNew, migrate
 
-_SCHEMA = """
+# Migration 1 is the schema of the first release, whose databases have no version (0): IF NOT
+# EXISTS lets it apply to them as well as to a new database (gateway.sqlite_schema).
+_MIGRATIONS = (
+    """
 CREATE TABLE IF NOT EXISTS files (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT UNIQUE NOT NULL,
@@ -71,7 +75,9 @@ CREATE TABLE IF NOT EXISTS lines (
     UNIQUE (batch_id, custom_id)
 );
 CREATE INDEX IF NOT EXISTS lines_pending ON lines (batch_id, done, line_no);
-"""
+""",
+)
+SCHEMA_VERSION = len(_MIGRATIONS)
 
 
 _CHUNK = 500  # lines per write transaction and per page read
@@ -88,7 +94,7 @@ class LineSource(Protocol):
 
 
 class StoreBusy(RuntimeError):
-    """Another gateway process holds the data directory."""
+    """Another gateway process holds the data directory, or a newer Tandem wrote it."""
 
 
 @dataclass(frozen=True)
@@ -151,11 +157,15 @@ class BatchStore:
             raise StoreBusy(f"the batch data directory {data_dir} is in use by another gateway process") from None
         for leftover in self.files_dir.glob(".upload-*"):
             leftover.unlink(missing_ok=True)  # an upload cut short by a crash: never acknowledged
+        self._mutex = threading.RLock()
         self._db = sqlite3.connect(data_dir / "batches.sqlite3", check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across a process kill
-        self._db.executescript(_SCHEMA)
-        self._mutex = threading.RLock()
+        try:
+            migrate(self._db, _MIGRATIONS, data_dir / "batches.sqlite3")
+        except SchemaTooNew as exc:
+            self.close()
+            raise StoreBusy(str(exc)) from None
 
     def close(self) -> None:
         with self._mutex:

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from deploy.plan import SHIPPED_PLANS_DIR, PlanError, ServingPlan, dump_plan, load_plan, parse_plan, shipped_plan
+from deploy.plan_version import PLAN_VERSION
 
 
 def demo_data() -> dict:
@@ -174,3 +175,33 @@ def test_routing_a_plan_sets_is_kept_as_written() -> None:
     routing = parse_plan(data).gateway.routing
     assert (routing.spill_queue_threshold, routing.spill_release_threshold) == (9, 3)
     assert routing.limits["interactive"].max_concurrency == 32  # the settings' own default
+
+
+def test_a_plan_without_a_version_is_read_as_the_current_one_with_a_note(caplog: pytest.LogCaptureFixture) -> None:
+    data = demo_data()
+    del data["version"]
+    with caplog.at_level("WARNING", logger="tandem.deploy.plan"):
+        plan = parse_plan(data, origin="old.yaml")
+    assert plan.version == PLAN_VERSION
+    assert "old.yaml" in caplog.text and "no `version:`" in caplog.text
+    caplog.clear()
+    parse_plan(demo_data())  # the shipped plans say their version: no note
+    assert caplog.text == ""
+
+
+@pytest.mark.parametrize("version", [PLAN_VERSION + 1, 99])
+def test_a_plan_from_a_newer_tandem_is_refused_before_its_fields_are_read(version: int) -> None:
+    data = demo_data() | {"version": version, "a_field_of_the_future": {"x": 1}}
+    with pytest.raises(PlanError, match=f"version {version}.*upgrade this one"):
+        parse_plan(data)
+
+
+@pytest.mark.parametrize("version", ["1", 1.5, -1, True])
+def test_a_version_that_is_not_a_whole_number_is_refused(version: object) -> None:
+    with pytest.raises(PlanError, match="version must be a whole number"):
+        parse_plan(demo_data() | {"version": version})
+
+
+def test_written_plans_carry_the_version(tmp_path: Path) -> None:
+    path = dump_plan(parse_plan(demo_data()), tmp_path / "plan.yaml")
+    assert yaml.safe_load(path.read_text())["version"] == PLAN_VERSION

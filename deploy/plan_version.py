@@ -1,0 +1,47 @@
+"""Versions of the plan format: a plan says which one it is written in (`version:`), older ones are
+brought up to the current version before they are checked, and one from a newer Tandem is refused
+with a message that says so, instead of a list of fields this Tandem does not know.
+
+Version 1 is the first versioned format; plans written before versions existed (no `version:`)
+are version 0 and differ from version 1 only by lacking the field. Each later change to the
+format adds a step to `_STEPS` that rewrites a plan's data from the version before, with a note
+saying what it changed, so that a plan written by any earlier Tandem still loads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+PLAN_VERSION = 1
+"""The plan format this Tandem writes and reads."""
+
+
+class PlanVersionError(ValueError):
+    """A plan whose version this Tandem cannot read."""
+
+
+def _from_unversioned(data: dict[str, Any]) -> str:
+    return "it has no `version:` (written before plan versions); read as version 1, which it already is"
+
+
+# _STEPS[n] rewrites version-n data (in place) into version n + 1 and says what it did.
+_STEPS: dict[int, Callable[[dict[str, Any]], str]] = {0: _from_unversioned}
+
+
+def upgrade_plan_data(data: dict[str, Any]) -> list[str]:
+    """Bring plan data to PLAN_VERSION, in place; the notes say what was done (none for a current
+    plan). PlanVersionError for a version that is not a whole number or is newer than this Tandem's."""
+    version = data.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise PlanVersionError(f"version must be a whole number from 1 to {PLAN_VERSION}, got {version!r}")
+    if version > PLAN_VERSION:
+        raise PlanVersionError(
+            f"it is written in plan format version {version}, and this Tandem reads versions up to {PLAN_VERSION}: "
+            "it comes from a newer Tandem; upgrade this one (the plan is left as it is)"
+        )
+    notes = []
+    for step in range(version, PLAN_VERSION):
+        notes.append(_STEPS[step](data))
+    data["version"] = PLAN_VERSION
+    return notes
