@@ -29,6 +29,7 @@ from tuner.perfmodel.build import EngineBuild, load_build
 from tuner.perfmodel.coresidence import load_coresidence
 from tuner.perfmodel.engine import EngineProfile, EngineSettings, ModelConstants, load_engine
 from tuner.perfmodel.hardware import HardwareProfile, load_hardware
+from tuner.perfmodel.moe import MoEKernelTable
 from tuner.perfmodel.step import StepBatch, StepModel
 from tuner.workloads import Workload
 
@@ -148,8 +149,10 @@ def build_replica(
     settings: EngineSettings | None = None,
     engine: EngineProfile | None = None,
     constants: ModelConstants | None = None,
+    moe_kernels: MoEKernelTable | None = None,
 ) -> ReplicaModel:
-    """Everything about a replica that does not depend on the load."""
+    """Everything about a replica that does not depend on the load (`moe_kernels`: another kernel
+    table than data/moe_kernels.yaml, for fits and what-ifs)."""
     settings = settings or EngineSettings()
     engine = engine or load_engine("vllm")
     constants = constants or ModelConstants()
@@ -163,6 +166,7 @@ def build_replica(
         enforce_eager=settings.enforce_eager,
         build=resolve_build(settings, hardware, engine),
         ep=layout.ep,
+        moe_kernels=moe_kernels,
     )
     max_num_seqs, max_tokens = settings.resolved(hardware)
     # A step beside a busy co-resident replica: the measured slowdown of a latency-bound step next to

@@ -54,7 +54,7 @@ from tuner.perfmodel.collectives import LinkProfile
 from tuner.perfmodel.engine import EngineProfile, ModelConstants
 from tuner.perfmodel.hardware import ComputeDtype, HardwareProfile
 from tuner.perfmodel.host import host_overlaps, load_host_costs
-from tuner.perfmodel.moe import load_moe_kernels
+from tuner.perfmodel.moe import MoEKernelTable, load_moe_kernels
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +99,7 @@ class StepModel:
         enforce_eager: bool = False,
         build: EngineBuild | None = None,
         ep: bool = False,
+        moe_kernels: MoEKernelTable | None = None,
     ) -> None:
         if tp * pp > hardware.devices:
             raise ValueError(f"tp {tp} x pp {pp} needs {tp * pp} devices; {hardware.name} has {hardware.devices}")
@@ -147,7 +148,7 @@ class StepModel:
                 pp, spans_nodes=hardware.nodes_spanned(tp * pp) > 1, async_scheduling=build.async_scheduling
             )
             if model.is_moe:
-                self.pair_seconds = load_moe_kernels().pair_seconds(
+                self.pair_seconds = (moe_kernels or load_moe_kernels()).pair_seconds(
                     build.moe_backend, model.expert_params / self._expert_split, hardware.device.peak_tflops("bf16")
                 )
         self._kv_token_bytes = model.kv_bytes_per_token_layer(tp)

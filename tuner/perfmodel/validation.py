@@ -174,19 +174,14 @@ def fit_cutlass_pair_us() -> float:
         figure = table.backends["cutlass"].model_copy(
             update={"pair_us": table.backends["cutlass"].pair_us.model_copy(update={"value": candidate})}
         )
-        patched = table.model_copy(update={"backends": {**table.backends, "cutlass": figure}})
-        load_moe_kernels.cache_clear()
-        import tuner.perfmodel.step as step_module
-
-        original = step_module.load_moe_kernels
-        step_module.load_moe_kernels = lambda patched=patched: patched  # type: ignore[assignment]
-        try:
-            error = sum(
-                math.log(measure(case, p["layout"], p["concurrency"], _workload(case, p)) / p["published"]) ** 2
-                for p in points
+        kernels = table.model_copy(update={"backends": {**table.backends, "cutlass": figure}})
+        error = sum(
+            math.log(
+                measure(case, p["layout"], p["concurrency"], _workload(case, p), moe_kernels=kernels) / p["published"]
             )
-        finally:
-            step_module.load_moe_kernels = original
+            ** 2
+            for p in points
+        )
         best = min(best, (error, candidate))
     return best[1]
 
