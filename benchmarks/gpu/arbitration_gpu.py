@@ -6,7 +6,7 @@ replicas share one GPU. At most about 6 minutes with the defaults.
         [--url http://127.0.0.1:8000/v1] [--model llama-3.1-8b-dummy] \\
         [--batch-engine http://127.0.0.1:PORT] [--batch-budget 8192] [--cap 8]
 
-Phases (the routing switched through the gateway's PATCH /admin/routing, restored at the end):
+Phases (the routing switched through the gateway's PUT /admin/routing, restored at the end):
   chat alone     --chats streamed chats (--chat-tokens each) one after another, the gaps between them
                  alternating --gaps (below and above the freeze's settle time, so that some chats find
                  the batch engine already frozen and some pay the pause: each chat is tagged by the

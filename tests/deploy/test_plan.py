@@ -95,6 +95,20 @@ def test_extra_engine_arguments_are_checked_against_vllm() -> None:
     assert parse_plan(data).replicas[0].engine.to_vllm_kwargs()["kv_cache_dtype"] == "auto"
 
 
+def test_the_batch_step_budget_follows_vllms_rules() -> None:
+    """The bounded step (docs/routing.md): a budget below max_num_seqs, or a per-request prefill
+    threshold above the budget, is refused before an engine starts; a valid one reaches vLLM."""
+    data = spark_data()
+    batch = data["replicas"][1]["engine"]
+    batch["max_num_batched_tokens"] = batch["max_num_seqs"] - 1
+    expect_error(data, "replicas.1.engine", "below max_num_seqs")
+    batch["max_num_batched_tokens"], batch["long_prefill_token_threshold"] = 2048, 4096
+    expect_error(data, "long_prefill_token_threshold (4096) is above max_num_batched_tokens (2048)")
+    batch["long_prefill_token_threshold"] = 512
+    kwargs = parse_plan(data).replicas[1].engine.to_vllm_kwargs()
+    assert (kwargs["max_num_batched_tokens"], kwargs["long_prefill_token_threshold"]) == (2048, 512)
+
+
 def test_missing_local_model_path_is_refused() -> None:
     data = demo_data()
     data["model"]["source"] = "/nonexistent/model-dir"
