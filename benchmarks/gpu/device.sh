@@ -15,9 +15,9 @@ export PYTHONPATH=$root/site:$PWD PYTHONUNBUFFERED=1 VLLM_NO_USAGE_STATS=1 HF_HU
 export NCCL_NVLS_ENABLE=0 TANDEM_DATA_DIR=$root/data
 plan=benchmarks/gpu/plans/one-gpu-llama-8b.yaml
 case "${1:-}" in
-  add) bash .gpu/device-install.sh add .gpu/now/* ;;
+  add) bash benchmarks/gpu/device-install.sh add .gpu/now/* ;;
   install)
-    bash .gpu/device-install.sh install
+    bash benchmarks/gpu/device-install.sh install
     python3 -m pip install -q --no-index --no-deps --no-compile --target "$root/site" .gpu/extra/*.whl
     python3 -c "import vllm.entrypoints.openai.api_server, ray.serve, openai, fastapi, uvloop; print('imports ok')"
     python3 benchmarks/gpu/make_model.py /tmp/tandem-m8b

@@ -155,24 +155,3 @@ async def test_bad_commands_get_an_openai_error_and_change_nothing(
     assert answer.status_code == 400
     assert message in answer.json()["error"]["message"]
     assert engine.calls == []
-
-
-async def test_the_handle_paths_server_holds_the_same_lease() -> None:
-    """LeasedLLMServer's methods, over LLMServer.pause/resume (here a recorder, not an engine)."""
-    from deploy.leased_llm_server import LeasedLLMServer
-
-    engine = Engine()
-    server = object.__new__(LeasedLLMServer)  # no engine started: only the lease is under test
-
-    async def pause(**kwargs: Any) -> None:
-        await engine.pause_generation(**kwargs)
-
-    server.pause = pause  # type: ignore[method-assign]
-    server.resume = engine.resume_generation  # type: ignore[method-assign]
-    paused = PauseStatus.model_validate(await server.tandem_pause(0.3, 1))
-    assert paused.paused and engine.paused
-    await wait_for(lambda: not engine.paused)  # the lease ran out
-    assert PauseStatus.model_validate(await server.tandem_pause_status()).lease_expiries == 1
-    await server.tandem_pause(30, 2)
-    assert PauseStatus.model_validate(await server.tandem_resume(3)).paused is False
-    assert engine.calls == ["pause", "resume", "pause", "resume"]
