@@ -38,7 +38,7 @@ import httpx
 import orjson
 
 from gateway.engine_pause import PAUSE_PATH, RESUME_PATH
-from tuner.percentiles import percentile
+from gateway.percentiles import percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "arbitration-live.json"

@@ -40,8 +40,8 @@ import orjson
 import psutil
 from hypothesis import HealthCheck, Phase, given, settings
 
+from gateway.percentiles import percentile
 from tuner.bench.hostile import HostileRequest, check_answer, hostile_requests
-from tuner.percentiles import percentile
 
 CHAT = "/chat/completions"
 

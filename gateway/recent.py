@@ -6,10 +6,11 @@ so the streamed requests of a sliding window are kept here (bounded: at most `ma
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections import deque
 from dataclasses import dataclass
+
+from gateway.percentiles import percentile
 
 WINDOW_S = 300.0
 
@@ -44,17 +45,13 @@ class RecentLatency:
         return {
             name: {
                 "streams": len(samples),
-                **_percentiles("ttft", [s.ttft_s for s in samples]),
-                **_percentiles("tpot", [s.tpot_s for s in samples if s.tpot_s is not None]),
+                **_in_ms("ttft", [s.ttft_s for s in samples]),
+                **_in_ms("tpot", [s.tpot_s for s in samples if s.tpot_s is not None]),
             }
             for name, samples in by_class.items()
         }
 
 
-def _percentiles(name: str, values: list[float]) -> dict[str, float | None]:
-    if not values:
-        return {f"{name}_p50_ms": None, f"{name}_p95_ms": None}
-    if len(values) == 1:
-        return {f"{name}_p50_ms": round(values[0] * 1000, 1), f"{name}_p95_ms": round(values[0] * 1000, 1)}
-    cuts = statistics.quantiles(values, n=20, method="inclusive")  # cuts[9]: median, cuts[18]: 95th
-    return {f"{name}_p50_ms": round(cuts[9] * 1000, 1), f"{name}_p95_ms": round(cuts[18] * 1000, 1)}
+def _in_ms(name: str, values: list[float]) -> dict[str, float | None]:
+    """p50 and p95 of `values` (seconds) in ms, by the one percentile definition."""
+    return {f"{name}_p{q}_ms": None if not values else round(percentile(values, q) * 1000, 1) for q in (50, 95)}

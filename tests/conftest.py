@@ -12,6 +12,7 @@ commands' own output.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,20 @@ def batch_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(DATA_DIR_ENV, str(path))
         yield path
+
+
+@pytest.fixture(autouse=True)
+def logging_as_found() -> Iterator[None]:
+    """Each test leaves logging as it found it: `gateway serve` run in-process sets the root logger
+    to INFO with a handler of its own, after which every later test's per-request lines would pile
+    up in pytest's log capture (and in the memory tests' counts)."""
+    loggers = [logging.getLogger(name) for name in (None, "tandem")]
+    saved = [(lg, lg.level, list(lg.handlers), lg.propagate) for lg in loggers]
+    yield
+    for lg, level, handlers, propagate in saved:
+        lg.setLevel(level)
+        lg.handlers[:] = handlers
+        lg.propagate = propagate
 
 
 @pytest.fixture(scope="session")

@@ -31,6 +31,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "gateway.policy",
             "gateway.arbitration",
             "gateway.routing_rules",
+            "gateway.percentiles",
         ),
     ),
     # 2. gateway runtime: the ASGI app, proxy, backends, metrics, auth, `gateway serve`.

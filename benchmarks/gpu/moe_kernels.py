@@ -145,7 +145,7 @@ class Bench:
         workspace_for = _import_first(
             [("vllm.model_executor.layers.quantization.utils.marlin_utils", "marlin_make_workspace_new")]
         )
-        scalar_types = _import_first([("vllm.scalar_type", "scalar_types")])
+        scalar_types: Any = _import_first([("vllm.scalar_type", "scalar_types")])
         torch = self.torch
         # vLLM's MXFP4 method pads each shard's expert width to a multiple of 128 for Marlin
         # (2880 -> 2944 whole, 1440 -> 1536 under TP=2); Marlin's K tiles need it too.

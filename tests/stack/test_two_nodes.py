@@ -27,8 +27,10 @@ def test_each_replica_holds_a_bundle_on_each_node_and_the_gateway_is_on_the_head
     import ray
 
     from deploy.builder import APP_NAME
+    from deploy.stack import ray_on_loopback_only
 
     address = (two_node_stack.log.read_text().split("--address ", 1)[1]).split()[0]
+    ray_on_loopback_only()  # both nodes registered on 127.0.0.1
     ray.init(address=address, namespace="tandem", log_to_driver=False)
     try:
         nodes = {n["NodeID"]: n for n in ray.nodes() if n["Alive"]}

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.arbitration import Arbitration, ReplicaWork, arbitrate
 from gateway.config import TRAFFIC_CLASSES, ClassLimits, RoutingSettings, TrafficClass
+from gateway.percentiles import percentile_or_none
 from gateway.policy import (
     ClassLoad,
     PolicyState,
@@ -46,7 +47,6 @@ from gateway.policy import (
     batch_yield,
     route,
 )
-from tuner.percentiles import percentile_or_none
 from tuner.perfmodel.architecture import resolve_model
 from tuner.perfmodel.coresidence import DEFAULT as DEFAULT_CORESIDENCE
 from tuner.perfmodel.coresidence import load_coresidence
