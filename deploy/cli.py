@@ -5,6 +5,7 @@
 - `gateway deploy PLAN --address ADDR`: deploy onto a running cluster and return.
 - `gateway status` / `gateway down`: look at, or remove, the deployed app (never the cluster).
 - `gateway plan validate PLAN`: the plan's checks, and what each box will hold.
+- `gateway observability --plan P`: Prometheus's scrape config for the plan, and the Grafana dashboard.
 - `gateway serve --config FILE`: the gateway alone, fronting OpenAI-compatible upstreams; `gateway
   keys ...` and `gateway usage` against a running gateway (gateway/cli.py's commands, offered here too).
 
@@ -424,6 +425,48 @@ def plan_validate(
             "Whether the weights and the KV cache fit inside these shares: `tuner predict` (the performance model).",
             highlight=False,
         )
+
+
+@app.command()
+def observability(
+    plan: Annotated[Path, typer.Option("--plan", help="Serving plan YAML.", exists=True, dir_okay=False)],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", help="Write prometheus.yml and the Grafana dashboard here (default: the YAML on stdout)."
+        ),
+    ] = None,
+    gateway: Annotated[
+        str | None,
+        typer.Option("--gateway", help="HOST:PORT Prometheus reaches the gateway at (default: from the plan)."),
+    ] = None,
+    interval: Annotated[float, typer.Option("--interval", help="Scrape interval in seconds.", min=1)] = 15.0,
+    cacert: CaOption = None,
+) -> None:
+    """Prometheus's scrape config for a plan (the gateway, and each engine's vLLM metrics passed on
+    by it) and the Grafana dashboard that reads them."""
+    import shutil
+
+    import yaml
+
+    from deploy.scrape_config import dashboard_path, scrape_config
+
+    serving_plan = _load(plan, None, None)
+    config = yaml.safe_dump(
+        scrape_config(serving_plan, gateway=gateway, interval_s=interval, ca_file=cacert), sort_keys=False
+    )
+    if out is None:
+        sys.stdout.write(config)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "prometheus.yml").write_text(config)
+    shutil.copyfile(dashboard_path(), out / dashboard_path().name)
+    console.print(
+        f"wrote {out / 'prometheus.yml'} and {out / dashboard_path().name}: run `prometheus "
+        f"--config.file={out / 'prometheus.yml'}`, then import the dashboard in Grafana (Dashboards > Import) "
+        "with that Prometheus as its data source",
+        highlight=False,
+    )
 
 
 app.add_typer(plan_app, name="plan")

@@ -1,5 +1,7 @@
 """Prometheus metrics of one gateway: requests, errors, latency and token usage per traffic class,
-replica and, when auth.per_key_metrics is on, API key (by name). Each app has its own registry,
+replica and, when auth.per_key_metrics is on, API key (by name); every series also carries the
+served model's name (`model`), so one Prometheus can hold several Tandem endpoints and join them with
+their engines' vLLM metrics (which say `model_name`). Each app has its own registry,
 so several gateways (tests) can live in one process. Gauges that mirror live state (in-flight, queues, health) are read from the
 LoadBoard and the class gates at scrape time, costing nothing per request.
 """
@@ -22,6 +24,8 @@ from gateway.recent import RecentLatency
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
+# vLLM's own inter-token buckets (vllm/v1/metrics/loggers.py), so the two histograms compare bucket by bucket
+_INTER_TOKEN_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: the registry keys collectors by identity
@@ -103,9 +107,10 @@ class GatewayMetrics:
     series carries the key label '-', because /metrics answers without a key and per-key series
     would tell anyone who uses the gateway, and how much."""
 
-    def __init__(self, live: LiveState, *, per_key: bool = False) -> None:
+    def __init__(self, live: LiveState, *, per_key: bool = False, model: str | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.per_key = per_key
+        self.model = model
         r = self.registry
         self._requests = _Children(
             Counter(
@@ -154,6 +159,16 @@ class GatewayMetrics:
                 "Streamed requests: request received to first event sent",
                 ["traffic_class", "replica"],
                 buckets=_LATENCY_BUCKETS,
+                registry=r,
+            )
+        )
+        self.inter_token = _Children(
+            Histogram(
+                "tandem_gateway_inter_token_latency_seconds",
+                "Streamed requests: time between consecutive events sent to the client (one event per "
+                "engine step, usually one token)",
+                ["traffic_class", "replica"],
+                buckets=_INTER_TOKEN_BUCKETS,
                 registry=r,
             )
         )
@@ -207,4 +222,21 @@ class GatewayMetrics:
                 self.tokens(key, traffic_class, kind).inc(value)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.model is None:
+            return generate_latest(self.registry)
+        return generate_latest(_Labelled(self.registry, "model", self.model))
+
+
+@dataclass(frozen=True, eq=False)
+class _Labelled(Collector):
+    """A registry whose every sample gets one more label at scrape time: the served model's name
+    on every series, without a label argument at each of the per-request call sites."""
+
+    registry: CollectorRegistry
+    label: str
+    value: str
+
+    def collect(self) -> Iterable[Metric]:
+        for family in self.registry.collect():
+            family.samples = [s._replace(labels={**s.labels, self.label: self.value}) for s in family.samples]
+            yield family
