@@ -5,6 +5,7 @@
 - `gateway deploy PLAN --address ADDR`: deploy onto a running cluster and return.
 - `gateway status` / `gateway down`: look at, or remove, the deployed app (never the cluster).
 - `gateway plan validate PLAN`: the plan's checks, and what each box will hold.
+- `gateway service install --plan P`: systemd units (Ray head or worker, the deploy) for reboots.
 - `gateway observability --plan P`: Prometheus's scrape config for the plan, and the Grafana dashboard.
 - `gateway serve --config FILE`: the gateway alone, fronting OpenAI-compatible upstreams; `gateway
   keys ...` and `gateway usage` against a running gateway (gateway/cli.py's commands, offered here too).
@@ -469,7 +470,87 @@ def observability(
     )
 
 
+service_app = typer.Typer(help="Run Tandem as systemd services that come back after a reboot.", no_args_is_help=True)
+
+
+@service_app.command("install")
+def service_install(
+    plan: Annotated[Path, typer.Option("--plan", help="Serving plan YAML.", exists=True, dir_okay=False)],
+    role: Annotated[str, typer.Option("--role", help="head (Ray head + deploy) or worker (Ray worker).")] = "head",
+    head: Annotated[
+        str | None, typer.Option("--head", help="The head's address, HOST[:PORT] (a worker's Ray joins it).")
+    ] = None,
+    node_ip: Annotated[
+        str | None, typer.Option("--node-ip", help="This box's address on the cluster link (ray --node-ip-address).")
+    ] = None,
+    unit_dir: Annotated[Path | None, typer.Option("--dir", help="Where to write the units.")] = None,
+    env_file: Annotated[
+        Path | None, typer.Option("--env-file", help="EnvironmentFile every unit reads (HF_TOKEN, NCCL_*).")
+    ] = None,
+    user: Annotated[str | None, typer.Option("--user", help="Run the services as this user (default: root).")] = None,
+    timeout: Annotated[
+        int, typer.Option("--timeout", help="The deploy unit's `gateway deploy --timeout`.", min=1)
+    ] = 900,
+    enable: Annotated[bool, typer.Option("--enable", help="Also run the systemctl lines printed.")] = False,
+) -> None:
+    """Write systemd units for this box (the venv's own ray and gateway), and print how to turn
+    them on; secrets stay in the EnvironmentFile, never in a unit."""
+    import subprocess
+
+    from deploy.service import (
+        DEFAULT_ENV_FILE,
+        DEFAULT_UNIT_DIR,
+        ServiceSpec,
+        enable_commands,
+        env_file_template,
+        render_units,
+    )
+
+    if role not in ("head", "worker"):
+        console.print(f"[red]error:[/red] --role is head or worker, not {role!r}")
+        raise typer.Exit(2)
+    _load(plan, None, None)  # the plan's own checks, before anything is written
+    try:
+        spec = ServiceSpec(
+            plan=plan,
+            role=role,  # type: ignore[arg-type]  # checked above
+            head=head,
+            node_ip=node_ip,
+            env_file=env_file or DEFAULT_ENV_FILE,
+            user=user,
+            deploy_timeout_s=timeout,
+        )
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    missing = [name for name in ("ray", "gateway") if not Path(spec.binary(name)).exists()]
+    if missing:
+        console.print(f"[yellow]warning:[/yellow] {', '.join(missing)} not found in {spec.bin_dir}", highlight=False)
+    folder = unit_dir or DEFAULT_UNIT_DIR
+    units = render_units(spec)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in units.items():
+        (folder / name).write_text(text)
+        console.print(f"wrote {folder / name}", highlight=False)
+    if not spec.env_file.exists():
+        console.print(
+            f"{spec.env_file} does not exist yet; every unit reads it. Make it (chmod 600) with, e.g.:\n"
+            + env_file_template(),
+            highlight=False,
+        )
+    commands = enable_commands(units)
+    if not enable:
+        Console().print("Turn them on, now and at every boot:\n" + "\n".join(" ".join(c) for c in commands))
+        return
+    for command in commands:
+        done = subprocess.run(command, check=False)
+        if done.returncode != 0:
+            console.print(f"[red]error:[/red] `{' '.join(command)}` exited {done.returncode}")
+            raise typer.Exit(1)
+
+
 app.add_typer(plan_app, name="plan")
+app.add_typer(service_app, name="service")
 app.command()(serve)
 app.command("usage")(usage)
 app.add_typer(keys_app, name="keys")
