@@ -5,6 +5,7 @@
 - `gateway deploy PLAN --address ADDR`: deploy onto a running cluster and return.
 - `gateway status` / `gateway down`: look at, or remove, the deployed app (never the cluster).
 - `gateway plan validate PLAN`: the plan's checks, and what each box will hold.
+- `gateway pull --plan P [--address ADDR]`: the plan's model into every node's Hugging Face cache.
 - `gateway service install --plan P`: systemd units (Ray head or worker, the deploy) for reboots.
 - `gateway observability --plan P`: Prometheus's scrape config for the plan, and the Grafana dashboard.
 - `gateway serve --config FILE`: the gateway alone, fronting OpenAI-compatible upstreams; `gateway
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import signal
 import socket
 import ssl
@@ -279,6 +281,7 @@ def deploy_command(
     console.print(f"deploying {plan.name}: {start_time_hint(serving_plan)}; waiting at most {timeout:.0f} s")
     try:
         with RayConnection(address):
+            _check_weights(serving_plan, plan, address)
             if probe_link:
                 _probe_link_first(serving_plan)
             try:
@@ -295,6 +298,26 @@ def deploy_command(
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
     _print_welcome(deployed, serving_plan.gateway, foreground=False)
+
+
+def _check_weights(plan: ServingPlan, plan_path: Path, address: str) -> None:
+    """Before any engine starts: every node of the cluster holds the plan's hub model (a local
+    directory or the demo model is the plan's own check); else say what to run."""
+    from deploy.weights import check_on_cluster, hub_id
+
+    repo_id = hub_id(plan)
+    if repo_id is None:
+        return
+    lacking = check_on_cluster(repo_id)
+    if lacking:
+        for node, what in lacking.items():
+            console.print(f"[red]error:[/red] {repo_id} on node {node}: {what}", highlight=False)
+        console.print(
+            f"download it first, on every node: `gateway pull --plan {plan_path} --address {address}` "
+            "(with HF_TOKEN in its environment for a gated model); nothing was deployed",
+            highlight=False,
+        )
+        raise typer.Exit(1)
 
 
 def _show_progress(elapsed_s: float, states: dict[str, str]) -> None:
@@ -468,6 +491,55 @@ def observability(
         "with that Prometheus as its data source",
         highlight=False,
     )
+
+
+@app.command()
+def pull(
+    plan: Annotated[Path, typer.Option("--plan", help="Serving plan YAML.", exists=True, dir_okay=False)],
+    address: AddressOption = None,
+) -> None:
+    """Download the plan's model into the Hugging Face cache of every node that loads it (with
+    --address: each node of that Ray cluster; without: this machine). Resumable: run it again
+    after a failure. The token is HF_TOKEN from the environment, never from the plan."""
+    from deploy.weights import TOKEN_ENV, describe, download, hub_id, pull_on_cluster
+
+    serving_plan = _load(plan, None, None)
+    repo_id = hub_id(serving_plan)
+    if repo_id is None:
+        console.print(
+            f"{serving_plan.model.source}: not a hub id (a local directory or the demo model): nothing to pull"
+        )
+        return
+    if not address:
+        auth = (
+            f"with {TOKEN_ENV} from the environment"
+            if os.environ.get(TOKEN_ENV)
+            else f"without a token ({TOKEN_ENV} unset)"
+        )
+        _require("huggingface_hub")
+        console.print(f"downloading {repo_id} here, {auth}", highlight=False)
+        try:
+            folder = download(repo_id, lambda what, done, total: console.print(describe(what, done, total)))
+        except Exception as exc:  # the hub's own message: no token, gated, not found, no network
+            console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}", highlight=False)
+            raise typer.Exit(1) from None
+        Console(soft_wrap=True).print(f"{repo_id} is in {folder}", highlight=False)
+        return
+    _require("ray", "huggingface_hub")
+    from deploy.stack import RayConnection
+
+    console.print(
+        f"downloading {repo_id} on every node of {address}; each node uses the {TOKEN_ENV} of its own Ray "
+        "environment (the service's EnvironmentFile), not this shell's",
+        highlight=False,
+    )
+    with RayConnection(address):
+        results = pull_on_cluster(repo_id, lambda line: console.print(line, highlight=False))
+    for result in results:
+        where = result.folder if result.error is None else f"[red]failed[/red]: {result.error}"
+        console.print(f"{result.node}: {where} ({result.seconds:.0f} s)", highlight=False)
+    if any(result.error for result in results):
+        raise typer.Exit(1)
 
 
 service_app = typer.Typer(help="Run Tandem as systemd services that come back after a reboot.", no_args_is_help=True)
