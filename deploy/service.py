@@ -93,7 +93,11 @@ def _exec(args: list[str]) -> str:
 
 
 def _ray_address(spec: ServiceSpec) -> str:
-    head = spec.head or spec.node_ip or "127.0.0.1"
+    """The head's GCS address; on the head without --node-ip, "auto" (the cluster started on
+    this machine: Ray registers the head on the host's outward address, not on loopback)."""
+    head = spec.head or spec.node_ip
+    if head is None:
+        return "auto"
     return head if ":" in head else f"{head}:{RAY_PORT}"
 
 
@@ -166,7 +170,7 @@ def _worker_unit(spec: ServiceSpec) -> str:
 
 def _deploy_unit(spec: ServiceSpec) -> str:
     address = _ray_address(spec)
-    ray_status = shlex.join([spec.binary("ray"), "status", f"--address={address}"])
+    ray_status = shlex.join([spec.binary("ray"), "status", *([] if address == "auto" else [f"--address={address}"])])
     wait = f"for i in $(seq {RAY_READY_WAIT_S // 5}); do {ray_status} >/dev/null 2>&1 && exit 0; sleep 5; done; exit 1"
     deploy = [
         spec.binary("gateway"),

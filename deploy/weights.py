@@ -26,6 +26,7 @@ from deploy.plan import DEMO_SOURCE, ServingPlan
 TOKEN_ENV = "HF_TOKEN"
 IGNORE = ["original/*"]  # Meta's consolidated checkpoints beside the HF weights: vLLM reads neither
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+CHECK_TIMEOUT_S = 120.0  # a node's check reads a few files; longer means the node is not taking tasks
 Report = Callable[[str, int, int], None]  # (file or phase, bytes done, bytes in all)
 
 
@@ -171,12 +172,14 @@ def check_on_cluster(repo_id: str) -> dict[str, str]:
         return missing(repo_id)
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]
-    answers = ray.get(
-        [
-            check_here.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote()
-            for n in nodes
-        ]
-    )
+    checks = [
+        check_here.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote()
+        for n in nodes
+    ]
+    try:
+        answers = ray.get(checks, timeout=CHECK_TIMEOUT_S)
+    except ray.exceptions.GetTimeoutError:
+        raise RuntimeError(f"a node did not answer the weights check within {CHECK_TIMEOUT_S:.0f} s") from None
     return {
         n.get("NodeManagerAddress", n["NodeID"][:8]): answer
         for n, answer in zip(nodes, answers, strict=True)

@@ -83,6 +83,8 @@ def test_enable_runs_systemctl(tmp_path: Path) -> None:
     code, output, _ = install(tmp_path, "--enable", env={"PATH": f"{fake_bin}:{os.environ['PATH']}"})
     assert code == 0, output
     assert log.read_text().splitlines() == ["daemon-reload", f"enable --now {HEAD_UNIT} {DEPLOY_UNIT}"]
+    deploy = (tmp_path / "units" / DEPLOY_UNIT).read_text()  # no --node-ip: the cluster started on this box
+    assert "--address=auto" in deploy and f"{BIN}/ray status >/dev/null" in deploy
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd's systemd-analyze")
