@@ -8,12 +8,13 @@ LoadBoard and the class gates at scrape time, costing nothing per request.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from gateway.admission import ClassGate
@@ -80,6 +81,52 @@ class LiveState(Collector):
             "1 while batch admissions yield to interactive work (routing.batch_yield_fraction)",
             value=self.holding_batch(),
         )
+
+
+class _Buckets:
+    """One label set's inter-token histogram: a count per bucket (the last is +Inf) and the sum."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(_INTER_TOKEN_BUCKETS) + 1)
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(_INTER_TOKEN_BUCKETS, seconds)] += 1  # first bound >= seconds: Prometheus' le
+        self.total += seconds
+
+
+class InterTokenLatency(Collector):
+    """tandem_gateway_inter_token_latency_seconds, by class and replica: observed once per streamed
+    event, so kept as plain counts (about 0.5 us an event here, against 2 us for prometheus_client's
+    Histogram.observe with its locks) and turned into a histogram at scrape time. Observed and
+    scraped on the gateway's one event loop, hence no lock."""
+
+    def __init__(self) -> None:
+        self._series: dict[tuple[str, str], _Buckets] = {}
+
+    def __call__(self, traffic_class: str, replica: str) -> _Buckets:
+        series = self._series.get((traffic_class, replica))
+        if series is None:
+            series = self._series[(traffic_class, replica)] = _Buckets()
+        return series
+
+    def collect(self) -> Iterable[Metric]:
+        family = HistogramMetricFamily(
+            "tandem_gateway_inter_token_latency_seconds",
+            "Streamed requests: time between consecutive events sent to the client (one event per engine "
+            "step, usually one token)",
+            labels=["traffic_class", "replica"],
+        )
+        bounds = [*(str(float(b)) for b in _INTER_TOKEN_BUCKETS), "+Inf"]
+        for labels, series in list(self._series.items()):
+            cumulative, running = [], 0
+            for bound, count in zip(bounds, series.counts, strict=True):
+                running += count
+                cumulative.append((bound, running))
+            family.add_metric(list(labels), cumulative, series.total)
+        yield family
 
 
 class _Children:
@@ -162,16 +209,8 @@ class GatewayMetrics:
                 registry=r,
             )
         )
-        self.inter_token = _Children(
-            Histogram(
-                "tandem_gateway_inter_token_latency_seconds",
-                "Streamed requests: time between consecutive events sent to the client (one event per "
-                "engine step, usually one token)",
-                ["traffic_class", "replica"],
-                buckets=_INTER_TOKEN_BUCKETS,
-                registry=r,
-            )
-        )
+        self.inter_token = InterTokenLatency()
+        r.register(self.inter_token)
         self.latency = _Children(
             Histogram(
                 "tandem_gateway_request_seconds",

@@ -30,6 +30,7 @@ from deploy.plan import load_plan
 from deploy.ports import free_port
 from deploy.scrape_config import dashboard_path
 from gateway.config import GatewayConfig
+from gateway.metrics import InterTokenLatency
 from gateway.server import GatewayThread, start_in_thread
 
 PLAN = Path(__file__).parents[2] / "deploy" / "plans" / "cpu-demo.yaml"
@@ -132,6 +133,27 @@ def test_the_gateway_labels_its_series_with_the_model_and_passes_engine_metrics_
     )
     unknown = httpx.get(f"{root}/metrics/engines/nope", timeout=10)
     assert unknown.status_code == 404 and "interactive" in unknown.json()["error"]["message"]
+
+
+def test_the_inter_token_histogram_counts_as_prometheus_buckets_do() -> None:
+    """le is inclusive, buckets cumulative, +Inf holds everything; read back by Prometheus' own parser."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    histogram = InterTokenLatency()
+    registry = CollectorRegistry()
+    registry.register(histogram)
+    for gap in (0.01, 0.03, 20.0):
+        histogram("interactive", "tp").observe(gap)
+    (family,) = text_string_to_metric_families(generate_latest(registry).decode())
+    values = {(s.name, s.labels.get("le")): s.value for s in family.samples}
+    assert values[("tandem_gateway_inter_token_latency_seconds_bucket", "0.01")] == 1
+    assert values[("tandem_gateway_inter_token_latency_seconds_bucket", "0.025")] == 1
+    assert values[("tandem_gateway_inter_token_latency_seconds_bucket", "0.05")] == 2
+    assert values[("tandem_gateway_inter_token_latency_seconds_bucket", "10.0")] == 2
+    assert values[("tandem_gateway_inter_token_latency_seconds_bucket", "+Inf")] == 3
+    assert values[("tandem_gateway_inter_token_latency_seconds_count", None)] == 3
+    assert values[("tandem_gateway_inter_token_latency_seconds_sum", None)] == pytest.approx(20.04)
 
 
 def _stream_one(base_url: str, traffic_class: str, model: str = "tandem-demo") -> None:
