@@ -5,6 +5,9 @@
 - `gateway deploy PLAN --address ADDR`: deploy onto a running cluster and return.
 - `gateway status` / `gateway down`: look at, or remove, the deployed app (never the cluster).
 - `gateway plan validate PLAN`: the plan's checks, and what each box will hold.
+- `gateway pull --plan P [--address ADDR]`: the plan's model into every node's Hugging Face cache.
+- `gateway service install --plan P`: systemd units (Ray head or worker, the deploy) for reboots.
+- `gateway observability --plan P`: Prometheus's scrape config for the plan, and the Grafana dashboard.
 - `gateway serve --config FILE`: the gateway alone, fronting OpenAI-compatible upstreams; `gateway
   keys ...` and `gateway usage` against a running gateway (gateway/cli.py's commands, offered here too).
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import signal
 import socket
 import ssl
@@ -277,6 +281,7 @@ def deploy_command(
     console.print(f"deploying {plan.name}: {start_time_hint(serving_plan)}; waiting at most {timeout:.0f} s")
     try:
         with RayConnection(address):
+            _check_weights(serving_plan, plan, address)
             if probe_link:
                 _probe_link_first(serving_plan)
             try:
@@ -293,6 +298,26 @@ def deploy_command(
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
     _print_welcome(deployed, serving_plan.gateway, foreground=False)
+
+
+def _check_weights(plan: ServingPlan, plan_path: Path, address: str) -> None:
+    """Before any engine starts: every node of the cluster holds the plan's hub model (a local
+    directory or the demo model is the plan's own check); else say what to run."""
+    from deploy.weights import check_on_cluster, hub_id
+
+    repo_id = hub_id(plan)
+    if repo_id is None:
+        return
+    lacking = check_on_cluster(repo_id)
+    if lacking:
+        for node, what in lacking.items():
+            console.print(f"[red]error:[/red] {repo_id} on node {node}: {what}", highlight=False)
+        console.print(
+            f"download it first, on every node: `gateway pull --plan {plan_path} --address {address}` "
+            "(with HF_TOKEN in its environment for a gated model); nothing was deployed",
+            highlight=False,
+        )
+        raise typer.Exit(1)
 
 
 def _show_progress(elapsed_s: float, states: dict[str, str]) -> None:
@@ -426,7 +451,178 @@ def plan_validate(
         )
 
 
+@app.command()
+def observability(
+    plan: Annotated[Path, typer.Option("--plan", help="Serving plan YAML.", exists=True, dir_okay=False)],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", help="Write prometheus.yml and the Grafana dashboard here (default: the YAML on stdout)."
+        ),
+    ] = None,
+    gateway: Annotated[
+        str | None,
+        typer.Option("--gateway", help="HOST:PORT Prometheus reaches the gateway at (default: from the plan)."),
+    ] = None,
+    interval: Annotated[float, typer.Option("--interval", help="Scrape interval in seconds.", min=1)] = 15.0,
+    cacert: CaOption = None,
+) -> None:
+    """Prometheus's scrape config for a plan (the gateway, and each engine's vLLM metrics passed on
+    by it) and the Grafana dashboard that reads them."""
+    import shutil
+
+    import yaml
+
+    from deploy.scrape_config import dashboard_path, scrape_config
+
+    serving_plan = _load(plan, None, None)
+    config = yaml.safe_dump(
+        scrape_config(serving_plan, gateway=gateway, interval_s=interval, ca_file=cacert), sort_keys=False
+    )
+    if out is None:
+        sys.stdout.write(config)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "prometheus.yml").write_text(config)
+    shutil.copyfile(dashboard_path(), out / dashboard_path().name)
+    console.print(
+        f"wrote {out / 'prometheus.yml'} and {out / dashboard_path().name}: run `prometheus "
+        f"--config.file={out / 'prometheus.yml'}`, then import the dashboard in Grafana (Dashboards > Import) "
+        "with that Prometheus as its data source",
+        highlight=False,
+    )
+
+
+@app.command()
+def pull(
+    plan: Annotated[Path, typer.Option("--plan", help="Serving plan YAML.", exists=True, dir_okay=False)],
+    address: AddressOption = None,
+) -> None:
+    """Download the plan's model into the Hugging Face cache of every node that loads it (with
+    --address: each node of that Ray cluster; without: this machine). Resumable: run it again
+    after a failure. The token is HF_TOKEN from the environment, never from the plan."""
+    from deploy.weights import TOKEN_ENV, describe, download, hub_id, pull_on_cluster
+
+    serving_plan = _load(plan, None, None)
+    repo_id = hub_id(serving_plan)
+    if repo_id is None:
+        console.print(
+            f"{serving_plan.model.source}: not a hub id (a local directory or the demo model): nothing to pull"
+        )
+        return
+    if not address:
+        auth = (
+            f"with {TOKEN_ENV} from the environment"
+            if os.environ.get(TOKEN_ENV)
+            else f"without a token ({TOKEN_ENV} unset)"
+        )
+        _require("huggingface_hub")
+        console.print(f"downloading {repo_id} here, {auth}", highlight=False)
+        try:
+            folder = download(repo_id, lambda what, done, total: console.print(describe(what, done, total)))
+        except Exception as exc:  # the hub's own message: no token, gated, not found, no network
+            console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}", highlight=False)
+            raise typer.Exit(1) from None
+        Console(soft_wrap=True).print(f"{repo_id} is in {folder}", highlight=False)
+        return
+    _require("ray", "huggingface_hub")
+    from deploy.stack import RayConnection
+
+    console.print(
+        f"downloading {repo_id} on every node of {address}; each node uses the {TOKEN_ENV} of its own Ray "
+        "environment (the service's EnvironmentFile), not this shell's",
+        highlight=False,
+    )
+    with RayConnection(address):
+        results = pull_on_cluster(repo_id, lambda line: console.print(line, highlight=False))
+    for result in results:
+        where = result.folder if result.error is None else f"[red]failed[/red]: {result.error}"
+        console.print(f"{result.node}: {where} ({result.seconds:.0f} s)", highlight=False)
+    if any(result.error for result in results):
+        raise typer.Exit(1)
+
+
+service_app = typer.Typer(help="Run Tandem as systemd services that come back after a reboot.", no_args_is_help=True)
+
+
+@service_app.command("install")
+def service_install(
+    plan: Annotated[Path, typer.Option("--plan", help="Serving plan YAML.", exists=True, dir_okay=False)],
+    role: Annotated[str, typer.Option("--role", help="head (Ray head + deploy) or worker (Ray worker).")] = "head",
+    head: Annotated[
+        str | None, typer.Option("--head", help="The head's address, HOST[:PORT] (a worker's Ray joins it).")
+    ] = None,
+    node_ip: Annotated[
+        str | None, typer.Option("--node-ip", help="This box's address on the cluster link (ray --node-ip-address).")
+    ] = None,
+    unit_dir: Annotated[Path | None, typer.Option("--dir", help="Where to write the units.")] = None,
+    env_file: Annotated[
+        Path | None, typer.Option("--env-file", help="EnvironmentFile every unit reads (HF_TOKEN, NCCL_*).")
+    ] = None,
+    user: Annotated[str | None, typer.Option("--user", help="Run the services as this user (default: root).")] = None,
+    timeout: Annotated[
+        int, typer.Option("--timeout", help="The deploy unit's `gateway deploy --timeout`.", min=1)
+    ] = 900,
+    enable: Annotated[bool, typer.Option("--enable", help="Also run the systemctl lines printed.")] = False,
+) -> None:
+    """Write systemd units for this box (the venv's own ray and gateway), and print how to turn
+    them on; secrets stay in the EnvironmentFile, never in a unit."""
+    import subprocess
+
+    from deploy.service import (
+        DEFAULT_ENV_FILE,
+        DEFAULT_UNIT_DIR,
+        ServiceSpec,
+        enable_commands,
+        env_file_template,
+        render_units,
+    )
+
+    if role not in ("head", "worker"):
+        console.print(f"[red]error:[/red] --role is head or worker, not {role!r}")
+        raise typer.Exit(2)
+    _load(plan, None, None)  # the plan's own checks, before anything is written
+    try:
+        spec = ServiceSpec(
+            plan=plan,
+            role=role,  # type: ignore[arg-type]  # checked above
+            head=head,
+            node_ip=node_ip,
+            env_file=env_file or DEFAULT_ENV_FILE,
+            user=user,
+            deploy_timeout_s=timeout,
+        )
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    missing = [name for name in ("ray", "gateway") if not Path(spec.binary(name)).exists()]
+    if missing:
+        console.print(f"[yellow]warning:[/yellow] {', '.join(missing)} not found in {spec.bin_dir}", highlight=False)
+    folder = unit_dir or DEFAULT_UNIT_DIR
+    units = render_units(spec)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in units.items():
+        (folder / name).write_text(text)
+        console.print(f"wrote {folder / name}", highlight=False)
+    if not spec.env_file.exists():
+        console.print(
+            f"{spec.env_file} does not exist yet; every unit reads it. Make it (chmod 600) with, e.g.:\n"
+            + env_file_template(),
+            highlight=False,
+        )
+    commands = enable_commands(units)
+    if not enable:
+        Console().print("Turn them on, now and at every boot:\n" + "\n".join(" ".join(c) for c in commands))
+        return
+    for command in commands:
+        done = subprocess.run(command, check=False)
+        if done.returncode != 0:
+            console.print(f"[red]error:[/red] `{' '.join(command)}` exited {done.returncode}")
+            raise typer.Exit(1)
+
+
 app.add_typer(plan_app, name="plan")
+app.add_typer(service_app, name="service")
 app.command()(serve)
 app.command("usage")(usage)
 app.add_typer(keys_app, name="keys")

@@ -3,7 +3,7 @@
 Routes: POST /v1/chat/completions and /v1/completions (gateway.proxy), POST /v1/responses, GET
 /v1/responses/{id} and POST /v1/responses/{id}/cancel (gateway.responses), GET /v1/models (public
 names only), GET /health (the process is alive), GET /ready (every replica answers), GET /metrics
-(Prometheus), GET and PUT /admin/routing (read or switch the routing settings and policy at
+(Prometheus) and GET /metrics/engines/{replica} (that replica's vLLM metrics, passed on), GET and PUT /admin/routing (read or switch the routing settings and policy at
 runtime, admin key required when keys are configured), the key and usage admin routes
 (gateway.admin_api), GET /status and /admin/status (gateway.status). Every error, the framework's own 404, 405
 and validation errors included, is answered in the OpenAI envelope (gateway.errors).
@@ -31,7 +31,7 @@ from starlette.routing import Route
 from gateway.admin_api import admin_routes
 from gateway.admission import ClassGate
 from gateway.auth import KeyRing, exposure_warning, is_loopback
-from gateway.backends.base import Backend
+from gateway.backends.base import Backend, UpstreamUnavailable
 from gateway.backends.http import HttpBackend
 from gateway.backends.relocating import RelocatingHttpBackend
 from gateway.batches.dispatch import InProcessDispatch
@@ -168,6 +168,7 @@ def create_app(config: GatewayConfig, backends: Mapping[str, Backend] | None = N
     metrics = GatewayMetrics(
         LiveState(board, gates, lambda: router.spilling, lambda: yielding.holding),
         per_key=settings.auth.per_key_metrics,
+        model=config.model,
     )
     freezer = EngineFreezer(config.replicas, backends, board, lambda: router.settings, metrics.registry)
     batch_proxies: dict[str, GenerationProxy] = {}  # filled below: the Batch API sends its lines through them
@@ -292,6 +293,20 @@ def create_app(config: GatewayConfig, backends: Mapping[str, Backend] | None = N
     @app.get("/metrics")
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.get("/metrics/engines/{replica}")
+    async def engine_prometheus(replica: str) -> Response:
+        """The replica's own vLLM /metrics, passed on as they are: engines listen on free ports of
+        the cluster's nodes, which a Prometheus elsewhere cannot know or may not reach; the gateway
+        knows where each one is now (docs/operations.md, Dashboards)."""
+        backend = backends.get(replica)
+        if backend is None:
+            raise GatewayError(404, f"no replica named {replica!r}; replicas: {', '.join(sorted(backends))}")
+        try:
+            text = await backend.engine_metrics()
+        except (TimeoutError, UpstreamUnavailable) as exc:
+            raise GatewayError(502, f"replica {replica} did not give its metrics: {type(exc).__name__}") from None
+        return Response(text, media_type=CONTENT_TYPE)
 
     @app.get("/admin/routing")
     async def get_routing(request: Request) -> Response:

@@ -1,17 +1,20 @@
 """Prometheus metrics of one gateway: requests, errors, latency and token usage per traffic class,
-replica and, when auth.per_key_metrics is on, API key (by name). Each app has its own registry,
+replica and, when auth.per_key_metrics is on, API key (by name); every series also carries the
+served model's name (`model`), so one Prometheus can hold several Tandem endpoints and join them with
+their engines' vLLM metrics (which say `model_name`). Each app has its own registry,
 so several gateways (tests) can live in one process. Gauges that mirror live state (in-flight, queues, health) are read from the
 LoadBoard and the class gates at scrape time, costing nothing per request.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from gateway.admission import ClassGate
@@ -22,6 +25,8 @@ from gateway.recent import RecentLatency
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1)
+# vLLM's own inter-token buckets (vllm/v1/metrics/loggers.py), so the two histograms compare bucket by bucket
+_INTER_TOKEN_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: the registry keys collectors by identity
@@ -78,6 +83,52 @@ class LiveState(Collector):
         )
 
 
+class _Buckets:
+    """One label set's inter-token histogram: a count per bucket (the last is +Inf) and the sum."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(_INTER_TOKEN_BUCKETS) + 1)
+        self.total = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(_INTER_TOKEN_BUCKETS, seconds)] += 1  # first bound >= seconds: Prometheus' le
+        self.total += seconds
+
+
+class InterTokenLatency(Collector):
+    """tandem_gateway_inter_token_latency_seconds, by class and replica: observed once per streamed
+    event, so kept as plain counts (about 0.5 us an event here, against 2 us for prometheus_client's
+    Histogram.observe with its locks) and turned into a histogram at scrape time. Observed and
+    scraped on the gateway's one event loop, hence no lock."""
+
+    def __init__(self) -> None:
+        self._series: dict[tuple[str, str], _Buckets] = {}
+
+    def __call__(self, traffic_class: str, replica: str) -> _Buckets:
+        series = self._series.get((traffic_class, replica))
+        if series is None:
+            series = self._series[(traffic_class, replica)] = _Buckets()
+        return series
+
+    def collect(self) -> Iterable[Metric]:
+        family = HistogramMetricFamily(
+            "tandem_gateway_inter_token_latency_seconds",
+            "Streamed requests: time between consecutive events sent to the client (one event per engine "
+            "step, usually one token)",
+            labels=["traffic_class", "replica"],
+        )
+        bounds = [*(str(float(b)) for b in _INTER_TOKEN_BUCKETS), "+Inf"]
+        for labels, series in list(self._series.items()):
+            cumulative, running = [], 0
+            for bound, count in zip(bounds, series.counts, strict=True):
+                running += count
+                cumulative.append((bound, running))
+            family.add_metric(list(labels), cumulative, series.total)
+        yield family
+
+
 class _Children:
     """A metric's labelled children, looked up once per label set: prometheus_client's own
     `labels()` validates and locks on every call, which costs more than the gateway's routing.
@@ -103,9 +154,10 @@ class GatewayMetrics:
     series carries the key label '-', because /metrics answers without a key and per-key series
     would tell anyone who uses the gateway, and how much."""
 
-    def __init__(self, live: LiveState, *, per_key: bool = False) -> None:
+    def __init__(self, live: LiveState, *, per_key: bool = False, model: str | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.per_key = per_key
+        self.model = model
         r = self.registry
         self._requests = _Children(
             Counter(
@@ -157,6 +209,8 @@ class GatewayMetrics:
                 registry=r,
             )
         )
+        self.inter_token = InterTokenLatency()
+        r.register(self.inter_token)
         self.latency = _Children(
             Histogram(
                 "tandem_gateway_request_seconds",
@@ -207,4 +261,21 @@ class GatewayMetrics:
                 self.tokens(key, traffic_class, kind).inc(value)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.model is None:
+            return generate_latest(self.registry)
+        return generate_latest(_Labelled(self.registry, "model", self.model))
+
+
+@dataclass(frozen=True, eq=False)
+class _Labelled(Collector):
+    """A registry whose every sample gets one more label at scrape time: the served model's name
+    on every series, without a label argument at each of the per-request call sites."""
+
+    registry: CollectorRegistry
+    label: str
+    value: str
+
+    def collect(self) -> Iterable[Metric]:
+        for family in self.registry.collect():
+            family.samples = [s._replace(labels={**s.labels, self.label: self.value}) for s in family.samples]
+            yield family

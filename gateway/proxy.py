@@ -425,6 +425,8 @@ class GenerationProxy:
         events = upstream.events()
         when, kind = first
         started = False
+        inter_token: Any = None  # the inter-token histogram's child, looked up at the first event
+        last_sent_at = 0.0
         try:
             while True:
                 try:
@@ -449,10 +451,15 @@ class GenerationProxy:
                     self._metrics.deadlines(exchange.traffic_class or "-", "total").inc()
                     exchange.status = DEADLINE_STATUS
                     return
+                sent_at = time.perf_counter()
                 if not started:
                     started = True
-                    exchange.ttft_s = time.perf_counter() - exchange.started
+                    exchange.ttft_s = sent_at - exchange.started
                     self._metrics.ttft(exchange.traffic_class or "-", exchange.replica).observe(exchange.ttft_s)
+                    inter_token = self._metrics.inter_token(exchange.traffic_class or "-", exchange.replica)
+                else:
+                    inter_token.observe(sent_at - last_sent_at)
+                last_sent_at = sent_at
                 when, kind = deadlines.next_event()
         except UpstreamBroken as exc:
             # The replica broke off mid-stream: the status is sent, so say it the way vLLM does.

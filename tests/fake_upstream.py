@@ -3,7 +3,8 @@
 It answers /v1/chat/completions and /v1/completions (streaming or not, n > 1, several prompts,
 stream_options.include_usage), the Responses API (/v1/responses: plain, streamed, background,
 previous_response_id; retrieval and cancel by id, see FakeResponses), /v1/models, /health and a /metrics page with vLLM's
-`vllm:num_requests_running` / `vllm:num_requests_waiting` gauges. Like vLLM it answers errors in
+`vllm:num_requests_running` / `vllm:num_requests_waiting` gauges (with `serving_metrics=True`, also
+vLLM's token counters, latency histograms and KV-cache gauge, for the dashboards' test). Like vLLM it answers errors in
 the OpenAI envelope, rejects unknown models (404) and a non-zero `priority` unless it was started
 with scheduling_policy=priority (400).
 
@@ -30,6 +31,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from fake_vllm_metrics import FakeVllmMetrics
 
 _ids = itertools.count()
 MAX_N = 16384  # vLLM's default VLLM_MAX_N_SEQUENCES
@@ -59,12 +61,14 @@ class FakeUpstream:
     serves_tokenize: bool = True  # vLLM's /tokenize; off: a server without it
     metrics_status: int = 200  # another status: the load probe fails (the replica leaves routing)
     active: int = 0
+    serving_metrics: bool = False  # vLLM's serving metrics on /metrics too (tests/fake_vllm_metrics.py)
     _failures: list[InjectedFailure] = field(default_factory=list)
     port: int = 0
     _responses: FakeResponses = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._responses = FakeResponses(self)
+        self._vllm = FakeVllmMetrics(self.model) if self.serving_metrics else None
 
     @property
     def stored_responses(self) -> dict[str, dict[str, Any]]:
@@ -156,6 +160,8 @@ class FakeUpstream:
             "# TYPE vllm:num_requests_waiting gauge\n"
             f"vllm:num_requests_waiting{labels} {float(self.active - running)}\n"
         )
+        if self._vllm is not None:
+            text += self._vllm.render().decode()
         return web.Response(text=text, content_type="text/plain")
 
     async def _receive(self, request: web.Request) -> tuple[str, dict[str, Any]] | web.Response:
@@ -195,12 +201,17 @@ class FakeUpstream:
         if body.get("priority", 0) != 0 and self.scheduling_policy != "priority":
             return _error(400, "Priority scheduling is not enabled.")
         self.active += 1
+        started = time.perf_counter()
         try:
             if body.get("stream"):
                 response = await self._stream(request, body, chat, request_id)
             else:
                 response = await self._complete(body, chat, request_id)
             self.completed.append(request_id)
+            if self._vllm is not None:
+                choices, tokens, prompt_tokens = self._shape(body, chat)
+                elapsed = time.perf_counter() - started
+                self._vllm.finished(prompt_tokens, choices * tokens, elapsed, self.active, self.max_num_seqs)
             return response
         except (asyncio.CancelledError, ConnectionResetError):
             self.aborted.append(request_id)
@@ -268,10 +279,18 @@ class FakeUpstream:
             "created": int(time.time()),
             "model": self.model,
         }
+        last_token_at = time.perf_counter()  # the request's arrival, then each token's
         await asyncio.sleep(self.first_token_delay_s)
         for step in range(tokens):
             if step:
                 await asyncio.sleep(self.token_delay_s)
+            if self._vllm is not None:
+                now = time.perf_counter()
+                if step:
+                    self._vllm.next_token(now - last_token_at)
+                else:
+                    self._vllm.first_token(now - last_token_at)
+                last_token_at = now
             last = step == tokens - 1
             items = []
             for i in range(choices):

@@ -103,6 +103,11 @@ class Backend(ABC):
     async def ready(self) -> bool:
         """Whether the replica answers its health check now."""
 
+    async def engine_metrics(self) -> bytes:
+        """The engine's whole Prometheus page (vLLM's /metrics), for the gateway to pass on to a
+        scraper; raises UpstreamUnavailable when it cannot be had."""
+        raise UpstreamUnavailable(f"{type(self).__name__} cannot read its engine's metrics")
+
     async def post_utility(self, path: str, body: dict[str, Any]) -> tuple[int, bytes]:
         """POST a small JSON body to a utility endpoint at the server's root (/tokenize,
         /detokenize) and return its status and body; transports without one raise."""

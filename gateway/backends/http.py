@@ -153,6 +153,15 @@ class HttpBackend(Backend):
             raise UpstreamUnavailable(f"{self.base_url}: /metrics answered {status}")
         return parse_vllm_load(text)
 
+    async def engine_metrics(self) -> bytes:
+        try:
+            status, text = await self._get("/metrics")
+        except (ConnectFailed, ConnectionDropped) as exc:
+            raise UpstreamUnavailable(f"{self.base_url}: {exc}") from None
+        if status != 200:
+            raise UpstreamUnavailable(f"{self.base_url}: /metrics answered {status}")
+        return text
+
     async def ready(self) -> bool:
         try:
             status, _ = await self._get("/health")

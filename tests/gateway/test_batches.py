@@ -73,9 +73,11 @@ def test_sdk_round_trip_every_custom_id_once(
     sent = [r for r in stack.pp.requests + stack.tp.requests if "line " in orjson.dumps(r).decode()]
     assert len(sent) == 30 and all(r.get("priority") == 10 for r in stack.pp.requests)
     metrics = httpx.get(f"{stack.root_url}/metrics").text
-    assert 'tandem_gateway_batches{status="completed"} 1.0' in metrics
-    assert 'tandem_gateway_batch_lines_total{key="user",outcome="completed"} 30.0' in metrics
-    assert 'tandem_gateway_tokens_total{key="user",kind="completion",traffic_class="batch"}' in metrics
+    assert 'tandem_gateway_batches{model="tandem-test",status="completed"} 1.0' in metrics
+    assert 'tandem_gateway_batch_lines_total{key="user",model="tandem-test",outcome="completed"} 30.0' in metrics
+    assert (
+        'tandem_gateway_tokens_total{key="user",kind="completion",model="tandem-test",traffic_class="batch"}' in metrics
+    )
     assert batch.id in [b.id for b in client.batches.list()]
 
 

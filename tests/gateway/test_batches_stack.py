@@ -58,7 +58,7 @@ def test_sdk_batch_example_on_the_cpu_stack(cpu_stack: CpuStack) -> None:
     )
     metrics = httpx.get(cpu_stack.base_url.removesuffix("/v1") + "/metrics").text
     # The demo plan keeps auth.per_key_metrics off: the key label is "-", as for live requests.
-    assert 'tandem_gateway_batch_lines_total{key="-",outcome="completed"}' in metrics
+    assert 'tandem_gateway_batch_lines_total{key="-",model="tandem-demo",outcome="completed"}' in metrics
 
 
 def _batch_engine_running(cpu_stack: CpuStack) -> float:

@@ -117,14 +117,14 @@ def test_waiting_in_the_class_queue_is_bounded(make_stack) -> None:
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         holder = pool.submit(httpx.post, f"{stack.base_url}/chat/completions", json=CHAT, timeout=60)
         deadline = time.monotonic() + 30
-        while gauges(stack).get('tandem_gateway_class_in_flight{traffic_class="interactive"}') != 1:
+        while gauges(stack).get('tandem_gateway_class_in_flight{model="tandem-test",traffic_class="interactive"}') != 1:
             assert time.monotonic() < deadline, "the first request never took its slot"
             time.sleep(0.02)
         queued = httpx.post(f"{stack.base_url}/chat/completions", json=CHAT, timeout=60)
         assert queued.status_code == 429 and int(queued.headers["retry-after"]) >= 1
         assert "queue" in queued.json()["error"]["message"]
         assert holder.result().status_code == 200
-    assert gauges(stack)['tandem_gateway_class_queued{traffic_class="interactive"}'] == 0
+    assert gauges(stack)['tandem_gateway_class_queued{model="tandem-test",traffic_class="interactive"}'] == 0
     assert len(stack.tp.requests) == 1  # the timed-out one never reached the replica
 
 
