@@ -1,7 +1,8 @@
 # Tandem: `make up` serves the embedded CPU demo stack, `make test` runs the tests.
 # Both create the virtualenv and install on first use; repeated runs skip what is done.
-# Python 3.11 or newer: 3.12 where the OS ships it (Ubuntu 24.04 on the DGX Spark), else 3.11, else python3.
-PYTHON ?= $(shell command -v python3.12 || command -v python3.11 || command -v python3)
+# Python 3.11 or newer: 3.12 where the OS ships it (Ubuntu 24.04 on the DGX Spark), else 3.11, else python3;
+# the first that runs (a pyenv shim can name a version that is not active) and is new enough.
+PYTHON ?= $(shell for p in python3.12 python3.11 python3; do $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && { echo $$p; break; }; done)
 VENV := .venv
 BIN := $(VENV)/bin
 # The vLLM build this machine can run: CUDA where an NVIDIA GPU answers, the CPU build elsewhere.
@@ -29,7 +30,7 @@ lint: $(STAMP)
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
-	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Tandem needs Python 3.11 or newer: make PYTHON=python3.X")'
+	@test -n "$(PYTHON)" || { echo "Tandem needs Python 3.11 or newer: none found; make PYTHON=/path/to/python3.X"; exit 2; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip
 	$(BIN)/pip install -q --disable-pip-version-check -e ".[deploy,tuner,$(ACCEL),dev]"
