@@ -3,7 +3,7 @@
 # the other wheels travel as parts of a bundle (docs/gpu.md, "Bringing vLLM there"), then the real stack runs.
 #   bash benchmarks/gpu/device.sh add            append the part(s) in .gpu/now/ (one per call, machine warm)
 #   bash benchmarks/gpu/device.sh install        install the bundle, check imports, make the 8B-shaped model
-#   bash benchmarks/gpu/device.sh stack-tests    the stack tests on the one-GPU plan with the 8B-shaped model
+#   bash benchmarks/gpu/device.sh stack-tests    the stack tests on the one-GPU plan with the 8B-shaped model (TEST_PLAN= : the shipped one-GPU plan)
 #   bash benchmarks/gpu/device.sh up             start that stack in the background (setsid) and wait for it
 #   bash benchmarks/gpu/device.sh engine NAME    the OpenAI base URL of replica NAME's vLLM server (after `up`)
 #   bash benchmarks/gpu/device.sh run CMD...     run CMD with the environment set (after `up`)
@@ -25,7 +25,7 @@ case "${1:-}" in
   stack-tests)
     shift
     set -o pipefail
-    TANDEM_TEST_PLAN=$plan timeout "${STACK_TESTS_S:-500}" python3 -m pytest -p no:cacheprovider -q -rA \
+    TANDEM_TEST_PLAN=${TEST_PLAN-$plan} timeout "${STACK_TESTS_S:-500}" python3 -m pytest -p no:cacheprovider -q -rA \
       -m stack -k "not two-nodes and not two_node" --timeout 300 "$@" 2>&1 | tee "$out/stack-tests.log"
     cp -r /tmp/pytest-of-root/pytest-*/stacks*/*/gateway-up.log "$out/" 2>/dev/null || true ;;
   up)
