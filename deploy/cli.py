@@ -45,7 +45,7 @@ from gateway.admin_client import ADMIN_KEY_ENV, DEFAULT_URL
 from gateway.auth import exposure_warning
 from gateway.cli import CaOption, UrlOption, keys_app, serve, show_gateway_status, usage
 from gateway.config import GatewaySettings, describe_fields
-from gateway.version import version_callback
+from gateway.version import version_option
 
 if TYPE_CHECKING:
     from deploy.stack import Deployed
@@ -61,15 +61,7 @@ ADDRESS_ENV = "RAY_ADDRESS"
 
 @app.callback()
 def _main(
-    version: Annotated[
-        bool,
-        typer.Option(
-            "--version",
-            callback=version_callback(f"plan format {PLAN_VERSION}"),
-            is_eager=True,
-            help="Print the installed version and the formats it reads.",
-        ),
-    ] = False,
+    version: Annotated[bool, version_option(f"plan format {PLAN_VERSION}")] = False,
 ) -> None:
     """Tandem's gateway: one OpenAI endpoint over a TP and a PP replica."""
 

@@ -106,6 +106,21 @@ def _engine_flags(engine: EngineArgs) -> list[str]:
     return flags
 
 
+def engine_launch(
+    model_source: str, served_name: str, replica: Replica, accelerator: str | None, host: str, port: int
+) -> tuple[list[str], dict[str, str]]:
+    """vLLM's server arguments and the environment (over the replica actor's own) for a replica's
+    engine, from inside that replica: its placement group and the cluster's address are Ray's
+    runtime context there."""
+    import ray
+
+    executor = replica.executor(accelerator)
+    group = ray.util.get_current_placement_group()
+    args = vllm_server_args(model_source, served_name, replica, host, port, executor)
+    env = engine_env(replica, executor, group.id.hex() if group else None, ray.get_runtime_context().gcs_address)
+    return args, env
+
+
 def _node_address(node_id: str) -> str:
     """The address this node registered with Ray (127.0.0.1 for a local head started by Tandem),
     rather than whatever interface the host would route out of."""
@@ -142,19 +157,17 @@ class EngineServer:
             # another engine on the same GPU loads: each would count the other's memory as its own.
             logger.info("engine %r: waiting for the engine before it on the same GPUs", self.replica.name)
             await start_after.url.remote()
-        context = ray.get_runtime_context()
-        self.host = _node_address(context.get_node_id())
+        self.host = _node_address(ray.get_runtime_context().get_node_id())
         self.port = free_port(self.host)
         self.log_path = Path(log_dir) / f"engine-{self.replica.name}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        executor = self.replica.executor(accelerator)
-        group = ray.util.get_current_placement_group()
+        server_args, engine_vars = engine_launch(
+            model_source, served_name, self.replica, accelerator, self.host, self.port
+        )
         command = [
-            sys.executable, "-m", "deploy.engine_process", "--parent-pid", str(os.getpid()), "--",
-            *vllm_server_args(model_source, served_name, self.replica, self.host, self.port, executor),
+            sys.executable, "-m", "deploy.engine_process", "--parent-pid", str(os.getpid()), "--", *server_args
         ]  # fmt: skip
-        group_id = group.id.hex() if group is not None else None
-        env = {**os.environ, **engine_env(self.replica, executor, group_id, context.gcs_address)}
+        env = {**os.environ, **engine_vars}
         with self.log_path.open("ab") as log:
             # Its own session, so a Ctrl-C meant for `gateway up` reaches it only through us.
             self._process = subprocess.Popen(

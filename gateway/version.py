@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 import typer
 
@@ -32,3 +33,13 @@ def version_callback(*formats: str) -> Callable[[bool], None]:
             raise typer.Exit()
 
     return show
+
+
+def version_option(*formats: str) -> Any:
+    """The eager `--version` option of a command-line app (typer.Option), showing `formats`."""
+    return typer.Option(
+        "--version",
+        callback=version_callback(*formats),
+        is_eager=True,
+        help="Print the installed version and the formats it reads.",
+    )

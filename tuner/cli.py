@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from deploy.plan_version import PLAN_VERSION
-from gateway.version import version_callback
+from gateway.version import version_option
 from tuner.bench.cli import bench_app
 from tuner.optimize.cli import optimize_app
 from tuner.perfmodel.cli import predict_app
@@ -22,15 +22,7 @@ app = typer.Typer(
 
 @app.callback()
 def _main(
-    version: Annotated[
-        bool,
-        typer.Option(
-            "--version",
-            callback=version_callback(f"plan format {PLAN_VERSION}"),
-            is_eager=True,
-            help="Print the installed version and the formats it reads.",
-        ),
-    ] = False,
+    version: Annotated[bool, version_option(f"plan format {PLAN_VERSION}")] = False,
 ) -> None:
     """Benchmark endpoints, predict layouts, and tune serving plans for Tandem."""
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -23,7 +24,7 @@ from ray import cloudpickle
 
 from deploy.builder import engine_app
 from deploy.engine_process import PLACEMENT_GROUP_ENV
-from deploy.engine_server import engine_env, vllm_server_args
+from deploy.engine_server import engine_launch
 from deploy.plan import SHIPPED_PLANS_DIR, Replica, load_plan, parse_plan, shipped_plan
 from deploy.stack import ray_on_loopback_only
 
@@ -81,8 +82,9 @@ def vllm_style_workers(group_hex: str, count: int, gpus_per_worker: float) -> li
 
 
 class EngineProbe:
-    """Stands where EngineServer stands on a GPU cluster: builds the engine's environment and
-    command line as EngineServer does, then places the workers as vLLM would."""
+    """Stands where EngineServer stands on a GPU cluster: builds the engine's command line and
+    environment as EngineServer does (deploy.engine_server.engine_launch), then places the
+    workers as vLLM would."""
 
     def __init__(
         self,
@@ -99,10 +101,8 @@ class EngineProbe:
 
         self.replica = Replica.model_validate(replica)
         self.executor = self.replica.executor(accelerator)
+        self.args, self.env = engine_launch(model_source, served_name, self.replica, accelerator, "127.0.0.1", 8000)
         context = ray.get_runtime_context()
-        group = ray.util.get_current_placement_group()
-        self.env = engine_env(self.replica, self.executor, group.id.hex(), context.gcs_address)
-        self.args = vllm_server_args(model_source, served_name, self.replica, "127.0.0.1", 8000, self.executor)
         self.actor = {"GPU": context.get_assigned_resources().get("GPU", 0.0), "node": context.get_node_id()}
         self.visible = os.environ.get("CUDA_VISIBLE_DEVICES")
 
@@ -136,16 +136,17 @@ class EngineProbe:
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
-@pytest.fixture(scope="module")
-def two_node_cluster() -> Iterator[list[str]]:
+@contextmanager
+def serving_on_two_nodes(**node: Any) -> Iterator[list[str]]:
+    """Two Ray nodes on this machine (each with `node`'s resources) and Serve on them; their ids."""
     import ray
     from ray import serve
     from ray.cluster_utils import Cluster
 
     ray_on_loopback_only()  # both "nodes" on 127.0.0.1, like deploy.stack's local head
-    loopback = {"node_ip_address": "127.0.0.1"}
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False, **loopback})
-    cluster.add_node(num_cpus=2, **loopback)
+    loopback = {"node_ip_address": "127.0.0.1", **node}
+    cluster = Cluster(initialize_head=True, head_node_args={"include_dashboard": False, **loopback})
+    cluster.add_node(**loopback)
     ray.init(address=cluster.address, log_to_driver=False)
     cluster.wait_for_nodes()
     try:
@@ -155,6 +156,12 @@ def two_node_cluster() -> Iterator[list[str]]:
         serve.shutdown()
         ray.shutdown()
         cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def two_node_cluster() -> Iterator[list[str]]:
+    with serving_on_two_nodes(num_cpus=2) as nodes:
+        yield nodes
 
 
 def two_node_plan() -> Any:
@@ -196,24 +203,8 @@ def test_a_layout_that_cannot_be_spread_is_refused_before_ray_is_asked() -> None
 @pytest.fixture(scope="module")
 def two_gpu_nodes() -> Iterator[list[str]]:
     """Two Ray nodes on this machine that declare one GPU each, as the two Sparks do."""
-    import ray
-    from ray import serve
-    from ray.cluster_utils import Cluster
-
-    ray_on_loopback_only()
-    loopback = {"node_ip_address": "127.0.0.1"}
-    head = {"num_cpus": 6, "num_gpus": 1, "include_dashboard": False, **loopback}
-    cluster = Cluster(initialize_head=True, head_node_args=head)
-    cluster.add_node(num_cpus=6, num_gpus=1, **loopback)
-    ray.init(address=cluster.address, log_to_driver=False)
-    cluster.wait_for_nodes()
-    try:
-        serve.start(proxy_location="Disabled")
-        yield [n["NodeID"] for n in ray.nodes() if n["Alive"]]
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        cluster.shutdown()
+    with serving_on_two_nodes(num_cpus=6, num_gpus=1) as nodes:
+        yield nodes
 
 
 GPU_PLANS = sorted(p for p in SHIPPED_PLANS_DIR.glob("*.yaml") if not load_plan(p).cluster.is_cpu)
