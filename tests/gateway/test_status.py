@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import re
-import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -21,6 +19,7 @@ import httpx
 import openai
 import pytest
 from gateway_support import ADMIN_KEY, KEYS, PUBLIC_MODEL, USER_KEY, FakeStack
+from status_page import cells, rendered
 from test_keys import cli
 
 WAIT_S = 30.0
@@ -105,24 +104,6 @@ def test_gateway_status_prints_the_same_facts_without_ray(stack: FakeStack, monk
     assert "Ray is not installed" in result.output
     refused = cli(stack, "status", admin_key=USER_KEY)
     assert refused.exit_code == 1 and "403" in refused.output
-
-
-def rendered(root: str) -> str:
-    """The status page's DOM once its script has run, as headless Chromium (Debian's `chromium`)
-    renders it; the script's first read of /admin/status included."""
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("needs Debian's chromium package (apt-get install chromium)")
-    args = ["--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000", "--dump-dom"]
-    result = subprocess.run([chromium, *args, f"{root}/status"], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return re.sub(r"<script>.*</script>", "", result.stdout, flags=re.S)
-
-
-def cells(dom: str, table: str) -> list[list[str]]:
-    body = re.search(rf'<table id="{table}">(.*?)</table>', dom, re.S)
-    assert body is not None, dom
-    return [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in re.findall(r"<tr>(.*?)</tr>", body[1])][1:]
 
 
 def test_the_page_shows_both_replicas_and_updates_in_a_browser(

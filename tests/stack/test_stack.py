@@ -8,6 +8,7 @@ import httpx
 import openai
 import pytest
 from stack_support import EngineTally, frozen, gateway_lets_go, read_metric
+from status_page import cells, rendered
 
 pytestmark = pytest.mark.stack
 
@@ -105,3 +106,26 @@ def test_client_giving_up_on_a_non_streamed_request_stops_the_engine(cpu_stack) 
                 r.read()
         gateway_lets_go(cpu_stack.base_url, "batch")
     tally.stopped_short(LONG_TOKENS)
+
+
+def test_the_status_page_shows_both_replicas_and_follows_a_request_in_a_browser(cpu_stack) -> None:
+    """/status on the real stack, rendered by headless Chromium: both replicas healthy, and the
+    page's usage and per-class figures move when a chat runs (a keyless gateway on loopback)."""
+    root = cpu_stack.base_url.removesuffix("/v1")
+    before = rendered(root)
+    replicas = {row[0]: row[1:3] for row in cells(before, "replicas")}
+    assert replicas == {r.name: [r.traffic_class, "healthy"] for r in cpu_stack.plan.replicas}
+
+    def interactive_chats(dom: str) -> int:
+        rows = [row for row in cells(dom, "usage") if row[1:3] == [cpu_stack.model, "interactive"]]
+        return sum(int(row[3]) for row in rows)
+
+    client = openai.OpenAI(base_url=cpu_stack.base_url, api_key="unused", max_retries=0, timeout=300)
+    for _ in client.chat.completions.create(
+        model=cpu_stack.model, messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True
+    ):
+        pass
+    after = rendered(root)
+    assert interactive_chats(after) == interactive_chats(before) + 1
+    interactive = next(row for row in cells(after, "classes") if row[0] == "interactive")
+    assert interactive[4] != "-"  # a TTFT over the last minutes
