@@ -94,7 +94,7 @@ def test_gateway_serve_imports_nothing_of_the_other_layers(gateway_venv: Path) -
 
 def test_the_stack_commands_say_what_is_missing(gateway_venv: Path) -> None:
     result = subprocess.run(
-        [str(gateway_venv / "bin" / "gateway"), "status"],
+        [str(gateway_venv / "bin" / "gateway"), "down"],
         capture_output=True,
         text=True,
         timeout=120,

@@ -158,7 +158,7 @@ def serving_on_two_nodes(**node: Any) -> Iterator[list[str]]:
         cluster.shutdown()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def two_node_cluster() -> Iterator[list[str]]:
     with serving_on_two_nodes(num_cpus=2) as nodes:
         yield nodes

@@ -25,6 +25,7 @@ def cpu_stack(two_node_stack: Any) -> Any:
 
 def test_each_replica_holds_a_bundle_on_each_node_and_the_gateway_is_on_the_head(two_node_stack: Any) -> None:
     import ray
+    from ray.util.state import list_actors
 
     from deploy.builder import APP_NAME
     from deploy.stack import ray_on_loopback_only
@@ -36,7 +37,7 @@ def test_each_replica_holds_a_bundle_on_each_node_and_the_gateway_is_on_the_head
         nodes = {n["NodeID"]: n for n in ray.nodes() if n["Alive"]}
         head = next(node for node, info in nodes.items() if "node:__internal_head__" in info["Resources"])
         groups = [g for g in ray.util.placement_group_table().values() if g["state"] == "CREATED"]
-        actors = {a.get("class_name"): a for a in ray.util.state.list_actors(filters=[("state", "=", "ALIVE")])}
+        actors = {a.get("class_name"): a for a in list_actors(filters=[("state", "=", "ALIVE")])}
     finally:
         ray.shutdown()
     assert len(nodes) == 2
