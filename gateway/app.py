@@ -215,29 +215,21 @@ def create_app(config: GatewayConfig, backends: Mapping[str, Backend] | None = N
         ("chat", "/v1/chat/completions"),
         ("completions", "/v1/completions"),
     )
+    # What every proxy forwards with: one set of parts, shared by the generation and Responses routes.
+    parts: dict[str, Any] = {
+        "config": config,
+        "backends": backends,
+        "router": router,
+        "gates": gates,
+        "keyring": keyring,
+        "metrics": metrics,
+        "ledger": ledger,
+    }
     for endpoint, path in generation:
-        proxy = GenerationProxy(
-            endpoint,
-            config=config,
-            backends=backends,
-            router=router,
-            gates=gates,
-            keyring=keyring,
-            metrics=metrics,
-            ledger=ledger,
-        )
+        proxy = GenerationProxy(endpoint, **parts)
         app.add_generation_route(path, proxy)
         batch_proxies[path] = proxy
-    responses = ResponsesProxy(
-        ids=ResponseIdMap(settings.responses.max_ids, settings.responses.ttl_s),
-        config=config,
-        backends=backends,
-        router=router,
-        gates=gates,
-        keyring=keyring,
-        metrics=metrics,
-        ledger=ledger,
-    )
+    responses = ResponsesProxy(ids=ResponseIdMap(settings.responses.max_ids, settings.responses.ttl_s), **parts)
     app.add_generation_route(RESPONSES_PATH, responses)
     add_responses_routes(app, responses)
     app.include_router(batch_routes(batches, keyring))

@@ -20,6 +20,7 @@ from deploy.ports import free_port
 
 sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/fake_upstream.py
 from fake_upstream import FakeUpstream
+from local_serve import local_serve
 
 pytestmark = pytest.mark.ray
 
@@ -49,18 +50,8 @@ def keyed_plan() -> ServingPlan:
 
 @pytest.fixture
 def serve_app() -> Iterator[None]:
-    ray = pytest.importorskip("ray")
-    from ray import serve
-
-    from deploy.stack import start_local_head
-
-    start_local_head(num_cpus=2)
-    try:
-        serve.start(proxy_location="Disabled")
+    with local_serve():
         yield
-    finally:
-        serve.shutdown()
-        ray.shutdown()
 
 
 def wait_ready(root: str) -> None:

@@ -31,6 +31,7 @@ from deploy.ports import free_port
 sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/fake_upstream.py
 sys.path.insert(0, str(Path(__file__).parent))  # test_keys_on_serve's stand-in engine
 from fake_upstream import FakeUpstream
+from local_serve import local_serve
 from test_keys_on_serve import stand_in_engine, wait_ready
 
 pytestmark = pytest.mark.ray
@@ -41,18 +42,8 @@ runner = CliRunner(env={"COLUMNS": "240"})
 
 @pytest.fixture(scope="module")
 def serve_cluster() -> Iterator[None]:
-    ray = pytest.importorskip("ray")
-    from ray import serve
-
-    from deploy.stack import start_local_head
-
-    start_local_head(num_cpus=2)
-    try:
-        serve.start(proxy_location="Disabled")
+    with local_serve():
         yield
-    finally:
-        serve.shutdown()
-        ray.shutdown()
 
 
 def plan_with(tmp_path: Path, **gateway: object) -> ServingPlan:
