@@ -8,12 +8,10 @@ also opens its RPC and cache-reset endpoints, and it has no lease: a gateway tha
 pause and a resume would leave the engine frozen for good. So Tandem adds its own pair of
 endpoints (gateway.engine_pause) with a lease held here, next to the engine:
 
-- http data path: `PauseLeaseMiddleware`, an ASGI middleware that vLLM's server loads with
-  `--middleware deploy.engine_lease.PauseLeaseMiddleware` (deploy/engine_server.py passes it);
-  it reaches the engine through the server's `app.state.engine_client`.
-- handle data path: deploy.leased_llm_server.LeasedLLMServer, ray.serve.llm's LLMServer with
-  the same commands as methods (LLMServer.pause/resume are vLLM's, without a lease). This module
-  imports neither Ray nor vLLM: it is loaded inside vLLM's server process.
+`PauseLeaseMiddleware`, an ASGI middleware that vLLM's server loads with `--middleware
+deploy.engine_lease.PauseLeaseMiddleware` (deploy/engine_server.py passes it), reaches the engine
+through the server's `app.state.engine_client`. This module imports neither Ray nor vLLM: it is
+loaded inside vLLM's server process.
 
 `clear_cache=False`: the frozen requests' KV cache and the prefix cache are what make a resume
 cheap; vLLM ignores clear_cache for mode "keep" anyway.

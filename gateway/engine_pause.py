@@ -2,8 +2,7 @@
 
 The gateway freezes a batch engine (gateway.freezing) by asking the replica to pause it for a
 lease, and renews the lease while the freeze lasts; the replica (deploy/engine_lease.py: a
-middleware inside vLLM's own server on the http path, an LLMServer subclass on the handle path)
-resumes the engine by itself once a lease runs out, so a gateway that dies or loses a resume never
+middleware inside vLLM's own server) resumes the engine by itself once a lease runs out, so a gateway that dies or loses a resume never
 leaves an engine frozen. Every command carries a sequence number that only grows (the gateway
 starts it from the wall clock in nanoseconds, so a restarted gateway's commands are newer); the
 replica ignores a command older than one it already applied, so a late pause can never undo a

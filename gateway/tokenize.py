@@ -4,8 +4,7 @@ vLLM's server answers both at its root (not under /v1) with the engine's own tok
 gateway offers them at its root too, so a client that knows only the gateway (`tuner bench`
 without `--tokenizer`, to make prompts of exact token lengths) counts tokens the way the engine
 does. Both replicas serve the same model, so any healthy one answers; these requests are tiny and
-take no class slot. A data path that cannot reach the tokenizer (Serve handles to LLMServer)
-answers 501 in the OpenAI envelope, naming the data path.
+take no class slot.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from gateway.backends.base import Backend, UpstreamUnavailable, UtilityUnsupported
+from gateway.backends.base import Backend, UpstreamUnavailable
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
 from gateway.load import LoadBoard
@@ -44,8 +43,6 @@ async def forward_to_tokenizer(
         replica = next(r for r in config.replicas if r.name == name)
         try:
             return await backends[name].post_utility(path, {**body, "model": replica.model})
-        except UtilityUnsupported as exc:
-            raise GatewayError(501, f"{path} is not available on this data path: {exc}") from None
         except (UpstreamUnavailable, TimeoutError, ConnectionError) as exc:
             last = f"{type(exc).__name__}"
     raise GatewayError(502, f"no replica answered {path} ({last})")

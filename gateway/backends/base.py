@@ -34,10 +34,6 @@ class UpstreamLost(Exception):
     never sent again (the client gets a 502 and may retry itself)."""
 
 
-class UtilityUnsupported(Exception):
-    """This transport cannot reach the replica's utility endpoints (e.g. /tokenize)."""
-
-
 class UpstreamTimeout(Exception):
     """The replica did not start answering in time."""
 
@@ -108,10 +104,10 @@ class Backend(ABC):
         scraper; raises UpstreamUnavailable when it cannot be had."""
         raise UpstreamUnavailable(f"{type(self).__name__} cannot read its engine's metrics")
 
+    @abstractmethod
     async def post_utility(self, path: str, body: dict[str, Any]) -> tuple[int, bytes]:
         """POST a small JSON body to a utility endpoint at the server's root (/tokenize,
-        /detokenize) and return its status and body; transports without one raise."""
-        raise UtilityUnsupported(f"{type(self).__name__} has no {path}")
+        /detokenize) and return its status and body."""
 
     async def pause(self, lease_s: float, seq: int) -> PauseStatus:
         """Freeze the engine in place (requests and KV cache kept) for `lease_s`, or renew the

@@ -31,6 +31,9 @@ class IdleBackend(Backend):
     async def call(self, method: str, path: str, request_id: str) -> UpstreamResponse:
         raise NotImplementedError
 
+    async def post_utility(self, path: str, body: dict[str, Any]) -> tuple[int, bytes]:
+        raise NotImplementedError
+
     async def engine_load(self) -> EngineLoad | None:
         return None
 
