@@ -248,16 +248,6 @@ class ServingPlan(BaseModel):
     cluster: Cluster = Field(default_factory=Cluster)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _one_data_path(cls, data: Any) -> Any:
-        """`data_path` (http | handle) is gone: every replica runs vLLM's own OpenAI server, on GPUs
-        with vLLM's Ray executor inside the replica's placement group, so a plan that named either
-        path runs unchanged on the one that remains (docs/architecture.md)."""
-        if isinstance(data, dict) and "data_path" in data:
-            data = {k: v for k, v in data.items() if k != "data_path"}
-        return data
-
     @model_validator(mode="after")
     def _fits_cluster(self) -> ServingPlan:
         names = [r.name for r in self.replicas]

@@ -3,7 +3,8 @@ brought up to the current version before they are checked, and one from a newer 
 with a message that says so, instead of a list of fields this Tandem does not know.
 
 Version 1 is the first versioned format; plans written before versions existed (no `version:`)
-are version 0 and differ from version 1 only by lacking the field. Each later change to the
+are version 0 and differ from version 1 only by lacking the field. Version 2 drops `data_path`
+(one data path since). Each later change to the
 format adds a step to `_STEPS` that rewrites a plan's data from the version before, with a note
 saying what it changed, so that a plan written by any earlier Tandem still loads.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-PLAN_VERSION = 1
+PLAN_VERSION = 2
 """The plan format this Tandem writes and reads."""
 
 
@@ -25,8 +26,17 @@ def _from_unversioned(data: dict[str, Any]) -> str:
     return "it has no `version:` (written before plan versions); read as version 1, which it already is"
 
 
+def _one_data_path(data: dict[str, Any]) -> str:
+    """Version 2 has one data path (vLLM's own server in each replica, spanning nodes on GPUs with
+    vLLM's Ray executor), so `data_path` is gone; a plan that named either path runs unchanged on it."""
+    named = data.pop("data_path", None)
+    if named is None:
+        return "version 1 -> 2: nothing to change"
+    return f"version 1 -> 2: `data_path: {named}` dropped (one data path now: docs/architecture.md)"
+
+
 # _STEPS[n] rewrites version-n data (in place) into version n + 1 and says what it did.
-_STEPS: dict[int, Callable[[dict[str, Any]], str]] = {0: _from_unversioned}
+_STEPS: dict[int, Callable[[dict[str, Any]], str]] = {0: _from_unversioned, 1: _one_data_path}
 
 
 def upgrade_plan_data(data: dict[str, Any]) -> list[str]:

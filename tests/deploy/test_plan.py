@@ -123,7 +123,7 @@ def test_eager_pipeline_parallel_on_cpu_is_refused_with_the_reason() -> None:
 
 def test_a_plan_that_names_a_data_path_runs_on_the_one_that_remains() -> None:
     for path in ("http", "handle"):
-        data = spark_data() | {"data_path": path}
+        data = spark_data() | {"version": 1, "data_path": path}  # a plan of the format before one data path
         assert parse_plan(data) == parse_plan(spark_data())
 
 
