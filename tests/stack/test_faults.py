@@ -173,7 +173,11 @@ def _stream_outcome(base_url: str, model: str, started: threading.Event) -> str:
     client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=CLIENT_ENDS_WITHIN_S)
     try:
         stream = client.chat.completions.create(
-            model=model, messages=[{"role": "user", "content": "tell me a story"}], max_tokens=64, stream=True
+            model=model,
+            messages=[{"role": "user", "content": "tell me a story"}],
+            max_tokens=64,
+            stream=True,
+            extra_body={"ignore_eos": True},  # the random demo model could stop at once, before the kill
         )
         for _ in stream:
             started.set()
@@ -230,7 +234,13 @@ def test_the_gateway_killed_while_clients_stream_comes_back_with_its_settings(cp
     started = threading.Event()
 
     def stream() -> str:
-        body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 400, "stream": True}
+        body = {
+            "model": model,
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 400,
+            "stream": True,
+            "ignore_eos": True,
+        }
         try:
             with httpx.stream("POST", f"{base}/chat/completions", json=body, timeout=CLIENT_ENDS_WITHIN_S) as reply:
                 for _ in reply.iter_lines():

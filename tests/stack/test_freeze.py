@@ -277,7 +277,9 @@ def test_a_killed_gateway_leaves_the_frozen_engine_running_again_within_the_leas
         assert took <= lease_s + 30, f"resumed {took:.1f} s after the kill, lease {lease_s} s"
         before = generated_tokens(batch_root)
         client = openai.OpenAI(base_url=cpu_stack.base_url, api_key="unused", max_retries=0, timeout=WAIT_S)
-        done = client.completions.create(model=cpu_stack.model, prompt=PROMPT, max_tokens=8, extra_headers=BATCH)
+        done = client.completions.create(
+            model=cpu_stack.model, prompt=PROMPT, max_tokens=8, extra_headers=BATCH, extra_body={"ignore_eos": True}
+        )
         assert done.usage is not None and done.usage.completion_tokens == 8  # the engine runs
         assert generated_tokens(batch_root) >= before + 8
     finally:
