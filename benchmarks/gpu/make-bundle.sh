@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Build the wheel bundle that brings vLLM (plus whatever else you name) to the device machine, which
-# has no package index, split into parts small enough to travel one per call.
+# Build the bundle that brings vLLM (plus whatever else you name) to the device machine, which has no
+# package index: the wheels installed here into one site folder for the device's Python (3.12,
+# x86-64), pruned, packed with xz and split into parts small enough to travel one per call. Installing
+# here and packing with xz makes 4 parts where the wheels themselves made 6, and the device only unpacks.
 #
 # usage: make-bundle.sh OUTDIR [--have FREEZE.txt] [--part-mb 58] [PACKAGE==VERSION ...]
-#   OUTDIR      gets bundle.part-00, bundle.part-01, ... and bundle.list (what is inside)
+#   OUTDIR      gets bundle.part-00, bundle.part-01, ... (one .tar.xz of the site folder) and bundle.list (the wheels)
 #   --have F    `python3 -m pip list --format=freeze` taken on the device: those names are left out
 #   PACKAGE     extra requirements (e.g. 'ray[serve]==2.60.0' typer rich orjson httptools)
 # Always: vllm==0.26.0, the newest vLLM built for the device's torch 2.11.0+cu130 (CUDA 13).
@@ -37,10 +39,17 @@ for f in "$work"/all/*.whl; do
   if [[ ! "$n" =~ $keep ]] && { [[ "$n" =~ $skip ]] || [ -n "${present[$n]:-}" ]; }; then continue; fi
   cp "$f" "$work/bundle/"
 done
-# vLLM's FlashAttention-2 kernels (129 MB packed) serve pre-Hopper GPUs; Hopper runs FA3. The import
-# is guarded in vllm_flash_attn, so the wheel works without them.
-for f in "$work"/bundle/vllm-*.whl; do zip -q -d "$f" 'vllm/vllm_flash_attn/_vllm_fa2_C.abi3.so' || true; done
 (cd "$work/bundle" && ls > "$out/bundle.list")
+python3 -m pip install -q --no-deps --no-index --no-compile --target "$work/site" --python-version 3.12 \
+  --implementation cp --only-binary=:all: "${plats[@]}" "$work"/bundle/*.whl
+# Pruned, all unused by a dense text model on Hopper through Tandem: vLLM's FlashAttention-2 kernels
+# (pre-Hopper GPUs; Hopper runs FA3 and the import is guarded in vllm_flash_attn), its Rust frontend
+# (only with VLLM_RUST_FRONTEND_PATH), the Blackwell attention headers and DeepGEMM builds for other
+# Pythons; Ray's Java jars and dashboard source maps; console scripts.
+s=$work/site
+rm -rf "$s"/vllm/vllm_flash_attn/_vllm_fa2_C.abi3.so "$s"/vllm/vllm-rs "$s"/vllm/third_party/fmha_sm100 \
+  "$s"/vllm/third_party/deep_gemm/_C.cpython-31[134]-* "$s"/ray/jars "$s"/ray/dashboard/client/build/static/js/*.map \
+  "$s"/bin
 rm -f "$out"/bundle.part-*
-tar -C "$work" -cf - bundle | split -b "$((part_mb * 1000 * 1000))" -d - "$out/bundle.part-"
+tar -C "$work/site" -cf - . | xz -6 -T0 | split -b "$((part_mb * 1000 * 1000))" -d - "$out/bundle.part-"
 ls -la "$out"; echo "$(wc -l < "$out/bundle.list") wheels; send one part per call (docs/gpu.md)"
