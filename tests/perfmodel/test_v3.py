@@ -168,5 +168,14 @@ def test_held_out_cases_are_counted_apart() -> None:
     validated = summary(rows, checks, held_out=False)
     assert validated.startswith("out of sample:") and "0 wrong winner(s)" in validated
     counted = [r for r in rows if not r.held_out and not r.calibration]
-    assert f"{len(counted)} of {len(counted)} figures" in validated
+    assert f"{sum(r.within for r in counted)} of {len(counted)} figures" in validated
     assert summary(rows, checks, held_out=True).startswith(f"held out: {sum(r.within for r in held)} of {len(held)}")
+
+
+def test_the_marlin_two_node_case_is_reported_out_as_the_docs_say() -> None:
+    """conselara.dev's Qwen3-235B over Marlin with TP=2 + EP: the model is 36-50% optimistic (no
+    per-expert Marlin latency on GB10 is on file); the docs report it out, and so must the table."""
+    rows, _ = validate()
+    qwen = [r for r in rows if r.case.startswith("conselara")]
+    assert len(qwen) == 3 and not any(r.within for r in qwen)
+    assert all(1.3 < r.ratio < 1.6 for r in qwen)
