@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from typing import Any
 
@@ -36,6 +36,7 @@ class Row:
     predicted: float
     published: float
     calibration: bool = False
+    held_out: bool = False
 
     @property
     def ratio(self) -> float:
@@ -54,6 +55,7 @@ class WinnerCheck:
     label: str
     predicted: str
     published: str
+    held_out: bool = False
 
     @property
     def right(self) -> bool:
@@ -156,6 +158,9 @@ def validate() -> tuple[list[Row], list[WinnerCheck]]:
     checks: list[WinnerCheck] = []
     for case in _data()["cases"]:
         case_row, case_checks = case_rows(case)
+        if case.get("held_out"):
+            case_row = [replace(r, held_out=True) for r in case_row]
+            case_checks = [replace(c, held_out=True) for c in case_checks]
         rows += case_row
         checks += case_checks
     return rows, checks
@@ -186,16 +191,43 @@ def fit_cutlass_pair_us() -> float:
     return best[1]
 
 
+def not_predicted() -> list[tuple[str, str, str]]:
+    """(case, figure, why) for every published figure a case lists but the model cannot price."""
+    return [(c["name"], n["figure"], n["why"]) for c in _data()["cases"] for n in c.get("not_predicted", [])]
+
+
 def markdown(rows: list[Row], checks: list[WinnerCheck]) -> str:
-    lines = ["| case | figure | predicted | published | predicted / published |", "|---|---|---|---|---|"]
-    for row in rows:
-        mark = " (calibration)" if row.calibration else ("" if row.within else " **out**")
-        lines.append(f"| {row.case} | {row.label} | {row.predicted:.2f} | {row.published:g} | {row.ratio:.2f}{mark} |")
-    lines += ["", "| case | where | predicted winner | published winner |", "|---|---|---|---|"]
-    for check in checks:
-        mark = "" if check.right else " **wrong**"
-        lines.append(f"| {check.case} | {check.label} | {check.predicted}{mark} | {check.published} |")
+    """The validation table, then the winners; held-out cases (checked separately) after a divider."""
+    lines: list[str] = []
+    for held_out in (False, True):
+        section_rows = [r for r in rows if r.held_out == held_out]
+        section_checks = [c for c in checks if c.held_out == held_out]
+        if not section_rows and not section_checks:
+            continue
+        if held_out:
+            lines += ["", "Held out (checked separately):", ""]
+        lines += ["| case | figure | predicted | published | predicted / published |", "|---|---|---|---|---|"]
+        for row in section_rows:
+            mark = " (calibration)" if row.calibration else ("" if row.within else " **out**")
+            lines.append(
+                f"| {row.case} | {row.label} | {row.predicted:.2f} | {row.published:g} | {row.ratio:.2f}{mark} |"
+            )
+        lines += ["", "| case | where | predicted winner | published winner |", "|---|---|---|---|"]
+        for check in section_checks:
+            mark = "" if check.right else " **wrong**"
+            lines.append(f"| {check.case} | {check.label} | {check.predicted}{mark} | {check.published} |")
+    for case, figure, why in not_predicted():
+        lines += ["", f"Not predicted ({case}): {figure}. {why}"]
     return "\n".join(lines)
+
+
+def summary(rows: list[Row], checks: list[WinnerCheck], held_out: bool) -> str:
+    """'N of M figures within 25%; K wrong winner(s)' for the validated or the held-out cases."""
+    counted = [r for r in rows if r.held_out == held_out and not r.calibration]
+    wrong = [c for c in checks if c.held_out == held_out and not c.right]
+    within = sum(r.within for r in counted)
+    name = "held out" if held_out else "out of sample"
+    return f"{name}: {within} of {len(counted)} figures within {TOLERANCE:.0%}; {len(wrong)} wrong winner(s)."
 
 
 def main() -> None:
@@ -207,9 +239,9 @@ def main() -> None:
         return
     rows, checks = validate()
     print(markdown(rows, checks))
-    out = [r for r in rows if not r.calibration and not r.within]
-    wrong = [c for c in checks if not c.right]
-    print(f"\n{len(rows) - len(out)} of {len(rows)} figures within {TOLERANCE:.0%}; {len(wrong)} wrong winner(s).")
+    print()
+    print(summary(rows, checks, held_out=False))
+    print(summary(rows, checks, held_out=True))
 
 
 if __name__ == "__main__":
