@@ -38,7 +38,7 @@ from gateway.batches.dispatch import InProcessDispatch
 from gateway.batches.routes import batch_routes
 from gateway.batches.service import BatchService
 from gateway.config import GatewayConfig, TrafficClass
-from gateway.errors import GatewayError, error_body, internal_error
+from gateway.errors import GatewayError, error_body, internal_error, invalid_field
 from gateway.freezing import EngineFreezer
 from gateway.key_admin import KeyAdmin
 from gateway.load import LoadBoard
@@ -314,9 +314,7 @@ def create_app(config: GatewayConfig, backends: Mapping[str, Backend] | None = N
         except (orjson.JSONDecodeError, NotAnObject) as exc:
             raise GatewayError(400, f"request body: {exc}") from None
         except ValidationError as exc:
-            first = exc.errors()[0]
-            param = ".".join(map(str, first["loc"])) or None
-            raise GatewayError(400, first["msg"].removeprefix("Value error, "), param=param) from None
+            raise invalid_field(exc) from None
         router.update(new)
         yielding.update()
         freezer.update()

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
-from gateway.errors import VALIDATION_ERROR_TYPE, GatewayError
+from gateway.errors import VALIDATION_ERROR_TYPE, GatewayError, invalid_field
 from gateway.policy import Endpoint, RequestFeatures
 
 
@@ -101,13 +101,10 @@ def parse_view(endpoint: Endpoint, body: Any) -> View:
     try:
         return VIEWS[endpoint].model_validate(body)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
-        message = f"{param}: {first['msg']}" if param else first["msg"]
         # vLLM's request models check types; values (n >= 1, some messages) it checks later, with
         # its other error type. Answer each as vLLM would.
-        err_type = None if first["type"] in _VALUE_CHECKS else VALIDATION_ERROR_TYPE
-        raise GatewayError(400, message, param=param, err_type=err_type) from None
+        err_type = None if exc.errors()[0]["type"] in _VALUE_CHECKS else VALIDATION_ERROR_TYPE
+        raise invalid_field(exc, err_type) from None
 
 
 def features_of(endpoint: Endpoint, view: View) -> RequestFeatures:

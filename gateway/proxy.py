@@ -136,6 +136,14 @@ class _Exchange:
     ttft_s: float | None = None  # streams: request received to first event sent
 
 
+def upstream_failure(replica: str, exc: UpstreamLost | UpstreamTimeout) -> GatewayError:
+    """What the client hears when a replica took a request and then failed or fell silent: the
+    replica's name, never its address (the log keeps that). Neither is sent again: it may have run."""
+    if isinstance(exc, UpstreamTimeout):
+        return GatewayError(504, f"replica {replica} sent no answer in time")
+    return GatewayError(502, f"replica {replica} failed before answering")
+
+
 def _every_replica_failed(last: str) -> GatewayError:
     # Names, not addresses: a replica's host and port stay in the gateway's log.
     return GatewayError(502, f"every replica failed before answering; last: replica {last} was unreachable")
@@ -326,12 +334,9 @@ class GenerationProxy:
                         raise _every_replica_failed(last_failure) from None
                     self._metrics.retries(decision.replica).inc()
                     continue
-                except UpstreamLost as exc:
-                    log.warning("request %s: replica %s lost it: %s", exchange.request_id, decision.replica, exc)
-                    raise GatewayError(502, f"replica {decision.replica} failed before answering") from None
-                except UpstreamTimeout as exc:
+                except (UpstreamLost, UpstreamTimeout) as exc:
                     log.warning("request %s: replica %s: %s", exchange.request_id, decision.replica, exc)
-                    raise GatewayError(504, f"replica {decision.replica} sent no answer in time") from None
+                    raise upstream_failure(decision.replica, exc) from None
                 except TimeoutError:
                     raise self._deadline_error(exchange, first_kind) from None
                 try:

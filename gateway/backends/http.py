@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.backends.base import (
     Backend,
@@ -30,7 +31,9 @@ from gateway.engine_pause import ENGINE_CONTROL_TIMEOUT_S, PAUSE_PATH, RESUME_PA
 from gateway.policy import Endpoint
 
 _PATHS: dict[Endpoint, str] = {"chat": "/chat/completions", "completions": "/completions", "responses": "/responses"}
-_GAUGES = {b"vllm:num_requests_running": "running", b"vllm:num_requests_waiting": "waiting"}
+_GAUGES = {"vllm:num_requests_running": "running", "vllm:num_requests_waiting": "waiting"}
+# A sample line starts with its name and then labels or a space.
+_GAUGE_PREFIXES = tuple(f"{name}{end}" for name in _GAUGES for end in ("{", " "))
 _JSON = ("Content-Type", "application/json")
 
 
@@ -187,11 +190,15 @@ class HttpBackend(Backend):
 
 
 def parse_vllm_load(metrics: bytes) -> EngineLoad:
-    """Sum vLLM's running and waiting gauges over every engine (label set) on the page; similarly
-    named series (vllm:num_requests_waiting_by_reason) are not these gauges."""
-    totals = {"running": 0.0, "waiting": 0.0}
-    for line in metrics.splitlines():
-        name = line.split(b"{", 1)[0].split(b" ", 1)[0]
-        if name in _GAUGES:
-            totals[_GAUGES[name]] += float(line.rsplit(b" ", 1)[1])
+    """Sum vLLM's running and waiting gauges over every engine (label set) on the page; a gauge
+    the page lacks counts as 0. prometheus_client's parser reads the samples (labels, escapes,
+    timestamps); only the lines of these two gauges are handed to it, since the rest of the page
+    (histograms, a few thousand lines) would cost the event loop milliseconds every poll.
+    Similarly named series (vllm:num_requests_waiting_by_reason) are not these gauges."""
+    lines = [line for line in metrics.decode("utf-8", "replace").splitlines() if line.startswith(_GAUGE_PREFIXES)]
+    totals = dict.fromkeys(_GAUGES.values(), 0.0)
+    for family in text_string_to_metric_families("\n".join(lines) + "\n"):
+        for sample in family.samples:
+            if sample.name in _GAUGES:
+                totals[_GAUGES[sample.name]] += sample.value
     return EngineLoad(running=int(totals["running"]), waiting=int(totals["waiting"]))
