@@ -37,19 +37,14 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("tandem.engine")
 
-# How long Serve's health check waits for the engine's /health (Serve's own bound is 30 s). Not
-# less: a busy CPU engine serves its HTTP server seconds late (up to 10 s measured,
-# benchmarks/engine_stall.py), and at 5 s Serve marked the working interactive engine unhealthy
-# and restarted it twice during a 30-minute soak at 40% load, losing the requests it held.
+# How long Serve's health check waits for the engine's /health (under Serve's own bound of 30 s).
+# A generating CPU engine serves its HTTP server seconds late, and a shorter wait made Serve restart
+# working engines, losing what they held (docs/reliability.md, measured by benchmarks/engine_stall.py).
 HEALTH_TIMEOUT_S = 20.0
-# An unanswered /health fails the check only once the server has answered none for this long.
-# A generating CPU engine starves its own server for minutes: in 30-minute soaks at 25-40% load
-# the servers left /health unanswered for 20 s at a time, up to about 170 s in a row, and Serve
-# restarted working engines (losing what they held). Neither the server's CPU time nor its main
-# thread's run and run-queue time (/proc/PID/schedstat) told a starved server from a stopped one:
-# in the fifth soak a server whose main thread had neither run nor waited to run for 20 s answered
-# again later. A deadlocked or stopped server is restarted after this long plus Serve's three
-# failed checks (about 60 s more).
+# An unanswered /health fails the check only once the server has answered none for this long: a
+# generating CPU engine can starve its own server for minutes, and no cheaper signal (CPU time, run
+# queue time) tells a starved server from a stopped one (docs/reliability.md). A wedged or stopped
+# server is restarted after this long plus Serve's three failed checks.
 UNANSWERED_LIMIT_S = float(os.environ.get("TANDEM_ENGINE_UNANSWERED_LIMIT_S", "300"))
 
 

@@ -94,7 +94,7 @@ class LoadBoard:
         the loop's clock reaches `deadline_at`. True only if one came back while waiting (False if
         one was in routing already: nothing to wait for). Batch work waits here instead of failing:
         on a loaded machine a generating engine answers its load probe seconds late, and a few
-        misses in a row took both busy engines out of routing (issue 23)."""
+        misses in a row can take every busy engine out of routing at once."""
         if any(s.healthy for s in self._stats.values()):
             return False
         while not any(s.healthy for s in self._stats.values()):

@@ -1,8 +1,8 @@
 """HTTP backend: any OpenAI-compatible upstream (`vllm serve`, the fake upstream in tests).
 
 Over gateway.backends.http_client, a keep-alive HTTP/1.1 client made for this hop: on this
-machine aiohttp's client took about 40% of the gateway's CPU per request and httpx's pool fell
-from 1,100 to 590 req/s as concurrency grew (docs/benchmarks.md). A response abandoned mid-way
+machine aiohttp's client took about 40% of the gateway's CPU per request and an httpx pass-through
+lost half its rate as concurrency grew (figures: docs/benchmarks.md). A response abandoned mid-way
 closes its connection, which is how vLLM learns that the client went away and aborts.
 """
 

@@ -1,8 +1,8 @@
 """A lean HTTP/1.1 client for the gateway's hop to its replicas.
 
-Why not aiohttp or httpx: the gateway's budget is 350 us of CPU per request on one core (issue
-#3), and aiohttp's client took about 40% of the gateway's CPU (URL and header objects, payload
-registry, trace hooks, timers); httpx's pool cost more. The hop needs little of what they do: one
+Why not aiohttp or httpx: the gateway's budget is 350 us of CPU per request on one core, and
+aiohttp's client took about 40% of the gateway's CPU (URL and header objects, payload registry,
+trace hooks, timers); httpx's pool cost more (docs/benchmarks.md, "How it got there"). The hop needs little of what they do: one
 origin per client, keep-alive, a request with a body, an answer framed by Content-Length or
 chunked encoding, read whole or as it arrives. The answer is parsed by httptools (llhttp in C,
 uvicorn's own parser), so framing, chunked decoding and keep-alive rules come from a maintained
