@@ -37,7 +37,8 @@ from gateway.backends.relocating import RelocatingHttpBackend
 from gateway.batches.dispatch import InProcessDispatch
 from gateway.batches.routes import batch_routes
 from gateway.batches.service import BatchService
-from gateway.config import GatewayConfig, TrafficClass
+from gateway.config import GatewayConfig, ReplicaEndpoint, TrafficClass
+from gateway.engines import engine_adapter
 from gateway.errors import GatewayError, error_body, internal_error, invalid_field
 from gateway.freezing import EngineFreezer
 from gateway.key_admin import KeyAdmin
@@ -113,17 +114,19 @@ def http_backends(
     missing = [r.name for r in config.replicas if r.base_url is None]
     if missing:
         raise ValueError(f"replica(s) {missing} have no base_url; give one or pass backends to create_app")
-    options = {
-        "connect_timeout_s": limits.upstream_connect_timeout_s,
-        "first_byte_timeout_s": limits.upstream_first_byte_timeout_s,
-    }
     resolvers = resolvers or {}
-    return {
-        r.name: RelocatingHttpBackend(r.base_url, resolvers[r.name], **options)  # type: ignore[arg-type]
-        if r.name in resolvers
-        else HttpBackend(r.base_url, **options)  # type: ignore[arg-type]
-        for r in config.replicas
-    }
+
+    def backend(replica: ReplicaEndpoint, base_url: str) -> Backend:
+        options: dict[str, Any] = {
+            "engine": engine_adapter(replica.engine),
+            "connect_timeout_s": limits.upstream_connect_timeout_s,
+            "first_byte_timeout_s": limits.upstream_first_byte_timeout_s,
+        }
+        if replica.name in resolvers:
+            return RelocatingHttpBackend(base_url, resolvers[replica.name], **options)
+        return HttpBackend(base_url, **options)
+
+    return {r.name: backend(r, r.base_url) for r in config.replicas if r.base_url is not None}
 
 
 def open_state_store(data_dir: Path) -> StateStore:

@@ -14,7 +14,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.backends.base import (
     Backend,
@@ -28,12 +27,11 @@ from gateway.backends.base import (
 from gateway.backends.http_client import ConnectFailed, ConnectionDropped, HttpClient, HttpResponse
 from gateway.backends.sse import EventFramer, EventTooLarge
 from gateway.engine_pause import ENGINE_CONTROL_TIMEOUT_S, PAUSE_PATH, RESUME_PATH, EngineControlFailed, PauseStatus
+from gateway.engines.base import EngineAdapter
+from gateway.engines.vllm import VLLM
 from gateway.policy import Endpoint
 
 _PATHS: dict[Endpoint, str] = {"chat": "/chat/completions", "completions": "/completions", "responses": "/responses"}
-_GAUGES = {"vllm:num_requests_running": "running", "vllm:num_requests_waiting": "waiting"}
-# A sample line starts with its name and then labels or a space.
-_GAUGE_PREFIXES = tuple(f"{name}{end}" for name in _GAUGES for end in ("{", " "))
 _JSON = ("Content-Type", "application/json")
 
 
@@ -67,17 +65,20 @@ class _HttpResponse(UpstreamResponse):
 
 
 class HttpBackend(Backend):
-    """Speaks HTTP to one OpenAI-compatible server at `base_url` (e.g. http://host:8001/v1)."""
+    """Speaks HTTP to one OpenAI-compatible server at `base_url` (e.g. http://host:8001/v1); its
+    `engine` adapter says where the server's health and metrics are and how to read its load."""
 
     def __init__(
         self,
         base_url: str,
         *,
+        engine: EngineAdapter = VLLM,
         connect_timeout_s: float = 5.0,
         first_byte_timeout_s: float = 600.0,
         probe_timeout_s: float = 2.0,
     ) -> None:
         self._aim(base_url)
+        self._engine = engine
         self._connect_timeout_s = connect_timeout_s
         self._first_byte_timeout_s = first_byte_timeout_s
         self._probe_timeout_s = probe_timeout_s
@@ -151,23 +152,23 @@ class HttpBackend(Backend):
             raise UpstreamUnavailable(f"{self.base_url}: {exc}") from None
 
     async def engine_load(self) -> EngineLoad:
-        status, text = await self._get("/metrics")
+        status, text = await self._get(self._engine.metrics_path)
         if status != 200:
-            raise UpstreamUnavailable(f"{self.base_url}: /metrics answered {status}")
-        return parse_vllm_load(text)
+            raise UpstreamUnavailable(f"{self.base_url}: {self._engine.metrics_path} answered {status}")
+        return self._engine.parse_load(text)
 
     async def engine_metrics(self) -> bytes:
         try:
-            status, text = await self._get("/metrics")
+            status, text = await self._get(self._engine.metrics_path)
         except (ConnectFailed, ConnectionDropped) as exc:
             raise UpstreamUnavailable(f"{self.base_url}: {exc}") from None
         if status != 200:
-            raise UpstreamUnavailable(f"{self.base_url}: /metrics answered {status}")
+            raise UpstreamUnavailable(f"{self.base_url}: {self._engine.metrics_path} answered {status}")
         return text
 
     async def ready(self) -> bool:
         try:
-            status, _ = await self._get("/health")
+            status, _ = await self._get(self._engine.health_path)
         except (ConnectionError, TimeoutError):
             return False
         return status == 200
@@ -187,18 +188,3 @@ class HttpBackend(Backend):
         if response.status != 200:
             raise EngineControlFailed(f"{self.base_url}: {path_and_query.split('?')[0]} answered {response.status}")
         return PauseStatus.model_validate_json(body)
-
-
-def parse_vllm_load(metrics: bytes) -> EngineLoad:
-    """Sum vLLM's running and waiting gauges over every engine (label set) on the page; a gauge
-    the page lacks counts as 0. prometheus_client's parser reads the samples (labels, escapes,
-    timestamps); only the lines of these two gauges are handed to it, since the rest of the page
-    (histograms, a few thousand lines) would cost the event loop milliseconds every poll.
-    Similarly named series (vllm:num_requests_waiting_by_reason) are not these gauges."""
-    lines = [line for line in metrics.decode("utf-8", "replace").splitlines() if line.startswith(_GAUGE_PREFIXES)]
-    totals = dict.fromkeys(_GAUGES.values(), 0.0)
-    for family in text_string_to_metric_families("\n".join(lines) + "\n"):
-        for sample in family.samples:
-            if sample.name in _GAUGES:
-                totals[_GAUGES[sample.name]] += sample.value
-    return EngineLoad(running=int(totals["running"]), waiting=int(totals["waiting"]))
