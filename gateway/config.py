@@ -23,6 +23,7 @@ TRAFFIC_CLASSES: tuple[TrafficClass, ...] = ("interactive", "batch")
 # imports this module; it checks that its POLICIES table has exactly these names).
 POLICY_NAMES: tuple[str, ...] = (
     "class-aware",
+    "conversation-affinity",
     "all-interactive",
     "all-batch",
     "round-robin",

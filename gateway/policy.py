@@ -5,7 +5,8 @@ simulation (tuner/perfmodel) calls the very same functions with simulated ones.
 
 Inputs
   RequestFeatures  what the router may know about a request (gateway.classify builds it from the
-                   body): endpoint, stream, n, number of prompts, max_tokens, client's priority.
+                   body): endpoint, stream, n, number of prompts, max_tokens, client's priority;
+                   for conversation policies, its prefix hash, session and previous replica.
   TrafficClass     "interactive" | "batch", from gateway.classify.classify().
   ReplicaLoad      one per replica: name, traffic_class, in_flight (requests this gateway has
                    sent and not finished), running / waiting (the engine's own counts, from
@@ -27,8 +28,10 @@ Batch yielding (for replicas that share GPUs; off unless set) adjusts the batch 
   batch_yield(interactive requests active, now, settings, YieldState) -> YieldState
   batch_limits(batch ClassLimits, settings, YieldState) -> the ClassLimits admit() applies now.
 
-Policies (POLICIES): "class-aware" (Tandem's default), and the baselines it is measured against:
-"all-interactive", "all-batch", "round-robin", "least-busy", "power-of-two" (Ray Serve's default).
+Policies (POLICIES): "class-aware" (Tandem's default); "conversation-affinity", class-aware that
+keeps a conversation's turns on the replica holding its prefix cache where the class allows; and
+the baselines they are measured against: "all-interactive", "all-batch", "round-robin",
+"least-busy", "power-of-two" (Ray Serve's default).
 Every policy sends a request only to a healthy replica, so a replica that is down is routed
 around whatever the policy prefers; with none healthy the answer is Reject(503).
 """
@@ -57,6 +60,11 @@ class RequestFeatures:
     prompts: int = 1
     max_tokens: int | None = None
     client_priority: int | None = None
+    # The conversation, for policies that keep one on a replica (CONVERSATION_POLICIES; None
+    # otherwise, as computing them costs the gateway CPU per request):
+    prefix_hash: int | None = None  # the opening of a chat (system and first user message), hashed
+    session: str | None = None  # what the client names its session (`user`)
+    previous_replica: str | None = None  # the replica that served this conversation's last turn
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,14 +282,37 @@ def _power_of_two(
     return (second if second.in_flight < first.in_flight else first), state, False
 
 
+def _conversation_affinity(
+    request: RequestFeatures,
+    traffic_class: TrafficClass,
+    replicas: Sequence[ReplicaLoad],
+    settings: RoutingSettings,
+    state: PolicyState,
+    rng: random.Random,
+) -> tuple[ReplicaLoad, PolicyState, bool]:
+    """Class-aware, except that a follow-up turn goes back to the replica that served the
+    conversation's previous turn while that replica serves this class and has a free slot: its
+    engine still holds the conversation's prefix in its cache, so the turn skips most of its
+    prefill. A replica of the other class is followed only where class-aware sends the turn anyway
+    (spilling or borrowing), so affinity never moves work across classes by itself."""
+    chosen, state, spilled = _class_aware(request, traffic_class, replicas, settings, state, rng)
+    previous = next((r for r in replicas if r.name == request.previous_replica), None)
+    if previous is not None and previous.traffic_class == traffic_class and previous.free_slots > 0:
+        return previous, state, False
+    return chosen, state, spilled
+
+
 POLICIES: dict[str, PolicyFn] = {
     "class-aware": _class_aware,
+    "conversation-affinity": _conversation_affinity,
     "all-interactive": _fixed("interactive"),
     "all-batch": _fixed("batch"),
     "round-robin": _round_robin,
     "least-busy": _least_busy,
     "power-of-two": _power_of_two,
 }
+CONVERSATION_POLICIES = frozenset({"conversation-affinity"})
+"""Policies that read a request's conversation (prefix_hash, session, previous_replica)."""
 if tuple(POLICIES) != POLICY_NAMES:  # settings are validated against the names in gateway.config
     raise ImportError(f"gateway.config.POLICY_NAMES {POLICY_NAMES} must list POLICIES {tuple(POLICIES)}")
 

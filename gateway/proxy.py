@@ -261,7 +261,7 @@ class GenerationProxy:
         if view.model is not None and view.model not in self._served_names:
             raise GatewayError(404, f"The model `{view.model}` does not exist.", param="model")
         exchange.model = view.model or self._public_model
-        features = features_of(self.endpoint, view)
+        features = features_of(self.endpoint, view, conversation=self._router.follows_conversations)
         cap = self._limits.max_tokens_cap
         if cap is not None and features.max_tokens is not None and features.max_tokens > cap:
             field = self.tokens_field
