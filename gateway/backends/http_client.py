@@ -211,21 +211,24 @@ class HttpResponse:
         connection = self._connection
         parts: list[bytes] = []
         size = 0
-        while True:
-            if connection.body:
-                part = connection.take_body()
-                size += len(part)
-                if size > limit:
-                    self.close()  # unfinished: the connection goes
-                    raise ConnectionDropped(f"answer over the limit of {limit} bytes")
-                parts.append(part)
-            elif connection.complete:
-                break
-            elif connection.closed is not None:
-                raise connection.closed
-            else:
-                await connection.wait()
-        self.close()
+        try:
+            while True:
+                if connection.body:
+                    part = connection.take_body()
+                    size += len(part)
+                    if size > limit:
+                        raise ConnectionDropped(f"answer over the limit of {limit} bytes")
+                    parts.append(part)
+                elif connection.complete:
+                    break
+                elif connection.closed is not None:
+                    raise connection.closed
+                else:
+                    await connection.wait()
+        finally:
+            # Read whole or not (dropped, over the limit, cancelled): the answer is done with its
+            # connection, which goes back to the pool or is closed, and frees its slot either way.
+            self.close()
         return b"".join(parts)
 
     async def chunks(self) -> AsyncIterator[bytes]:

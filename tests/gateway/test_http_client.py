@@ -205,6 +205,25 @@ async def test_an_answer_cut_off_raises_connection_dropped(serve) -> None:
         await response.read()
 
 
+async def test_an_answer_cut_off_frees_its_connection_slot(serve) -> None:
+    """A whole-answer read that fails gives its connection back by itself: with a cap of one
+    connection, the next request still gets one (a leaked slot would make it wait for ever)."""
+    answers = [b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part", answer(b"whole")]
+
+    async def cut_then_whole(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(answers.pop(0))
+        await writer.drain()
+
+    server = await serve(cut_then_whole)
+    client = HttpClient(server.origin, max_connections=1)
+    with pytest.raises(ConnectionDropped):
+        await (await client.request("GET", "/")).read()
+    response = await asyncio.wait_for(client.request("GET", "/"), 30)
+    assert await response.read() == b"whole"
+    await client.aclose()
+
+
 async def test_a_fresh_connection_dropped_before_answering_raises(serve) -> None:
     async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
