@@ -146,7 +146,8 @@ class EngineServer:
             model_source, served_name, self.replica, accelerator, self.host, self.port
         )
         command = [
-            sys.executable, "-m", "deploy.engine_process", "--parent-pid", str(os.getpid()), "--", *server_args
+            sys.executable, "-m", "deploy.engine_process", "--parent-pid", str(os.getpid()),
+            "--engine", self.engine.name, "--", *server_args
         ]  # fmt: skip
         env = {**os.environ, **engine_vars}
         with self.log_path.open("ab") as log:

@@ -58,9 +58,17 @@ class EngineAdapter(Protocol):
     """GET below the server's root: the engine's Prometheus page (its queue lengths among them)."""
     supports_pause: bool
     """Whether the engine can be frozen in place (requests and cache kept) for GPU arbitration."""
+    server_module: str
+    """The Python module run as `__main__` to start the server (deploy.engine_process runs it in
+    the replica's child process, with `server_args` as its command line)."""
 
     def server_args(self, launch: ServerLaunch) -> list[str]:
         """The command-line arguments of the engine's OpenAI-compatible server."""
+        ...
+
+    def attach_placement_group(self, group_hex: str) -> None:
+        """In the server's process, before it starts: make the engine put its workers in the
+        replica's placement group (Ray's id, hex), which a child process is not "in" by itself."""
         ...
 
     def executor_env(self, executor: Executor, gpus_per_worker: float) -> dict[str, str]:

@@ -1,7 +1,7 @@
 """The vLLM adapter (gateway.engines.base): vLLM's OpenAI server, its arguments and its metrics.
 
 vLLM's server is started as `python -m vllm.entrypoints.openai.api_server` (through
-deploy.engine_process, which also hands vLLM the replica's placement group), answers /health,
+deploy.engine_process, which has the adapter hand vLLM the replica's placement group), answers /health,
 publishes its queues as the `vllm:num_requests_running` and `vllm:num_requests_waiting` gauges
 on /metrics, takes a request `priority` only under `scheduling_policy: priority`, and can be
 frozen in place with `pause_generation(mode="keep")` (deploy.engine_lease).
@@ -154,6 +154,7 @@ class VllmEngine:
     health_path = "/health"
     metrics_path = "/metrics"
     supports_pause = True
+    server_module = "vllm.entrypoints.openai.api_server"
 
     def server_args(self, launch: ServerLaunch) -> list[str]:
         args = [
@@ -169,6 +170,24 @@ class VllmEngine:
         if launch.pause_middleware is not None:
             args += ["--middleware", launch.pause_middleware]
         return args + _flags(dict(launch.engine_kwargs))
+
+    def attach_placement_group(self, group_hex: str) -> None:
+        # As Ray Serve LLM does in-process (`vllm_config.parallel_config.placement_group`): every
+        # engine config this process builds carries the group, and it travels to vLLM's engine-core
+        # process, whose Ray executor puts one worker in each bundle instead of making a group.
+        from ray import PlacementGroupID
+        from ray.util.placement_group import PlacementGroup
+        from vllm.engine.arg_utils import EngineArgs as VllmEngineArgs
+
+        group = PlacementGroup(PlacementGroupID(bytes.fromhex(group_hex)))
+        build = VllmEngineArgs.create_engine_config
+
+        def create_engine_config(self: VllmEngineArgs, *args: Any, **kwargs: Any) -> Any:
+            config = build(self, *args, **kwargs)
+            config.parallel_config.placement_group = group
+            return config
+
+        VllmEngineArgs.create_engine_config = create_engine_config
 
     def executor_env(self, executor: Executor, gpus_per_worker: float) -> dict[str, str]:
         # vLLM asks Ray for one whole GPU per worker unless told, which no fractional bundle holds.
