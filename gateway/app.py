@@ -174,6 +174,11 @@ def create_app(config: GatewayConfig, backends: Mapping[str, Backend] | None = N
         model=config.model,
     )
     freezer = EngineFreezer(config.replicas, backends, board, lambda: router.settings, metrics.registry)
+    # A settings switch (PUT /admin/routing) reaches every part that reads the settings in force.
+    router.on_update(yielding.update)
+    router.on_update(freezer.update)
+    for gate in gates.values():
+        router.on_update(gate.grant)
     batch_proxies: dict[str, GenerationProxy] = {}  # filled below: the Batch API sends its lines through them
     batches = BatchService(
         settings.batches, InProcessDispatch(batch_proxies), config.served_names, keyring.client_named, metrics
@@ -319,10 +324,6 @@ def create_app(config: GatewayConfig, backends: Mapping[str, Backend] | None = N
         except ValidationError as exc:
             raise invalid_field(exc) from None
         router.update(new)
-        yielding.update()
-        freezer.update()
-        for gate in gates.values():
-            gate.grant()
         log.info("routing switched to policy %s", new.policy)
         return Response(new.model_dump_json(), media_type="application/json")
 

@@ -4,6 +4,7 @@ carries between decisions. Settings can be swapped at runtime (PUT /admin/routin
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import replace
 
 from gateway.config import RoutingSettings, TrafficClass
@@ -23,15 +24,25 @@ class Router:
     def __init__(self, settings: RoutingSettings, board: LoadBoard, rng: random.Random | None = None) -> None:
         self.board = board
         self._rng = rng or random.Random()
+        self._listeners: list[Callable[[], None]] = []
         self.update(settings)
 
+    def on_update(self, listener: Callable[[], None]) -> None:
+        """Call `listener` after each settings switch, in the order registered: the parts that
+        read the settings in force (admission gates, batch yielding, GPU arbitration) act on a
+        switch at once instead of at their next event."""
+        self._listeners.append(listener)
+
     def update(self, settings: RoutingSettings) -> None:
-        """Switch settings (the policy included); policy state starts afresh for the new policy."""
+        """Switch settings (the policy included); policy state starts afresh for the new policy,
+        and the listeners hear of it."""
         self.settings = settings
         self._state = PolicyState()
         self._last_replica = (
             ResponseIdMap(CONVERSATIONS_KEPT, CONVERSATION_TTL_S) if settings.policy in CONVERSATION_POLICIES else None
         )
+        for listener in self._listeners:
+            listener()
 
     @property
     def follows_conversations(self) -> bool:
