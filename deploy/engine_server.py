@@ -132,7 +132,6 @@ class EngineServer:
         import ray
 
         self.replica = Replica.model_validate(replica)
-        self.engine = self.replica.adapter
         if start_after is not None:
             # A co-resident engine that sizes its KV cache by profiling must not profile while
             # another engine on the same GPU loads: each would count the other's memory as its own.
@@ -159,6 +158,10 @@ class EngineServer:
         # Serve reports the replica as running once __init__ returns, so it returns when the
         # engine answers: `serve.run` then means "ready to serve".
         await self.wait_ready()
+
+    @property
+    def engine(self) -> EngineAdapter:
+        return self.replica.adapter
 
     @property
     def base_url(self) -> str:
