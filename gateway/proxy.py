@@ -396,29 +396,50 @@ class GenerationProxy:
         """Relay the answer, within the deadlines: `first` bounds a stream's first event, the idle
         timeout each later one, the total deadline everything (sends to a slow client included)."""
         deadlines = exchange.deadlines
-        assert deadlines is not None
-        rewrite = self._rewrites[exchange.replica]
+        assert deadlines is not None  # set when the exchange is routed, before any upstream read
         exchange.status = upstream.status
-        if not upstream.streaming:
-            try:
-                async with asyncio.timeout_at(deadlines.total_at):
-                    data = await upstream.read()
-            except TimeoutError:
-                raise self._deadline_error(exchange, "total") from None
-            except UpstreamBroken as exc:
-                log.warning("request %s: replica %s broke off: %s", exchange.request_id, exchange.replica, exc)
-                raise GatewayError(502, f"replica {exchange.replica} ended the answer early") from None
-            if upstream.status == 200:
-                self._count_usage(exchange, data)
-                data = rewrite(data)
-            else:
-                self._metrics.errors(str(upstream.status), "upstream").inc()
-            headers = [_JSON, (b"content-length", str(len(data)).encode()), *self._response_headers(exchange)]
-            exchange.responding = True
-            await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
-            exchange.finished = True
-            await send({"type": "http.response.body", "body": data})
-            return
+        if upstream.streaming:
+            await self._relay_stream(exchange, deadlines, upstream, wants_usage, send, first)
+        else:
+            await self._relay_whole(exchange, deadlines, upstream, send)
+
+    async def _relay_whole(
+        self, exchange: _Exchange, deadlines: Deadlines, upstream: UpstreamResponse, send: Send
+    ) -> None:
+        """A whole answer: read within the total deadline, usage counted, model name rewritten,
+        then sent with its length."""
+        rewrite = self._rewrites[exchange.replica]
+        try:
+            async with asyncio.timeout_at(deadlines.total_at):
+                data = await upstream.read()
+        except TimeoutError:
+            raise self._deadline_error(exchange, "total") from None
+        except UpstreamBroken as exc:
+            log.warning("request %s: replica %s broke off: %s", exchange.request_id, exchange.replica, exc)
+            raise GatewayError(502, f"replica {exchange.replica} ended the answer early") from None
+        if upstream.status == 200:
+            self._count_usage(exchange, data)
+            data = rewrite(data)
+        else:
+            self._metrics.errors(str(upstream.status), "upstream").inc()
+        headers = [_JSON, (b"content-length", str(len(data)).encode()), *self._response_headers(exchange)]
+        exchange.responding = True
+        await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
+        exchange.finished = True
+        await send({"type": "http.response.body", "body": data})
+
+    async def _relay_stream(
+        self,
+        exchange: _Exchange,
+        deadlines: Deadlines,
+        upstream: UpstreamResponse,
+        wants_usage: bool,
+        send: Send,
+        first: tuple[float, DeadlineKind],
+    ) -> None:
+        """An event stream, event by event: each within its deadline, usage taken out unless the
+        client asked for it, a broken or late stream ended with an error event."""
+        rewrite = self._rewrites[exchange.replica]
         exchange.responding = True
         await send(
             {
@@ -440,7 +461,6 @@ class GenerationProxy:
                 except StopAsyncIteration:
                     break
                 except TimeoutError:
-                    # deadlines are set when the exchange is routed, before any upstream read
                     raise deadlines.exceeded(kind, exchange.replica) from None
                 if _USAGE in chunk:
                     chunk = self._take_usage(exchange, chunk, keep=wants_usage)
