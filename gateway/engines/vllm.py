@@ -218,8 +218,8 @@ class VllmEngine:
 def parse_vllm_load(metrics: bytes) -> EngineLoad:
     """Sum vLLM's running and waiting gauges over every engine (label set) on the page; a gauge
     the page lacks counts as 0. prometheus_client's parser reads the samples (labels, escapes,
-    timestamps); only the lines of these two gauges are handed to it, since the rest of the page
-    (histograms, a few thousand lines) would cost the event loop milliseconds every poll.
+    timestamps); only the lines of these two gauges are handed to it, so the rest of the page
+    (mostly histogram buckets) is not parsed on the gateway's event loop at every poll.
     Similarly named series (vllm:num_requests_waiting_by_reason) are not these gauges."""
     lines = [line for line in metrics.decode("utf-8", "replace").splitlines() if line.startswith(_GAUGE_PREFIXES)]
     totals = dict.fromkeys(_GAUGES.values(), 0.0)
