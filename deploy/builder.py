@@ -54,6 +54,7 @@ def gateway_config(plan: ServingPlan, replica_urls: dict[str, str] | None = None
                 traffic_class=r.traffic_class,
                 model=plan.model.name,
                 max_num_seqs=r.engine.max_num_seqs,
+                engine=r.engine_kind,
                 scheduling_policy=r.engine.scheduling_policy,
                 base_url=urls.get(r.name),
                 device_group=device_group(plan),

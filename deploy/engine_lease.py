@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from gateway.engine_pause import MAX_LEASE_S, PAUSE_PATH, RESUME_PATH, PauseStatus
+from gateway.engines.vllm import VLLM
 from gateway.errors import error_body
 
 log = logging.getLogger("tandem.engine")
@@ -126,13 +127,9 @@ class PauseLeaseMiddleware:
         self.app = app
         self._lease: PauseLease | None = None
 
-    def _lease_for(self, engine: Any) -> PauseLease:
+    def _lease_for(self, engine_client: Any) -> PauseLease:
         if self._lease is None:
-
-            async def pause() -> None:
-                await engine.pause_generation(mode="keep", clear_cache=False)
-
-            self._lease = PauseLease(pause, engine.resume_generation)
+            self._lease = PauseLease(*VLLM.pause_controls(engine_client))
         return self._lease
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:

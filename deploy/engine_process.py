@@ -1,17 +1,17 @@
-"""Entry point of an engine's child process: vLLM's own OpenAI server, tied to its parent.
+"""Entry point of an engine's child process: the engine's own OpenAI server, tied to its parent.
 
-`python -m deploy.engine_process --parent-pid PID -- <vLLM server arguments>`
+`python -m deploy.engine_process --parent-pid PID [--engine vllm] -- <server arguments>`
+(the engine adapter, gateway.engines, names the server module and spells its arguments)
 
 The Serve replica that starts the engine can die without warning (Ray ends actors with
 SIGKILL), and a vLLM server left behind would hold cores and memory with nobody to stop it.
 A watchdog thread here sends this process SIGTERM once the parent is gone, which runs vLLM's
 own shutdown (it stops its engine-core processes too).
 
-Under vLLM's Ray executor the replica names its placement group in `TANDEM_PLACEMENT_GROUP`,
-and this process attaches that group to the engine's config as it is built, as Ray Serve LLM
-does in-process (`vllm_config.parallel_config.placement_group`): the config travels to vLLM's
-engine-core process, whose executor then puts one worker in each of the group's bundles rather
-than creating a group of its own (a child process is not "in" its parent actor's group).
+Under the Ray executor the replica names its placement group in `TANDEM_PLACEMENT_GROUP`, and
+this process has the engine adapter attach that group before the server starts (vLLM's: to the
+engine's config as it is built, as Ray Serve LLM does in-process), since a child process is not
+"in" its parent actor's group.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ import sys
 import threading
 import time
 
-VLLM_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+from gateway.engines import DEFAULT_ENGINE, engine_adapter
+
 PLACEMENT_GROUP_ENV = "TANDEM_PLACEMENT_GROUP"
 
 
@@ -37,35 +38,20 @@ def _watch_parent(parent_pid: int, interval_s: float = 0.5) -> None:
             os._exit(1)
 
 
-def attach_placement_group(group_hex: str) -> None:
-    """Make every engine config this process builds carry the placement group `group_hex`."""
-    from ray import PlacementGroupID
-    from ray.util.placement_group import PlacementGroup
-    from vllm.engine.arg_utils import EngineArgs
-
-    group = PlacementGroup(PlacementGroupID(bytes.fromhex(group_hex)))
-    build = EngineArgs.create_engine_config
-
-    def create_engine_config(self: EngineArgs, *args: object, **kwargs: object) -> object:
-        config = build(self, *args, **kwargs)
-        config.parallel_config.placement_group = group
-        return config
-
-    EngineArgs.create_engine_config = create_engine_config
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--parent-pid", type=int, required=True)
+    parser.add_argument("--engine", default=DEFAULT_ENGINE, help="the engine adapter (gateway.engines)")
     parser.add_argument("server_args", nargs=argparse.REMAINDER)
     args = parser.parse_args()
     threading.Thread(target=_watch_parent, args=(args.parent_pid,), daemon=True, name="parent-watchdog").start()
     server_args = args.server_args[1:] if args.server_args[:1] == ["--"] else args.server_args
+    engine = engine_adapter(args.engine)
     group_hex = os.environ.get(PLACEMENT_GROUP_ENV)
     if group_hex:
-        attach_placement_group(group_hex)
-    sys.argv = [VLLM_SERVER_MODULE, *server_args]
-    runpy.run_module(VLLM_SERVER_MODULE, run_name="__main__", alter_sys=True)
+        engine.attach_placement_group(group_hex)
+    sys.argv = [engine.server_module, *server_args]
+    runpy.run_module(engine.server_module, run_name="__main__", alter_sys=True)
 
 
 if __name__ == "__main__":

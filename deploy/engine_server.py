@@ -15,7 +15,6 @@ replica spans the two boxes and two replicas share each GPU.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
@@ -29,96 +28,77 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from deploy.engine_process import PLACEMENT_GROUP_ENV
-from deploy.plan import EngineArgs, Executor, Replica
+from deploy.plan import Replica
 from deploy.ports import free_port
+from gateway.engines import EngineAdapter, ServerLaunch
+from gateway.engines.base import Executor
 
 if TYPE_CHECKING:
     from ray.serve.handle import DeploymentHandle
 
 logger = logging.getLogger("tandem.engine")
 
-# How long Serve's health check waits for the engine's /health (Serve's own bound is 30 s). Not
-# less: a busy CPU engine serves its HTTP server seconds late (up to 10 s measured,
-# benchmarks/engine_stall.py), and at 5 s Serve marked the working interactive engine unhealthy
-# and restarted it twice during a 30-minute soak at 40% load, losing the requests it held.
+# How long Serve's health check waits for the engine's /health (under Serve's own bound of 30 s).
+# A generating CPU engine serves its HTTP server seconds late, and a shorter wait made Serve restart
+# working engines, losing what they held (docs/reliability.md, measured by benchmarks/engine_stall.py).
 HEALTH_TIMEOUT_S = 20.0
-# An unanswered /health fails the check only once the server has answered none for this long.
-# A generating CPU engine starves its own server for minutes: in 30-minute soaks at 25-40% load
-# the servers left /health unanswered for 20 s at a time, up to about 170 s in a row, and Serve
-# restarted working engines (losing what they held). Neither the server's CPU time nor its main
-# thread's run and run-queue time (/proc/PID/schedstat) told a starved server from a stopped one:
-# in the fifth soak a server whose main thread had neither run nor waited to run for 20 s answered
-# again later. A deadlocked or stopped server is restarted after this long plus Serve's three
-# failed checks (about 60 s more).
+# An unanswered /health fails the check only once the server has answered none for this long: a
+# generating CPU engine can starve its own server for minutes, and no cheaper signal (CPU time, run
+# queue time) tells a starved server from a stopped one (docs/reliability.md). A wedged or stopped
+# server is restarted after this long plus Serve's three failed checks.
 UNANSWERED_LIMIT_S = float(os.environ.get("TANDEM_ENGINE_UNANSWERED_LIMIT_S", "300"))
 
+
+# The ASGI middleware an engine's server loads to serve the pause lease's endpoints.
+PAUSE_MIDDLEWARE = "deploy.engine_lease.PauseLeaseMiddleware"
 
 START_TIMEOUT_S = float(os.environ.get("TANDEM_ENGINE_START_TIMEOUT_S", "900"))
 STOP_GRACE_S = 15.0
 
 
-def vllm_server_args(
-    model_source: str, served_name: str, replica: Replica, host: str, port: int, executor: Executor
-) -> list[str]:
-    """The command-line arguments of vLLM's OpenAI server for one replica."""
-    args = [
-        "--model", model_source,
-        "--served-model-name", served_name,
-        "--host", host,
-        "--port", str(port),
-        "--tensor-parallel-size", str(replica.tensor_parallel_size),
-        "--pipeline-parallel-size", str(replica.pipeline_parallel_size),
-        "--disable-uvicorn-access-log",
-        # The pause lease (gateway.engine_pause): the gateway freezes a batch engine with it.
-        "--middleware", "deploy.engine_lease.PauseLeaseMiddleware",
-        "--distributed-executor-backend", executor,
-    ]  # fmt: skip
-    return args + _engine_flags(replica.engine)
-
-
 def engine_env(
-    replica: Replica, executor: Executor, placement_group_id: str | None, ray_address: str
+    replica: Replica, engine: EngineAdapter, executor: Executor, placement_group_id: str | None, ray_address: str
 ) -> dict[str, str]:
     """What the engine's process needs besides the replica's own environment. Under the Ray
-    executor: the placement group to put the workers in, the cluster to find it on, and each
-    worker's GPU share (vLLM asks Ray for one whole GPU per worker unless told, which no
-    fractional bundle holds: Ray refuses at once)."""
+    executor: the placement group to put the workers in, the cluster to find it on, and what the
+    engine itself needs there (vLLM: each worker's GPU share)."""
     env = dict(replica.env)
     if executor == "ray":
         if placement_group_id is None:
             raise RuntimeError(f"engine {replica.name!r}: the Ray executor needs the replica's placement group")
         env[PLACEMENT_GROUP_ENV] = placement_group_id
         env["RAY_ADDRESS"] = ray_address
-        env["VLLM_RAY_PER_WORKER_GPUS"] = str(replica.placement.gpus_per_worker)
+    env.update(engine.executor_env(executor, replica.placement.gpus_per_worker))
     return env
-
-
-def _engine_flags(engine: EngineArgs) -> list[str]:
-    flags: list[str] = []
-    for key, value in engine.to_vllm_kwargs().items():
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            flags.append(flag if value else "--no-" + flag[2:])
-        elif isinstance(value, (dict, list)):
-            flags += [flag, json.dumps(value)]
-        else:
-            flags += [flag, str(value)]
-    return flags
 
 
 def engine_launch(
     model_source: str, served_name: str, replica: Replica, accelerator: str | None, host: str, port: int
 ) -> tuple[list[str], dict[str, str]]:
-    """vLLM's server arguments and the environment (over the replica actor's own) for a replica's
-    engine, from inside that replica: its placement group and the cluster's address are Ray's
-    runtime context there."""
+    """The engine server's arguments and the environment (over the replica actor's own) for a
+    replica's engine, from inside that replica: its placement group and the cluster's address are
+    Ray's runtime context there. The replica's engine adapter spells both."""
     import ray
 
+    engine = replica.adapter
     executor = replica.executor(accelerator)
     group = ray.util.get_current_placement_group()
-    args = vllm_server_args(model_source, served_name, replica, host, port, executor)
-    env = engine_env(replica, executor, group.id.hex() if group else None, ray.get_runtime_context().gcs_address)
-    return args, env
+    launch = ServerLaunch(
+        model_source=model_source,
+        served_name=served_name,
+        host=host,
+        port=port,
+        tensor_parallel_size=replica.tensor_parallel_size,
+        pipeline_parallel_size=replica.pipeline_parallel_size,
+        executor=executor,
+        engine_kwargs=replica.engine.to_vllm_kwargs(),
+        # The pause lease (gateway.engine_pause): the gateway freezes a batch engine with it.
+        pause_middleware=PAUSE_MIDDLEWARE if engine.supports_pause else None,
+    )
+    env = engine_env(
+        replica, engine, executor, group.id.hex() if group else None, ray.get_runtime_context().gcs_address
+    )
+    return engine.server_args(launch), env
 
 
 def _node_address(node_id: str) -> str:
@@ -165,7 +145,8 @@ class EngineServer:
             model_source, served_name, self.replica, accelerator, self.host, self.port
         )
         command = [
-            sys.executable, "-m", "deploy.engine_process", "--parent-pid", str(os.getpid()), "--", *server_args
+            sys.executable, "-m", "deploy.engine_process", "--parent-pid", str(os.getpid()),
+            "--engine", self.engine.name, "--", *server_args
         ]  # fmt: skip
         env = {**os.environ, **engine_vars}
         with self.log_path.open("ab") as log:
@@ -177,6 +158,10 @@ class EngineServer:
         # Serve reports the replica as running once __init__ returns, so it returns when the
         # engine answers: `serve.run` then means "ready to serve".
         await self.wait_ready()
+
+    @property
+    def engine(self) -> EngineAdapter:
+        return self.replica.adapter
 
     @property
     def base_url(self) -> str:
@@ -226,7 +211,7 @@ class EngineServer:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=HEALTH_TIMEOUT_S))
         try:
-            async with self._session.get(f"http://{self.host}:{self.port}/health") as response:
+            async with self._session.get(f"http://{self.host}:{self.port}{self.engine.health_path}") as response:
                 if response.status == 200:
                     self._answered_at = time.monotonic()
                 return response.status

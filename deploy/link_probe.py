@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from deploy.ports import free_port
+
 if TYPE_CHECKING:  # only for annotations: the probe itself runs where only torch and pydantic are
     from deploy.plan import ServingPlan
 
@@ -274,12 +276,6 @@ def _run_rank(
         "nccl_version": nccl_version,
         "host": socket.gethostname(),
     }
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def _samples(rank0: dict[str, Any], backend: str, nodes: Sequence[str], control_us: float | None = None) -> LinkSamples:

@@ -1,7 +1,7 @@
 """The ServingPlan: the one contract between the tuner, deploy/ and the gateway.
 
 A plan names a model, the replicas that serve it (one per traffic class, each with its own
-parallel layout and vLLM engine arguments), the cluster they run on, and the gateway's routing
+parallel layout, its engine (gateway.engines; vLLM unless named) and that engine's arguments), the cluster they run on, and the gateway's routing
 settings. The tuner writes plans, deploy/ runs them, the gateway reads their routing part.
 Plans are YAML on disk; every check that can be made without starting anything is made here,
 with a message that says what to change.
@@ -9,17 +9,18 @@ with a message that says what to change.
 
 from __future__ import annotations
 
-import difflib
 import logging
-from functools import cache
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from deploy.plan_version import PLAN_VERSION, PlanVersionError, upgrade_plan_data
 from gateway.config import GatewaySettings, TrafficClass, describe_fields
+from gateway.engines import DEFAULT_ENGINE, EngineAdapter, engine_adapter
+from gateway.engines.base import Executor
+from gateway.engines.vllm import EngineArgs
 from gateway.routing_rules import routing_for_replicas
 
 DEMO_SOURCE = "demo"
@@ -54,113 +55,6 @@ class ModelSpec(BaseModel):
         return [self.name, *self.aliases]
 
 
-class EngineArgs(BaseModel):
-    """vLLM engine arguments. The tuned knobs are typed fields; any other vLLM EngineArgs field
-    goes in `extra` and is checked against the installed vLLM's own list."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    max_num_seqs: int = Field(64, ge=1)
-    max_num_batched_tokens: int | None = Field(
-        None,
-        ge=1,
-        description="Tokens one engine step may schedule (decode tokens and prompt chunks): the step budget. "
-        "On a batch engine co-resident with an interactive one it bounds the step a freeze waits for "
-        "(docs/routing.md, bounded step).",
-    )
-    long_prefill_token_threshold: int | None = Field(
-        None,
-        ge=1,
-        description="Most prompt tokens one request may prefill in a step (vLLM's chunk cap per request; "
-        "None: vLLM's default). Only where the installed vLLM has this argument.",
-    )
-    max_model_len: int | None = Field(None, ge=16)
-    gpu_memory_utilization: float = Field(0.45, gt=0, le=1)
-    enable_chunked_prefill: bool | None = None
-    enable_prefix_caching: bool | None = None
-    enforce_eager: bool = False
-    kv_cache_memory_bytes: int | None = Field(
-        None,
-        ge=1,
-        description="KV cache per worker, in bytes. Set, vLLM sizes its cache from it instead of profiling free "
-        "device memory, which two engines starting on one GPU would each count the other's use in.",
-    )
-    scheduling_policy: Literal["fcfs", "priority"] = "fcfs"
-    dtype: str = "auto"
-    extra: dict[str, Any] = Field(default_factory=dict)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _name_unknown_arguments(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            unknown = sorted(set(data) - set(cls.model_fields))
-            if unknown:
-                hints = []
-                for key in unknown:
-                    close = difflib.get_close_matches(key, list(cls.model_fields), n=1)
-                    hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-                raise ValueError(
-                    f"unknown engine argument(s) {', '.join(hints)}; other vLLM arguments go under 'extra'"
-                )
-        return data
-
-    @model_validator(mode="after")
-    def _extra_names_are_vllm_arguments(self) -> EngineArgs:
-        known = vllm_engine_argument_names() if self.extra else None  # importing vLLM takes seconds
-        if known is not None:
-            unknown = sorted(set(self.extra) - known)
-            if unknown:
-                raise ValueError(f"engine.extra has argument(s) vLLM does not know: {', '.join(unknown)}")
-        typed = set(self.extra) & (set(type(self).model_fields) - {"extra"})
-        if typed:
-            raise ValueError(f"engine.extra repeats typed field(s) {sorted(typed)}: set them directly")
-        return self
-
-    @model_validator(mode="after")
-    def _step_budget_is_consistent(self) -> EngineArgs:
-        """vLLM's own rules for the step budget, said before an engine starts (vLLM 0.32,
-        vllm/config/scheduler.py: the budget must hold one decode token per sequence)."""
-        budget = self.max_num_batched_tokens
-        if budget is not None and budget < self.max_num_seqs:
-            raise ValueError(
-                f"max_num_batched_tokens ({budget}) is below max_num_seqs ({self.max_num_seqs}): a step must have "
-                "room for one decode token per running sequence; raise the budget or lower max_num_seqs"
-            )
-        threshold = self.long_prefill_token_threshold
-        if threshold is not None:
-            if budget is not None and threshold > budget:
-                raise ValueError(
-                    f"long_prefill_token_threshold ({threshold}) is above max_num_batched_tokens ({budget}): "
-                    "no step can prefill more than its budget; lower it or leave it unset"
-                )
-            known = vllm_engine_argument_names()
-            if known is not None and "long_prefill_token_threshold" not in known:
-                raise ValueError(
-                    "long_prefill_token_threshold: the installed vLLM has no such argument; leave it unset "
-                    "and bound the step with max_num_batched_tokens"
-                )
-        return self
-
-    def to_vllm_kwargs(self) -> dict[str, Any]:
-        """The arguments as vLLM's EngineArgs takes them, unset ones left to vLLM's defaults."""
-        kwargs = self.model_dump(exclude={"extra"}, exclude_none=True)
-        kwargs.update(self.extra)
-        return kwargs
-
-
-@cache
-def vllm_engine_argument_names() -> frozenset[str] | None:
-    """Field names of the installed vLLM's EngineArgs, or None where vLLM is not installed."""
-    try:
-        import dataclasses
-
-        from vllm.engine.arg_utils import EngineArgs as VllmEngineArgs
-    except ImportError:
-        return None
-    return frozenset(f.name for f in dataclasses.fields(VllmEngineArgs))
-
-
-Executor = Literal["mp", "uni", "ray"]
 PlacementStrategy = Literal["STRICT_SPREAD", "SPREAD", "PACK", "STRICT_PACK"]
 
 
@@ -179,7 +73,7 @@ class Placement(BaseModel):
 
 
 class Replica(BaseModel):
-    """One vLLM engine serving one traffic class with one parallel layout."""
+    """One engine serving one traffic class with one parallel layout."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -187,9 +81,29 @@ class Replica(BaseModel):
     traffic_class: TrafficClass
     tensor_parallel_size: int = Field(1, ge=1)
     pipeline_parallel_size: int = Field(1, ge=1)
+    engine_kind: str = Field(
+        DEFAULT_ENGINE,
+        description="The engine that runs this replica: an adapter in gateway.engines (vllm only so far); "
+        "`engine` holds its arguments.",
+    )
     engine: EngineArgs = Field(default_factory=EngineArgs)
     placement: Placement = Field(default_factory=Placement)
     env: dict[str, str] = Field(default_factory=dict, description="Environment for the engine's processes.")
+
+    @field_validator("engine_kind")
+    @classmethod
+    def _engine_has_an_adapter(cls, kind: str) -> str:
+        engine_adapter(kind)  # UnknownEngine (a ValueError) names the known ones
+        return kind
+
+    @property
+    def adapter(self) -> EngineAdapter:
+        return engine_adapter(self.engine_kind)
+
+    @property
+    def accepts_request_priority(self) -> bool:
+        """Whether this replica's engine may be sent a request's `priority` (its adapter decides)."""
+        return self.adapter.accepts_request_priority(self.engine.scheduling_policy)
 
     @property
     def world_size(self) -> int:
@@ -207,7 +121,7 @@ class Replica(BaseModel):
         return [dict(bundle) for _ in range(self.world_size)]
 
     def executor(self, accelerator: str | None) -> Executor:
-        """How vLLM runs this replica's workers. On GPUs, a replica of several workers uses vLLM's
+        """How the engine runs this replica's workers. On GPUs, a replica of several workers uses vLLM's
         Ray executor: one Ray actor per worker, each in its own bundle of the replica's placement
         group, so a layout spans nodes and every worker gets exactly its bundle's GPU share. A
         one-worker GPU replica runs in the engine's own process on the GPU share Ray gave the

@@ -4,7 +4,8 @@ with a message that says so, instead of a list of fields this Tandem does not kn
 
 Version 1 is the first versioned format; plans written before versions existed (no `version:`)
 are version 0 and differ from version 1 only by lacking the field. Version 2 drops `data_path`
-(one data path since). Each later change to the
+(one data path since). Version 3 adds a replica's `engine_kind` (the engine adapter that runs it,
+gateway.engines); absent, it is vLLM, which every earlier plan ran. Each later change to the
 format adds a step to `_STEPS` that rewrites a plan's data from the version before, with a note
 saying what it changed, so that a plan written by any earlier Tandem still loads.
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-PLAN_VERSION = 2
+PLAN_VERSION = 3
 """The plan format this Tandem writes and reads."""
 
 
@@ -35,8 +36,13 @@ def _one_data_path(data: dict[str, Any]) -> str:
     return f"version 1 -> 2: `data_path: {named}` dropped (one data path now: docs/architecture.md)"
 
 
+def _engine_named(data: dict[str, Any]) -> str:
+    """Version 3 names each replica's engine; every earlier plan ran vLLM, the default."""
+    return "version 2 -> 3: nothing to change (a replica without `engine_kind` runs vllm, as before)"
+
+
 # _STEPS[n] rewrites version-n data (in place) into version n + 1 and says what it did.
-_STEPS: dict[int, Callable[[dict[str, Any]], str]] = {0: _from_unversioned, 1: _one_data_path}
+_STEPS: dict[int, Callable[[dict[str, Any]], str]] = {0: _from_unversioned, 1: _one_data_path, 2: _engine_named}
 
 
 def upgrade_plan_data(data: dict[str, Any]) -> list[str]:

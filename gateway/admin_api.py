@@ -20,7 +20,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, invalid_field
 from gateway.key_admin import IssuedKey, KeyAdmin, NewKey
 from gateway.usage import UsageLedger
 
@@ -50,9 +50,7 @@ async def _new_key(request: Request) -> NewKey:
     except orjson.JSONDecodeError as exc:
         raise GatewayError(400, f"request body is not valid JSON: {exc}") from None
     except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(map(str, first["loc"])) or None
-        raise GatewayError(400, f"{param}: {first['msg']}" if param else first["msg"], param=param) from None
+        raise invalid_field(exc) from None
 
 
 def admin_routes(keys: KeyAdmin, ledger: UsageLedger, require_admin: Callable[[Request], object]) -> APIRouter:

@@ -1,11 +1,11 @@
 """The gateway's FastAPI application: `create_app(config, backends)`.
 
 Routes: POST /v1/chat/completions and /v1/completions (gateway.proxy), POST /v1/responses, GET
-/v1/responses/{id} and POST /v1/responses/{id}/cancel (gateway.responses), GET /v1/models (public
-names only), GET /health (the process is alive), GET /ready (every replica answers), GET /metrics
-(Prometheus) and GET /metrics/engines/{replica} (that replica's vLLM metrics, passed on), GET and PUT /admin/routing (read or switch the routing settings and policy at
-runtime, admin key required when keys are configured), the key and usage admin routes
-(gateway.admin_api), GET /status and /admin/status (gateway.status). Every error, the framework's own 404, 405
+/v1/responses/{id} and POST /v1/responses/{id}/cancel (gateway.responses), the service routes
+(/health, /ready, /v1/models, tokenize, /metrics: gateway.service_api), the routing admin routes
+(GET, PUT and PATCH /admin/routing: gateway.routing_api), the key and usage admin routes
+(gateway.admin_api), the Batch and Files API (gateway.batches.routes), GET /status and
+/admin/status (gateway.status). Every error, the framework's own 404, 405
 and validation errors included, is answered in the OpenAI envelope (gateway.errors).
 """
 
@@ -15,44 +15,42 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from pydantic import ValidationError
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
 from gateway.admin_api import admin_routes
 from gateway.admission import ClassGate
 from gateway.auth import KeyRing, exposure_warning, is_loopback
-from gateway.backends.base import Backend, UpstreamUnavailable
+from gateway.backends.base import Backend
 from gateway.backends.http import HttpBackend
 from gateway.backends.relocating import RelocatingHttpBackend
 from gateway.batches.dispatch import InProcessDispatch
 from gateway.batches.routes import batch_routes
 from gateway.batches.service import BatchService
-from gateway.config import GatewayConfig, TrafficClass
+from gateway.config import GatewayConfig, ReplicaEndpoint, TrafficClass
+from gateway.engines import engine_adapter
 from gateway.errors import GatewayError, error_body, internal_error
 from gateway.freezing import EngineFreezer
 from gateway.key_admin import KeyAdmin
 from gateway.load import LoadBoard
-from gateway.metrics import CONTENT_TYPE, GatewayMetrics, LiveState
+from gateway.metrics import GatewayMetrics, LiveState
 from gateway.policy import Endpoint
 from gateway.proxy import GenerationProxy, Receive, Scope, Send, new_request_id
 from gateway.response_ids import ResponseIdMap
 from gateway.responses import RESPONSES_PATH, ResponsesProxy, add_responses_routes
 from gateway.router import Router
-from gateway.routing_update import NotAnObject, merge_routing
+from gateway.routing_api import routing_routes
+from gateway.service_api import service_routes
 from gateway.sqlite_schema import SchemaTooNew
 from gateway.state_store import StateStore
 from gateway.status import StatusSource, status_routes
-from gateway.tokenize import TOKENIZER_PATHS, forward_to_tokenizer
 from gateway.usage import UsageLedger
 from gateway.yielding import BatchYielding
 
@@ -113,17 +111,19 @@ def http_backends(
     missing = [r.name for r in config.replicas if r.base_url is None]
     if missing:
         raise ValueError(f"replica(s) {missing} have no base_url; give one or pass backends to create_app")
-    options = {
-        "connect_timeout_s": limits.upstream_connect_timeout_s,
-        "first_byte_timeout_s": limits.upstream_first_byte_timeout_s,
-    }
     resolvers = resolvers or {}
-    return {
-        r.name: RelocatingHttpBackend(r.base_url, resolvers[r.name], **options)  # type: ignore[arg-type]
-        if r.name in resolvers
-        else HttpBackend(r.base_url, **options)  # type: ignore[arg-type]
-        for r in config.replicas
-    }
+
+    def backend(replica: ReplicaEndpoint, base_url: str) -> Backend:
+        options: dict[str, Any] = {
+            "engine": engine_adapter(replica.engine),
+            "connect_timeout_s": limits.upstream_connect_timeout_s,
+            "first_byte_timeout_s": limits.upstream_first_byte_timeout_s,
+        }
+        if replica.name in resolvers:
+            return RelocatingHttpBackend(base_url, resolvers[replica.name], **options)
+        return HttpBackend(base_url, **options)
+
+    return {r.name: backend(r, r.base_url) for r in config.replicas if r.base_url is not None}
 
 
 def open_state_store(data_dir: Path) -> StateStore:
@@ -171,6 +171,11 @@ def create_app(config: GatewayConfig, backends: Mapping[str, Backend] | None = N
         model=config.model,
     )
     freezer = EngineFreezer(config.replicas, backends, board, lambda: router.settings, metrics.registry)
+    # A settings switch (PUT /admin/routing) reaches every part that reads the settings in force.
+    router.on_update(yielding.update)
+    router.on_update(freezer.update)
+    for gate in gates.values():
+        router.on_update(gate.grant)
     batch_proxies: dict[str, GenerationProxy] = {}  # filled below: the Batch API sends its lines through them
     batches = BatchService(
         settings.batches, InProcessDispatch(batch_proxies), config.served_names, keyring.client_named, metrics
@@ -251,79 +256,8 @@ def create_app(config: GatewayConfig, backends: Mapping[str, Backend] | None = N
     )
     app.include_router(status_routes(status, require_admin))
 
-    @app.get("/health")
-    async def health() -> Response:
-        return Response(status_code=200)
-
-    @app.get("/ready")
-    async def ready() -> Response:
-        names = list(backends)
-        answers = await asyncio.gather(*(backends[n].ready() for n in names))
-        down = [n for n, ok in zip(names, answers, strict=True) if not ok]
-        if down:
-            raise GatewayError(503, f"replica(s) not answering: {', '.join(down)}")
-        return JSONResponse({"ready": True, "replicas": names})
-
-    @app.get("/v1/models")
-    async def models(request: Request) -> Response:
-        keyring.authenticate(request.headers.get("authorization"))
-        created = int(time.time())
-        cards = [
-            {"id": name, "object": "model", "created": created, "owned_by": "tandem", "root": config.model}
-            for name in (config.model, *config.aliases)
-        ]
-        return Response(orjson.dumps({"object": "list", "data": cards}), media_type="application/json")
-
-    async def tokenizer(request: Request) -> Response:
-        keyring.authenticate(request.headers.get("authorization"))
-        status, body = await forward_to_tokenizer(request.url.path, await request.body(), config, backends, board)
-        return Response(body, status_code=status, media_type="application/json")
-
-    for path in TOKENIZER_PATHS:
-        app.add_api_route(path, tokenizer, methods=["POST"])
-
-    @app.get("/metrics")
-    async def prometheus() -> Response:
-        return Response(metrics.render(), media_type=CONTENT_TYPE)
-
-    @app.get("/metrics/engines/{replica}")
-    async def engine_prometheus(replica: str) -> Response:
-        """The replica's own vLLM /metrics, passed on as they are: engines listen on free ports of
-        the cluster's nodes, which a Prometheus elsewhere cannot know or may not reach; the gateway
-        knows where each one is now (docs/operations.md, Dashboards)."""
-        backend = backends.get(replica)
-        if backend is None:
-            raise GatewayError(404, f"no replica named {replica!r}; replicas: {', '.join(sorted(backends))}")
-        try:
-            text = await backend.engine_metrics()
-        except (TimeoutError, UpstreamUnavailable) as exc:
-            raise GatewayError(502, f"replica {replica} did not give its metrics: {type(exc).__name__}") from None
-        return Response(text, media_type=CONTENT_TYPE)
-
-    @app.get("/admin/routing")
-    async def get_routing(request: Request) -> Response:
-        require_admin(request)
-        return Response(router.settings.model_dump_json(), media_type="application/json")
-
-    @app.api_route("/admin/routing", methods=["PUT", "PATCH"])
-    async def put_routing(request: Request) -> Response:
-        """Merge the body into the routing in force (gateway.routing_update): what it leaves out stays."""
-        require_admin(request)
-        try:
-            new = merge_routing(router.settings, orjson.loads(await request.body()))
-        except (orjson.JSONDecodeError, NotAnObject) as exc:
-            raise GatewayError(400, f"request body: {exc}") from None
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            param = ".".join(map(str, first["loc"])) or None
-            raise GatewayError(400, first["msg"].removeprefix("Value error, "), param=param) from None
-        router.update(new)
-        yielding.update()
-        freezer.update()
-        for gate in gates.values():
-            gate.grant()
-        log.info("routing switched to policy %s", new.policy)
-        return Response(new.model_dump_json(), media_type="application/json")
+    app.include_router(service_routes(config, backends, board, keyring, metrics))
+    app.include_router(routing_routes(router, require_admin))
 
     @app.exception_handler(GatewayError)
     async def gateway_error(request: Request, exc: GatewayError) -> Response:

@@ -23,6 +23,7 @@ TRAFFIC_CLASSES: tuple[TrafficClass, ...] = ("interactive", "batch")
 # imports this module; it checks that its POLICIES table has exactly these names).
 POLICY_NAMES: tuple[str, ...] = (
     "class-aware",
+    "conversation-affinity",
     "all-interactive",
     "all-batch",
     "round-robin",
@@ -353,8 +354,14 @@ class ReplicaEndpoint(BaseModel):
     traffic_class: TrafficClass
     model: str = Field(description="The model name the replica's engine serves (sent upstream in `model`).")
     max_num_seqs: int = Field(64, ge=1, description="The engine's batch size: the load snapshot's capacity.")
+    engine: str = Field(
+        "vllm",
+        pattern=r"^[a-z][a-z0-9-]*$",
+        description="The engine the replica runs (its adapter in gateway.engines): where its health and load "
+        "are read, and whether it takes a request `priority`.",
+    )
     scheduling_policy: Literal["fcfs", "priority"] = Field(
-        "fcfs", description="Only 'priority' engines are sent a `priority` (vLLM rejects it otherwise)."
+        "fcfs", description="Sent a request `priority` only where the engine's adapter accepts it under this policy."
     )
     base_url: str | None = Field(
         None, description="OpenAI base URL for the HTTP backend, e.g. http://127.0.0.1:8001/v1."

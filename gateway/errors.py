@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from http import HTTPStatus
 
 import orjson
+from pydantic import ValidationError
 
 # The OpenAI SDK maps statuses to these exception names; vLLM uses the same spellings.
 _TYPES = {
@@ -69,3 +70,12 @@ def internal_error(exc: Exception) -> GatewayError:
     """The 500 for a failure nobody planned for: names the exception's type, never its text
     (which may hold a request's content)."""
     return GatewayError(500, f"internal gateway error ({type(exc).__name__})")
+
+
+def invalid_field(exc: ValidationError, err_type: str | None = None) -> GatewayError:
+    """The 400 for a body that failed its pydantic model: the first problem, naming its field
+    (`messages.0.role: ...`) as `param` and in the message, without pydantic's "Value error, "."""
+    first = exc.errors()[0]
+    param = ".".join(map(str, first["loc"])) or None
+    message = first["msg"].removeprefix("Value error, ")
+    return GatewayError(400, f"{param}: {message}" if param else message, param=param, err_type=err_type)

@@ -1,6 +1,6 @@
 """What the gateway knows about each replica's load: its own in-flight counts (exact, updated on
-every request) and the engine's running/waiting queue (polled from vLLM's /metrics in the
-background). One fixed-size record per replica, so memory does not grow with traffic.
+every request) and the engine's running/waiting queue (polled from the engine's metrics page
+in the background, read by its adapter). One fixed-size record per replica, so memory does not grow with traffic.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from gateway.backends.base import Backend
 from gateway.config import ReplicaEndpoint, TrafficClass
+from gateway.engines import engine_adapter
 from gateway.policy import ReplicaLoad
 
 log = logging.getLogger("tandem.gateway")
@@ -22,6 +23,7 @@ log = logging.getLogger("tandem.gateway")
 @dataclass
 class _ReplicaStats:
     endpoint: ReplicaEndpoint
+    accepts_priority: bool  # asked of the engine's adapter once: the snapshot is taken per request
     in_flight: int = 0
     interactive_in_flight: int = 0
     running: int = 0
@@ -35,7 +37,10 @@ class LoadBoard:
     """Per-replica load, read as an immutable snapshot by the routing policy."""
 
     def __init__(self, replicas: list[ReplicaEndpoint], probe_misses_to_mark_down: int) -> None:
-        self._stats = {r.name: _ReplicaStats(r) for r in replicas}
+        self._stats = {
+            r.name: _ReplicaStats(r, engine_adapter(r.engine).accepts_request_priority(r.scheduling_policy))
+            for r in replicas
+        }
         self._misses_to_mark_down = probe_misses_to_mark_down
         self._listeners: list[Callable[[], None]] = []
         self._back: asyncio.Event | None = None  # set when a replica is found answering again
@@ -50,7 +55,7 @@ class LoadBoard:
                 waiting=s.waiting,
                 max_num_seqs=s.endpoint.max_num_seqs,
                 healthy=s.healthy and name not in exclude,
-                accepts_priority=s.endpoint.scheduling_policy == "priority",
+                accepts_priority=s.accepts_priority,
             )
             for name, s in self._stats.items()
         ]
@@ -94,7 +99,7 @@ class LoadBoard:
         the loop's clock reaches `deadline_at`. True only if one came back while waiting (False if
         one was in routing already: nothing to wait for). Batch work waits here instead of failing:
         on a loaded machine a generating engine answers its load probe seconds late, and a few
-        misses in a row took both busy engines out of routing (issue 23)."""
+        misses in a row can take every busy engine out of routing at once."""
         if any(s.healthy for s in self._stats.values()):
             return False
         while not any(s.healthy for s in self._stats.values()):

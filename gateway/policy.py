@@ -5,12 +5,13 @@ simulation (tuner/perfmodel) calls the very same functions with simulated ones.
 
 Inputs
   RequestFeatures  what the router may know about a request (gateway.classify builds it from the
-                   body): endpoint, stream, n, number of prompts, max_tokens, client's priority.
+                   body): endpoint, stream, n, number of prompts, max_tokens, client's priority;
+                   for conversation policies, its prefix hash, session and previous replica.
   TrafficClass     "interactive" | "batch", from gateway.classify.classify().
   ReplicaLoad      one per replica: name, traffic_class, in_flight (requests this gateway has
                    sent and not finished), running / waiting (the engine's own counts, from
-                   vLLM's /metrics), max_num_seqs, healthy, accepts_priority
-                   (engine runs scheduling_policy=priority).
+                   its metrics page, read by its engine adapter), max_num_seqs, healthy, accepts_priority
+                   (the engine adapter allows a request priority under its scheduling policy).
   RoutingSettings  gateway.config; `settings.policy` names the policy in POLICIES.
   PolicyState      what must persist between calls (round-robin cursor, the hysteresis
                    "spilling" flag). Immutable: pass the returned state to the next call.
@@ -20,6 +21,9 @@ Output of route()
   (Route(replica, priority, spilled) | Reject(status, message), new PolicyState)
   `priority` is the vLLM request priority to add, or None to send the request as it came.
 
+A policy (POLICIES) is a function of one PolicyContext (the inputs above, the replicas narrowed
+to the healthy ones) to a Choice (replica, next state, spilled); route() adds the priority.
+
 Admission (per-class concurrency with a bounded queue) is the separate pure function admit():
   ClassLoad(in_flight, queued) + ClassLimits -> "run" | "queue" | "reject".
 
@@ -27,8 +31,10 @@ Batch yielding (for replicas that share GPUs; off unless set) adjusts the batch 
   batch_yield(interactive requests active, now, settings, YieldState) -> YieldState
   batch_limits(batch ClassLimits, settings, YieldState) -> the ClassLimits admit() applies now.
 
-Policies (POLICIES): "class-aware" (Tandem's default), and the baselines it is measured against:
-"all-interactive", "all-batch", "round-robin", "least-busy", "power-of-two" (Ray Serve's default).
+Policies (POLICIES): "class-aware" (Tandem's default); "conversation-affinity", class-aware that
+keeps a conversation's turns on the replica holding its prefix cache where the class allows; and
+the baselines they are measured against: "all-interactive", "all-batch", "round-robin",
+"least-busy", "power-of-two" (Ray Serve's default).
 Every policy sends a request only to a healthy replica, so a replica that is down is routed
 around whatever the policy prefers; with none healthy the answer is Reject(503).
 """
@@ -57,6 +63,11 @@ class RequestFeatures:
     prompts: int = 1
     max_tokens: int | None = None
     client_priority: int | None = None
+    # The conversation, for policies that keep one on a replica (CONVERSATION_POLICIES; None
+    # otherwise, as computing them costs the gateway CPU per request):
+    prefix_hash: int | None = None  # the opening of a chat (system and first user message), hashed
+    session: str | None = None  # what the client names its session (`user`)
+    previous_replica: str | None = None  # the replica that served this conversation's last turn
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,10 +129,31 @@ class Reject:
 
 Decision = Route | Reject
 Admission = Literal["run", "queue", "reject"]
-PolicyFn = Callable[
-    [RequestFeatures, TrafficClass, Sequence[ReplicaLoad], RoutingSettings, PolicyState, random.Random],
-    tuple[ReplicaLoad, PolicyState, bool],
-]
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyContext:
+    """Everything a policy may read for one decision."""
+
+    request: RequestFeatures
+    traffic_class: TrafficClass
+    replicas: Sequence[ReplicaLoad]  # the healthy ones, never empty
+    settings: RoutingSettings
+    state: PolicyState
+    rng: random.Random
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """A policy's answer: the replica, the state for the next decision, and whether the request
+    left its class's own replica (spilled interactive work, or batch work borrowing)."""
+
+    replica: ReplicaLoad
+    state: PolicyState
+    spilled: bool = False
+
+
+Policy = Callable[[PolicyContext], Choice]
 
 
 def admit(load: ClassLoad, limits: ClassLimits) -> Admission:
@@ -145,10 +177,11 @@ def route(
     healthy = [r for r in replicas if r.healthy]
     if not healthy:
         return Reject(503, "no replica is ready to serve this request"), state
-    chosen, state, spilled = POLICIES[settings.policy](
-        request, traffic_class, healthy, settings, state, rng or random.Random()
+    choice = POLICIES[settings.policy](
+        PolicyContext(request, traffic_class, healthy, settings, state, rng or random.Random())
     )
-    return Route(chosen.name, _priority(request, traffic_class, chosen, settings), spilled), state
+    decision = Route(choice.replica.name, _priority(request, traffic_class, choice.replica, settings), choice.spilled)
+    return decision, choice.state
 
 
 def route_to(
@@ -181,33 +214,27 @@ def _of_class(replicas: Sequence[ReplicaLoad], traffic_class: TrafficClass) -> R
     return next((r for r in replicas if r.traffic_class == traffic_class), None)
 
 
-def _class_aware(
-    request: RequestFeatures,
-    traffic_class: TrafficClass,
-    replicas: Sequence[ReplicaLoad],
-    settings: RoutingSettings,
-    state: PolicyState,
-    rng: random.Random,
-) -> tuple[ReplicaLoad, PolicyState, bool]:
+def _class_aware(ctx: PolicyContext) -> Choice:
     """Each class to its own replica; interactive spills to the batch replica while its own queue is
     long (with hysteresis), batch borrows the interactive replica only while that one is idle, and
     never under gpu_arbitration "freeze": the freeze reserves the shared GPUs for chat, and a batch
     request on the chat engine sits ahead of the next chat request where no freeze can stop it (the
     simulated light chat load in docs/routing.md: interactive TTFT p99 748 ms with borrowing, 505 ms
     without)."""
-    interactive = _of_class(replicas, "interactive")
-    batch = _of_class(replicas, "batch")
+    settings, state = ctx.settings, ctx.state
+    interactive = _of_class(ctx.replicas, "interactive")
+    batch = _of_class(ctx.replicas, "batch")
     if interactive is None or batch is None:  # one class's replica is down: the other takes all
-        return replicas[0], replace(state, spilling=False), False
-    if traffic_class == "interactive":
+        return Choice(ctx.replicas[0], replace(state, spilling=False))
+    if ctx.traffic_class == "interactive":
         if state.spilling:
             spilling = interactive.queue > settings.spill_release_threshold
         else:
             spilling = interactive.queue >= settings.spill_queue_threshold
         state = replace(state, spilling=spilling)
         if spilling and batch.free_slots >= settings.spill_target_headroom:
-            return batch, state, True
-        return interactive, state, False
+            return Choice(batch, state, spilled=True)
+        return Choice(interactive, state)
     borrow = (
         settings.batch_borrows_idle_interactive
         and settings.gpu_arbitration != "freeze"
@@ -215,73 +242,61 @@ def _class_aware(
         and batch.free_slots == 0
         and not state.spilling
     )
-    return (interactive, state, True) if borrow else (batch, state, False)
+    return Choice(interactive, state, spilled=True) if borrow else Choice(batch, state)
 
 
-def _fixed(traffic_class: TrafficClass) -> PolicyFn:
-    def policy(
-        request: RequestFeatures,
-        _class: TrafficClass,
-        replicas: Sequence[ReplicaLoad],
-        settings: RoutingSettings,
-        state: PolicyState,
-        rng: random.Random,
-    ) -> tuple[ReplicaLoad, PolicyState, bool]:
-        return (_of_class(replicas, traffic_class) or replicas[0]), state, False
+def _fixed(traffic_class: TrafficClass) -> Policy:
+    def policy(ctx: PolicyContext) -> Choice:
+        return Choice(_of_class(ctx.replicas, traffic_class) or ctx.replicas[0], ctx.state)
 
     policy.__doc__ = f"Everything to the {traffic_class} replica (a baseline)."
     return policy
 
 
-def _round_robin(
-    request: RequestFeatures,
-    traffic_class: TrafficClass,
-    replicas: Sequence[ReplicaLoad],
-    settings: RoutingSettings,
-    state: PolicyState,
-    rng: random.Random,
-) -> tuple[ReplicaLoad, PolicyState, bool]:
+def _round_robin(ctx: PolicyContext) -> Choice:
     """Healthy replicas in turn, ignoring class and load (a baseline)."""
-    ordered = sorted(replicas, key=lambda r: r.name)
-    chosen = ordered[state.round_robin_next % len(ordered)]
-    return chosen, replace(state, round_robin_next=(state.round_robin_next + 1) % len(ordered)), False
+    ordered = sorted(ctx.replicas, key=lambda r: r.name)
+    cursor = ctx.state.round_robin_next
+    return Choice(ordered[cursor % len(ordered)], replace(ctx.state, round_robin_next=(cursor + 1) % len(ordered)))
 
 
-def _least_busy(
-    request: RequestFeatures,
-    traffic_class: TrafficClass,
-    replicas: Sequence[ReplicaLoad],
-    settings: RoutingSettings,
-    state: PolicyState,
-    rng: random.Random,
-) -> tuple[ReplicaLoad, PolicyState, bool]:
+def _least_busy(ctx: PolicyContext) -> Choice:
     """Fewest requests in flight from this gateway; ties to the first by name (a baseline)."""
-    return min(replicas, key=lambda r: (r.in_flight, r.name)), state, False
+    return Choice(min(ctx.replicas, key=lambda r: (r.in_flight, r.name)), ctx.state)
 
 
-def _power_of_two(
-    request: RequestFeatures,
-    traffic_class: TrafficClass,
-    replicas: Sequence[ReplicaLoad],
-    settings: RoutingSettings,
-    state: PolicyState,
-    rng: random.Random,
-) -> tuple[ReplicaLoad, PolicyState, bool]:
+def _power_of_two(ctx: PolicyContext) -> Choice:
     """Two random replicas, the one with fewer in flight wins: Ray Serve's default router."""
-    if len(replicas) == 1:
-        return replicas[0], state, False
-    first, second = rng.sample(list(replicas), 2)
-    return (second if second.in_flight < first.in_flight else first), state, False
+    if len(ctx.replicas) == 1:
+        return Choice(ctx.replicas[0], ctx.state)
+    first, second = ctx.rng.sample(list(ctx.replicas), 2)
+    return Choice(second if second.in_flight < first.in_flight else first, ctx.state)
 
 
-POLICIES: dict[str, PolicyFn] = {
+def _conversation_affinity(ctx: PolicyContext) -> Choice:
+    """Class-aware, except that a follow-up turn goes back to the replica that served the
+    conversation's previous turn while that replica serves this class and has a free slot: its
+    engine still holds the conversation's prefix in its cache, so the turn skips most of its
+    prefill. A replica of the other class is followed only where class-aware sends the turn anyway
+    (spilling or borrowing), so affinity never moves work across classes by itself."""
+    choice = _class_aware(ctx)
+    previous = next((r for r in ctx.replicas if r.name == ctx.request.previous_replica), None)
+    if previous is not None and previous.traffic_class == ctx.traffic_class and previous.free_slots > 0:
+        return replace(choice, replica=previous, spilled=False)
+    return choice
+
+
+POLICIES: dict[str, Policy] = {
     "class-aware": _class_aware,
+    "conversation-affinity": _conversation_affinity,
     "all-interactive": _fixed("interactive"),
     "all-batch": _fixed("batch"),
     "round-robin": _round_robin,
     "least-busy": _least_busy,
     "power-of-two": _power_of_two,
 }
+CONVERSATION_POLICIES = frozenset({"conversation-affinity"})
+"""Policies that read a request's conversation (prefix_hash, session, previous_replica)."""
 if tuple(POLICIES) != POLICY_NAMES:  # settings are validated against the names in gateway.config
     raise ImportError(f"gateway.config.POLICY_NAMES {POLICY_NAMES} must list POLICIES {tuple(POLICIES)}")
 

@@ -7,11 +7,14 @@ to route and to protect itself, so a vLLM upgrade that adds fields needs no gate
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import replace
 from typing import Any
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
-from gateway.errors import VALIDATION_ERROR_TYPE, GatewayError
+from gateway.errors import VALIDATION_ERROR_TYPE, GatewayError, invalid_field
 from gateway.policy import Endpoint, RequestFeatures
 
 
@@ -30,6 +33,7 @@ class _GenerationView(BaseModel):
     n: int | None = Field(1, ge=1)
     max_tokens: int | None = Field(None, ge=0)
     priority: int | None = None
+    user: Any = None  # read as a session name only when a string; vLLM checks it
 
     def requested_tokens(self) -> int | None:
         return self.max_tokens
@@ -71,6 +75,7 @@ class ResponsesView(BaseModel):
     max_output_tokens: int | None = None
     previous_response_id: str | None = None
     priority: int | None = None
+    user: Any = None
 
     @property
     def n(self) -> int:
@@ -101,17 +106,16 @@ def parse_view(endpoint: Endpoint, body: Any) -> View:
     try:
         return VIEWS[endpoint].model_validate(body)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
-        message = f"{param}: {first['msg']}" if param else first["msg"]
         # vLLM's request models check types; values (n >= 1, some messages) it checks later, with
         # its other error type. Answer each as vLLM would.
-        err_type = None if first["type"] in _VALUE_CHECKS else VALIDATION_ERROR_TYPE
-        raise GatewayError(400, message, param=param, err_type=err_type) from None
+        err_type = None if exc.errors()[0]["type"] in _VALUE_CHECKS else VALIDATION_ERROR_TYPE
+        raise invalid_field(exc, err_type) from None
 
 
-def features_of(endpoint: Endpoint, view: View) -> RequestFeatures:
-    return RequestFeatures(
+def features_of(endpoint: Endpoint, view: View, conversation: bool = False) -> RequestFeatures:
+    """What routing may know of a request; with `conversation` (a policy that follows
+    conversations is in force), also its prefix hash and session."""
+    features = RequestFeatures(
         endpoint=endpoint,
         stream=bool(view.stream),
         n=view.n or 1,
@@ -119,3 +123,19 @@ def features_of(endpoint: Endpoint, view: View) -> RequestFeatures:
         max_tokens=view.requested_tokens(),
         client_priority=view.priority,
     )
+    if not conversation:
+        return features
+    prefix = opening_hash(view.messages) if isinstance(view, ChatView) else None
+    session = view.user if isinstance(view.user, str) and view.user else None
+    return replace(features, prefix_hash=prefix, session=session)
+
+
+def opening_hash(messages: list[dict[str, Any]]) -> int | None:
+    """A chat's opening (its messages up to and including the first user message), hashed: every
+    later turn of the conversation resends the same opening, and the engine's prefix cache holds
+    it. None without a user message. Stable across processes (blake2b, not Python's hash)."""
+    end = next((i for i, m in enumerate(messages) if m.get("role") == "user"), None)
+    if end is None:
+        return None
+    opening = orjson.dumps(messages[: end + 1], option=orjson.OPT_SORT_KEYS)
+    return int.from_bytes(hashlib.blake2b(opening, digest_size=8).digest(), "big")

@@ -136,6 +136,14 @@ class _Exchange:
     ttft_s: float | None = None  # streams: request received to first event sent
 
 
+def upstream_failure(replica: str, exc: UpstreamLost | UpstreamTimeout) -> GatewayError:
+    """What the client hears when a replica took a request and then failed or fell silent: the
+    replica's name, never its address (the log keeps that). Neither is sent again: it may have run."""
+    if isinstance(exc, UpstreamTimeout):
+        return GatewayError(504, f"replica {replica} sent no answer in time")
+    return GatewayError(502, f"replica {replica} failed before answering")
+
+
 def _every_replica_failed(last: str) -> GatewayError:
     # Names, not addresses: a replica's host and port stay in the gateway's log.
     return GatewayError(502, f"every replica failed before answering; last: replica {last} was unreachable")
@@ -253,7 +261,7 @@ class GenerationProxy:
         if view.model is not None and view.model not in self._served_names:
             raise GatewayError(404, f"The model `{view.model}` does not exist.", param="model")
         exchange.model = view.model or self._public_model
-        features = features_of(self.endpoint, view)
+        features = features_of(self.endpoint, view, conversation=self._router.follows_conversations)
         cap = self._limits.max_tokens_cap
         if cap is not None and features.max_tokens is not None and features.max_tokens > cap:
             field = self.tokens_field
@@ -326,12 +334,9 @@ class GenerationProxy:
                         raise _every_replica_failed(last_failure) from None
                     self._metrics.retries(decision.replica).inc()
                     continue
-                except UpstreamLost as exc:
-                    log.warning("request %s: replica %s lost it: %s", exchange.request_id, decision.replica, exc)
-                    raise GatewayError(502, f"replica {decision.replica} failed before answering") from None
-                except UpstreamTimeout as exc:
+                except (UpstreamLost, UpstreamTimeout) as exc:
                     log.warning("request %s: replica %s: %s", exchange.request_id, decision.replica, exc)
-                    raise GatewayError(504, f"replica {decision.replica} sent no answer in time") from None
+                    raise upstream_failure(decision.replica, exc) from None
                 except TimeoutError:
                     raise self._deadline_error(exchange, first_kind) from None
                 try:
@@ -391,29 +396,50 @@ class GenerationProxy:
         """Relay the answer, within the deadlines: `first` bounds a stream's first event, the idle
         timeout each later one, the total deadline everything (sends to a slow client included)."""
         deadlines = exchange.deadlines
-        assert deadlines is not None
-        rewrite = self._rewrites[exchange.replica]
+        assert deadlines is not None  # set when the exchange is routed, before any upstream read
         exchange.status = upstream.status
-        if not upstream.streaming:
-            try:
-                async with asyncio.timeout_at(deadlines.total_at):
-                    data = await upstream.read()
-            except TimeoutError:
-                raise self._deadline_error(exchange, "total") from None
-            except UpstreamBroken as exc:
-                log.warning("request %s: replica %s broke off: %s", exchange.request_id, exchange.replica, exc)
-                raise GatewayError(502, f"replica {exchange.replica} ended the answer early") from None
-            if upstream.status == 200:
-                self._count_usage(exchange, data)
-                data = rewrite(data)
-            else:
-                self._metrics.errors(str(upstream.status), "upstream").inc()
-            headers = [_JSON, (b"content-length", str(len(data)).encode()), *self._response_headers(exchange)]
-            exchange.responding = True
-            await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
-            exchange.finished = True
-            await send({"type": "http.response.body", "body": data})
-            return
+        if upstream.streaming:
+            await self._relay_stream(exchange, deadlines, upstream, wants_usage, send, first)
+        else:
+            await self._relay_whole(exchange, deadlines, upstream, send)
+
+    async def _relay_whole(
+        self, exchange: _Exchange, deadlines: Deadlines, upstream: UpstreamResponse, send: Send
+    ) -> None:
+        """A whole answer: read within the total deadline, usage counted, model name rewritten,
+        then sent with its length."""
+        rewrite = self._rewrites[exchange.replica]
+        try:
+            async with asyncio.timeout_at(deadlines.total_at):
+                data = await upstream.read()
+        except TimeoutError:
+            raise self._deadline_error(exchange, "total") from None
+        except UpstreamBroken as exc:
+            log.warning("request %s: replica %s broke off: %s", exchange.request_id, exchange.replica, exc)
+            raise GatewayError(502, f"replica {exchange.replica} ended the answer early") from None
+        if upstream.status == 200:
+            self._count_usage(exchange, data)
+            data = rewrite(data)
+        else:
+            self._metrics.errors(str(upstream.status), "upstream").inc()
+        headers = [_JSON, (b"content-length", str(len(data)).encode()), *self._response_headers(exchange)]
+        exchange.responding = True
+        await send({"type": "http.response.start", "status": upstream.status, "headers": headers})
+        exchange.finished = True
+        await send({"type": "http.response.body", "body": data})
+
+    async def _relay_stream(
+        self,
+        exchange: _Exchange,
+        deadlines: Deadlines,
+        upstream: UpstreamResponse,
+        wants_usage: bool,
+        send: Send,
+        first: tuple[float, DeadlineKind],
+    ) -> None:
+        """An event stream, event by event: each within its deadline, usage taken out unless the
+        client asked for it, a broken or late stream ended with an error event."""
+        rewrite = self._rewrites[exchange.replica]
         exchange.responding = True
         await send(
             {
@@ -435,7 +461,6 @@ class GenerationProxy:
                 except StopAsyncIteration:
                     break
                 except TimeoutError:
-                    # deadlines are set when the exchange is routed, before any upstream read
                     raise deadlines.exceeded(kind, exchange.replica) from None
                 if _USAGE in chunk:
                     chunk = self._take_usage(exchange, chunk, keep=wants_usage)

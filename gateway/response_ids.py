@@ -7,6 +7,9 @@ only be answered by that replica. The gateway remembers where each stored respon
 does not know (never seen, evicted, expired) is answered with the OpenAI 404 rather than sent to
 a replica that cannot know it either. Bounded by count (least recently used first out) and by age
 since last use, because vLLM's own store is neither and the gateway must not grow without end.
+
+The router keeps the replica that served each conversation's last turn in one too
+(gateway.router, for the conversation-affinity policy): the same bounded, expiring key -> replica map.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from gateway.backends.base import UpstreamBroken, UpstreamLost, UpstreamResponse
 from gateway.config import TrafficClass
 from gateway.errors import GatewayError, error_body
 from gateway.policy import Reject, RequestFeatures, Route, route_to
-from gateway.proxy import GenerationProxy, _Exchange, new_request_id
+from gateway.proxy import GenerationProxy, _Exchange, new_request_id, upstream_failure
 from gateway.response_ids import ResponseIdMap
 
 log = logging.getLogger("tandem.gateway")
@@ -173,10 +173,8 @@ class ResponsesProxy(GenerationProxy):
             if exc.down:
                 self._router.board.mark_down(replica)
             raise GatewayError(502, f"replica {replica}, which holds this response, is not answering") from None
-        except UpstreamLost:
-            raise GatewayError(502, f"replica {replica} failed before answering") from None
-        except UpstreamTimeout as exc:
-            raise GatewayError(504, str(exc)) from None
+        except (UpstreamLost, UpstreamTimeout) as exc:
+            raise upstream_failure(replica, exc) from None
 
     async def _relay_events(self, upstream: UpstreamResponse, replica: str) -> AsyncIterator[bytes]:
         """A retrieved event stream (background responses), model name rewritten; a client that

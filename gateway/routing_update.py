@@ -2,9 +2,8 @@
 
 A body names only what changes. It is merged into the settings in force, field by field, and
 under `limits` class by class and limit by limit; the result is validated as a whole and only
-then replaces them. So a body with one field never resets the others: before, a PUT of
-`{"policy": ...}` put every plan-derived threshold and class limit back to the model defaults.
-A full body (what GET /admin/routing answers) still replaces everything it names.
+then replaces them. So a body with one field never resets the others: a PUT of
+`{"policy": ...}` keeps every plan-derived threshold and class limit in force. A full body (what GET /admin/routing answers) still replaces everything it names.
 """
 
 from __future__ import annotations

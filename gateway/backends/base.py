@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 from gateway.engine_pause import EngineControlFailed, PauseStatus
+from gateway.engines.base import EngineLoad
 from gateway.policy import Endpoint
 
 
@@ -40,14 +40,6 @@ class UpstreamTimeout(Exception):
 
 class UpstreamBroken(Exception):
     """The replica broke off an answer it had started (raised by `UpstreamResponse.events`)."""
-
-
-@dataclass(frozen=True, slots=True)
-class EngineLoad:
-    """The engine's own queue, as vLLM reports it in /metrics."""
-
-    running: int
-    waiting: int
 
 
 class UpstreamResponse(ABC):

@@ -1,8 +1,8 @@
 """HTTP backend: any OpenAI-compatible upstream (`vllm serve`, the fake upstream in tests).
 
 Over gateway.backends.http_client, a keep-alive HTTP/1.1 client made for this hop: on this
-machine aiohttp's client took about 40% of the gateway's CPU per request and httpx's pool fell
-from 1,100 to 590 req/s as concurrency grew (docs/benchmarks.md). A response abandoned mid-way
+machine aiohttp's client took about 40% of the gateway's CPU per request and an httpx pass-through
+lost half its rate as concurrency grew (figures: docs/benchmarks.md). A response abandoned mid-way
 closes its connection, which is how vLLM learns that the client went away and aborts.
 """
 
@@ -27,10 +27,11 @@ from gateway.backends.base import (
 from gateway.backends.http_client import ConnectFailed, ConnectionDropped, HttpClient, HttpResponse
 from gateway.backends.sse import EventFramer, EventTooLarge
 from gateway.engine_pause import ENGINE_CONTROL_TIMEOUT_S, PAUSE_PATH, RESUME_PATH, EngineControlFailed, PauseStatus
+from gateway.engines.base import EngineAdapter
+from gateway.engines.vllm import VLLM
 from gateway.policy import Endpoint
 
 _PATHS: dict[Endpoint, str] = {"chat": "/chat/completions", "completions": "/completions", "responses": "/responses"}
-_GAUGES = {b"vllm:num_requests_running": "running", b"vllm:num_requests_waiting": "waiting"}
 _JSON = ("Content-Type", "application/json")
 
 
@@ -64,17 +65,20 @@ class _HttpResponse(UpstreamResponse):
 
 
 class HttpBackend(Backend):
-    """Speaks HTTP to one OpenAI-compatible server at `base_url` (e.g. http://host:8001/v1)."""
+    """Speaks HTTP to one OpenAI-compatible server at `base_url` (e.g. http://host:8001/v1); its
+    `engine` adapter says where the server's health and metrics are and how to read its load."""
 
     def __init__(
         self,
         base_url: str,
         *,
+        engine: EngineAdapter = VLLM,
         connect_timeout_s: float = 5.0,
         first_byte_timeout_s: float = 600.0,
         probe_timeout_s: float = 2.0,
     ) -> None:
         self._aim(base_url)
+        self._engine = engine
         self._connect_timeout_s = connect_timeout_s
         self._first_byte_timeout_s = first_byte_timeout_s
         self._probe_timeout_s = probe_timeout_s
@@ -148,23 +152,23 @@ class HttpBackend(Backend):
             raise UpstreamUnavailable(f"{self.base_url}: {exc}") from None
 
     async def engine_load(self) -> EngineLoad:
-        status, text = await self._get("/metrics")
+        status, text = await self._get(self._engine.metrics_path)
         if status != 200:
-            raise UpstreamUnavailable(f"{self.base_url}: /metrics answered {status}")
-        return parse_vllm_load(text)
+            raise UpstreamUnavailable(f"{self.base_url}: {self._engine.metrics_path} answered {status}")
+        return self._engine.parse_load(text)
 
     async def engine_metrics(self) -> bytes:
         try:
-            status, text = await self._get("/metrics")
+            status, text = await self._get(self._engine.metrics_path)
         except (ConnectFailed, ConnectionDropped) as exc:
             raise UpstreamUnavailable(f"{self.base_url}: {exc}") from None
         if status != 200:
-            raise UpstreamUnavailable(f"{self.base_url}: /metrics answered {status}")
+            raise UpstreamUnavailable(f"{self.base_url}: {self._engine.metrics_path} answered {status}")
         return text
 
     async def ready(self) -> bool:
         try:
-            status, _ = await self._get("/health")
+            status, _ = await self._get(self._engine.health_path)
         except (ConnectionError, TimeoutError):
             return False
         return status == 200
@@ -184,14 +188,3 @@ class HttpBackend(Backend):
         if response.status != 200:
             raise EngineControlFailed(f"{self.base_url}: {path_and_query.split('?')[0]} answered {response.status}")
         return PauseStatus.model_validate_json(body)
-
-
-def parse_vllm_load(metrics: bytes) -> EngineLoad:
-    """Sum vLLM's running and waiting gauges over every engine (label set) on the page; similarly
-    named series (vllm:num_requests_waiting_by_reason) are not these gauges."""
-    totals = {"running": 0.0, "waiting": 0.0}
-    for line in metrics.splitlines():
-        name = line.split(b"{", 1)[0].split(b" ", 1)[0]
-        if name in _GAUGES:
-            totals[_GAUGES[name]] += float(line.rsplit(b" ", 1)[1])
-    return EngineLoad(running=int(totals["running"]), waiting=int(totals["waiting"]))

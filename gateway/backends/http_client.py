@@ -1,8 +1,8 @@
 """A lean HTTP/1.1 client for the gateway's hop to its replicas.
 
-Why not aiohttp or httpx: the gateway's budget is 350 us of CPU per request on one core (issue
-#3), and aiohttp's client took about 40% of the gateway's CPU (URL and header objects, payload
-registry, trace hooks, timers); httpx's pool cost more. The hop needs little of what they do: one
+Why not aiohttp or httpx: the gateway's budget is 350 us of CPU per request on one core, and
+aiohttp's client took about 40% of the gateway's CPU (URL and header objects, payload registry,
+trace hooks, timers); httpx's pool cost more (docs/benchmarks.md, "How it got there"). The hop needs little of what they do: one
 origin per client, keep-alive, a request with a body, an answer framed by Content-Length or
 chunked encoding, read whole or as it arrives. The answer is parsed by httptools (llhttp in C,
 uvicorn's own parser), so framing, chunked decoding and keep-alive rules come from a maintained
@@ -37,6 +37,10 @@ MAX_IDLE_S = 4.0
 # A whole answer read at once (`HttpResponse.read`) larger than this is refused: memory per request
 # stays bounded whatever a replica sends.
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
+# Connections one client holds open to its origin at most: a burst past the gateway's admission
+# limits (probes, retrievals, batch work) waits for a connection instead of opening sockets until
+# the replica's server or this process runs out of file descriptors.
+MAX_CONNECTIONS = 1024
 
 
 class ConnectFailed(ConnectionError):
@@ -207,21 +211,24 @@ class HttpResponse:
         connection = self._connection
         parts: list[bytes] = []
         size = 0
-        while True:
-            if connection.body:
-                part = connection.take_body()
-                size += len(part)
-                if size > limit:
-                    self.close()  # unfinished: the connection goes
-                    raise ConnectionDropped(f"answer over the limit of {limit} bytes")
-                parts.append(part)
-            elif connection.complete:
-                break
-            elif connection.closed is not None:
-                raise connection.closed
-            else:
-                await connection.wait()
-        self.close()
+        try:
+            while True:
+                if connection.body:
+                    part = connection.take_body()
+                    size += len(part)
+                    if size > limit:
+                        raise ConnectionDropped(f"answer over the limit of {limit} bytes")
+                    parts.append(part)
+                elif connection.complete:
+                    break
+                elif connection.closed is not None:
+                    raise connection.closed
+                else:
+                    await connection.wait()
+        finally:
+            # Read whole or not (dropped, over the limit, cancelled): the answer is done with its
+            # connection, which goes back to the pool or is closed, and frees its slot either way.
+            self.close()
         return b"".join(parts)
 
     async def chunks(self) -> AsyncIterator[bytes]:
@@ -250,7 +257,7 @@ class HttpClient:
     never sent twice: a connection dropped before the answer raises ConnectionDropped, and the
     gateway decides where to send the request next (another replica)."""
 
-    def __init__(self, origin: str, *, connect_timeout_s: float = 5.0) -> None:
+    def __init__(self, origin: str, *, connect_timeout_s: float = 5.0, max_connections: int = MAX_CONNECTIONS) -> None:
         parts = urlsplit(origin)
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.path.strip("/"):
             raise ValueError(f"not an http(s) origin: {origin!r}")
@@ -263,25 +270,34 @@ class HttpClient:
         self._connect_timeout_s = connect_timeout_s
         self._idle: list[_Connection] = []
         self._open: set[_Connection] = set()
+        # One slot per connection in use (sent on, answer not yet released); idle ones hold none.
+        self._slots = asyncio.Semaphore(max_connections)
 
     async def request(
         self, method: str, path: str, body: bytes = b"", headers: tuple[tuple[str, str], ...] = ()
     ) -> HttpResponse:
         """Send one request for `path` (from the root, with any query) and return once the answer's
-        status and headers are in. Raises ConnectFailed or ConnectionDropped. Cancelled while
-        waiting: the connection is closed."""
-        lines = [f"{method} {path} HTTP/1.1\r\n".encode("latin-1"), self._host_header]
-        lines += [f"{name}: {value}\r\n".encode("latin-1") for name, value in headers]
+        status and headers are in. Raises ConnectFailed or ConnectionDropped, or ValueError for a
+        method, path or header holding a line break. With every connection in use
+        (`max_connections`), waits for one. Cancelled while waiting: the connection is closed."""
+        lines = [_line(f"{method} {path} HTTP/1.1"), self._host_header]
+        lines += [_line(f"{name}: {value}") for name, value in headers]
         if body or method in ("POST", "PUT"):
             lines.append(b"Content-Length: %d\r\n" % len(body))
         lines += [b"\r\n", body]
         request = b"".join(lines)
-        connection = await self._connection()
+        await self._slots.acquire()
+        try:
+            connection = await self._connection()
+        except BaseException:
+            self._slots.release()
+            raise
         try:
             status = await connection.exchange(request)
         except BaseException:
             # Dropped, timed out or cancelled: the replica must learn that nobody is waiting.
             self._discard(connection)
+            self._slots.release()
             raise
         return HttpResponse(self, connection, status)
 
@@ -307,11 +323,13 @@ class HttpClient:
         return connection
 
     def _release(self, connection: _Connection) -> None:
+        """An answer is done with its connection: kept idle for reuse, or closed; its slot frees."""
         if connection.reusable:
             connection.idle_since = time.monotonic()
             self._idle.append(connection)
         else:
             self._discard(connection)
+        self._slots.release()
 
     def _discard(self, connection: _Connection) -> None:
         connection.close()
@@ -323,3 +341,11 @@ class HttpClient:
             connection.close()
         self._open.clear()
         self._idle.clear()
+
+
+def _line(text: str) -> bytes:
+    """One request or header line, CRLF-terminated. A CR or LF inside would end the line early and
+    could smuggle a header or a second request into the connection (RFC 9112, section 2.2)."""
+    if "\r" in text or "\n" in text:
+        raise ValueError(f"a line break in the request line or a header: {text[:80]!r}")
+    return f"{text}\r\n".encode("latin-1")

@@ -1,13 +1,12 @@
 """An HTTP backend whose server can move: the replica behind it restarts at a new address.
 
-Why: on the `http` data path each engine is a Serve replica that starts vLLM's server on a free
-port, and the gateway used to look that URL up once. When Serve restarts an engine (its process
-was killed, or it stopped answering health checks, e.g. after SIGSTOP for longer than Serve's
-health-check budget), the new engine listens on another port, the gateway kept probing the dead
-one, and the replica never took traffic again: interactive requests stayed on the batch replica
-(issue 14). This backend asks again where its replica is (a `resolve` callable: the Serve
-handle's `url()` in deploy.gateway_server) whenever a probe fails, and moves there when the
-answer changed; the load poller then finds it answering and routes to it again.
+Why: each engine is a Serve replica that starts vLLM's server on a free port. When Serve restarts
+an engine (its process was killed, or it stopped answering health checks, e.g. after SIGSTOP for
+longer than Serve's health-check budget), the new engine listens on another port; a URL looked up
+once would keep the gateway probing the dead one, and the replica would never take traffic again.
+This backend asks again where its replica is (a `resolve` callable: the Serve handle's `url()` in
+deploy.gateway_server) whenever a probe fails, and moves there when the answer changed; the load
+poller then finds it answering and routes to it again.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from gateway.batches.objects import BatchCreate, BatchObject, FileDeleted, FileO
 from gateway.batches.service import BatchService
 from gateway.batches.store import StoredBatch, StoredFile, now
 from gateway.batches.upload import receive_upload
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, invalid_field
 
 _CANCELLABLE = ("validating", "in_progress")
 
@@ -124,9 +124,7 @@ def batch_routes(service: BatchService, keyring: KeyRing) -> APIRouter:
         try:
             create = BatchCreate.model_validate_json(await _small_body(request))
         except ValidationError as exc:
-            first = exc.errors()[0]
-            param = ".".join(map(str, first["loc"])) or None
-            raise GatewayError(400, f"{param}: {first['msg']}" if param else first["msg"], param=param) from None
+            raise invalid_field(exc) from None
         source = visible_file(client, create.input_file_id)
         if source.file.purpose != "batch":
             raise GatewayError(400, f"file {create.input_file_id} was not uploaded with purpose 'batch'")

@@ -1,4 +1,5 @@
-"""The engine's child process hands the replica's placement group to vLLM (deploy.engine_process).
+"""The engine's child process hands the replica's placement group to vLLM (deploy.engine_process,
+through the vLLM adapter's attach_placement_group).
 
 Under vLLM's Ray executor the workers must go into the replica's own placement group, whose
 bundles Ray spread over the nodes; a child process is not "in" its parent actor's group, so
@@ -13,7 +14,7 @@ import pytest
 from ray import PlacementGroupID
 
 from deploy.demo_model import ensure_demo_model
-from deploy.engine_process import attach_placement_group
+from gateway.engines.vllm import VLLM
 
 
 def test_every_engine_config_carries_the_handed_over_placement_group(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -26,7 +27,7 @@ def test_every_engine_config_carries_the_handed_over_placement_group(monkeypatch
     before = AsyncEngineArgs(model=model, max_model_len=256).create_engine_config()
     assert before.parallel_config.placement_group is None
 
-    attach_placement_group(group_hex)
+    VLLM.attach_placement_group(group_hex)
     # The OpenAI server builds its config from AsyncEngineArgs, a subclass: it must carry the group too.
     config = AsyncEngineArgs(model=model, max_model_len=256).create_engine_config()
     assert config.parallel_config.placement_group.id.hex() == group_hex

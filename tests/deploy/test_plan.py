@@ -127,6 +127,27 @@ def test_a_plan_that_names_a_data_path_runs_on_the_one_that_remains() -> None:
         assert parse_plan(data) == parse_plan(spark_data())
 
 
+def test_a_replica_runs_vllm_unless_it_names_its_engine(caplog: pytest.LogCaptureFixture) -> None:
+    """Plan format 3 names each replica's engine; a version-2 plan (no `engine_kind`) runs vLLM,
+    with a note, and an engine with no adapter is refused naming the known ones."""
+    with caplog.at_level("WARNING", logger="tandem.deploy.plan"):
+        plan = parse_plan(spark_data() | {"version": 2}, origin="v2.yaml")
+    assert "version 2 -> 3" in caplog.text
+    assert plan == parse_plan(spark_data())
+    assert all(r.engine_kind == "vllm" and r.adapter.name == "vllm" for r in plan.replicas)
+    data = spark_data()
+    data["replicas"][0]["engine_kind"] = "sglang"
+    expect_error(data, "replicas.0.engine_kind", "no engine adapter named 'sglang'; known: vllm")
+
+
+def test_a_priority_scheduler_is_asked_of_the_replicas_engine() -> None:
+    data = spark_data()
+    data["replicas"][0]["engine"]["scheduling_policy"] = "priority"
+    data["replicas"][1]["engine"]["scheduling_policy"] = "fcfs"
+    interactive, batch = parse_plan(data).replicas
+    assert interactive.accepts_request_priority and not batch.accepts_request_priority
+
+
 def test_gpu_workers_of_a_layout_use_vllms_ray_executor_and_cpu_workers_stay_in_the_replica() -> None:
     spark = parse_plan(spark_data())
     assert {r.executor(spark.cluster.accelerator) for r in spark.replicas} == {"ray"}

@@ -205,6 +205,25 @@ async def test_an_answer_cut_off_raises_connection_dropped(serve) -> None:
         await response.read()
 
 
+async def test_an_answer_cut_off_frees_its_connection_slot(serve) -> None:
+    """A whole-answer read that fails gives its connection back by itself: with a cap of one
+    connection, the next request still gets one (a leaked slot would make it wait for ever)."""
+    answers = [b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part", answer(b"whole")]
+
+    async def cut_then_whole(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(answers.pop(0))
+        await writer.drain()
+
+    server = await serve(cut_then_whole)
+    client = HttpClient(server.origin, max_connections=1)
+    with pytest.raises(ConnectionDropped):
+        await (await client.request("GET", "/")).read()
+    response = await asyncio.wait_for(client.request("GET", "/"), 30)
+    assert await response.read() == b"whole"
+    await client.aclose()
+
+
 async def test_a_fresh_connection_dropped_before_answering_raises(serve) -> None:
     async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
@@ -261,6 +280,60 @@ async def test_a_slow_reader_pauses_the_socket(serve) -> None:
         received += len(chunk)
     assert received == total and sent.is_set()
     response.close()
+    await client.aclose()
+
+
+async def test_requests_past_the_connection_cap_wait_for_a_connection(serve) -> None:
+    """Three requests at once through a client capped at two connections: the third waits, then
+    reuses a connection an answer gave back; the server never sees a third connection."""
+    release = asyncio.Event()
+    arrived = 0
+
+    async def held(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal arrived
+        while True:
+            await read_request(reader)
+            arrived += 1
+            await release.wait()
+            writer.write(answer(b"ok"))
+            await writer.drain()
+
+    server = await serve(held)
+    client = HttpClient(server.origin, max_connections=2)
+
+    async def fetch() -> bytes:
+        response = await client.request("GET", "/x")
+        return await response.read()
+
+    tasks = [asyncio.create_task(fetch()) for _ in range(3)]
+    deadline = time.monotonic() + 30
+    while arrived < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)  # time for a third connection, were the cap not kept
+    assert (server.connections, arrived) == (2, 2)
+    release.set()
+    assert await asyncio.wait_for(asyncio.gather(*tasks), 30) == [b"ok"] * 3
+    assert server.connections == 2
+    await client.aclose()
+
+
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [
+        ("/x", (("X-Request-Id", "r\r\nX-Smuggled: 1"),)),
+        ("/x", (("X-Request-Id", "r\nX-Smuggled: 1"),)),
+        ("/x HTTP/1.1\r\nX-Smuggled: 1\r\n\r\nGET /y", ()),
+    ],
+)
+async def test_a_line_break_in_a_header_or_the_path_is_refused_before_sending(serve, path, headers) -> None:
+    server = await serve(echo_forever)
+    client = HttpClient(server.origin, max_connections=1)
+    with pytest.raises(ValueError, match="line break"):
+        await client.request("GET", path, b"", headers)
+    # Nothing was sent, and the refused request held no connection slot.
+    response = await asyncio.wait_for(client.request("GET", "/ok"), 30)
+    assert await response.read() == b"GET /ok HTTP/1.1|"
+    assert server.connections == 1
     await client.aclose()
 
 

@@ -46,7 +46,7 @@ def _sim_replica(replica: Replica) -> SimReplica:
             max_num_batched_tokens=engine.max_num_batched_tokens,
             gpu_memory_utilization=engine.gpu_memory_utilization,
         ),
-        accepts_priority=engine.scheduling_policy == "priority",
+        accepts_priority=replica.accepts_request_priority,
     )
 
 

@@ -70,7 +70,7 @@ def _sim_replicas(plan: ServingPlan) -> tuple[SimReplica, ...]:
                 max_num_batched_tokens=r.engine.max_num_batched_tokens,
                 gpu_memory_utilization=r.engine.gpu_memory_utilization,
             ),
-            accepts_priority=r.engine.scheduling_policy == "priority",
+            accepts_priority=r.accepts_request_priority,
         )
         for r in plan.replicas
     )
