@@ -9,6 +9,7 @@ import yaml
 
 from deploy.plan import SHIPPED_PLANS_DIR, PlanError, ServingPlan, dump_plan, load_plan, parse_plan, shipped_plan
 from deploy.plan_version import PLAN_VERSION
+from gateway.config import RoutingSettings
 
 
 def demo_data() -> dict:
@@ -183,12 +184,24 @@ def test_a_plan_without_routing_gets_thresholds_derived_from_its_replicas() -> N
     assert routing.limits["batch"].max_concurrency == 64 + 16
 
 
-def test_routing_a_plan_sets_is_kept_as_written() -> None:
+def test_routing_a_plan_sets_is_kept_as_written_and_the_rest_still_follows_its_replicas() -> None:
     data = demo_data()
     data["gateway"]["routing"] = {"spill_queue_threshold": 9, "spill_release_threshold": 3}
     routing = parse_plan(data).gateway.routing
     assert (routing.spill_queue_threshold, routing.spill_release_threshold) == (9, 3)
-    assert routing.limits["interactive"].max_concurrency == 32  # the settings' own default
+    assert routing.spill_target_headroom == 64 // 8  # not named: derived from the batch replica
+    assert routing.limits["interactive"].max_concurrency == 16 + 8
+
+
+def test_a_plan_naming_only_its_arbitration_keeps_the_derived_thresholds() -> None:
+    """The shipped co-resident plans name their GPU arbitration and nothing else of the routing."""
+    data = demo_data()
+    data["gateway"]["routing"] = {"gpu_arbitration": "freeze", "freeze_max_s": 30, "batch_yield_fraction": 0.25}
+    routing = parse_plan(data).gateway.routing
+    assert (routing.gpu_arbitration, routing.freeze_max_s, routing.batch_yield_fraction) == ("freeze", 30, 0.25)
+    derived = load_plan(shipped_plan("cpu-demo")).gateway.routing
+    assert routing.limits == derived.limits and routing.spill_queue_threshold == derived.spill_queue_threshold
+    assert routing.freeze_release_s == RoutingSettings().freeze_release_s  # not named: the settings' default
 
 
 def test_a_plan_without_a_version_is_read_as_the_current_one_with_a_note(caplog: pytest.LogCaptureFixture) -> None:

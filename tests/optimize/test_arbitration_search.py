@@ -10,6 +10,7 @@ from gateway.config import RoutingSettings
 from tuner.optimize.arbitration_search import (
     CAP_HOLD_S,
     References,
+    SimulatedJudge,
     _suggest,
     arbitration_scenarios,
     tune_arbitration,
@@ -57,13 +58,15 @@ def test_the_study_starts_from_off_and_keeps_a_point_that_keeps_the_batch_floor(
     scenarios = arbitration_scenarios(PLAN, "team", "saturating", 240)
     base = RoutingSettings.model_validate(PLAN.gateway.routing.model_dump())
     storage = optuna.storages.InMemoryStorage()
-    kept, outcome, trial = tune_arbitration("t.arbitration", storage, scenarios, base, n_trials=4, seed=1)
+    judge = SimulatedJudge(scenarios, base, seed=1)
+    kept, outcome, trial = tune_arbitration("t.arbitration", storage, judge, base, n_trials=4, seed=1)
     study = optuna.load_study(study_name="t.arbitration", storage=storage)
     assert study.trials[0].params == {"mode": "off"}
     assert all(set(t.constraints) == {"tpot_p50_over_target", "batch_under_floor"} for t in study.trials)
+    assert {t.user_attrs["judge"] for t in study.trials} == {"simulated"}
     if trial is not None:
         assert trial.constraints["batch_under_floor"] <= 0  # the batch floor is kept
         assert kept == _suggest(optuna.trial.FixedTrial(trial.params), base, 256)
         assert outcome.ttft_p99 == pytest.approx(trial.value)
-    refs = References.of(scenarios, base, 1)
+    refs = References.simulated(scenarios, base, 1)
     assert 0 < refs.interactive_busy < 1 and refs.batch_floor_tok_s < refs.batch_tok_s

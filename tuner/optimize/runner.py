@@ -24,8 +24,15 @@ from optuna.trial import FrozenTrial, TrialState
 from deploy.plan import Replica, ServingPlan, dump_plan
 from gateway.config import TRAFFIC_CLASSES, RoutingSettings, TrafficClass
 from tuner.bench import WorkloadSpec
+from tuner.optimize.arbitration_live import LiveJudge, LiveLoads
+from tuner.optimize.arbitration_search import (
+    ARBITRATION_FIELDS,
+    Judge,
+    SimulatedJudge,
+    arbitration_scenarios,
+    tune_arbitration,
+)
 from tuner.optimize.arbitration_search import SIM_DURATION_S as ARBITRATION_SIM_S
-from tuner.optimize.arbitration_search import arbitration_scenarios, tune_arbitration
 from tuner.optimize.compose import (
     INFEASIBLE,
     PREDICTED,
@@ -354,33 +361,58 @@ def _tune_arbitration(
     hardware = request.hardware or target.hardware
     if device_group(plan) is None:
         return plan, {"tuned": False}, ["the replicas share no devices: no GPU arbitration to tune"]
-    if predictor is None or hardware is None or request.arbitration_trials == 0:
-        why = "no performance-model profile" if predictor is None else "--arbitration-trials 0"
-        return plan, {"tuned": False}, [f"GPU arbitration kept from the template ({why})"]
-    scenarios = arbitration_scenarios(
-        plan, request.arbitration_chat_load, request.arbitration_batch_load, ARBITRATION_SIM_S, hardware
-    )
-    reporter.phase("arbitration (simulated)", request.arbitration_trials)
-    name = study_name(model.key, target.name, "arbitration")
-    chosen, outcome, trial = tune_arbitration(
-        name,
-        request.storage,
-        scenarios,
-        plan.gateway.routing,
-        request.arbitration_trials,
-        request.seed,
-        callbacks=[lambda s, t: reporter.trial("arbitration (simulated)", t)],
-    )
+    if request.arbitration_trials == 0:
+        return plan, {"tuned": False}, ["GPU arbitration kept from the template (--arbitration-trials 0)"]
+    with ExitStack() as stack:
+        judge: Judge
+        if request.arbitration_live_url is not None:
+            batch = next(r for r in plan.replicas if r.traffic_class == "batch")
+            loads = LiveLoads.named(
+                request.arbitration_chat_load, request.arbitration_batch_load, batch.engine.max_num_seqs or 1
+            )
+            live = LiveJudge(
+                request.arbitration_live_url,
+                plan.model.name,
+                loads,
+                duration_s=request.arbitration_live_duration_s,
+                seed=request.seed,
+            )
+            judge = stack.enter_context(live)
+            base = live.routing()
+        elif predictor is None or hardware is None:
+            return plan, {"tuned": False}, ["GPU arbitration kept from the template (no performance-model profile)"]
+        else:
+            scenarios = arbitration_scenarios(
+                plan, request.arbitration_chat_load, request.arbitration_batch_load, ARBITRATION_SIM_S, hardware
+            )
+            base = plan.gateway.routing
+            judge = SimulatedJudge(scenarios, base, request.seed)
+        label = f"arbitration ({judge.kind})"
+        reporter.phase(label, request.arbitration_trials)
+        name = study_name(model.key, target.name, "arbitration" if judge.kind == "simulated" else "arbitration-live")
+        chosen, outcome, trial = tune_arbitration(
+            name,
+            request.storage,
+            judge,
+            base,
+            request.arbitration_trials,
+            request.seed,
+            callbacks=[lambda s, t: reporter.trial(label, t)],
+        )
     replicas = [
         r.model_copy(update={"engine": r.engine.model_copy(update={"max_num_batched_tokens": chosen.batch_tokens})})
         if r.traffic_class == "batch" and chosen.batch_tokens is not None
         else r
         for r in plan.replicas
     ]
-    gateway = plan.gateway.model_copy(update={"routing": chosen.routing})
+    # Only the arbitration's own settings: a live study's points are built on the running gateway's routing.
+    arbitration = chosen.routing.model_dump(include=set(ARBITRATION_FIELDS))
+    routing = RoutingSettings.model_validate(plan.gateway.routing.model_dump() | arbitration)
+    gateway = plan.gateway.model_copy(update={"routing": routing})
     info: dict[str, object] = {
         "tuned": trial is not None,
         "study": name,
+        "judge": judge.kind,
         "chat_load": request.arbitration_chat_load,
         "batch_load": request.arbitration_batch_load,
         "mode": chosen.mode,
@@ -394,7 +426,7 @@ def _tune_arbitration(
     if not outcome.meets_targets:
         notes.append(
             f"GPU arbitration ({chosen.label()}): chat TTFT p99 {outcome.ttft_p99:.2f}x / TPOT p50 "
-            f"{outcome.tpot_p50:.2f}x alone, batch {outcome.batch_vs_floor:.2f}x its floor (simulated): "
+            f"{outcome.tpot_p50:.2f}x alone, batch {outcome.batch_vs_floor:.2f}x its floor ({judge.kind}): "
             "not every target of issue 23 is met"
         )
     return plan.model_copy(update={"replicas": replicas, "gateway": gateway}), info, notes
