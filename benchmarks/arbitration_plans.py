@@ -22,13 +22,13 @@ import optuna
 
 from deploy.plan import SHIPPED_PLANS_DIR, ServingPlan, load_plan, shipped_plan
 from tuner.optimize.arbitration_search import (
-    ARBITRATION_FIELDS,
     SIM_DURATION_S,
     SimulatedJudge,
     arbitration_scenarios,
     tune_arbitration,
 )
 from tuner.perfmodel.hardware import load_hardware
+from tuner.policy_eval.scenarios import ARBITRATION_FIELDS, arbitration_off
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "arbitration-plans.json"
@@ -45,7 +45,7 @@ def has_profile(plan: ServingPlan) -> bool:
 def study(name: str, trials: int, seed: int) -> dict[str, object]:
     plan = load_plan(shipped_plan(name))
     scenarios = arbitration_scenarios(plan, "team", "saturating", SIM_DURATION_S, plan.cluster.name)
-    base = plan.gateway.routing
+    base = arbitration_off(plan)  # the plan's own choice (written from this study) never biases the next run
     judge = SimulatedJudge(scenarios, base, seed)
     storage = optuna.storages.InMemoryStorage()
     chosen, outcome, trial = tune_arbitration(f"{name}.arbitration", storage, judge, base, trials, seed)

@@ -46,7 +46,7 @@ from tuner.optimize.arbitration_search import (
     with_held_running,
 )
 from tuner.perfmodel.simulate import InteractiveLoad, Scenario, SimResult, replica_models, simulate
-from tuner.policy_eval.scenarios import plan_routing
+from tuner.policy_eval.scenarios import arbitration_off
 from tuner.workloads import get_workload
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -183,7 +183,7 @@ def model_report(
     plan = load_plan(shipped_plan(f"{model}.dgx-spark-pair"))
     chat = InteractiveLoad(shape=get_workload("chat"), **load) if load else None
     scenarios = arbitration_scenarios(plan, chat, batch_load, duration_s)
-    base = plan_routing(plan).model_copy(update={"policy": "class-aware"})
+    base = arbitration_off(plan).model_copy(update={"policy": "class-aware"})
     alone_i = run(scenarios["interactive-only"], base.model_copy(update={"policy": "all-interactive"}), seeds)
     alone_b = run(scenarios["batch-only"], base.model_copy(update={"policy": "all-batch"}), seeds)
     steady = scenarios["mixed"]

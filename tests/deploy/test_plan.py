@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -232,3 +233,22 @@ def test_a_version_that_is_not_a_whole_number_is_refused(version: object) -> Non
 def test_written_plans_carry_the_version(tmp_path: Path) -> None:
     path = dump_plan(parse_plan(demo_data()), tmp_path / "plan.yaml")
     assert yaml.safe_load(path.read_text())["version"] == PLAN_VERSION
+
+
+def test_the_shipped_co_resident_plans_carry_the_arbitration_the_study_chose() -> None:
+    """docs/routing.md, the shipped plans: each Spark plan names the mode and settings of the
+    arbitration study's choice (benchmarks/arbitration_plans.py, its results file), and its batch
+    engine the study's step budget where the choice is bounded."""
+    results = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "arbitration-plans.json"
+    chosen = json.loads(results.read_text())
+    spark = {p.stem for p in SHIPPED_PLANS_DIR.glob("*.yaml") if load_plan(p).cluster.name.startswith("dgx-spark")}
+    assert {r["plan"] for r in chosen} == spark
+    for result in chosen:
+        plan = load_plan(shipped_plan(result["plan"]))
+        assert plan.gateway.routing.model_dump(include=set(result["routing"])) == result["routing"], result["plan"]
+        batch = plan.replica_for("batch")
+        assert batch is not None
+        if result["batch_max_num_batched_tokens"] is not None:
+            assert batch.engine.max_num_batched_tokens == result["batch_max_num_batched_tokens"], result["plan"]
+    # The one-GPU plan has no perf-model profile: the freeze, from real engines on an H100 (docs/routing.md).
+    assert load_plan(shipped_plan("one-gpu")).gateway.routing.gpu_arbitration == "freeze"

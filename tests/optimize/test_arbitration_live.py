@@ -9,14 +9,18 @@ the study's names. The real-stack run is the lead's (docs/routing.md says how)."
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import optuna
 import pytest
 from fake_upstream import FakeUpstream
 
+from deploy.plan import load_plan
 from gateway.config import GatewayConfig, RoutingSettings
 from gateway.server import start_in_thread
 from tuner.bench.client import RequestRecord
+from tuner.optimize import OptimizeRequest, optimize
 from tuner.optimize.arbitration_live import LiveJudge, LiveLoads, busy_share
 from tuner.optimize.arbitration_search import point, tune_arbitration
 from tuner.workloads import Workload
@@ -27,17 +31,17 @@ LOADS = LiveLoads(
 )  # fmt: skip
 
 
-@pytest.fixture
-def gateway_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """A gateway with no keys (admin calls from loopback) over two fake engines, 2 ms a token."""
-    monkeypatch.delenv("TANDEM_ADMIN_KEY", raising=False)
+@contextmanager
+def fake_stack(model: str) -> Iterator[str]:
+    """A gateway serving `model` with no keys (admin calls from loopback) over two fake engines, 2 ms
+    a token; yields its /v1 URL."""
     with (
         FakeUpstream(model="upstream-tp", token_delay_s=0.002).running() as tp,
         FakeUpstream(model="upstream-pp", token_delay_s=0.002, scheduling_policy="priority").running() as pp,
     ):
         config = GatewayConfig.model_validate(
             {
-                "model": "tandem-test",
+                "model": model,
                 "replicas": [
                     {"name": "tp", "traffic_class": "interactive", "model": tp.model, "base_url": tp.base_url},
                     {"name": "pp", "traffic_class": "batch", "model": pp.model, "base_url": pp.base_url},
@@ -49,6 +53,13 @@ def gateway_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
             yield gateway.base_url
         finally:
             gateway.stop()
+
+
+@pytest.fixture
+def gateway_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    monkeypatch.delenv("TANDEM_ADMIN_KEY", raising=False)
+    with fake_stack("tandem-test") as url:
+        yield url
 
 
 def _judge(url: str) -> LiveJudge:
@@ -101,3 +112,29 @@ def test_the_live_study_never_searches_the_step_budget(gateway_url: str) -> None
     assert all(t.user_attrs["judge"] == "live" and "batch_tokens" not in t.params for t in study.trials)
     assert kept.batch_tokens is None and outcome.ttft_p99 > 0
     assert RoutingSettings.model_validate(kept.routing.model_dump()) == kept.routing
+
+
+def test_optimize_scores_the_arbitration_on_the_stack_it_is_pointed_at(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`tuner optimize --arbitration-live-url`: the study is the live one, and the plan written
+    carries its choice. The named loads are the study's own (a team of twenty, 1.25x the batch
+    engine's 256 slots), for one second a phase against the fake engines."""
+    monkeypatch.delenv("TANDEM_ADMIN_KEY", raising=False)
+    with fake_stack("llama-3.1-8b-instruct") as url:  # the plan's served name
+        request = OptimizeRequest(
+            model="llama-3.1-8b",
+            storage=f"sqlite:///{tmp_path / 'studies.db'}",
+            out=tmp_path / "plans",
+            trials=8,
+            routing_trials=0,
+            arbitration_trials=2,
+            arbitration_live_url=url,
+            arbitration_live_duration_s=1.0,
+        )
+        result = optimize(request)
+    info = result.routing["arbitration"]
+    assert isinstance(info, dict) and info["judge"] == "live"
+    assert info["study"] == "llama-3.1-8b.dgx-spark-pair.arbitration-live"
+    routing = load_plan(result.plan_path).gateway.routing
+    assert routing.gpu_arbitration == ("freeze" if info["mode"] in ("freeze", "bounded") else "admission")

@@ -6,8 +6,8 @@ whose replicas share real devices answers for itself. Where one runs, `tuner opt
 point through PUT /admin/routing (the engines never restart, so the batch engine's step budget stays
 the one it started with and is not searched), and `tuner bench` drives the named chat load beside
 the named batch load through the gateway, as the two classes. The references are measured the same
-way first: the chat load alone and the batch load alone, each under the stack's own routing. The
-routing found at the start is put back at the end, whatever happened.
+way first: the chat load alone and the batch load alone, under the stack's routing with arbitration
+off. The routing found at the start is put back at the end, whatever happened.
 
 Loads, from the study's names (tuner.optimize.arbitration_search): the chat load's users, think
 time and request shape as simulated; the batch load as closed-loop streams, `BATCH_LOADS[name]` of
@@ -37,6 +37,7 @@ from tuner.optimize.arbitration_search import (
     Outcome,
     References,
 )
+from tuner.policy_eval.scenarios import without_arbitration
 from tuner.workloads import Workload, get_workload
 
 
@@ -121,7 +122,7 @@ class LiveJudge:
 
     def references(self) -> References:
         assert self._original is not None, "enter the judge first"
-        self.switch(self._original)
+        self.switch(without_arbitration(self._original))  # alone means alone: no pause sent to an idle engine
         chat_records: list[RequestRecord] = []
         chat = self._bench(chat=True, batch=False, records=chat_records)["interactive"]
         batch = self._bench(chat=False, batch=True)["batch"]

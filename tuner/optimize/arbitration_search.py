@@ -52,15 +52,6 @@ CAP_HOLD_S = 3600.0
 """The cap is never cut by the yield's starvation bound (batch_yield_max_hold_s): a cap above zero
 starves nothing, and a cut let the batch engine fill up again within seconds (simulated: the cap
 with the default 30 s bound held batch at its full 256 sequences most of the time)."""
-ARBITRATION_FIELDS = (
-    "gpu_arbitration",
-    "batch_yield_fraction",
-    "batch_yield_settle_s",
-    "batch_yield_max_hold_s",
-    "freeze_max_s",
-    "freeze_release_s",
-)
-"""The routing settings a point sets (the rest stay the plan's)."""
 TTFT_TARGET, TPOT_TARGET, BATCH_FLOOR = 1.5, 1.1, 0.9
 SIM_DURATION_S = 900.0
 

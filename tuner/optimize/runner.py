@@ -25,14 +25,13 @@ from deploy.plan import Replica, ServingPlan, dump_plan
 from gateway.config import TRAFFIC_CLASSES, RoutingSettings, TrafficClass
 from tuner.bench import WorkloadSpec
 from tuner.optimize.arbitration_live import LiveJudge, LiveLoads
+from tuner.optimize.arbitration_search import SIM_DURATION_S as ARBITRATION_SIM_S
 from tuner.optimize.arbitration_search import (
-    ARBITRATION_FIELDS,
     Judge,
     SimulatedJudge,
     arbitration_scenarios,
     tune_arbitration,
 )
-from tuner.optimize.arbitration_search import SIM_DURATION_S as ARBITRATION_SIM_S
 from tuner.optimize.compose import (
     INFEASIBLE,
     PREDICTED,
@@ -55,6 +54,7 @@ from tuner.optimize.targets import ClusterTarget, ModelChoice, TargetError, reso
 from tuner.perfmodel import load_hardware
 from tuner.perfmodel.build import load_build
 from tuner.plan_fit import with_kv_budgets
+from tuner.policy_eval.scenarios import ARBITRATION_FIELDS, without_arbitration
 from tuner.workloads import get_workload
 
 INTERACTIVE_SEQS = IntRange(1, 64, log=True)
@@ -378,14 +378,14 @@ def _tune_arbitration(
                 seed=request.seed,
             )
             judge = stack.enter_context(live)
-            base = live.routing()
+            base = without_arbitration(live.routing())
         elif predictor is None or hardware is None:
             return plan, {"tuned": False}, ["GPU arbitration kept from the template (no performance-model profile)"]
         else:
             scenarios = arbitration_scenarios(
                 plan, request.arbitration_chat_load, request.arbitration_batch_load, ARBITRATION_SIM_S, hardware
             )
-            base = plan.gateway.routing
+            base = without_arbitration(plan.gateway.routing)
             judge = SimulatedJudge(scenarios, base, request.seed)
         label = f"arbitration ({judge.kind})"
         reporter.phase(label, request.arbitration_trials)
