@@ -273,7 +273,7 @@ def optimize(request: OptimizeRequest, reporter: Reporter | None = None) -> Opti
         notes.extend(str(note) for note in routing_notes)
     plan = compose_plan(template, replicas, routing)
     plan, routing_info["arbitration"], arbitration_notes = _tune_arbitration(
-        request, model, target, plan, predictor, reporter
+        request, model, target, template, plan, predictor, reporter
     )
     notes.extend(arbitration_notes)
     # Each GPU replica's KV budget from its share: co-resident engines then start without profiling memory.
@@ -321,6 +321,7 @@ def _tune_routing(
             "notes": [f"spill thresholds kept from the template ({why})"],
             **_thresholds(base),
         }
+    base = without_arbitration(base)  # thresholds are compared with arbitration off; its own study follows
     rate = predictor.predict(batch_point, objectives["batch"].concurrency).request_s or 0.0
     scenario = routing_scenario(
         model.source,
@@ -346,10 +347,21 @@ def _tune_routing(
     return tuned, {"tuned": best is not None, "study": name, "interactive_goodput_req_s": goodput, **_thresholds(tuned)}
 
 
+def kept_arbitration(plan: ServingPlan, template: ServingPlan) -> ServingPlan:
+    """`plan` with the template's GPU arbitration where the template freezes (a shipped GPU plan):
+    the routing study compares thresholds with arbitration off, so its result carries none."""
+    if template.gateway.routing.gpu_arbitration != "freeze":
+        return plan
+    arbitration = template.gateway.routing.model_dump(include=set(ARBITRATION_FIELDS))
+    routing = RoutingSettings.model_validate(plan.gateway.routing.model_dump() | arbitration)
+    return plan.model_copy(update={"gateway": plan.gateway.model_copy(update={"routing": routing})})
+
+
 def _tune_arbitration(
     request: OptimizeRequest,
     model: ModelChoice,
     target: ClusterTarget,
+    template: ServingPlan,
     plan: ServingPlan,
     predictor: ModelEvaluator | None,
     reporter: Reporter,
@@ -362,7 +374,11 @@ def _tune_arbitration(
     if device_group(plan) is None:
         return plan, {"tuned": False}, ["the replicas share no devices: no GPU arbitration to tune"]
     if request.arbitration_trials == 0:
-        return plan, {"tuned": False}, ["GPU arbitration kept from the template (--arbitration-trials 0)"]
+        return (
+            kept_arbitration(plan, template),
+            {"tuned": False},
+            ["GPU arbitration kept from the template (--arbitration-trials 0)"],
+        )
     with ExitStack() as stack:
         judge: Judge
         if request.arbitration_live_url is not None:
@@ -380,7 +396,11 @@ def _tune_arbitration(
             judge = stack.enter_context(live)
             base = without_arbitration(live.routing())
         elif predictor is None or hardware is None:
-            return plan, {"tuned": False}, ["GPU arbitration kept from the template (no performance-model profile)"]
+            return (
+                kept_arbitration(plan, template),
+                {"tuned": False},
+                ["GPU arbitration kept from the template (no performance-model profile)"],
+            )
         else:
             scenarios = arbitration_scenarios(
                 plan, request.arbitration_chat_load, request.arbitration_batch_load, ARBITRATION_SIM_S, hardware
