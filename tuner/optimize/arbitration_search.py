@@ -18,7 +18,9 @@ under a named chat load (a team of twenty reading each answer for two minutes) b
 batch load ("saturating": more batch work than the replica completes alone; "half": half of it).
 Objective: chat TTFT p99 over chat alone, the lower the better, subject to the issue's targets:
 TPOT p50 <= 1.1x alone, and batch output >= 0.9 x batch alone x (1 - chat's busy share alone).
-Every trial and its two references are seeded simulations of the same length.
+A `Judge` scores each point: `SimulatedJudge` (every trial and its two references seeded simulations
+of the same length), or tuner.optimize.arbitration_live.LiveJudge on a running stack (the step budget
+not searched: a running engine keeps its own).
 """
 
 from __future__ import annotations

@@ -357,6 +357,40 @@ def kept_arbitration(plan: ServingPlan, template: ServingPlan) -> ServingPlan:
     return plan.model_copy(update={"gateway": plan.gateway.model_copy(update={"routing": routing})})
 
 
+def _arbitration_judge(
+    request: OptimizeRequest,
+    plan: ServingPlan,
+    predictor: ModelEvaluator | None,
+    hardware: str | None,
+    stack: ExitStack,
+) -> tuple[Judge, RoutingSettings] | None:
+    """What scores the arbitration study, and the routing its points are built on (arbitration off):
+    the stack behind --arbitration-live-url (entered on `stack`, its routing restored when it
+    closes), else the simulation; None where neither can (no live URL and no perf-model profile)."""
+    if request.arbitration_live_url is not None:
+        batch = next(r for r in plan.replicas if r.traffic_class == "batch")
+        loads = LiveLoads.named(
+            request.arbitration_chat_load, request.arbitration_batch_load, batch.engine.max_num_seqs or 1
+        )
+        live = stack.enter_context(
+            LiveJudge(
+                request.arbitration_live_url,
+                plan.model.name,
+                loads,
+                duration_s=request.arbitration_live_duration_s,
+                seed=request.seed,
+            )
+        )
+        return live, without_arbitration(live.routing())
+    if predictor is None or hardware is None:
+        return None
+    scenarios = arbitration_scenarios(
+        plan, request.arbitration_chat_load, request.arbitration_batch_load, ARBITRATION_SIM_S, hardware
+    )
+    base = without_arbitration(plan.gateway.routing)
+    return SimulatedJudge(scenarios, base, request.seed), base
+
+
 def _tune_arbitration(
     request: OptimizeRequest,
     model: ModelChoice,
@@ -380,33 +414,14 @@ def _tune_arbitration(
             ["GPU arbitration kept from the template (--arbitration-trials 0)"],
         )
     with ExitStack() as stack:
-        judge: Judge
-        if request.arbitration_live_url is not None:
-            batch = next(r for r in plan.replicas if r.traffic_class == "batch")
-            loads = LiveLoads.named(
-                request.arbitration_chat_load, request.arbitration_batch_load, batch.engine.max_num_seqs or 1
-            )
-            live = LiveJudge(
-                request.arbitration_live_url,
-                plan.model.name,
-                loads,
-                duration_s=request.arbitration_live_duration_s,
-                seed=request.seed,
-            )
-            judge = stack.enter_context(live)
-            base = without_arbitration(live.routing())
-        elif predictor is None or hardware is None:
+        judged = _arbitration_judge(request, plan, predictor, hardware, stack)
+        if judged is None:
             return (
                 kept_arbitration(plan, template),
                 {"tuned": False},
                 ["GPU arbitration kept from the template (no performance-model profile)"],
             )
-        else:
-            scenarios = arbitration_scenarios(
-                plan, request.arbitration_chat_load, request.arbitration_batch_load, ARBITRATION_SIM_S, hardware
-            )
-            base = without_arbitration(plan.gateway.routing)
-            judge = SimulatedJudge(scenarios, base, request.seed)
+        judge, base = judged
         label = f"arbitration ({judge.kind})"
         reporter.phase(label, request.arbitration_trials)
         name = study_name(model.key, target.name, "arbitration" if judge.kind == "simulated" else "arbitration-live")
