@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -42,9 +43,10 @@ from tuner.optimize.arbitration_search import (
     arbitration_scenarios,
     point,
     with_batch_budget,
+    with_held_running,
 )
 from tuner.perfmodel.simulate import InteractiveLoad, Scenario, SimResult, replica_models, simulate
-from tuner.policy_eval.scenarios import plan_routing
+from tuner.policy_eval.scenarios import arbitration_off
 from tuner.workloads import get_workload
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,6 +65,16 @@ BOUNDED_CAP = {"fraction": 0.0625, "settle_s": 5.0, "hold_s": CAP_HOLD_S}
 5 s after chat goes idle, never cut by the yield's starvation bound (the cap is above zero, so batch
 is never starved by it; the freeze's own bound still applies)."""
 BOUNDED_FREEZE_MAX_S = (10.0, 30.0)
+RUNNING_CAPS = (8, 32)
+"""The "running cap" rows: while chat is around and for the settle after, the batch engine steps at
+most this many of its running sequences (the others wait with their KV cache: an idealised control,
+SimReplica.held_running, that vLLM does not offer at runtime) and admits no more than that."""
+RUNNING_CAP_SETTLES_S = (5.0, 60.0)
+RUNNING_CAP_TOKENS = 2048
+SMALL_BATCHES = (8, 32)
+"""The batch engine's max_num_seqs of the small-batch rows (a static cap on running sequences)."""
+SMALL_BATCH_TOKENS = 512
+SMALL_STEP_FREEZE_MAX_S = 30.0
 
 
 def mean_of(results: Sequence[SimResult], read: Callable[[SimResult], float | None]) -> float:
@@ -126,51 +138,86 @@ def batch_step_ms(scenario: Scenario) -> dict[str, float]:
     }
 
 
+def planned_rows(steady: Scenario, base: RoutingSettings) -> dict[str, tuple[Scenario, RoutingSettings]]:
+    """Every row of the table: its name, the mixed scenario it runs (the batch engine's settings
+    changed where the row says so) and the gateway's routing."""
+    freeze = base.model_copy(update={"gpu_arbitration": "freeze", "batch_yield_fraction": 1.0})
+    rows: dict[str, tuple[Scenario, RoutingSettings]] = {
+        "off": (steady, base),
+        "admission yielding": (steady, base.model_copy(update={"batch_yield_fraction": 0.0})),
+        "freeze": (steady, freeze),
+    }
+    for max_s, release_s in BOUNDS:
+        bound = freeze.model_copy(update={"freeze_max_s": max_s, "freeze_release_s": release_s})
+        rows[f"freeze {max_s:g}/{release_s:g}"] = (steady, bound)
+    for seqs, tokens in BATCH_STEPS:
+        rows[f"freeze, batch of {seqs}"] = (with_batch_step(steady, seqs, tokens), freeze)
+    for max_s in BOUNDED_FREEZE_MAX_S:
+        for tokens in BOUNDED_BUDGETS:
+            bounded = point("bounded", base, freeze_max_s=max_s, batch_tokens=tokens, **BOUNDED_CAP)
+            rows[f"bounded {max_s:g}/2.5, budget {tokens}"] = (with_batch_budget(steady, tokens), bounded.routing)
+    slots = base.limits["batch"].max_concurrency
+    for seqs in RUNNING_CAPS:
+        for settle_s in RUNNING_CAP_SETTLES_S:
+            capped = point(
+                "bounded",
+                base,
+                fraction=seqs / slots,
+                settle_s=settle_s,
+                hold_s=CAP_HOLD_S,
+                freeze_max_s=SMALL_STEP_FREEZE_MAX_S,
+                batch_tokens=RUNNING_CAP_TOKENS,
+            )
+            scenario = with_held_running(with_batch_budget(steady, RUNNING_CAP_TOKENS), seqs)
+            rows[f"running cap {seqs}, settle {settle_s:g} s"] = (scenario, capped.routing)
+    small_step_freeze = point("freeze", base, freeze_max_s=SMALL_STEP_FREEZE_MAX_S).routing
+    for seqs in SMALL_BATCHES:
+        scenario = with_batch_step(steady, seqs, max(SMALL_BATCH_TOKENS, seqs))
+        rows[f"max_num_seqs {seqs}, freeze {SMALL_STEP_FREEZE_MAX_S:g}/2.5"] = (scenario, small_step_freeze)
+    return rows
+
+
 def model_report(
-    model: str, duration_s: float, seeds: int, load: dict[str, float], batch_load: str
+    model: str, duration_s: float, seeds: int, load: dict[str, float], batch_load: str, only: tuple[str, ...] = ()
 ) -> dict[str, object]:
     plan = load_plan(shipped_plan(f"{model}.dgx-spark-pair"))
     chat = InteractiveLoad(shape=get_workload("chat"), **load) if load else None
     scenarios = arbitration_scenarios(plan, chat, batch_load, duration_s)
-    base = plan_routing(plan).model_copy(update={"policy": "class-aware"})
+    base = arbitration_off(plan).model_copy(update={"policy": "class-aware"})
     alone_i = run(scenarios["interactive-only"], base.model_copy(update={"policy": "all-interactive"}), seeds)
     alone_b = run(scenarios["batch-only"], base.model_copy(update={"policy": "all-batch"}), seeds)
     steady = scenarios["mixed"]
-    settings: dict[str, RoutingSettings] = {
-        "off": base,
-        "admission yielding": base.model_copy(update={"batch_yield_fraction": 0.0}),
-        "freeze": base.model_copy(update={"gpu_arbitration": "freeze", "batch_yield_fraction": 1.0}),
-    }
-    for max_s, release_s in BOUNDS:
-        settings[f"freeze {max_s:g}/{release_s:g}"] = settings["freeze"].model_copy(
-            update={"freeze_max_s": max_s, "freeze_release_s": release_s}
-        )
-    rows = {name: run(steady, s, seeds) for name, s in settings.items()}
+    planned = planned_rows(steady, base)
+    chosen = {name: rs for name, rs in planned.items() if not only or name.startswith(only)}
+    rows = {name: run(scenario, routing, seeds) for name, (scenario, routing) in chosen.items()}
     steps = {"plan": batch_step_ms(steady)}
     for seqs, tokens in BATCH_STEPS:
-        smaller = with_batch_step(steady, seqs, tokens)
-        rows[f"freeze, batch of {seqs}"] = run(smaller, settings["freeze"], seeds)
-        steps[f"batch of {seqs}"] = batch_step_ms(smaller)
-    for max_s in BOUNDED_FREEZE_MAX_S:
-        for tokens in BOUNDED_BUDGETS:
-            bounded = point("bounded", base, freeze_max_s=max_s, batch_tokens=tokens, **BOUNDED_CAP)
-            rows[f"bounded {max_s:g}/2.5, budget {tokens}"] = run(
-                with_batch_budget(steady, tokens), bounded.routing, seeds
-            )
+        steps[f"batch of {seqs}"] = batch_step_ms(with_batch_step(steady, seqs, tokens))
     for tokens in BOUNDED_BUDGETS:
         steps[f"budget {tokens}"] = batch_step_ms(with_batch_budget(steady, tokens))
-    baselines = {
-        name: run(steady, base.model_copy(update={"policy": name}), seeds) for name in POLICIES if name != "class-aware"
-    }
+    for seqs in SMALL_BATCHES:
+        steps[f"batch of {seqs}, budget {max(SMALL_BATCH_TOKENS, seqs)}"] = batch_step_ms(
+            with_batch_step(steady, seqs, max(SMALL_BATCH_TOKENS, seqs))
+        )
+    baselines = (
+        {}
+        if only
+        else {
+            name: run(steady, base.model_copy(update={"policy": name}), seeds)
+            for name in POLICIES
+            if name != "class-aware"
+        }
+    )
     busy = alone_i["interactive_busy"]
     batch_floor = 0.9 * alone_b["batch_tok_s"] * (1 - busy)
-    best_baseline = max(baselines.items(), key=lambda kv: kv[1]["goodput_req_s"])
+    best_baseline = max(baselines.items(), key=lambda kv: kv[1]["goodput_req_s"], default=("none run", {}))
     for row in rows.values():
         row["ttft_p99_vs_alone"] = row["interactive_ttft_p99_ms"] / alone_i["interactive_ttft_p99_ms"]
         row["tpot_p50_vs_alone"] = row["interactive_tpot_p50_ms"] / alone_i["interactive_tpot_p50_ms"]
         row["batch_vs_alone"] = row["batch_tok_s"] / alone_b["batch_tok_s"]
         row["batch_vs_floor"] = row["batch_tok_s"] / batch_floor if batch_floor > 0 else float("inf")
-        row["goodput_vs_best_baseline"] = row["goodput_req_s"] / best_baseline[1]["goodput_req_s"]
+        best = best_baseline[1].get("goodput_req_s")
+        row["goodput_vs_best_baseline"] = row["goodput_req_s"] / best if best else float("nan")
     return {
         "model": model,
         "plan": f"{model}.dgx-spark-pair",
@@ -201,6 +248,11 @@ def steps_line(report: dict[str, object]) -> str:
     return f"Batch step at full batch (perf model, alone): {told}. Interactive TTFT p99 alone: {ttft:.0f} ms."
 
 
+def ratio(value: float) -> str:
+    """A ratio for the tables; "-" where there is none (no baseline policy was run)."""
+    return "-" if math.isnan(value) else f"{value:.2f}x"
+
+
 def markdown(report: dict[str, object]) -> str:
     rows = report["settings"]
     assert isinstance(rows, dict)
@@ -219,7 +271,7 @@ def markdown(report: dict[str, object]) -> str:
     for name, r in rows.items():
         lines.append(
             f"| {name} | {r['ttft_p99_vs_alone']:.2f}x | {r['tpot_p50_vs_alone']:.2f}x | {r['batch_vs_alone']:.2f}x | "
-            f"{r['batch_vs_floor']:.2f}x | {r['goodput_vs_best_baseline']:.2f}x | {r['batch_frozen']:.2f} | "
+            f"{r['batch_vs_floor']:.2f}x | {ratio(r['goodput_vs_best_baseline'])} | {r['batch_frozen']:.2f} | "
             f"{r['forced_resumes']:.0f} | {r['batch_step_p99_ms']:.0f} ms |"
         )
     return "\n".join(lines)
@@ -248,7 +300,11 @@ def plot(reports: Sequence[dict[str, object]], path: Path) -> None:
         curve(ax, rows, "freeze ", "o-", "freeze, along the starvation bound (max/release s)")
         curve(ax, rows, "freeze, batch of ", "d--", "freeze 10/2.5, a smaller batch step (max_num_seqs)")
         curve(ax, rows, "bounded ", "v-.", "bounded step: freeze + batch cap + step budget")
+        curve(ax, rows, "running cap ", "x:", "freeze 30/2.5 + running cap (idealised), settle")
+        curve(ax, rows, "max_num_seqs ", "p--", "freeze 30/2.5 + the batch engine's max_num_seqs, budget 512")
         for name, marker in (("off", "s"), ("admission yielding", "^"), ("freeze", "*")):
+            if name not in rows:
+                continue
             r = rows[name]
             ax.plot(r["batch_vs_alone"], r["ttft_p99_vs_alone"], marker, markersize=10, label=name)
         busy = float(report["interactive_busy_alone"])  # type: ignore[arg-type]
@@ -276,6 +332,9 @@ def main() -> None:
         "--loads", type=chat_load, nargs="+", default=[{}], help="chat loads: plan, or USERS:THINK_S (e.g. 20:60)"
     )
     parser.add_argument("--batch-load", choices=sorted(BATCH_LOADS), default="half")
+    parser.add_argument(
+        "--only", nargs="+", default=[], help="run only the rows whose names start so (and no baseline policies)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--chart", type=Path, default=CHART)
     parser.add_argument(
@@ -286,7 +345,7 @@ def main() -> None:
         reports = [report for path in args.combine for report in json.loads(path.read_text())]
     else:
         reports = [
-            model_report(model, args.duration, args.seeds, load, args.batch_load)
+            model_report(model, args.duration, args.seeds, load, args.batch_load, tuple(args.only))
             for load in args.loads
             for model in args.models
         ]

@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from deploy.plan_version import PLAN_VERSION, PlanVersionError, upgrade_plan_data
-from gateway.config import GatewaySettings, TrafficClass, describe_fields
+from gateway.config import GatewaySettings, RoutingSettings, TrafficClass, describe_fields
 from gateway.engines import DEFAULT_ENGINE, EngineAdapter, engine_adapter
 from gateway.engines.base import Executor
 from gateway.engines.vllm import EngineArgs
@@ -202,12 +202,18 @@ class ServingPlan(BaseModel):
 
     @model_validator(mode="after")
     def _routing_from_replicas(self) -> ServingPlan:
-        """A plan that sets no routing gets the rule derived from its replicas' batch sizes
-        (gateway.routing_rules), so every plan ships with thresholds that fit it."""
+        """The routing settings a plan does not name get the rule derived from its replicas' batch
+        sizes (gateway.routing_rules), so every plan ships with thresholds that fit it; the ones it
+        names (e.g. only its GPU arbitration) are kept as written."""
         classes = {r.traffic_class for r in self.replicas}
-        if "routing" not in self.gateway.model_fields_set and classes == {"interactive", "batch"}:
-            replicas = ((r.traffic_class, r.engine.max_num_seqs) for r in self.replicas)
-            self.gateway.routing = routing_for_replicas(replicas, self.gateway.routing)
+        if classes != {"interactive", "batch"}:
+            return self
+        routing = self.gateway.routing
+        derived = routing_for_replicas(((r.traffic_class, r.engine.max_num_seqs) for r in self.replicas), routing)
+        if "routing" in self.gateway.model_fields_set:
+            named = routing.model_dump(include=routing.model_fields_set)
+            derived = RoutingSettings.model_validate(derived.model_dump() | named)
+        self.gateway.routing = derived
         return self
 
     def replica_for(self, traffic_class: TrafficClass) -> Replica | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import yaml
 
 from deploy.plan import SHIPPED_PLANS_DIR, PlanError, ServingPlan, dump_plan, load_plan, parse_plan, shipped_plan
 from deploy.plan_version import PLAN_VERSION
+from gateway.config import RoutingSettings
 
 
 def demo_data() -> dict:
@@ -204,12 +206,24 @@ def test_a_plan_without_routing_gets_thresholds_derived_from_its_replicas() -> N
     assert routing.limits["batch"].max_concurrency == 64 + 16
 
 
-def test_routing_a_plan_sets_is_kept_as_written() -> None:
+def test_routing_a_plan_sets_is_kept_as_written_and_the_rest_still_follows_its_replicas() -> None:
     data = demo_data()
     data["gateway"]["routing"] = {"spill_queue_threshold": 9, "spill_release_threshold": 3}
     routing = parse_plan(data).gateway.routing
     assert (routing.spill_queue_threshold, routing.spill_release_threshold) == (9, 3)
-    assert routing.limits["interactive"].max_concurrency == 32  # the settings' own default
+    assert routing.spill_target_headroom == 64 // 8  # not named: derived from the batch replica
+    assert routing.limits["interactive"].max_concurrency == 16 + 8
+
+
+def test_a_plan_naming_only_its_arbitration_keeps_the_derived_thresholds() -> None:
+    """The shipped co-resident plans name their GPU arbitration and nothing else of the routing."""
+    data = demo_data()
+    data["gateway"]["routing"] = {"gpu_arbitration": "freeze", "freeze_max_s": 30, "batch_yield_fraction": 0.25}
+    routing = parse_plan(data).gateway.routing
+    assert (routing.gpu_arbitration, routing.freeze_max_s, routing.batch_yield_fraction) == ("freeze", 30, 0.25)
+    derived = load_plan(shipped_plan("cpu-demo")).gateway.routing
+    assert routing.limits == derived.limits and routing.spill_queue_threshold == derived.spill_queue_threshold
+    assert routing.freeze_release_s == RoutingSettings().freeze_release_s  # not named: the settings' default
 
 
 def test_a_plan_without_a_version_is_read_as_the_current_one_with_a_note(caplog: pytest.LogCaptureFixture) -> None:
@@ -240,3 +254,22 @@ def test_a_version_that_is_not_a_whole_number_is_refused(version: object) -> Non
 def test_written_plans_carry_the_version(tmp_path: Path) -> None:
     path = dump_plan(parse_plan(demo_data()), tmp_path / "plan.yaml")
     assert yaml.safe_load(path.read_text())["version"] == PLAN_VERSION
+
+
+def test_the_shipped_co_resident_plans_carry_the_arbitration_the_study_chose() -> None:
+    """docs/routing.md, the shipped plans: each Spark plan names the mode and settings of the
+    arbitration study's choice (benchmarks/arbitration_plans.py, its results file), and its batch
+    engine the study's step budget where the choice is bounded."""
+    results = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "arbitration-plans.json"
+    chosen = json.loads(results.read_text())
+    spark = {p.stem for p in SHIPPED_PLANS_DIR.glob("*.yaml") if load_plan(p).cluster.name.startswith("dgx-spark")}
+    assert {r["plan"] for r in chosen} == spark
+    for result in chosen:
+        plan = load_plan(shipped_plan(result["plan"]))
+        assert plan.gateway.routing.model_dump(include=set(result["routing"])) == result["routing"], result["plan"]
+        batch = plan.replica_for("batch")
+        assert batch is not None
+        if result["batch_max_num_batched_tokens"] is not None:
+            assert batch.engine.max_num_batched_tokens == result["batch_max_num_batched_tokens"], result["plan"]
+    # The one-GPU plan has no perf-model profile: the freeze, from real engines on an H100 (docs/routing.md).
+    assert load_plan(shipped_plan("one-gpu")).gateway.routing.gpu_arbitration == "freeze"

@@ -10,8 +10,10 @@ from gateway.config import RoutingSettings
 from tuner.optimize.arbitration_search import (
     CAP_HOLD_S,
     References,
+    SimulatedJudge,
     _suggest,
     arbitration_scenarios,
+    missed_by,
     tune_arbitration,
     with_batch_budget,
 )
@@ -53,17 +55,34 @@ def test_named_loads_and_the_budget_reach_the_scenarios() -> None:
         arbitration_scenarios(PLAN, "team", "flood", 60)
 
 
-def test_the_study_starts_from_off_and_keeps_a_point_that_keeps_the_batch_floor() -> None:
+def test_the_study_starts_from_off_and_keeps_the_point_nearest_the_targets() -> None:
     scenarios = arbitration_scenarios(PLAN, "team", "saturating", 240)
     base = RoutingSettings.model_validate(PLAN.gateway.routing.model_dump())
     storage = optuna.storages.InMemoryStorage()
-    kept, outcome, trial = tune_arbitration("t.arbitration", storage, scenarios, base, n_trials=4, seed=1)
+    judge = SimulatedJudge(scenarios, base, seed=1)
+    kept, outcome, trial = tune_arbitration("t.arbitration", storage, judge, base, n_trials=4, seed=1)
     study = optuna.load_study(study_name="t.arbitration", storage=storage)
     assert study.trials[0].params == {"mode": "off"}
     assert all(set(t.constraints) == {"tpot_p50_over_target", "batch_under_floor"} for t in study.trials)
+    assert {t.user_attrs["judge"] for t in study.trials} == {"simulated"}
     if trial is not None:
-        assert trial.constraints["batch_under_floor"] <= 0  # the batch floor is kept
+        misses = [missed_by(t) for t in study.trials]
+        assert missed_by(trial) == min(misses)  # the point nearest the targets (all met: 0)
         assert kept == _suggest(optuna.trial.FixedTrial(trial.params), base, 256)
         assert outcome.ttft_p99 == pytest.approx(trial.value)
-    refs = References.of(scenarios, base, 1)
+    refs = References.simulated(scenarios, base, 1)
     assert 0 < refs.interactive_busy < 1 and refs.batch_floor_tok_s < refs.batch_tok_s
+
+
+def test_missing_the_floor_by_a_tenth_is_nearer_than_slowing_every_chat_token() -> None:
+    def trial(tpot_over: float, under_floor: float, ttft: float) -> optuna.trial.FrozenTrial:
+        return optuna.trial.create_trial(
+            value=ttft,
+            system_attrs={"constraints": (tpot_over, under_floor)},
+            params={},
+            distributions={},
+        )
+
+    freeze, admission, met = trial(-0.1, 0.14, 2.3), trial(1.37, -1.3, 2.6), trial(-0.05, -0.2, 2.9)
+    assert missed_by(met) == 0 and missed_by(freeze) == pytest.approx(0.14)
+    assert missed_by(freeze) < missed_by(admission) == pytest.approx(1.37)

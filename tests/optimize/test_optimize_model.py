@@ -10,7 +10,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from deploy.plan import load_plan
+from deploy.plan import load_plan, shipped_plan
 from tuner.cli import app
 from tuner.optimize import ClassObjective, OptimizeRequest, optimize, resolve_model_choice, resolve_target
 from tuner.optimize.evaluators import ModelEvaluator
@@ -45,6 +45,10 @@ def test_model_run_writes_a_valid_plan_that_respects_memory_and_slos(tmp_path: P
     assert front and all(a["tpot_p50_ms"] >= b["tpot_p50_ms"] for a, b in zip(front, front[1:], strict=False))
     routing = plan.gateway.routing
     assert routing.spill_release_threshold < routing.spill_queue_threshold
+    # No arbitration study (FAST): the shipped template's freeze is kept, though the routing study ran without it.
+    template = load_plan(shipped_plan("llama-3.1-8b.dgx-spark-pair")).gateway.routing
+    assert (routing.gpu_arbitration, routing.freeze_max_s) == (template.gpu_arbitration, template.freeze_max_s)
+    assert template.gpu_arbitration == "freeze" and "GPU arbitration kept from the template" in " ".join(result.notes)
     assert result.report_path is not None and result.report_path.read_text().startswith("# tuner optimize")
     assert (result.report_path.parent / "llama-3.1-8b.dgx-spark-pair.report.png").stat().st_size > 10_000
 

@@ -67,3 +67,17 @@ def test_the_batch_step_budget_and_the_prefill_cap_shorten_the_steps_a_freeze_wa
     assert wide.batch_step_p99_ms is not None and narrow.batch_step_p99_ms is not None
     assert narrow.batch_step_p99_ms < wide.batch_step_p99_ms  # same seed: equal if the budget were ignored
     assert capped.batch_step_p99_ms is not None and capped.batch_step_p99_ms < wide.batch_step_p99_ms
+
+
+def test_a_running_cap_steps_fewer_batch_sequences_while_batch_yields_and_only_then() -> None:
+    """SimReplica.held_running (docs/routing.md, running cap): while the batch yield holds, the batch
+    engine steps at most that many of its sequences; the others wait, none is lost."""
+    busy = SHORT.model_copy(update={"batch": BatchLoad(rate_per_s=0.3, burst_size=64, burst_every_s=30)})
+    yielding = RoutingSettings(batch_yield_fraction=0.5, batch_yield_settle_s=30, batch_yield_max_hold_s=3600)
+    free = simulate(busy, yielding, seed=3)
+    held = simulate(_batch_engine(busy, held_running=4), yielding, seed=3)
+    assert held.batch_step_p50_ms is not None and free.batch_step_p50_ms is not None
+    assert held.batch_step_p50_ms < free.batch_step_p50_ms
+    assert held.classes["batch"].completed > 0 and held.classes["batch"].failed == 0
+    off = RoutingSettings()  # no yield, so no hold: the cap never applies
+    assert simulate(_batch_engine(busy, held_running=4), off, seed=3) == simulate(busy, off, seed=3)

@@ -64,10 +64,14 @@ def test_spilling_starts_at_the_derived_threshold() -> None:
     assert to(settings.spill_queue_threshold) == "batch"
 
 
-def test_shipped_plans_keep_batch_yielding_off_and_a_base_that_sets_it_keeps_it() -> None:
+def test_the_rule_keeps_batch_yielding_off_and_a_plan_that_sets_it_keeps_it() -> None:
     """The rule's choice from the simulated trade-off (docs/routing.md): no hold beat "off" on
-    goodput for either Spark plan, so plans ship without yielding; a plan that asks for it keeps it."""
-    for name in ("gpt-oss-120b.dgx-spark-pair", "llama-3.1-8b.dgx-spark-pair", "cpu-demo"):
+    goodput for either Spark plan, so the rule adds no yielding; a plan that asks for it keeps it,
+    as the bounded-step plans do for their batch cap beside the freeze."""
+    assert routing_for(16, 128).batch_yield_fraction == 1.0
+    for name in ("gpt-oss-120b.dgx-spark-pair", "cpu-demo"):  # no cap of their own
         assert plan_routing(load_plan(shipped_plan(name))).batch_yield_fraction == 1.0
+    bounded = plan_routing(load_plan(shipped_plan("llama-3.1-8b.dgx-spark-pair")))
+    assert (bounded.gpu_arbitration, bounded.batch_yield_fraction) == ("freeze", 0.25)
     held = routing_for(16, 128, RoutingSettings(batch_yield_fraction=0.0, batch_yield_max_hold_s=45.0))
     assert (held.batch_yield_fraction, held.batch_yield_max_hold_s) == (0.0, 45.0)

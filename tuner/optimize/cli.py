@@ -137,6 +137,16 @@ def optimize_command(
     arbitration_batch_load: Annotated[
         str, typer.Option(help="Batch load the arbitration study runs beside the chat team: saturating or half.")
     ] = "saturating",
+    arbitration_live_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Score the arbitration study live on the stack behind this gateway URL (routing switched per "
+            "trial through /admin/routing, restored after; admin key from TANDEM_ADMIN_KEY)."
+        ),
+    ] = None,
+    arbitration_live_duration: Annotated[
+        float, typer.Option(min=1, help="Live arbitration: seconds per measured phase (the references, each trial).")
+    ] = 600.0,
     warm_start: Annotated[int, typer.Option(min=0, help="Live: model-ranked points tried first.")] = 2,
     live_requests: Annotated[int, typer.Option(min=1, help="Live: measured requests per trial (at most).")] = 64,
     live_duration: Annotated[
@@ -173,6 +183,8 @@ def optimize_command(
         routing_trials=routing_trials,
         arbitration_trials=arbitration_trials,
         arbitration_batch_load=arbitration_batch_load,
+        arbitration_live_url=arbitration_live_url,
+        arbitration_live_duration_s=arbitration_live_duration,
         warm_start=warm_start,
         live_requests=live_requests,
         live_duration_s=live_duration,

@@ -43,6 +43,14 @@ class OptimizeRequest(BaseModel):
     )
     arbitration_chat_load: str = Field("team", description="Named chat load of the arbitration study.")
     arbitration_batch_load: str = Field("saturating", description="Named batch load of the arbitration study.")
+    arbitration_live_url: str | None = Field(
+        None,
+        description="Score the arbitration study on the stack behind this gateway URL (its routing switched per "
+        "trial, restored after) instead of the simulation.",
+    )
+    arbitration_live_duration_s: float = Field(
+        600.0, gt=0, description="Live arbitration: seconds each measured phase (references, trials) runs."
+    )
     warm_start: int = Field(2, ge=0, description="Model-ranked points queued first in a live study.")
     live_requests: int = Field(64, ge=1, description="Measured requests per live trial (at most).")
     live_duration_s: float = Field(60.0, gt=0, description="Longest measured phase of a live trial.")

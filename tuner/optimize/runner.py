@@ -24,8 +24,14 @@ from optuna.trial import FrozenTrial, TrialState
 from deploy.plan import Replica, ServingPlan, dump_plan
 from gateway.config import TRAFFIC_CLASSES, RoutingSettings, TrafficClass
 from tuner.bench import WorkloadSpec
+from tuner.optimize.arbitration_live import LiveJudge, LiveLoads
 from tuner.optimize.arbitration_search import SIM_DURATION_S as ARBITRATION_SIM_S
-from tuner.optimize.arbitration_search import arbitration_scenarios, tune_arbitration
+from tuner.optimize.arbitration_search import (
+    Judge,
+    SimulatedJudge,
+    arbitration_scenarios,
+    tune_arbitration,
+)
 from tuner.optimize.compose import (
     INFEASIBLE,
     PREDICTED,
@@ -48,6 +54,7 @@ from tuner.optimize.targets import ClusterTarget, ModelChoice, TargetError, reso
 from tuner.perfmodel import load_hardware
 from tuner.perfmodel.build import load_build
 from tuner.plan_fit import with_kv_budgets
+from tuner.policy_eval.scenarios import ARBITRATION_FIELDS, without_arbitration
 from tuner.workloads import get_workload
 
 INTERACTIVE_SEQS = IntRange(1, 64, log=True)
@@ -266,7 +273,7 @@ def optimize(request: OptimizeRequest, reporter: Reporter | None = None) -> Opti
         notes.extend(str(note) for note in routing_notes)
     plan = compose_plan(template, replicas, routing)
     plan, routing_info["arbitration"], arbitration_notes = _tune_arbitration(
-        request, model, target, plan, predictor, reporter
+        request, model, target, template, plan, predictor, reporter
     )
     notes.extend(arbitration_notes)
     # Each GPU replica's KV budget from its share: co-resident engines then start without profiling memory.
@@ -314,6 +321,7 @@ def _tune_routing(
             "notes": [f"spill thresholds kept from the template ({why})"],
             **_thresholds(base),
         }
+    base = without_arbitration(base)  # thresholds are compared with arbitration off; its own study follows
     rate = predictor.predict(batch_point, objectives["batch"].concurrency).request_s or 0.0
     scenario = routing_scenario(
         model.source,
@@ -339,10 +347,55 @@ def _tune_routing(
     return tuned, {"tuned": best is not None, "study": name, "interactive_goodput_req_s": goodput, **_thresholds(tuned)}
 
 
+def kept_arbitration(plan: ServingPlan, template: ServingPlan) -> ServingPlan:
+    """`plan` with the template's GPU arbitration where the template freezes (a shipped GPU plan):
+    the routing study compares thresholds with arbitration off, so its result carries none."""
+    if template.gateway.routing.gpu_arbitration != "freeze":
+        return plan
+    arbitration = template.gateway.routing.model_dump(include=set(ARBITRATION_FIELDS))
+    routing = RoutingSettings.model_validate(plan.gateway.routing.model_dump() | arbitration)
+    return plan.model_copy(update={"gateway": plan.gateway.model_copy(update={"routing": routing})})
+
+
+def _arbitration_judge(
+    request: OptimizeRequest,
+    plan: ServingPlan,
+    predictor: ModelEvaluator | None,
+    hardware: str | None,
+    stack: ExitStack,
+) -> tuple[Judge, RoutingSettings] | None:
+    """What scores the arbitration study, and the routing its points are built on (arbitration off):
+    the stack behind --arbitration-live-url (entered on `stack`, its routing restored when it
+    closes), else the simulation; None where neither can (no live URL and no perf-model profile)."""
+    if request.arbitration_live_url is not None:
+        batch = next(r for r in plan.replicas if r.traffic_class == "batch")
+        loads = LiveLoads.named(
+            request.arbitration_chat_load, request.arbitration_batch_load, batch.engine.max_num_seqs or 1
+        )
+        live = stack.enter_context(
+            LiveJudge(
+                request.arbitration_live_url,
+                plan.model.name,
+                loads,
+                duration_s=request.arbitration_live_duration_s,
+                seed=request.seed,
+            )
+        )
+        return live, without_arbitration(live.routing())
+    if predictor is None or hardware is None:
+        return None
+    scenarios = arbitration_scenarios(
+        plan, request.arbitration_chat_load, request.arbitration_batch_load, ARBITRATION_SIM_S, hardware
+    )
+    base = without_arbitration(plan.gateway.routing)
+    return SimulatedJudge(scenarios, base, request.seed), base
+
+
 def _tune_arbitration(
     request: OptimizeRequest,
     model: ModelChoice,
     target: ClusterTarget,
+    template: ServingPlan,
     plan: ServingPlan,
     predictor: ModelEvaluator | None,
     reporter: Reporter,
@@ -354,33 +407,47 @@ def _tune_arbitration(
     hardware = request.hardware or target.hardware
     if device_group(plan) is None:
         return plan, {"tuned": False}, ["the replicas share no devices: no GPU arbitration to tune"]
-    if predictor is None or hardware is None or request.arbitration_trials == 0:
-        why = "no performance-model profile" if predictor is None else "--arbitration-trials 0"
-        return plan, {"tuned": False}, [f"GPU arbitration kept from the template ({why})"]
-    scenarios = arbitration_scenarios(
-        plan, request.arbitration_chat_load, request.arbitration_batch_load, ARBITRATION_SIM_S, hardware
-    )
-    reporter.phase("arbitration (simulated)", request.arbitration_trials)
-    name = study_name(model.key, target.name, "arbitration")
-    chosen, outcome, trial = tune_arbitration(
-        name,
-        request.storage,
-        scenarios,
-        plan.gateway.routing,
-        request.arbitration_trials,
-        request.seed,
-        callbacks=[lambda s, t: reporter.trial("arbitration (simulated)", t)],
-    )
+    if request.arbitration_trials == 0:
+        return (
+            kept_arbitration(plan, template),
+            {"tuned": False},
+            ["GPU arbitration kept from the template (--arbitration-trials 0)"],
+        )
+    with ExitStack() as stack:
+        judged = _arbitration_judge(request, plan, predictor, hardware, stack)
+        if judged is None:
+            return (
+                kept_arbitration(plan, template),
+                {"tuned": False},
+                ["GPU arbitration kept from the template (no performance-model profile)"],
+            )
+        judge, base = judged
+        label = f"arbitration ({judge.kind})"
+        reporter.phase(label, request.arbitration_trials)
+        name = study_name(model.key, target.name, "arbitration" if judge.kind == "simulated" else "arbitration-live")
+        chosen, outcome, trial = tune_arbitration(
+            name,
+            request.storage,
+            judge,
+            base,
+            request.arbitration_trials,
+            request.seed,
+            callbacks=[lambda s, t: reporter.trial(label, t)],
+        )
     replicas = [
         r.model_copy(update={"engine": r.engine.model_copy(update={"max_num_batched_tokens": chosen.batch_tokens})})
         if r.traffic_class == "batch" and chosen.batch_tokens is not None
         else r
         for r in plan.replicas
     ]
-    gateway = plan.gateway.model_copy(update={"routing": chosen.routing})
+    # Only the arbitration's own settings: a live study's points are built on the running gateway's routing.
+    arbitration = chosen.routing.model_dump(include=set(ARBITRATION_FIELDS))
+    routing = RoutingSettings.model_validate(plan.gateway.routing.model_dump() | arbitration)
+    gateway = plan.gateway.model_copy(update={"routing": routing})
     info: dict[str, object] = {
         "tuned": trial is not None,
         "study": name,
+        "judge": judge.kind,
         "chat_load": request.arbitration_chat_load,
         "batch_load": request.arbitration_batch_load,
         "mode": chosen.mode,
@@ -394,7 +461,7 @@ def _tune_arbitration(
     if not outcome.meets_targets:
         notes.append(
             f"GPU arbitration ({chosen.label()}): chat TTFT p99 {outcome.ttft_p99:.2f}x / TPOT p50 "
-            f"{outcome.tpot_p50:.2f}x alone, batch {outcome.batch_vs_floor:.2f}x its floor (simulated): "
+            f"{outcome.tpot_p50:.2f}x alone, batch {outcome.batch_vs_floor:.2f}x its floor ({judge.kind}): "
             "not every target of issue 23 is met"
         )
     return plan.model_copy(update={"replicas": replicas, "gateway": gateway}), info, notes

@@ -69,6 +69,13 @@ class SimReplica(BaseModel):
     long_prefill_token_threshold: int | None = Field(
         None, ge=1, description="Most prompt tokens one request prefills in a cycle (vLLM's argument); None: no cap."
     )
+    held_running: int | None = Field(
+        None,
+        ge=1,
+        description="While batch yielding holds (chat around, and its settle after), step at most this many of the "
+        "running sequences, oldest first; the others keep their KV cache and wait. An idealised control (vLLM "
+        "has none at runtime) that bounds the decode step a chat request can land on; None: every running one.",
+    )
 
 
 class InteractiveLoad(BaseModel):
@@ -229,6 +236,8 @@ class _Replica:
     cycle_id: int = 0
     cycle_chunks: tuple[tuple[_Request, int], ...] = ()
     """The prompt chunks the cycle in progress prefills."""
+    cycle_requests: tuple[_Request, ...] = ()
+    """The running sequences the cycle in progress steps (all of them unless `held_running` caps it)."""
     slowdown: float = 1.0
     """The contention factor the cycle in progress runs at now."""
     cycle_start: float = 0.0
@@ -361,11 +370,12 @@ class _Simulation:
             return
         if replica.busy_since is None:
             replica.busy_since = self.now
-        decoding = [r for r in replica.running if r.prefilled >= r.shape.input_len]
+        stepping = self._stepping(replica)
+        decoding = [r for r in stepping if r.prefilled >= r.shape.input_len]
         room = max(1, replica.model.max_num_batched_tokens - len(decoding))
         per_request = replica.spec.long_prefill_token_threshold or room
         chunks: list[tuple[_Request, int]] = []
-        for request in replica.running:
+        for request in stepping:
             if room and request.prefilled < request.shape.input_len:
                 chunk = min(room, per_request, request.shape.input_len - request.prefilled)
                 chunks.append((request, chunk))
@@ -374,11 +384,19 @@ class _Simulation:
         reached = sum(r.prefilled + chunk for r, chunk in chunks) / len(chunks) if chunks else 0.0
         context = sum(r.shape.input_len + r.generated for r in decoding) / len(decoding) if decoding else 0.0
         seconds = replica.model.cycle_seconds(len(decoding), context, prefill, reached, max(len(chunks), 1))
-        replica.cycle_chunks = tuple(chunks)
+        replica.cycle_chunks, replica.cycle_requests = tuple(chunks), tuple(stepping)
         replica.cycle_start = self.now
         replica.slowdown = self._slowdown(replica)
         self._schedule_cycle(replica, self.now + seconds * replica.slowdown)
         self._rebalance()
+
+    def _stepping(self, replica: _Replica) -> list[_Request]:
+        """The running sequences the next cycle steps: the oldest `held_running` while batch yielding
+        holds (its settle included), every one otherwise."""
+        cap = replica.spec.held_running
+        if cap is None or not self.yield_state.holding:
+            return replica.running
+        return replica.running[:cap]
 
     def _slowdown(self, replica: _Replica) -> float:
         """The measured co-residence factor (tuner.perfmodel.coresidence) while another replica
@@ -414,7 +432,8 @@ class _Simulation:
         replica.cycle_end = None
         replica.cycle_seconds.append(self.now - replica.cycle_start)
         chunks = {id(request): chunk for request, chunk in replica.cycle_chunks}
-        for request in list(replica.running):
+        finished = []
+        for request in replica.cycle_requests:
             if id(request) in chunks:
                 request.prefilled += chunks[id(request)]
                 if request.prefilled >= request.shape.input_len:
@@ -423,7 +442,11 @@ class _Simulation:
                 request.generated += 1
             if request.generated >= request.shape.output_len:
                 replica.running.remove(request)
-                self._finish(request, ok=True)
+                finished.append(request)
+        # Finished only once the whole cycle is counted: a finish lets queued work in, which may
+        # start this replica's next cycle, and that one must see every sequence's new state.
+        for request in finished:
+            self._finish(request, ok=True)
         self._kick(replica)
 
     def _finish(self, request: _Request, ok: bool) -> None:

@@ -46,7 +46,7 @@ from tuner.policy_eval.report import (
     yield_rows,
     yield_settings,
 )
-from tuner.policy_eval.scenarios import LIVE_SLO, SCENARIOS, live_scenarios, plan_routing
+from tuner.policy_eval.scenarios import LIVE_SLO, SCENARIOS, arbitration_off, live_scenarios
 from tuner.policy_eval.simulated import YIELD_POINTS, run_simulated
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: results, charts and docs live there
@@ -109,7 +109,7 @@ def live(args: argparse.Namespace, progress: Progress) -> tuple[list, dict, list
     source = Path(args.live_plan)
     plan = load_plan(source if source.suffix in (".yaml", ".yml") else shipped_plan(args.live_plan))
     plan = plan.model_copy(update={"gateway": plan.gateway.model_copy(update={"port": free_port()})})
-    routing = plan_routing(plan)
+    routing = arbitration_off(plan)
     interactive = next(r.name for r in plan.replicas if r.traffic_class == "interactive")
     scenarios = [s for s in live_scenarios(args.live_duration, interactive).values() if s.name in args.live_scenarios]
     task = progress.add_task(

@@ -51,6 +51,31 @@ def plan_routing(plan: ServingPlan) -> RoutingSettings:
     return routing_for_replicas((r.traffic_class, r.engine.max_num_seqs) for r in plan.replicas)
 
 
+ARBITRATION_FIELDS = (
+    "gpu_arbitration",
+    "batch_yield_fraction",
+    "batch_yield_settle_s",
+    "batch_yield_max_hold_s",
+    "freeze_max_s",
+    "freeze_release_s",
+)
+"""The routing settings of GPU arbitration (the freeze and the batch yield): what the arbitration
+study sets in a plan, and what the evaluations reset before setting their own."""
+
+
+def without_arbitration(routing: RoutingSettings) -> RoutingSettings:
+    """`routing` with GPU arbitration off: every ARBITRATION_FIELDS at the settings' default."""
+    defaults = RoutingSettings().model_dump(include=set(ARBITRATION_FIELDS))
+    return RoutingSettings.model_validate(routing.model_dump() | defaults)
+
+
+def arbitration_off(plan: ServingPlan) -> RoutingSettings:
+    """The plan's routing with GPU arbitration off: the base the evaluations and the arbitration
+    study compare routing policies and arbitration modes on, whatever mode the plan ships (the
+    shipped GPU plans freeze: docs/routing.md)."""
+    return without_arbitration(plan_routing(plan))
+
+
 # ---- simulated: the Spark pair ------------------------------------------------------------------------
 
 SIM_THINK_TIME_S = 2.0

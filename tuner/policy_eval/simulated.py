@@ -3,7 +3,7 @@ batch-yield trade-off (class-aware on the steady mix with gateway.policy.batch_y
 
 The simulation routes with gateway.policy itself (tuner.perfmodel.simulate imports it), so the
 policies measured here are the gateway's, byte for byte. The routing thresholds are the plan's
-(scenarios.plan_routing); only the policy name changes between runs.
+(scenarios.arbitration_off: arbitration off); only the policy name changes between runs.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from deploy.plan import ServingPlan
 from gateway.policy import POLICIES
 from tuner.perfmodel.simulate import Scenario, SimResult, simulate
 from tuner.policy_eval.report import PolicyResult, Sample, ScenarioResult, YieldPoint
-from tuner.policy_eval.scenarios import DESCRIPTIONS, SCENARIOS, ScenarioName, plan_routing, simulated_scenarios
+from tuner.policy_eval.scenarios import DESCRIPTIONS, SCENARIOS, ScenarioName, arbitration_off, simulated_scenarios
 
 ProgressFn = Callable[[str], None]
 
@@ -48,7 +48,7 @@ def run_setting(
     progress: ProgressFn | None = None,
 ) -> list[ScenarioResult]:
     """Each scenario in `only`, under each policy, for seeds 0..seeds-1."""
-    routing = plan_routing(plan)
+    routing = arbitration_off(plan)
     results = []
     for name in only:
         outcomes = []
@@ -93,7 +93,7 @@ def run_simulated(
                 sweep += run_yield_sweep(setting, plan, scenarios["steady"], seeds, progress)
             steady = scenarios["steady"]
             described[setting] = {
-                "routing": plan_routing(plan).model_dump(exclude={"policy"}),
+                "routing": arbitration_off(plan).model_dump(exclude={"policy"}),
                 "slo": {c: s.model_dump() for c, s in steady.slo.items()},
                 "interactive_users": steady.interactive.users,
                 "think_time_s": steady.interactive.think_time_s,
@@ -132,7 +132,9 @@ def run_yield_sweep(
     setting: str, plan: ServingPlan, steady: Scenario, seeds: int, progress: ProgressFn | None = None
 ) -> list[YieldPoint]:
     """Every YIELD_POINTS setting of the plan's class-aware routing on the steady mix, seeds 0..seeds-1."""
-    routing = plan_routing(plan).model_copy(update={"policy": "class-aware", "batch_yield_release_s": YIELD_RELEASE_S})
+    routing = arbitration_off(plan).model_copy(
+        update={"policy": "class-aware", "batch_yield_release_s": YIELD_RELEASE_S}
+    )
     points = []
     for fraction, max_hold_s in YIELD_POINTS:
         settings = routing.model_copy(update={"batch_yield_fraction": fraction, "batch_yield_max_hold_s": max_hold_s})
