@@ -41,7 +41,7 @@ from gateway.freezing import EngineFreezer
 from gateway.key_admin import KeyAdmin
 from gateway.load import LoadBoard
 from gateway.metrics import GatewayMetrics, LiveState
-from gateway.policy import Endpoint
+from gateway.policy_base import Endpoint
 from gateway.proxy import GenerationProxy, Receive, Scope, Send, new_request_id
 from gateway.response_ids import ResponseIdMap
 from gateway.responses import RESPONSES_PATH, ResponsesProxy, add_responses_routes

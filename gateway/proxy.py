@@ -43,7 +43,8 @@ from gateway.deadlines import DEADLINE_STATUS, DeadlineExceeded, DeadlineKind, D
 from gateway.errors import GatewayError, error_body, internal_error
 from gateway.logs import REQUEST_LOGGER
 from gateway.metrics import GatewayMetrics
-from gateway.policy import Endpoint, RequestFeatures, Route
+from gateway.policy import Route
+from gateway.policy_base import Endpoint, RequestFeatures
 from gateway.protocol import features_of, parse_view
 from gateway.router import Router
 from gateway.usage import UsageLedger

@@ -31,7 +31,8 @@ from fastapi.responses import Response, StreamingResponse
 from gateway.backends.base import UpstreamBroken, UpstreamLost, UpstreamResponse, UpstreamTimeout, UpstreamUnavailable
 from gateway.config import TrafficClass
 from gateway.errors import GatewayError, error_body
-from gateway.policy import Reject, RequestFeatures, Route, route_to
+from gateway.policy import Reject, Route, route_to
+from gateway.policy_base import RequestFeatures
 from gateway.proxy import GenerationProxy, _Exchange, new_request_id, upstream_failure
 from gateway.response_ids import ResponseIdMap
 
