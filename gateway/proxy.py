@@ -182,7 +182,7 @@ class GenerationProxy:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one request. The app calls this ahead of the framework's middleware (see
-        gateway.app), so it answers every failure itself, in the OpenAI envelope."""
+        gateway.asgi), so it answers every failure itself, in the OpenAI envelope."""
         headers = scope["headers"]
         request_id = new_request_id(headers)
         exchange = _Exchange(
