@@ -19,7 +19,7 @@ import logging
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 
@@ -39,10 +39,9 @@ from gateway.freezing import EngineFreezer
 from gateway.key_admin import KeyAdmin
 from gateway.load import LoadBoard
 from gateway.metrics import GatewayMetrics, LiveState
-from gateway.policy_base import Endpoint
-from gateway.proxy import GenerationProxy
+from gateway.proxy import GenerationProxy, OpenAIGeneration
 from gateway.response_ids import ResponseIdMap
-from gateway.responses import RESPONSES_PATH, ResponsesProxy, add_responses_routes
+from gateway.responses import RESPONSES_PATH, ResponseRetrieval, ResponsesGeneration, add_responses_routes
 from gateway.router import Router
 from gateway.routing_api import routing_routes
 from gateway.service_api import service_routes
@@ -54,7 +53,7 @@ from gateway.yielding import BatchYielding
 
 log = logging.getLogger("tandem.gateway")
 
-GENERATION_PATHS: tuple[tuple[Endpoint, str], ...] = (
+GENERATION_PATHS: tuple[tuple[Literal["chat", "completions"], str], ...] = (
     ("chat", "/v1/chat/completions"),
     ("completions", "/v1/completions"),
 )
@@ -147,9 +146,18 @@ class Gateway:
             "metrics": self.metrics,
             "ledger": self.ledger,
         }
-        self.proxies = {path: GenerationProxy(endpoint, **parts) for endpoint, path in GENERATION_PATHS}
-        self.responses = ResponsesProxy(
-            ids=ResponseIdMap(settings.responses.max_ids, settings.responses.ttl_s), **parts
+        self.proxies = {
+            path: GenerationProxy(OpenAIGeneration(endpoint, router), **parts) for endpoint, path in GENERATION_PATHS
+        }
+        response_ids = ResponseIdMap(settings.responses.max_ids, settings.responses.ttl_s)
+        self.responses = GenerationProxy(ResponsesGeneration(response_ids, router), **parts)
+        self.retrieval = ResponseRetrieval(
+            response_ids,
+            config=config,
+            backends=self.backends,
+            board=self.board,
+            keyring=self.keyring,
+            metrics=self.metrics,
         )
         # The Batch API sends each line through the generation proxies, in process.
         self.batches = BatchService(
@@ -183,7 +191,7 @@ class Gateway:
         for path, proxy in self.proxies.items():
             app.add_generation_route(path, proxy)
         app.add_generation_route(RESPONSES_PATH, self.responses)
-        add_responses_routes(app, self.responses)
+        add_responses_routes(app, self.retrieval)
         app.include_router(batch_routes(self.batches, self.keyring))
         app.include_router(admin_routes(self.key_admin, self.ledger, self.require_admin))
         app.include_router(status_routes(self.status, self.require_admin))
