@@ -1,12 +1,14 @@
-"""The gateway's FastAPI application: `create_app(config, backends)`.
+"""The gateway: `Gateway(config, backends)` builds its parts once and wires them to each other;
+`create_app(config, backends)` is its ASGI app.
 
-Routes: POST /v1/chat/completions and /v1/completions (gateway.proxy), POST /v1/responses, GET
-/v1/responses/{id} and POST /v1/responses/{id}/cancel (gateway.responses), the service routes
-(/health, /ready, /v1/models, tokenize, /metrics: gateway.service_api), the routing admin routes
-(GET, PUT and PATCH /admin/routing: gateway.routing_api), the key and usage admin routes
-(gateway.admin_api), the Batch and Files API (gateway.batches.routes), GET /status and
-/admin/status (gateway.status). Every error, the framework's own 404, 405
-and validation errors included, is answered in the OpenAI envelope (gateway.errors).
+Routes, each from its own module, attached by Gateway.asgi_app: POST /v1/chat/completions and
+/v1/completions (gateway.proxy), POST /v1/responses, GET /v1/responses/{id} and POST
+/v1/responses/{id}/cancel (gateway.responses), the service routes (/health, /ready, /v1/models,
+tokenize, /metrics: gateway.service_api), the routing admin routes (GET, PUT and PATCH
+/admin/routing: gateway.routing_api), the key and usage admin routes (gateway.admin_api), the Batch
+and Files API (gateway.batches.routes), GET /status and /admin/status (gateway.status). Every error,
+the framework's own 404, 405 and validation errors included, is answered in the OpenAI envelope
+(gateway.asgi).
 """
 
 from __future__ import annotations
@@ -17,16 +19,13 @@ import logging
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Route
 
 from gateway.admin_api import admin_routes
 from gateway.admission import ClassGate
+from gateway.asgi import GatewayApp, RequestIdMiddleware, answer_errors_in_the_envelope
 from gateway.auth import KeyRing, exposure_warning, is_loopback
 from gateway.backends.base import Backend
 from gateway.backends.http import HttpBackend
@@ -36,15 +35,13 @@ from gateway.batches.routes import batch_routes
 from gateway.batches.service import BatchService
 from gateway.config import GatewayConfig, ReplicaEndpoint, TrafficClass
 from gateway.engines import engine_adapter
-from gateway.errors import GatewayError, error_body, internal_error
 from gateway.freezing import EngineFreezer
 from gateway.key_admin import KeyAdmin
 from gateway.load import LoadBoard
 from gateway.metrics import GatewayMetrics, LiveState
-from gateway.policy import Endpoint
-from gateway.proxy import GenerationProxy, Receive, Scope, Send, new_request_id
+from gateway.proxy import GenerationProxy, OpenAIGeneration
 from gateway.response_ids import ResponseIdMap
-from gateway.responses import RESPONSES_PATH, ResponsesProxy, add_responses_routes
+from gateway.responses import RESPONSES_PATH, ResponseRetrieval, ResponsesGeneration, add_responses_routes
 from gateway.router import Router
 from gateway.routing_api import routing_routes
 from gateway.service_api import service_routes
@@ -56,50 +53,10 @@ from gateway.yielding import BatchYielding
 
 log = logging.getLogger("tandem.gateway")
 
-
-class GatewayApp(FastAPI):
-    """FastAPI, except that the generation endpoints are dispatched before the framework's
-    middleware: the proxies do their own request ids and error envelopes, and the four middleware
-    layers and the route scan cost about 15% of the gateway's CPU per request (docs/benchmarks.md).
-    The routes stay in the route table too, so other methods on those paths still get a 405."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._generation: dict[str, GenerationProxy] = {}
-
-    def add_generation_route(self, path: str, proxy: GenerationProxy) -> None:
-        self.router.routes.append(Route(path, proxy, methods=["POST"]))
-        self._generation[path] = proxy
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            proxy = self._generation.get(scope["path"])
-            if proxy is not None:
-                await proxy(scope, receive, send)
-                return
-        await super().__call__(scope, receive, send)
-
-
-class _RequestId:
-    """Pure ASGI middleware: every other response carries X-Request-Id too (the client's, or a new one)."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request_id = new_request_id(scope["headers"])
-        scope.setdefault("state", {})["request_id"] = request_id
-        header = (b"x-request-id", request_id.encode("latin-1"))
-
-        async def send_with_id(message: dict[str, Any]) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), header]
-            await send(message)
-
-        await self.app(scope, receive, send_with_id)
+GENERATION_PATHS: tuple[tuple[Literal["chat", "completions"], str], ...] = (
+    ("chat", "/v1/chat/completions"),
+    ("completions", "/v1/completions"),
+)
 
 
 def http_backends(
@@ -140,148 +97,152 @@ def open_state_store(data_dir: Path) -> StateStore:
         ) from None
 
 
-def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
-    return Response(error_body(status, message), status_code=status, media_type="application/json", headers=headers)
+class Gateway:
+    """The gateway's parts for one config, built once and wired to each other: the load board
+    and router, the class gates and batch yielding, the engine freezer, keys and usage, metrics,
+    the proxies, the Batch API and the status page. A routing settings switch (the router's
+    update) reaches every part that reads the settings in force through Router.on_update."""
 
+    def __init__(self, config: GatewayConfig, backends: Mapping[str, Backend] | None = None) -> None:
+        """Without `backends`, HTTP backends are built from the replicas' base URLs."""
+        self.config = config
+        self.backends = dict(backends) if backends is not None else http_backends(config)
+        unknown = set(self.backends) ^ {r.name for r in config.replicas}
+        if unknown:
+            raise ValueError(f"backends and config.replicas name different replicas: {sorted(unknown)}")
+        settings = config.settings
+        self.board = LoadBoard(config.replicas, settings.limits.load_probe_misses)
+        self.router = router = Router(settings.routing, self.board)
+        self.yielding = yielding = BatchYielding(lambda: router.settings)
+        self.gates: dict[TrafficClass, ClassGate] = {
+            "interactive": ClassGate(
+                "interactive", lambda: router.settings.limits["interactive"], on_change=yielding.update
+            ),
+            "batch": ClassGate("batch", yielding.batch_limits),
+        }
+        yielding.watch(self.gates["interactive"], self.gates["batch"])
+        self.keyring = KeyRing.from_settings(settings.auth)
+        self.key_admin = KeyAdmin(self.keyring)
+        self.ledger = UsageLedger()
+        self.metrics = GatewayMetrics(
+            LiveState(self.board, self.gates, lambda: router.spilling, lambda: yielding.holding),
+            per_key=settings.auth.per_key_metrics,
+            model=config.model,
+        )
+        self.freezer = EngineFreezer(
+            config.replicas, self.backends, self.board, lambda: router.settings, self.metrics.registry
+        )
+        router.on_update(yielding.update)
+        router.on_update(self.freezer.update)
+        for gate in self.gates.values():
+            router.on_update(gate.grant)
+        # What every proxy forwards with: one set of parts, shared by the generation and Responses routes.
+        parts: dict[str, Any] = {
+            "config": config,
+            "backends": self.backends,
+            "router": router,
+            "gates": self.gates,
+            "keyring": self.keyring,
+            "metrics": self.metrics,
+            "ledger": self.ledger,
+        }
+        self.proxies = {
+            path: GenerationProxy(OpenAIGeneration(endpoint, router), **parts) for endpoint, path in GENERATION_PATHS
+        }
+        response_ids = ResponseIdMap(settings.responses.max_ids, settings.responses.ttl_s)
+        self.responses = GenerationProxy(ResponsesGeneration(response_ids, router), **parts)
+        self.retrieval = ResponseRetrieval(
+            response_ids,
+            config=config,
+            backends=self.backends,
+            board=self.board,
+            keyring=self.keyring,
+            metrics=self.metrics,
+        )
+        # The Batch API sends each line through the generation proxies, in process.
+        self.batches = BatchService(
+            settings.batches,
+            InProcessDispatch(self.proxies),
+            config.served_names,
+            self.keyring.client_named,
+            self.metrics,
+        )
+        self.status = StatusSource(
+            model=config.model,
+            board=self.board,
+            gates=self.gates,
+            frozen=lambda: self.freezer.frozen,
+            spilling=lambda: router.spilling,
+            batch_held=lambda: yielding.holding,
+            recent=self.metrics.recent,
+            ledger=self.ledger,
+        )
 
-def create_app(config: GatewayConfig, backends: Mapping[str, Backend] | None = None) -> GatewayApp:
-    """The gateway for `config`. Without `backends`, HTTP backends are built from the replicas'
-    base URLs. The app's lifespan starts the backends and the load poller and stops them again."""
-    backends = dict(backends) if backends is not None else http_backends(config)
-    unknown = set(backends) ^ {r.name for r in config.replicas}
-    if unknown:
-        raise ValueError(f"backends and config.replicas name different replicas: {sorted(unknown)}")
-    settings = config.settings
-    board = LoadBoard(config.replicas, settings.limits.load_probe_misses)
-    router = Router(settings.routing, board)
-    yielding = BatchYielding(lambda: router.settings)
-    gates: dict[TrafficClass, ClassGate] = {
-        "interactive": ClassGate(
-            "interactive", lambda: router.settings.limits["interactive"], on_change=yielding.update
-        ),
-        "batch": ClassGate("batch", yielding.batch_limits),
-    }
-    yielding.watch(gates["interactive"], gates["batch"])
-    keyring = KeyRing.from_settings(settings.auth)
-    key_admin = KeyAdmin(keyring)
-    ledger = UsageLedger()
-    metrics = GatewayMetrics(
-        LiveState(board, gates, lambda: router.spilling, lambda: yielding.holding),
-        per_key=settings.auth.per_key_metrics,
-        model=config.model,
-    )
-    freezer = EngineFreezer(config.replicas, backends, board, lambda: router.settings, metrics.registry)
-    # A settings switch (PUT /admin/routing) reaches every part that reads the settings in force.
-    router.on_update(yielding.update)
-    router.on_update(freezer.update)
-    for gate in gates.values():
-        router.on_update(gate.grant)
-    batch_proxies: dict[str, GenerationProxy] = {}  # filled below: the Batch API sends its lines through them
-    batches = BatchService(
-        settings.batches, InProcessDispatch(batch_proxies), config.served_names, keyring.client_named, metrics
-    )
+    def require_admin(self, request: Request) -> None:
+        """Admin routes: the admin key, or a loopback peer where no key is configured (gateway.auth)."""
+        peer = request.client.host if request.client is not None else None
+        self.keyring.authorize_admin(request.headers.get("authorization"), peer)
+
+    def asgi_app(self) -> GatewayApp:
+        """The app serving this gateway: every route attached, errors in the OpenAI envelope, and a
+        lifespan that starts and stops the parts (`running`). Call once: an app runs its parts."""
+        app = GatewayApp(title="Tandem gateway", lifespan=self.running, docs_url=None, redoc_url=None, openapi_url=None)
+        app.state.gateway = self
+        for path, proxy in self.proxies.items():
+            app.add_generation_route(path, proxy)
+        app.add_generation_route(RESPONSES_PATH, self.responses)
+        add_responses_routes(app, self.retrieval)
+        app.include_router(batch_routes(self.batches, self.keyring))
+        app.include_router(admin_routes(self.key_admin, self.ledger, self.require_admin))
+        app.include_router(status_routes(self.status, self.require_admin))
+        app.include_router(service_routes(self.config, self.backends, self.board, self.keyring, self.metrics))
+        app.include_router(routing_routes(self.router, self.require_admin))
+        answer_errors_in_the_envelope(app)
+        app.add_middleware(RequestIdMiddleware)
+        return app
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def running(self, app: FastAPI) -> AsyncIterator[None]:
+        """The app's lifespan: the keys and usage store, the backends, the load poller, the
+        freezer and the Batch API run while the app serves, and stop in the reverse order."""
+        settings = self.config.settings
         try:
-            store = open_state_store(batches.data_dir)
+            store = open_state_store(self.batches.data_dir)
         except RuntimeError as exc:
             app.state.startup_error = exc  # uvicorn only logs it; gateway.server reports it
             raise
-        key_admin.load(store)
-        ledger.start(store)
-        for backend in backends.values():
+        self.key_admin.load(store)
+        self.ledger.start(store)
+        for backend in self.backends.values():
             await backend.start()
-        await board.poll_once(backends)
-        await freezer.start()
-        poller = asyncio.create_task(board.poll_forever(backends, settings.limits.load_poll_interval_s))
-        log.info("gateway for %s: replicas %s, policy %s", config.model, sorted(backends), router.settings.policy)
-        if not keyring.enabled and not is_loopback(settings.host):
+        await self.board.poll_once(self.backends)
+        await self.freezer.start()
+        poller = asyncio.create_task(self.board.poll_forever(self.backends, settings.limits.load_poll_interval_s))
+        log.info(
+            "gateway for %s: replicas %s, policy %s",
+            self.config.model,
+            sorted(self.backends),
+            self.router.settings.policy,
+        )
+        if not self.keyring.enabled and not is_loopback(settings.host):
             log.warning("%s", exposure_warning(settings))
-        await batches.start()
+        await self.batches.start()
         try:
             yield
         finally:
-            await batches.stop()
-            await freezer.stop()
+            await self.batches.stop()
+            await self.freezer.stop()
             poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
-            for backend in backends.values():
+            for backend in self.backends.values():
                 await backend.close()
-            await ledger.stop()
+            await self.ledger.stop()
             store.close()
 
-    app = GatewayApp(title="Tandem gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.router = router
-    app.state.metrics = metrics
-    app.state.board = board
-    generation: tuple[tuple[Endpoint, str], ...] = (
-        ("chat", "/v1/chat/completions"),
-        ("completions", "/v1/completions"),
-    )
-    # What every proxy forwards with: one set of parts, shared by the generation and Responses routes.
-    parts: dict[str, Any] = {
-        "config": config,
-        "backends": backends,
-        "router": router,
-        "gates": gates,
-        "keyring": keyring,
-        "metrics": metrics,
-        "ledger": ledger,
-    }
-    for endpoint, path in generation:
-        proxy = GenerationProxy(endpoint, **parts)
-        app.add_generation_route(path, proxy)
-        batch_proxies[path] = proxy
-    responses = ResponsesProxy(ids=ResponseIdMap(settings.responses.max_ids, settings.responses.ttl_s), **parts)
-    app.add_generation_route(RESPONSES_PATH, responses)
-    add_responses_routes(app, responses)
-    app.include_router(batch_routes(batches, keyring))
 
-    def require_admin(request: Request) -> None:
-        peer = request.client.host if request.client is not None else None
-        keyring.authorize_admin(request.headers.get("authorization"), peer)
-
-    app.include_router(admin_routes(key_admin, ledger, require_admin))
-    status = StatusSource(
-        model=config.model,
-        board=board,
-        gates=gates,
-        frozen=lambda: freezer.frozen,
-        spilling=lambda: router.spilling,
-        batch_held=lambda: yielding.holding,
-        recent=metrics.recent,
-        ledger=ledger,
-    )
-    app.include_router(status_routes(status, require_admin))
-
-    app.include_router(service_routes(config, backends, board, keyring, metrics))
-    app.include_router(routing_routes(router, require_admin))
-
-    @app.exception_handler(GatewayError)
-    async def gateway_error(request: Request, exc: GatewayError) -> Response:
-        # exc.body(): the error's own param and type (e.g. the Responses API's 404) are kept.
-        return Response(exc.body(), status_code=exc.status, media_type="application/json", headers=exc.headers)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        message = {
-            404: f"no route {request.url.path}",
-            405: f"method {request.method} not allowed on {request.url.path}",
-        }
-        return _error(exc.status_code, message.get(exc.status_code, str(exc.detail)), exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> Response:
-        return _error(400, str(exc.errors()[0].get("msg", "invalid request")))
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("request %s failed inside the gateway", request.scope.get("state", {}).get("request_id"))
-        request_id = request.scope.get("state", {}).get("request_id", "")
-        error = internal_error(exc)
-        return _error(error.status, error.message, {"X-Request-Id": request_id})
-
-    app.add_middleware(_RequestId)
-    return app
+def create_app(config: GatewayConfig, backends: Mapping[str, Backend] | None = None) -> GatewayApp:
+    """The gateway for `config`, as an ASGI app (Gateway's). Without `backends`, HTTP backends are
+    built from the replicas' base URLs. The app's lifespan starts the backends and the load poller
+    and stops them again."""
+    return Gateway(config, backends).asgi_app()

@@ -9,7 +9,7 @@ class, then the request's shape against the thresholds in RoutingSettings.
 from __future__ import annotations
 
 from gateway.config import RoutingSettings, TrafficClass
-from gateway.policy import RequestFeatures
+from gateway.policy_base import RequestFeatures
 
 CLASS_HEADER = "x-tandem-class"
 """The request header naming a request's class (the gateway reads it; tuner bench sends it), and the

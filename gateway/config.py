@@ -14,22 +14,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from gateway.batch_settings import BatchSettings
+from gateway.policies import policy_modules
 
 TrafficClass = Literal["interactive", "batch"]
 LogFormat = Literal["text", "json"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 TRAFFIC_CLASSES: tuple[TrafficClass, ...] = ("interactive", "batch")
-# The routing policies' names, so a config is checked without importing the policies (gateway.policy
-# imports this module; it checks that its POLICIES table has exactly these names).
-POLICY_NAMES: tuple[str, ...] = (
-    "class-aware",
-    "conversation-affinity",
-    "all-interactive",
-    "all-batch",
-    "round-robin",
-    "least-busy",
-    "power-of-two",
-)
 
 
 class ClassLimits(BaseModel):
@@ -87,7 +77,9 @@ class RoutingSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    policy: str = Field("class-aware", description="Routing policy name (see gateway.policy.POLICIES).")
+    policy: str = Field(
+        "class-aware", description="Routing policy name: a module of gateway/policies/ (gateway.policy.POLICIES)."
+    )
     interactive_max_tokens: int = Field(
         1024, ge=1, description="A streamed single-choice chat asking for at most this many tokens is interactive."
     )
@@ -148,8 +140,9 @@ class RoutingSettings(BaseModel):
 
     @model_validator(mode="after")
     def _policy_is_known(self) -> RoutingSettings:
-        if self.policy not in POLICY_NAMES:
-            raise ValueError(f"unknown routing policy {self.policy!r}; choose one of {sorted(POLICY_NAMES)}")
+        known = policy_modules()
+        if self.policy not in known:
+            raise ValueError(f"unknown routing policy {self.policy!r}; choose one of {sorted(known)}")
         return self
 
     @model_validator(mode="after")

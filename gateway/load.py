@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from gateway.backends.base import Backend
 from gateway.config import ReplicaEndpoint, TrafficClass
 from gateway.engines import engine_adapter
-from gateway.policy import ReplicaLoad
+from gateway.policy_base import ReplicaLoad
 
 log = logging.getLogger("tandem.gateway")
 

@@ -15,7 +15,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
 from gateway.errors import VALIDATION_ERROR_TYPE, GatewayError, invalid_field
-from gateway.policy import Endpoint, RequestFeatures
+from gateway.policy_base import Endpoint, RequestFeatures
 
 
 class StreamOptions(BaseModel):

@@ -23,7 +23,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import orjson
 
@@ -43,7 +43,8 @@ from gateway.deadlines import DEADLINE_STATUS, DeadlineExceeded, DeadlineKind, D
 from gateway.errors import GatewayError, error_body, internal_error
 from gateway.logs import REQUEST_LOGGER
 from gateway.metrics import GatewayMetrics
-from gateway.policy import Endpoint, RequestFeatures, Route
+from gateway.policy import Route
+from gateway.policy_base import Endpoint, RequestFeatures
 from gateway.protocol import features_of, parse_view
 from gateway.router import Router
 from gateway.usage import UsageLedger
@@ -98,14 +99,14 @@ def upstream_request_id(request_id: str, headers: list[tuple[bytes, bytes]]) -> 
 
 
 @dataclass(frozen=True, slots=True)
-class _ModelRewrite:
+class ModelRewrite:
     """Puts the public model name back into a replica's answer, byte for byte otherwise."""
 
     pattern: re.Pattern[bytes] | None
     replacement: bytes
 
     @classmethod
-    def for_replica(cls, replica: ReplicaEndpoint, public: str) -> _ModelRewrite:
+    def for_replica(cls, replica: ReplicaEndpoint, public: str) -> ModelRewrite:
         if replica.model == public:
             return cls(None, b"")
         upstream = re.escape(orjson.dumps(replica.model))
@@ -115,9 +116,106 @@ class _ModelRewrite:
         return data if self.pattern is None else self.pattern.sub(self.replacement, data)
 
 
+def model_rewrites(config: GatewayConfig) -> dict[str, ModelRewrite]:
+    """Each replica's rewrite of its answers to the public model name."""
+    return {r.name: ModelRewrite.for_replica(r, config.model) for r in config.replicas}
+
+
+UsageSink = Callable[[Mapping[str, Any]], None]
+"""Takes a replica's token counts for the request (chat/completions names)."""
+
+
+class EndpointStrategy(Protocol):
+    """What differs between the generation endpoints; GenerationProxy does the rest (keys, body,
+    classification, admission, deadlines, sending, relaying, accounting) the same for each."""
+
+    @property
+    def endpoint(self) -> Endpoint: ...
+
+    @property
+    def tokens_field(self) -> str:
+        """The body field max_tokens_cap refuses a request by."""
+        ...
+
+    def route(
+        self, body: dict[str, Any], features: RequestFeatures, traffic_class: TrafficClass, exclude: frozenset[str]
+    ) -> Route:
+        """The replica for this request (never one in `exclude`, which failed it already)."""
+        ...
+
+    def payload(self, body: dict[str, Any], model: str, decision: Route, stream: bool) -> dict[str, Any]:
+        """The body sent to the routed replica, which serves the model as `model`."""
+        ...
+
+    def whole_answer(self, data: bytes, replica: str, usage: UsageSink) -> None:
+        """A whole 200 answer from `replica`: its usage handed to `usage`."""
+        ...
+
+    def events(self, chunk: bytes, replica: str, keep_usage: bool, usage: UsageSink) -> bytes:
+        """Stream events holding usage: their usage handed to `usage`; the bytes to relay."""
+        ...
+
+
+def routed_payload(body: dict[str, Any], model: str, decision: Route) -> dict[str, Any]:
+    """The client's body for the replica: its model name and the class priority routing chose."""
+    payload = body | {"model": model}
+    if decision.priority is not None:
+        payload["priority"] = decision.priority
+    return payload
+
+
+@dataclass(frozen=True, slots=True)
+class OpenAIGeneration:
+    """/v1/chat/completions and /v1/completions: routed by the policy; a stream asks the replica
+    for usage, and the usage-only event is dropped again for a client that did not ask for it."""
+
+    endpoint: Literal["chat", "completions"]
+    router: Router
+    tokens_field: str = "max_tokens"
+
+    def route(
+        self, body: dict[str, Any], features: RequestFeatures, traffic_class: TrafficClass, exclude: frozenset[str]
+    ) -> Route:
+        return self.router.route(features, traffic_class, exclude=exclude)
+
+    def payload(self, body: dict[str, Any], model: str, decision: Route, stream: bool) -> dict[str, Any]:
+        payload = routed_payload(body, model, decision)
+        if stream:
+            payload["stream_options"] = (body.get("stream_options") or {}) | {"include_usage": True}
+        return payload
+
+    def whole_answer(self, data: bytes, replica: str, usage: UsageSink) -> None:
+        try:
+            counts = orjson.loads(data).get("usage")
+        except (orjson.JSONDecodeError, AttributeError):
+            return
+        if isinstance(counts, dict):
+            usage(counts)
+
+    def events(self, chunk: bytes, replica: str, keep_usage: bool, usage: UsageSink) -> bytes:
+        """Count the usage event's tokens; drop the event unless the client asked for usage."""
+        kept: list[bytes] = []
+        for event in chunk.split(b"\n\n"):
+            if not event:
+                continue
+            usage_only = False
+            if _USAGE in event and event.startswith(b"data: {"):
+                try:
+                    payload = orjson.loads(event[6:])
+                except orjson.JSONDecodeError:
+                    payload = None
+                if isinstance(payload, dict) and isinstance(payload.get("usage"), dict):
+                    usage(payload["usage"])
+                    usage_only = not payload.get("choices")
+            if keep_usage or not usage_only:
+                kept.append(event + b"\n\n")
+        return b"".join(kept)
+
+
 @dataclass(slots=True)
 class _Exchange:
-    """What is known about one request as it goes through."""
+    """What is known about one request as it goes through, for its accounting: a request can end
+    before it has a client (an unknown key) or a class (a bad body), so those start as None."""
 
     endpoint: Endpoint
     request_id: str  # the client's (response header, logs)
@@ -126,7 +224,6 @@ class _Exchange:
     traffic_class: TrafficClass | None = None
     replica: str = "-"
     status: int = 0
-    deadlines: Deadlines | None = None  # set once the request has a class
     responding: bool = False  # response headers sent: errors can no longer be an HTTP status
     finished: bool = False  # last byte handed to the server: a disconnect now is the normal end
     upstream_id: str = ""  # what the replica is sent: unique (upstream_request_id)
@@ -134,6 +231,16 @@ class _Exchange:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     ttft_s: float | None = None  # streams: request received to first event sent
+
+
+@dataclass(frozen=True, slots=True)
+class _Classified:
+    """A request past its key and its classification: what forwarding and relaying read."""
+
+    exchange: _Exchange
+    client: Client
+    traffic_class: TrafficClass
+    deadlines: Deadlines
 
 
 def upstream_failure(replica: str, exc: UpstreamLost | UpstreamTimeout) -> GatewayError:
@@ -150,13 +257,11 @@ def _every_replica_failed(last: str) -> GatewayError:
 
 
 class GenerationProxy:
-    """ASGI app for one generation endpoint."""
-
-    tokens_field = "max_tokens"  # the field named when max_tokens_cap refuses a request
+    """ASGI app for one generation endpoint, whose own parts are its strategy's."""
 
     def __init__(
         self,
-        endpoint: Endpoint,
+        strategy: EndpointStrategy,
         *,
         config: GatewayConfig,
         backends: Mapping[str, Backend],
@@ -166,13 +271,14 @@ class GenerationProxy:
         metrics: GatewayMetrics,
         ledger: UsageLedger,
     ) -> None:
-        self.endpoint = endpoint
+        self.strategy = strategy
+        self.endpoint = strategy.endpoint
         self._public_model = config.model
         self._limits = config.settings.limits
         self._served_names = config.served_names
         self._backends = backends
         self._replicas = {r.name: r for r in config.replicas}
-        self._rewrites = {r.name: _ModelRewrite.for_replica(r, config.model) for r in config.replicas}
+        self._rewrites = model_rewrites(config)
         self._router = router
         self._gates = gates
         self._keyring = keyring
@@ -181,7 +287,7 @@ class GenerationProxy:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one request. The app calls this ahead of the framework's middleware (see
-        gateway.app), so it answers every failure itself, in the OpenAI envelope."""
+        gateway.asgi), so it answers every failure itself, in the OpenAI envelope."""
         headers = scope["headers"]
         request_id = new_request_id(headers)
         exchange = _Exchange(
@@ -203,7 +309,7 @@ class GenerationProxy:
                         408, f"the request body did not arrive within {self._limits.body_timeout_s:g} s"
                     ) from None
                 watcher = asyncio.create_task(self._watch_disconnect(receive, task, exchange))
-                await self._handle(exchange, headers, body, send)
+                await self._handle(exchange, client, headers, body, send)
         except GatewayError as exc:
             if exchange.responding:
                 raise
@@ -252,7 +358,9 @@ class GenerationProxy:
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
-    async def _handle(self, exchange: _Exchange, headers: list[tuple[bytes, bytes]], raw: bytes, send: Send) -> None:
+    async def _handle(
+        self, exchange: _Exchange, client: Client, headers: list[tuple[bytes, bytes]], raw: bytes, send: Send
+    ) -> None:
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -264,28 +372,27 @@ class GenerationProxy:
         features = features_of(self.endpoint, view, conversation=self._router.follows_conversations)
         cap = self._limits.max_tokens_cap
         if cap is not None and features.max_tokens is not None and features.max_tokens > cap:
-            field = self.tokens_field
+            field = self.strategy.tokens_field
             raise GatewayError(400, f"{field} {features.max_tokens} is over this gateway's cap of {cap}", param=field)
-        client = exchange.client
-        assert client is not None
         exchange.traffic_class = traffic_class = classify(
             features, self._router.settings, _requested_class(headers), client.default_class
         )
         wants_usage = bool(view.stream_options and view.stream_options.include_usage)
-        exchange.deadlines = Deadlines.start(
+        deadlines = Deadlines.start(
             self._router.settings.limits[traffic_class],
             self._limits.stream_idle_timeout_s,
             elapsed_s=time.perf_counter() - exchange.started,
         )
+        request = _Classified(exchange, client, traffic_class, deadlines)
         queued_at = time.perf_counter()
         async with self._gates[traffic_class].slot():
             queue_wait = time.perf_counter() - queued_at
             self._metrics.queue_wait(traffic_class).observe(queue_wait)
-            await self._forward(exchange, features, body, wants_usage, queue_wait, send)
+            await self._forward(request, features, body, wants_usage, queue_wait, send)
 
     async def _forward(
         self,
-        exchange: _Exchange,
+        request: _Classified,
         features: RequestFeatures,
         body: dict[str, Any],
         wants_usage: bool,
@@ -294,14 +401,12 @@ class GenerationProxy:
     ) -> None:
         """Send to the routed replica. One that cannot have started the work (no connection) is
         skipped for another, once; one that took the request and failed is never sent it again."""
-        traffic_class = exchange.traffic_class
-        deadlines = exchange.deadlines
-        assert traffic_class is not None and deadlines is not None
+        exchange, traffic_class, deadlines = request.exchange, request.traffic_class, request.deadlines
         failed: frozenset[str] = frozenset()
         last_failure = ""
         while True:
             try:
-                decision = self._route(body, features, traffic_class, failed)
+                decision = self.strategy.route(body, features, traffic_class, failed)
             except GatewayError as exc:
                 if failed:
                     raise _every_replica_failed(last_failure) from None
@@ -309,7 +414,7 @@ class GenerationProxy:
                     continue
                 raise
             exchange.replica = decision.replica
-            payload = self._payload(body, decision, features.stream)
+            payload = self.strategy.payload(body, self._replicas[decision.replica].model, decision, features.stream)
             board = self._router.board
             with board.tracking(decision.replica, traffic_class):
                 self._metrics.overhead(traffic_class, decision.replica).observe(
@@ -338,9 +443,9 @@ class GenerationProxy:
                     log.warning("request %s: replica %s: %s", exchange.request_id, decision.replica, exc)
                     raise upstream_failure(decision.replica, exc) from None
                 except TimeoutError:
-                    raise self._deadline_error(exchange, first_kind) from None
+                    raise self._deadline_error(request, first_kind) from None
                 try:
-                    await self._relay(exchange, upstream, wants_usage, send, (first_at, first_kind))
+                    await self._relay(request, upstream, wants_usage, send, (first_at, first_kind))
                 finally:
                     await upstream.aclose()
             return
@@ -357,26 +462,10 @@ class GenerationProxy:
         deadline_at = min(asyncio.get_running_loop().time() + wait_s, deadlines.total_at)
         return await self._router.board.wait_for_a_replica(deadline_at)
 
-    def _deadline_error(self, exchange: _Exchange, kind: DeadlineKind) -> GatewayError:
+    def _deadline_error(self, request: _Classified, kind: DeadlineKind) -> GatewayError:
         """Count a deadline that fired before the answer's headers went out, as the error to send."""
-        assert exchange.deadlines is not None
-        self._metrics.deadlines(exchange.traffic_class or "-", kind).inc()
-        return GatewayError(DEADLINE_STATUS, str(exchange.deadlines.exceeded(kind, exchange.replica)))
-
-    def _route(
-        self, body: dict[str, Any], features: RequestFeatures, traffic_class: TrafficClass, exclude: frozenset[str]
-    ) -> Route:
-        """The replica for this request, by the routing policy (a hook: gateway.responses sends a
-        follow-up to the replica that holds its state instead)."""
-        return self._router.route(features, traffic_class, exclude=exclude)
-
-    def _payload(self, body: dict[str, Any], decision: Route, stream: bool) -> dict[str, Any]:
-        payload = body | {"model": self._replicas[decision.replica].model}
-        if decision.priority is not None:
-            payload["priority"] = decision.priority
-        if stream:
-            payload["stream_options"] = (body.get("stream_options") or {}) | {"include_usage": True}
-        return payload
+        self._metrics.deadlines(request.traffic_class, kind).inc()
+        return GatewayError(DEADLINE_STATUS, str(request.deadlines.exceeded(kind, request.exchange.replica)))
 
     def _response_headers(self, exchange: _Exchange) -> list[tuple[bytes, bytes]]:
         return [
@@ -387,7 +476,7 @@ class GenerationProxy:
 
     async def _relay(
         self,
-        exchange: _Exchange,
+        request: _Classified,
         upstream: UpstreamResponse,
         wants_usage: bool,
         send: Send,
@@ -395,30 +484,27 @@ class GenerationProxy:
     ) -> None:
         """Relay the answer, within the deadlines: `first` bounds a stream's first event, the idle
         timeout each later one, the total deadline everything (sends to a slow client included)."""
-        deadlines = exchange.deadlines
-        assert deadlines is not None  # set when the exchange is routed, before any upstream read
-        exchange.status = upstream.status
+        request.exchange.status = upstream.status
         if upstream.streaming:
-            await self._relay_stream(exchange, deadlines, upstream, wants_usage, send, first)
+            await self._relay_stream(request, upstream, wants_usage, send, first)
         else:
-            await self._relay_whole(exchange, deadlines, upstream, send)
+            await self._relay_whole(request, upstream, send)
 
-    async def _relay_whole(
-        self, exchange: _Exchange, deadlines: Deadlines, upstream: UpstreamResponse, send: Send
-    ) -> None:
+    async def _relay_whole(self, request: _Classified, upstream: UpstreamResponse, send: Send) -> None:
         """A whole answer: read within the total deadline, usage counted, model name rewritten,
         then sent with its length."""
+        exchange = request.exchange
         rewrite = self._rewrites[exchange.replica]
         try:
-            async with asyncio.timeout_at(deadlines.total_at):
+            async with asyncio.timeout_at(request.deadlines.total_at):
                 data = await upstream.read()
         except TimeoutError:
-            raise self._deadline_error(exchange, "total") from None
+            raise self._deadline_error(request, "total") from None
         except UpstreamBroken as exc:
             log.warning("request %s: replica %s broke off: %s", exchange.request_id, exchange.replica, exc)
             raise GatewayError(502, f"replica {exchange.replica} ended the answer early") from None
         if upstream.status == 200:
-            self._count_usage(exchange, data)
+            self.strategy.whole_answer(data, exchange.replica, lambda usage: self._record_usage(request, usage))
             data = rewrite(data)
         else:
             self._metrics.errors(str(upstream.status), "upstream").inc()
@@ -430,8 +516,7 @@ class GenerationProxy:
 
     async def _relay_stream(
         self,
-        exchange: _Exchange,
-        deadlines: Deadlines,
+        request: _Classified,
         upstream: UpstreamResponse,
         wants_usage: bool,
         send: Send,
@@ -439,7 +524,12 @@ class GenerationProxy:
     ) -> None:
         """An event stream, event by event: each within its deadline, usage taken out unless the
         client asked for it, a broken or late stream ended with an error event."""
+        exchange, deadlines, traffic_class = request.exchange, request.deadlines, request.traffic_class
         rewrite = self._rewrites[exchange.replica]
+
+        def record_usage(usage: Mapping[str, Any]) -> None:
+            self._record_usage(request, usage)
+
         exchange.responding = True
         await send(
             {
@@ -463,7 +553,7 @@ class GenerationProxy:
                 except TimeoutError:
                     raise deadlines.exceeded(kind, exchange.replica) from None
                 if _USAGE in chunk:
-                    chunk = self._take_usage(exchange, chunk, keep=wants_usage)
+                    chunk = self.strategy.events(chunk, exchange.replica, wants_usage, record_usage)
                     if not chunk:
                         when, kind = deadlines.next_event()
                         continue
@@ -473,15 +563,15 @@ class GenerationProxy:
                 except TimeoutError:
                     # A client too slow to take the answer within the total deadline: stop here,
                     # since nothing more (an error event included) can reach it in time.
-                    self._metrics.deadlines(exchange.traffic_class or "-", "total").inc()
+                    self._metrics.deadlines(traffic_class, "total").inc()
                     exchange.status = DEADLINE_STATUS
                     return
                 sent_at = time.perf_counter()
                 if not started:
                     started = True
                     exchange.ttft_s = sent_at - exchange.started
-                    self._metrics.ttft(exchange.traffic_class or "-", exchange.replica).observe(exchange.ttft_s)
-                    inter_token = self._metrics.inter_token(exchange.traffic_class or "-", exchange.replica)
+                    self._metrics.ttft(traffic_class, exchange.replica).observe(exchange.ttft_s)
+                    inter_token = self._metrics.inter_token(traffic_class, exchange.replica)
                 else:
                     inter_token.observe(sent_at - last_sent_at)
                 last_sent_at = sent_at
@@ -492,7 +582,7 @@ class GenerationProxy:
             await self._send_stream_error(exchange, 502, f"replica {exchange.replica} ended the stream early", send)
         except DeadlineExceeded as exc:
             log.warning("request %s on replica %s: %s", exchange.request_id, exchange.replica, exc)
-            self._metrics.deadlines(exchange.traffic_class or "-", exc.kind).inc()
+            self._metrics.deadlines(traffic_class, exc.kind).inc()
             await self._send_stream_error(exchange, DEADLINE_STATUS, str(exc), send)
         exchange.finished = True
         await send({"type": "http.response.body", "body": b""})
@@ -504,41 +594,14 @@ class GenerationProxy:
         event = b"data: " + error_body(status, message) + b"\n\ndata: [DONE]\n\n"
         await send({"type": "http.response.body", "body": event, "more_body": True})
 
-    def _count_usage(self, exchange: _Exchange, data: bytes) -> None:
-        try:
-            usage = orjson.loads(data).get("usage")
-        except (orjson.JSONDecodeError, AttributeError):
-            return
-        if isinstance(usage, dict):
-            self._record_usage(exchange, usage)
-
-    def _record_usage(self, exchange: _Exchange, usage: Mapping[str, Any]) -> None:
+    def _record_usage(self, request: _Classified, usage: Mapping[str, Any]) -> None:
         """A replica's token counts for this request (chat/completions names): metrics now, the
         ledger and the key's token budget when the request ends (`_account`)."""
+        exchange = request.exchange
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
         exchange.prompt_tokens = prompt if isinstance(prompt, int) and prompt > 0 else 0
         exchange.completion_tokens = completion if isinstance(completion, int) and completion > 0 else 0
-        # client and class are set (auth, classification) before any upstream answer
-        self._metrics.count_usage(exchange.client.name, exchange.traffic_class, usage)  # type: ignore[union-attr, arg-type]
-
-    def _take_usage(self, exchange: _Exchange, chunk: bytes, *, keep: bool) -> bytes:
-        """Count the usage event's tokens; drop the event unless the client asked for usage."""
-        kept: list[bytes] = []
-        for event in chunk.split(b"\n\n"):
-            if not event:
-                continue
-            usage_only = False
-            if _USAGE in event and event.startswith(b"data: {"):
-                try:
-                    payload = orjson.loads(event[6:])
-                except orjson.JSONDecodeError:
-                    payload = None
-                if isinstance(payload, dict) and isinstance(payload.get("usage"), dict):
-                    self._record_usage(exchange, payload["usage"])
-                    usage_only = not payload.get("choices")
-            if keep or not usage_only:
-                kept.append(event + b"\n\n")
-        return b"".join(kept)
+        self._metrics.count_usage(request.client.name, request.traffic_class, usage)
 
     async def _send_error(self, exchange: _Exchange, exc: GatewayError, send: Send) -> None:
         exchange.status = exc.status

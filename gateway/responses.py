@@ -1,9 +1,10 @@
 """The Responses API through the gateway: POST /v1/responses, GET /v1/responses/{id} and
 POST /v1/responses/{id}/cancel.
 
-Creating a response is a generation like a chat completion and goes the same way (gateway.proxy:
-key limits, classification on `max_output_tokens` and `stream`, class admission, routing,
-disconnect abort, model-name rewrite, error envelope), with three differences:
+Creating a response is a generation like a chat completion and goes through the same proxy
+(gateway.proxy.GenerationProxy: key limits, classification on `max_output_tokens` and `stream`,
+class admission, routing, disconnect abort, model-name rewrite, error envelope) with its own
+strategy, ResponsesGeneration, for three differences:
 
 - the event stream (`event: response.created` ... `response.completed`) always carries usage, in
   the final response object as input/output tokens, so nothing is added to the request for it;
@@ -12,28 +13,41 @@ disconnect abort, model-name rewrite, error envelope), with three differences:
 - a request naming `previous_response_id` goes to the replica that holds that response, whatever
   the routing policy prefers; an id the gateway does not know is answered with vLLM's own 404.
 
-Retrieval and cancel carry no body to classify: they are sent to the replica holding the id and
-its answer is relayed (as an event stream for `?stream=true` on a background response).
+Retrieval and cancel (ResponseRetrieval) carry no body to classify: they are sent to the replica
+holding the id and its answer is relayed (as an event stream for `?stream=true` on a background response).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
 from urllib.parse import quote
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 
-from gateway.backends.base import UpstreamBroken, UpstreamLost, UpstreamResponse, UpstreamTimeout, UpstreamUnavailable
-from gateway.config import TrafficClass
+from gateway.auth import KeyRing
+from gateway.backends.base import (
+    Backend,
+    UpstreamBroken,
+    UpstreamLost,
+    UpstreamResponse,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from gateway.config import GatewayConfig, TrafficClass
 from gateway.errors import GatewayError, error_body
-from gateway.policy import Reject, RequestFeatures, Route, route_to
-from gateway.proxy import GenerationProxy, _Exchange, new_request_id, upstream_failure
+from gateway.load import LoadBoard
+from gateway.metrics import GatewayMetrics
+from gateway.policy import Reject, Route, route_to
+from gateway.policy_base import RequestFeatures
+from gateway.proxy import UsageSink, model_rewrites, new_request_id, routed_payload, upstream_failure
 from gateway.response_ids import ResponseIdMap
+from gateway.router import Router
 
 log = logging.getLogger("tandem.gateway")
 
@@ -54,48 +68,46 @@ def responses_usage(usage: dict[str, Any]) -> dict[str, Any]:
     return {"prompt_tokens": usage.get("input_tokens"), "completion_tokens": usage.get("output_tokens")}
 
 
-class ResponsesProxy(GenerationProxy):
-    """POST /v1/responses, plus the retrieval and cancel routes of the responses it made."""
+@dataclass(frozen=True, slots=True)
+class ResponsesGeneration:
+    """POST /v1/responses, a strategy of GenerationProxy: a follow-up goes to the replica holding
+    its previous response, every response id is remembered with its replica, and usage comes in
+    the response object (nothing is added to the request for it, nothing taken out of the stream)."""
 
-    tokens_field = "max_output_tokens"
+    ids: ResponseIdMap
+    router: Router
+    endpoint: Literal["responses"] = "responses"
+    tokens_field: str = "max_output_tokens"
 
-    def __init__(self, *, ids: ResponseIdMap, **kwargs: Any) -> None:
-        super().__init__("responses", **kwargs)
-        self.ids = ids
-
-    # ---- create: the hooks of GenerationProxy ------------------------------------------------
-    def _route(
+    def route(
         self, body: dict[str, Any], features: RequestFeatures, traffic_class: TrafficClass, exclude: frozenset[str]
     ) -> Route:
         previous = body.get("previous_response_id")
         if previous is None:
-            return super()._route(body, features, traffic_class, exclude)
+            return self.router.route(features, traffic_class, exclude=exclude)
         replica = self.ids.replica_of(previous)
         if replica is None:
             raise response_not_found(previous)
         if replica in exclude:  # the one replica that can answer failed before answering
             raise GatewayError(502, f"replica {replica}, which holds response '{previous}', is not answering")
-        decision = route_to(features, traffic_class, self._router.board.snapshot(), replica, self._router.settings)
+        decision = route_to(features, traffic_class, self.router.board.snapshot(), replica, self.router.settings)
         if isinstance(decision, Reject):
             raise GatewayError(decision.status, decision.message, headers={"Retry-After": "1"})
         return decision
 
-    def _payload(self, body: dict[str, Any], decision: Route, stream: bool) -> dict[str, Any]:
-        payload = body | {"model": self._replicas[decision.replica].model}
-        if decision.priority is not None:
-            payload["priority"] = decision.priority
-        return payload
+    def payload(self, body: dict[str, Any], model: str, decision: Route, stream: bool) -> dict[str, Any]:
+        return routed_payload(body, model, decision)
 
-    def _count_usage(self, exchange: _Exchange, data: bytes) -> None:
+    def whole_answer(self, data: bytes, replica: str, usage: UsageSink) -> None:
         """A whole response (200): remember where it lives and count its tokens."""
         try:
             response = orjson.loads(data)
         except orjson.JSONDecodeError:
             return
         if isinstance(response, dict):
-            self._remember_and_count(exchange, response)
+            self._remember_and_count(response, replica, usage)
 
-    def _take_usage(self, exchange: _Exchange, chunk: bytes, *, keep: bool) -> bytes:
+    def events(self, chunk: bytes, replica: str, keep_usage: bool, usage: UsageSink) -> bytes:
         """Events holding a response object: its id is remembered from `response.created` on (so
         a background response can be retrieved or cancelled while it runs), its tokens counted
         from the final event. Every event is passed on: usage is part of the Responses stream."""
@@ -110,18 +122,39 @@ class ResponsesProxy(GenerationProxy):
             if isinstance(payload, dict) and isinstance(payload.get("response"), dict):
                 response = payload["response"]
                 if payload.get("type") in _FINAL_EVENTS or payload.get("type") == "response.created":
-                    self._remember_and_count(exchange, response)
+                    self._remember_and_count(response, replica, usage)
         return chunk
 
-    def _remember_and_count(self, exchange: _Exchange, response: dict[str, Any]) -> None:
+    def _remember_and_count(self, response: dict[str, Any], replica: str, usage: UsageSink) -> None:
         response_id = response.get("id")
-        if isinstance(response_id, str) and exchange.replica != "-":
-            self.ids.remember(response_id, exchange.replica)
-        usage = response.get("usage")
-        if isinstance(usage, dict):
-            self._record_usage(exchange, responses_usage(usage))
+        if isinstance(response_id, str):
+            self.ids.remember(response_id, replica)
+        counts = response.get("usage")
+        if isinstance(counts, dict):
+            usage(responses_usage(counts))
 
-    # ---- retrieval and cancel ----------------------------------------------------------------
+
+class ResponseRetrieval:
+    """GET /v1/responses/{id} and POST /v1/responses/{id}/cancel: no body to classify, so no
+    class, admission or routing; sent to the replica holding the id, its answer relayed."""
+
+    def __init__(
+        self,
+        ids: ResponseIdMap,
+        *,
+        config: GatewayConfig,
+        backends: Mapping[str, Backend],
+        board: LoadBoard,
+        keyring: KeyRing,
+        metrics: GatewayMetrics,
+    ) -> None:
+        self.ids = ids
+        self._backends = backends
+        self._board = board
+        self._keyring = keyring
+        self._metrics = metrics
+        self._rewrites = model_rewrites(config)
+
     async def retrieve(self, request: Request, response_id: str) -> Response:
         """GET /v1/responses/{id}[?stream=true&starting_after=N], from the replica holding it."""
         path = f"/responses/{quote(response_id, safe='')}"
@@ -171,7 +204,7 @@ class ResponsesProxy(GenerationProxy):
             return await self._backends[replica].call(method, path, request_id)
         except UpstreamUnavailable as exc:
             if exc.down:
-                self._router.board.mark_down(replica)
+                self._board.mark_down(replica)
             raise GatewayError(502, f"replica {replica}, which holds this response, is not answering") from None
         except (UpstreamLost, UpstreamTimeout) as exc:
             raise upstream_failure(replica, exc) from None
@@ -190,13 +223,13 @@ class ResponsesProxy(GenerationProxy):
                 await upstream.aclose()
 
 
-def add_responses_routes(app: FastAPI, proxy: ResponsesProxy) -> None:
+def add_responses_routes(app: FastAPI, retrieval: ResponseRetrieval) -> None:
     """The retrieval and cancel routes (FastAPI routes: they carry path parameters and no body)."""
 
     @app.get(RESPONSES_PATH + "/{response_id}")
     async def retrieve_response(request: Request, response_id: str) -> Response:
-        return await proxy.retrieve(request, response_id)
+        return await retrieval.retrieve(request, response_id)
 
     @app.post(RESPONSES_PATH + "/{response_id}/cancel")
     async def cancel_response(request: Request, response_id: str) -> Response:
-        return await proxy.cancel(request, response_id)
+        return await retrieval.cancel(request, response_id)

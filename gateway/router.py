@@ -10,7 +10,9 @@ from dataclasses import replace
 from gateway.config import RoutingSettings, TrafficClass
 from gateway.errors import GatewayError
 from gateway.load import LoadBoard
-from gateway.policy import CONVERSATION_POLICIES, PolicyState, Reject, RequestFeatures, Route, route
+from gateway.policies.class_aware import Spilling
+from gateway.policy import POLICIES, PolicyState, Reject, Route, route
+from gateway.policy_base import RequestFeatures
 from gateway.response_ids import ResponseIdMap
 
 # Conversations whose last replica the router remembers (least recently routed first out), and for
@@ -39,7 +41,9 @@ class Router:
         self.settings = settings
         self._state = PolicyState()
         self._last_replica = (
-            ResponseIdMap(CONVERSATIONS_KEPT, CONVERSATION_TTL_S) if settings.policy in CONVERSATION_POLICIES else None
+            ResponseIdMap(CONVERSATIONS_KEPT, CONVERSATION_TTL_S)
+            if POLICIES[settings.policy].reads_conversation
+            else None
         )
         for listener in self._listeners:
             listener()
@@ -51,7 +55,11 @@ class Router:
 
     @property
     def spilling(self) -> bool:
-        return self._state.spilling
+        """Whether interactive work spills to the batch replica now, by the policy in force's own
+        state (class_aware.Spilling; a policy that never spills, False)."""
+        name = self.settings.policy
+        own = self._state.of(name, POLICIES[name])
+        return isinstance(own, Spilling) and own.spilling
 
     def route(
         self, request: RequestFeatures, traffic_class: TrafficClass, exclude: frozenset[str] = frozenset()

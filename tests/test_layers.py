@@ -29,6 +29,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "gateway.batch_settings",
             "gateway.classify",
             "gateway.policy",
+            "gateway.policy_base",
+            "gateway.policies",
             "gateway.arbitration",
             "gateway.routing_rules",
             "gateway.percentiles",

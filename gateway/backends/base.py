@@ -15,7 +15,7 @@ from typing import Any
 
 from gateway.engine_pause import EngineControlFailed, PauseStatus
 from gateway.engines.base import EngineLoad
-from gateway.policy import Endpoint
+from gateway.policy_base import Endpoint
 
 
 class UpstreamUnavailable(Exception):

@@ -29,7 +29,7 @@ from gateway.backends.sse import EventFramer, EventTooLarge
 from gateway.engine_pause import ENGINE_CONTROL_TIMEOUT_S, PAUSE_PATH, RESUME_PATH, EngineControlFailed, PauseStatus
 from gateway.engines.base import EngineAdapter
 from gateway.engines.vllm import VLLM
-from gateway.policy import Endpoint
+from gateway.policy_base import Endpoint
 
 _PATHS: dict[Endpoint, str] = {"chat": "/chat/completions", "completions": "/completions", "responses": "/responses"}
 _JSON = ("Content-Type", "application/json")

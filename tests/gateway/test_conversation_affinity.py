@@ -1,5 +1,6 @@
-"""The conversation-affinity policy (gateway.policy), the router's memory of where each
-conversation went (gateway.router), and the conversation a request continues (gateway.protocol)."""
+"""The conversation-affinity policy (gateway/policies/conversation_affinity.py), the router's
+memory of where each conversation went (gateway.router), and the conversation a request continues
+(gateway.protocol)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pytest
 
 from gateway.config import ReplicaEndpoint, RoutingSettings
 from gateway.load import LoadBoard
-from gateway.policy import PolicyState, ReplicaLoad, RequestFeatures, Route, route
+from gateway.policy import PolicyState, Route, route
+from gateway.policy_base import ReplicaLoad, RequestFeatures
 from gateway.protocol import ChatView, CompletionView, features_of, opening_hash
 from gateway.router import Router
 

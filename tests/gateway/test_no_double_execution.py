@@ -13,7 +13,7 @@ from gateway_support import PUBLIC_MODEL, free_port_refusing
 from gateway.backends.base import UpstreamResponse
 from gateway.backends.http import HttpBackend
 from gateway.config import GatewayConfig
-from gateway.policy import Endpoint
+from gateway.policy_base import Endpoint
 from gateway.server import start_in_thread
 
 CHAT = {"model": PUBLIC_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
@@ -43,7 +43,7 @@ def test_a_refused_request_is_sent_to_one_other_replica_at_most() -> None:
     )
     gateway = start_in_thread(config, {name: _CountingBackend(url) for name, url in urls.items()})
     try:
-        for stats in gateway._server.config.app.state.board._stats.values():
+        for stats in gateway._server.config.app.state.gateway.board._stats.values():
             stats.healthy = True  # the start-up poll found them refusing; let the request meet them
         reply = httpx.post(f"{gateway.base_url}/chat/completions", json=CHAT, timeout=30)
     finally:

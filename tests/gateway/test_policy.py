@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import random
+from pathlib import Path
 
 import pytest
 
+import gateway.policies
+import gateway.policy
 from gateway.admission import ClassGate
 from gateway.classify import classify
 from gateway.config import ClassLimits, RoutingSettings
@@ -16,8 +19,6 @@ from gateway.policy import (
     ClassLoad,
     PolicyState,
     Reject,
-    ReplicaLoad,
-    RequestFeatures,
     Route,
     YieldState,
     admit,
@@ -25,6 +26,7 @@ from gateway.policy import (
     batch_yield,
     route,
 )
+from gateway.policy_base import ReplicaLoad, RequestFeatures
 
 SETTINGS = RoutingSettings(spill_queue_threshold=4, spill_release_threshold=1, spill_target_headroom=8)
 CHAT = RequestFeatures("chat", stream=True, max_tokens=256)
@@ -95,7 +97,7 @@ def test_interactive_spills_with_hysteresis() -> None:
 
 def test_spill_needs_room_on_the_batch_replica() -> None:
     decision, state = route(CHAT, "interactive", replicas(tp_waiting=9, pp_free=7), SETTINGS, PolicyState())
-    assert decision.replica == "tp" and state.spilling
+    assert decision.replica == "tp" and state.of("class-aware", POLICIES["class-aware"]).spilling
     decision, _ = route(CHAT, "interactive", replicas(tp_waiting=9, pp_free=8), SETTINGS, state)
     assert decision == Route("pp", priority=0, spilled=True)
 
@@ -260,6 +262,34 @@ def test_every_named_policy_is_routable() -> None:
         assert isinstance(decision, Route)
     with pytest.raises(ValueError, match="unknown routing policy"):
         RoutingSettings(policy="fastest")
+
+
+def test_the_registry_is_the_modules_of_gateway_policies() -> None:
+    """Config accepts exactly the names the registry holds, each a module's name; a module that
+    declares no POLICY is refused when the registry loads."""
+    modules = Path(gateway.policies.__file__).parent.glob("*.py")
+    assert set(POLICIES) == {m.stem.replace("_", "-") for m in modules if m.stem != "__init__"}
+    for name in POLICIES:
+        assert RoutingSettings(policy=name).policy == name
+    assert POLICIES["conversation-affinity"].reads_conversation
+    assert not POLICIES["class-aware"].reads_conversation
+
+
+def test_a_policy_module_without_a_spec_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gateway.policy, "policy_modules", lambda: {"plain": "gateway.policy_base"})
+    with pytest.raises(ImportError, match="declares no POLICY"):
+        gateway.policy._load_policies()
+
+
+def test_each_policy_keeps_its_own_state() -> None:
+    """Round-robin's cursor survives decisions of another policy made with the same PolicyState."""
+    state = PolicyState()
+    decision, state = route(CHAT, "interactive", replicas(), _policy("round-robin"), state)
+    assert decision.replica == "pp"
+    _, state = route(CHAT, "interactive", replicas(tp_waiting=9), SETTINGS, state)  # class-aware starts spilling
+    decision, state = route(CHAT, "interactive", replicas(), _policy("round-robin"), state)
+    assert decision.replica == "tp"
+    assert state.of("class-aware", POLICIES["class-aware"]).spilling
 
 
 # ---- batch yielding ----------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ from gateway_support import KEYS, PUBLIC_MODEL, USER_KEY, FakeStack
 from test_disconnect import ABORT_WITHIN_S
 
 from gateway.config import RoutingSettings
-from gateway.policy import Reject, ReplicaLoad, RequestFeatures, Route, route_to
+from gateway.policy import Reject, Route, route_to
+from gateway.policy_base import ReplicaLoad, RequestFeatures
 from gateway.response_ids import ResponseIdMap
 
 

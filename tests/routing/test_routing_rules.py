@@ -6,7 +6,8 @@ import pytest
 
 from deploy.plan import load_plan, shipped_plan
 from gateway.config import RoutingSettings
-from gateway.policy import PolicyState, ReplicaLoad, RequestFeatures, route
+from gateway.policy import PolicyState, route
+from gateway.policy_base import ReplicaLoad, RequestFeatures
 from gateway.routing_rules import routing_for, routing_for_replicas
 from tuner.policy_eval.scenarios import plan_routing
 

@@ -1,0 +1,12 @@
+"""all-interactive, a baseline: everything to the interactive replica (to any healthy one while it is down)."""
+
+from __future__ import annotations
+
+from gateway.policy_base import Choice, PolicyContext, PolicySpec, of_class
+
+
+def choose(ctx: PolicyContext[None]) -> Choice[None]:
+    return Choice(of_class(ctx.replicas, "interactive") or ctx.replicas[0], None)
+
+
+POLICY = PolicySpec(choose, None)
