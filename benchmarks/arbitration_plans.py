@@ -28,7 +28,7 @@ from tuner.optimize.arbitration_search import (
     tune_arbitration,
 )
 from tuner.perfmodel.hardware import load_hardware
-from tuner.policy_eval.scenarios import ARBITRATION_FIELDS, arbitration_off
+from tuner.policy_eval.scenarios import arbitration_off
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "arbitration-plans.json"
@@ -56,7 +56,7 @@ def study(name: str, trials: int, seed: int) -> dict[str, object]:
         "seed": seed,
         "chosen": chosen.label(),
         "found_by_trial": None if trial is None else trial.number,
-        "routing": chosen.routing.model_dump(include=set(ARBITRATION_FIELDS)),
+        "routing": chosen.routing.model_dump(include={"yielding", "arbitration"}),
         "batch_max_num_batched_tokens": chosen.batch_tokens,
         "ttft_p99_vs_alone": outcome.ttft_p99,
         "tpot_p50_vs_alone": outcome.tpot_p50,

@@ -141,14 +141,16 @@ def batch_step_ms(scenario: Scenario) -> dict[str, float]:
 def planned_rows(steady: Scenario, base: RoutingSettings) -> dict[str, tuple[Scenario, RoutingSettings]]:
     """Every row of the table: its name, the mixed scenario it runs (the batch engine's settings
     changed where the row says so) and the gateway's routing."""
-    freeze = base.model_copy(update={"gpu_arbitration": "freeze", "batch_yield_fraction": 1.0})
+    freeze = point("freeze", base).routing
     rows: dict[str, tuple[Scenario, RoutingSettings]] = {
         "off": (steady, base),
-        "admission yielding": (steady, base.model_copy(update={"batch_yield_fraction": 0.0})),
+        "admission yielding": (steady, point("admission", base, fraction=0.0).routing),
         "freeze": (steady, freeze),
     }
     for max_s, release_s in BOUNDS:
-        bound = freeze.model_copy(update={"freeze_max_s": max_s, "freeze_release_s": release_s})
+        bound = freeze.replacing(
+            arbitration=freeze.arbitration.model_copy(update={"max_s": max_s, "release_s": release_s})
+        )
         rows[f"freeze {max_s:g}/{release_s:g}"] = (steady, bound)
     for seqs, tokens in BATCH_STEPS:
         rows[f"freeze, batch of {seqs}"] = (with_batch_step(steady, seqs, tokens), freeze)

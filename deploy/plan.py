@@ -17,7 +17,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from deploy.plan_version import PLAN_VERSION, PlanVersionError, upgrade_plan_data
-from gateway.config import GatewaySettings, RoutingSettings, TrafficClass, describe_fields
+from gateway.config import (
+    GatewaySettings,
+    RoutingSettings,
+    TrafficClass,
+    describe_fields,
+    merged_settings,
+    named_routing,
+)
 from gateway.engines import DEFAULT_ENGINE, EngineAdapter, engine_adapter
 from gateway.engines.base import Executor
 from gateway.engines.vllm import EngineArgs
@@ -211,8 +218,7 @@ class ServingPlan(BaseModel):
         routing = self.gateway.routing
         derived = routing_for_replicas(((r.traffic_class, r.engine.max_num_seqs) for r in self.replicas), routing)
         if "routing" in self.gateway.model_fields_set:
-            named = routing.model_dump(include=routing.model_fields_set)
-            derived = RoutingSettings.model_validate(derived.model_dump() | named)
+            derived = RoutingSettings.model_validate(merged_settings(derived.model_dump(), named_routing(routing)))
         self.gateway.routing = derived
         return self
 

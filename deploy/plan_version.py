@@ -5,7 +5,9 @@ with a message that says so, instead of a list of fields this Tandem does not kn
 Version 1 is the first versioned format; plans written before versions existed (no `version:`)
 are version 0 and differ from version 1 only by lacking the field. Version 2 drops `data_path`
 (one data path since). Version 3 adds a replica's `engine_kind` (the engine adapter that runs it,
-gateway.engines); absent, it is vLLM, which every earlier plan ran. Each later change to the
+gateway.engines); absent, it is vLLM, which every earlier plan ran. Version 4 writes
+`gateway.routing` by concern (classify, spill, yielding, arbitration, limits: gateway.config)
+instead of one flat list of settings. Each later change to the
 format adds a step to `_STEPS` that rewrites a plan's data from the version before, with a note
 saying what it changed, so that a plan written by any earlier Tandem still loads.
 """
@@ -15,7 +17,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-PLAN_VERSION = 3
+from gateway.config import FLAT_ROUTING_KEYS, nest_flat_routing
+
+PLAN_VERSION = 4
 """The plan format this Tandem writes and reads."""
 
 
@@ -41,8 +45,28 @@ def _engine_named(data: dict[str, Any]) -> str:
     return "version 2 -> 3: nothing to change (a replica without `engine_kind` runs vllm, as before)"
 
 
+def _routing_nested(data: dict[str, Any]) -> str:
+    """Version 4 groups the routing settings by concern; a flat key moves into its group
+    (gateway.config.FLAT_ROUTING_KEYS), with its value unchanged."""
+    gateway = data.get("gateway")
+    routing = gateway.get("routing") if isinstance(gateway, dict) else None
+    if not isinstance(gateway, dict) or not isinstance(routing, dict):
+        return "version 3 -> 4: nothing to change (no gateway.routing)"
+    moved = sorted(set(routing) & set(FLAT_ROUTING_KEYS))
+    gateway["routing"] = nest_flat_routing(routing)
+    if not moved:
+        return "version 3 -> 4: nothing to change (gateway.routing already nested)"
+    where = ", ".join(f"{name} -> {'.'.join(FLAT_ROUTING_KEYS[name])}" for name in moved)
+    return f"version 3 -> 4: gateway.routing nested by concern ({where})"
+
+
 # _STEPS[n] rewrites version-n data (in place) into version n + 1 and says what it did.
-_STEPS: dict[int, Callable[[dict[str, Any]], str]] = {0: _from_unversioned, 1: _one_data_path, 2: _engine_named}
+_STEPS: dict[int, Callable[[dict[str, Any]], str]] = {
+    0: _from_unversioned,
+    1: _one_data_path,
+    2: _engine_named,
+    3: _routing_nested,
+}
 
 
 def upgrade_plan_data(data: dict[str, Any]) -> list[str]:

@@ -140,7 +140,7 @@ class Arbitration:
 
 
 def freeze_timers(settings: RoutingSettings) -> HoldTimers:
-    return HoldTimers(settings.freeze_settle_s, settings.freeze_max_s, settings.freeze_release_s)
+    return HoldTimers(settings.arbitration.settle_s, settings.arbitration.max_s, settings.arbitration.release_s)
 
 
 def arbitrate(
@@ -148,7 +148,7 @@ def arbitrate(
 ) -> Arbitration:
     """The next arbitration state: which batch replicas are frozen now (see the module's rule).
     Off (gpu_arbitration other than "freeze") every replica runs."""
-    if settings.gpu_arbitration != "freeze":
+    if settings.arbitration.mode != "freeze":
         return Arbitration()
     timers = freeze_timers(settings)
     holds: list[tuple[str, Hold]] = []

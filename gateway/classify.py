@@ -34,8 +34,8 @@ def classify_shape(request: RequestFeatures, settings: RoutingSettings) -> Traff
     """Several prompts or choices are batch work. Otherwise the length decides: up to
     `interactive_max_tokens` is interactive; no max_tokens at all means "until the model stops",
     which a streaming client watches (interactive) and a non-streaming one waits out (batch)."""
-    if request.prompts >= settings.batch_min_prompts or request.n > 1:
+    if request.prompts >= settings.classify.batch_min_prompts or request.n > 1:
         return "batch"
     if request.max_tokens is None:
         return "interactive" if request.stream else "batch"
-    return "interactive" if request.max_tokens <= settings.interactive_max_tokens else "batch"
+    return "interactive" if request.max_tokens <= settings.classify.interactive_max_tokens else "batch"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -72,71 +72,173 @@ def _default_class_limits() -> dict[TrafficClass, ClassLimits]:
     }
 
 
+class ClassifyRules(BaseModel):
+    """Which class a request belongs to (gateway.classify)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    interactive_max_tokens: int = Field(
+        1024, ge=1, description="A streamed single-choice chat asking for at most this many tokens is interactive."
+    )
+    batch_min_prompts: int = Field(2, ge=2, description="A completion with this many prompts or more is batch.")
+
+
+class SpillRules(BaseModel):
+    """When a class may run on the other class's replica (the class-aware policy): interactive
+    spilling onto the batch replica, batch borrowing an idle interactive one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    queue_threshold: int = Field(
+        4, ge=1, description="Interactive spills to the batch replica once its own replica has this many waiting."
+    )
+    release_threshold: int = Field(
+        1, ge=0, description="Spilling stops once the interactive replica's queue is back at or below this."
+    )
+    target_headroom: int = Field(
+        8, ge=0, description="The batch replica must have at least this many free sequence slots to take spill."
+    )
+    batch_borrows_idle_interactive: bool = Field(
+        True, description="Batch may run on the interactive replica while that replica is idle."
+    )
+
+    @model_validator(mode="after")
+    def _hysteresis_is_ordered(self) -> SpillRules:
+        if self.release_threshold >= self.queue_threshold:
+            raise ValueError(
+                f"release_threshold ({self.release_threshold}) must be below "
+                f"queue_threshold ({self.queue_threshold}), or spilling would never stop"
+            )
+        return self
+
+
+class BatchYieldSettings(BaseModel):
+    """Batch admissions held back while interactive work runs (gateway.policy.batch_yield)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fraction: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="While interactive requests are in flight (and settle_s after), batch may have at most this "
+        "fraction of its max_concurrency in flight (0: no new batch request starts); 1: batch never yields. With "
+        "arbitration mode 'freeze' it is the bounded step's batch cap: fewer batch sequences make the batch step a "
+        "freeze waits for shorter (docs/routing.md).",
+    )
+    settle_s: float = Field(
+        2.0, ge=0, description="A hold ends once interactive has had nothing in flight for this long (hysteresis)."
+    )
+    max_hold_s: float = Field(
+        30.0, gt=0, description="Starvation bound: a hold lasts at most this long, then release_s follows."
+    )
+    release_s: float = Field(
+        10.0, gt=0, description="After a hold cut short by the bound, batch runs at its full limit at least this long."
+    )
+
+
+class GpuArbitrationSettings(BaseModel):
+    """How replicas that share devices share them (gateway.arbitration, gateway.freezing)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["admission", "freeze"] = Field(
+        "admission",
+        description="'admission': only batch yielding at admission, by yielding.fraction (1: off). 'freeze': the "
+        "batch engine is paused in place (requests and KV cache kept) while interactive work runs beside it, "
+        "within the bounds below; with yielding.fraction below 1 as well, batch admissions are capped too (the "
+        "bounded step).",
+    )
+    settle_s: float = Field(
+        0.5, ge=0, description="A freeze ends once interactive work beside the batch replica has been gone this long."
+    )
+    max_s: float = Field(
+        10.0, gt=0, description="Starvation bound: a freeze lasts at most this long, then release_s follows."
+    )
+    release_s: float = Field(
+        2.5, gt=0, description="After a freeze cut short by the bound, the batch engine runs at least this long."
+    )
+    lease_s: float = Field(
+        5.0,
+        gt=0,
+        description="A paused engine resumes by itself unless the gateway renews its pause within this time "
+        "(a lost gateway never leaves an engine frozen).",
+    )
+
+
+FLAT_ROUTING_KEYS: dict[str, tuple[str, str]] = {
+    "interactive_max_tokens": ("classify", "interactive_max_tokens"),
+    "batch_min_prompts": ("classify", "batch_min_prompts"),
+    "spill_queue_threshold": ("spill", "queue_threshold"),
+    "spill_release_threshold": ("spill", "release_threshold"),
+    "spill_target_headroom": ("spill", "target_headroom"),
+    "batch_borrows_idle_interactive": ("spill", "batch_borrows_idle_interactive"),
+    "batch_yield_fraction": ("yielding", "fraction"),
+    "batch_yield_settle_s": ("yielding", "settle_s"),
+    "batch_yield_max_hold_s": ("yielding", "max_hold_s"),
+    "batch_yield_release_s": ("yielding", "release_s"),
+    "gpu_arbitration": ("arbitration", "mode"),
+    "freeze_settle_s": ("arbitration", "settle_s"),
+    "freeze_max_s": ("arbitration", "max_s"),
+    "freeze_release_s": ("arbitration", "release_s"),
+    "freeze_lease_s": ("arbitration", "lease_s"),
+}
+"""The flat routing form (every setting at the top level, as plans of format 3 and earlier and
+existing PUT /admin/routing clients write it): each flat key and the group and field it names now."""
+
+
+def nest_flat_routing(data: dict[str, Any]) -> dict[str, Any]:
+    """Routing data with every flat key (FLAT_ROUTING_KEYS) moved into its group; nested data is
+    returned as it is. A flat key wins over the same field of its group given beside it: a client
+    that adds one flat key to the nested settings it read (GET, then PUT /admin/routing) changes it."""
+    nested = {name: value for name, value in data.items() if name not in FLAT_ROUTING_KEYS}
+    for flat, (group, field) in FLAT_ROUTING_KEYS.items():
+        if flat in data:
+            inner = nested.get(group)
+            nested[group] = {**(inner if isinstance(inner, dict) else {}), field: data[flat]}
+    return nested
+
+
+def merged_settings(base: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `change` merged in, object by object: a nested object replaces only what it names."""
+    merged = dict(base)
+    for name, value in change.items():
+        inner = base.get(name)
+        merged[name] = merged_settings(inner, value) if isinstance(value, dict) and isinstance(inner, dict) else value
+    return merged
+
+
+def named_routing(routing: RoutingSettings) -> dict[str, Any]:
+    """The settings `routing` was given rather than defaulted, dumped: within a group only the
+    fields named (so a plan naming one freeze bound keeps the rest of its derived settings)."""
+    named = routing.model_dump(include=routing.model_fields_set)
+    for name in named:
+        value = getattr(routing, name)
+        if isinstance(value, BaseModel):
+            named[name] = value.model_dump(exclude_unset=True)
+    return named
+
+
 class RoutingSettings(BaseModel):
-    """How requests are classified and where each class may run."""
+    """How requests are classified and where each class may run, by concern: the policy's name,
+    classification, spilling between replicas, batch yielding, GPU arbitration and each class's
+    admission limits. The flat form (FLAT_ROUTING_KEYS) is read too."""
 
     model_config = ConfigDict(extra="forbid")
 
     policy: str = Field(
         "class-aware", description="Routing policy name: a module of gateway/policies/ (gateway.policy.POLICIES)."
     )
-    interactive_max_tokens: int = Field(
-        1024, ge=1, description="A streamed single-choice chat asking for at most this many tokens is interactive."
-    )
-    batch_min_prompts: int = Field(2, ge=2, description="A completion with this many prompts or more is batch.")
-    spill_queue_threshold: int = Field(
-        4, ge=1, description="Interactive spills to the batch replica once its own replica has this many waiting."
-    )
-    spill_release_threshold: int = Field(
-        1, ge=0, description="Spilling stops once the interactive replica's queue is back at or below this."
-    )
-    spill_target_headroom: int = Field(
-        8, ge=0, description="The batch replica must have at least this many free sequence slots to take spill."
-    )
-    batch_borrows_idle_interactive: bool = Field(
-        True, description="Batch may run on the interactive replica while that replica is idle."
-    )
-    batch_yield_fraction: float = Field(
-        1.0,
-        ge=0,
-        le=1,
-        description="While interactive requests are in flight (and batch_yield_settle_s after), batch may have at "
-        "most this fraction of its max_concurrency in flight (0: no new batch request starts); 1: batch never "
-        "yields. See gateway.policy.batch_yield. With gpu_arbitration 'freeze' it is the bounded step's batch cap: "
-        "fewer batch sequences make the batch step a freeze waits for shorter (docs/routing.md).",
-    )
-    batch_yield_settle_s: float = Field(
-        2.0, ge=0, description="A hold ends once interactive has had nothing in flight for this long (hysteresis)."
-    )
-    batch_yield_max_hold_s: float = Field(
-        30.0, gt=0, description="Starvation bound: a hold lasts at most this long, then batch_yield_release_s follows."
-    )
-    batch_yield_release_s: float = Field(
-        10.0, gt=0, description="After a hold cut short by the bound, batch runs at its full limit at least this long."
-    )
-    gpu_arbitration: Literal["admission", "freeze"] = Field(
-        "admission",
-        description="How replicas that share devices share them (gateway.arbitration). 'admission': only batch "
-        "yielding at admission, by batch_yield_fraction (1: off). 'freeze': the batch engine is paused in place "
-        "(requests and KV cache kept) while interactive work runs beside it, within the freeze_* bounds; with "
-        "batch_yield_fraction below 1 as well, batch admissions are capped too (the bounded step).",
-    )
-    freeze_settle_s: float = Field(
-        0.5, ge=0, description="A freeze ends once interactive work beside the batch replica has been gone this long."
-    )
-    freeze_max_s: float = Field(
-        10.0, gt=0, description="Starvation bound: a freeze lasts at most this long, then freeze_release_s follows."
-    )
-    freeze_release_s: float = Field(
-        2.5, gt=0, description="After a freeze cut short by the bound, the batch engine runs at least this long."
-    )
-    freeze_lease_s: float = Field(
-        5.0,
-        gt=0,
-        description="A paused engine resumes by itself unless the gateway renews its pause within this time "
-        "(a lost gateway never leaves an engine frozen).",
-    )
+    classify: ClassifyRules = Field(default_factory=ClassifyRules)
+    spill: SpillRules = Field(default_factory=SpillRules)
+    yielding: BatchYieldSettings = Field(default_factory=BatchYieldSettings)
+    arbitration: GpuArbitrationSettings = Field(default_factory=GpuArbitrationSettings)
     limits: dict[TrafficClass, ClassLimits] = Field(default_factory=_default_class_limits)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nest_flat_keys(cls, data: Any) -> Any:
+        return nest_flat_routing(data) if isinstance(data, dict) else data
 
     @model_validator(mode="after")
     def _policy_is_known(self) -> RoutingSettings:
@@ -145,14 +247,21 @@ class RoutingSettings(BaseModel):
             raise ValueError(f"unknown routing policy {self.policy!r}; choose one of {sorted(known)}")
         return self
 
-    @model_validator(mode="after")
-    def _hysteresis_is_ordered(self) -> RoutingSettings:
-        if self.spill_release_threshold >= self.spill_queue_threshold:
-            raise ValueError(
-                f"spill_release_threshold ({self.spill_release_threshold}) must be below "
-                f"spill_queue_threshold ({self.spill_queue_threshold}), or spilling would never stop"
-            )
-        return self
+    def replacing(
+        self,
+        *,
+        spill: SpillRules | None = None,
+        yielding: BatchYieldSettings | None = None,
+        arbitration: GpuArbitrationSettings | None = None,
+    ) -> RoutingSettings:
+        """These settings with the groups given replaced (each a whole, validated group)."""
+        return self.model_copy(
+            update={
+                "spill": spill or self.spill,
+                "yielding": yielding or self.yielding,
+                "arbitration": arbitration or self.arbitration,
+            }
+        )
 
 
 MIN_KEY_LENGTH = 16

@@ -159,7 +159,7 @@ class EngineFreezer:
         return frozenset(name for name, s in self._switches.items() if s.paused)
 
     async def start(self) -> None:
-        lease = lambda: self._settings().freeze_lease_s  # noqa: E731
+        lease = lambda: self._settings().arbitration.lease_s  # noqa: E731
         self._tasks = [
             asyncio.create_task(s.run(lease, self._seq), name=f"freeze-{s.name}") for s in self._switches.values()
         ]
@@ -184,7 +184,7 @@ class EngineFreezer:
     def update(self) -> None:
         """Re-evaluate after the requests in flight or the settings changed, or a timer came due."""
         settings = self._settings()
-        if settings.gpu_arbitration != "freeze" and not self.state.holds and not self._timer.pending:
+        if settings.arbitration.mode != "freeze" and not self.state.holds and not self._timer.pending:
             return
         try:
             loop = asyncio.get_running_loop()
@@ -224,7 +224,7 @@ class _FreezeCollector:
         )
         forced = CounterMetricFamily(
             "tandem_gateway_engine_forced_resumes",
-            "Freezes ended by the starvation bound (routing.freeze_max_s) while interactive work went on",
+            "Freezes ended by the starvation bound (routing.arbitration.max_s) while interactive work went on",
             labels=["replica"],
         )
         failures = CounterMetricFamily(

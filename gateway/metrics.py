@@ -78,7 +78,7 @@ class LiveState(Collector):
         )
         yield GaugeMetricFamily(
             "tandem_gateway_batch_held",
-            "1 while batch admissions yield to interactive work (routing.batch_yield_fraction)",
+            "1 while batch admissions yield to interactive work (routing.yielding.fraction)",
             value=self.holding_batch(),
         )
 

@@ -191,7 +191,7 @@ class YieldState:
 
 
 def _yield_timers(settings: RoutingSettings) -> HoldTimers:
-    return HoldTimers(settings.batch_yield_settle_s, settings.batch_yield_max_hold_s, settings.batch_yield_release_s)
+    return HoldTimers(settings.yielding.settle_s, settings.yielding.max_hold_s, settings.yielding.release_s)
 
 
 def batch_yield(interactive_active: int, now: float, settings: RoutingSettings, state: YieldState) -> YieldState:
@@ -213,7 +213,7 @@ def batch_yield(interactive_active: int, now: float, settings: RoutingSettings, 
                 zero for longer than max_hold_s, and gets its full limit at least
                 release / (max_hold + release) of the time.
     batch_yield_fraction 1 turns yielding off (the state stays free)."""
-    if settings.batch_yield_fraction >= 1:
+    if settings.yielding.fraction >= 1:
         return YieldState()
     return hold_step(interactive_active > 0, now, _yield_timers(settings), state)
 
@@ -224,5 +224,5 @@ def batch_limits(limits: ClassLimits, settings: RoutingSettings, state: YieldSta
     until the hold ends); the queue's size is unchanged, so held requests wait, not fail."""
     if not state.holding:
         return limits
-    held = math.floor(settings.batch_yield_fraction * limits.max_concurrency)
+    held = math.floor(settings.yielding.fraction * limits.max_concurrency)
     return limits.model_copy(update={"max_concurrency": held})  # 0 is a valid *held* limit: admit() queues

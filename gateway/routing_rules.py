@@ -62,12 +62,12 @@ def routing_for(
     headroom = max(1, batch_max_num_seqs // 8)
     base = base or RoutingSettings()
     interactive_running = interactive_max_num_seqs + headroom
-    batch_running = batch_max_num_seqs + (interactive_max_num_seqs if base.batch_borrows_idle_interactive else 0)
+    batch_running = batch_max_num_seqs + (interactive_max_num_seqs if base.spill.batch_borrows_idle_interactive else 0)
     return base.model_copy(
         update={
-            "spill_queue_threshold": spill_on,
-            "spill_release_threshold": spill_on // 4,
-            "spill_target_headroom": headroom,
+            "spill": base.spill.model_copy(
+                update={"queue_threshold": spill_on, "release_threshold": spill_on // 4, "target_headroom": headroom}
+            ),
             "limits": {
                 # Sizes from the replicas; priority and deadlines kept from the base.
                 "interactive": base.limits["interactive"].model_copy(

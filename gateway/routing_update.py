@@ -4,13 +4,16 @@ A body names only what changes. It is merged into the settings in force, field b
 under `limits` class by class and limit by limit; the result is validated as a whole and only
 then replaces them. So a body with one field never resets the others: a PUT of
 `{"policy": ...}` keeps every plan-derived threshold and class limit in force. A full body (what GET /admin/routing answers) still replaces everything it names.
+A body may use the flat form (`{"batch_yield_fraction": 0.5}`, gateway.config.FLAT_ROUTING_KEYS)
+or the nested one (`{"yielding": {"fraction": 0.5}}`); a flat key changes its group's field, so it
+wins over the same field in a full nested body it is added to (GET, then one flat key, then PUT).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from gateway.config import RoutingSettings
+from gateway.config import RoutingSettings, merged_settings, nest_flat_routing
 
 
 class NotAnObject(ValueError):
@@ -22,12 +25,4 @@ def merge_routing(current: RoutingSettings, change: Any) -> RoutingSettings:
     ValidationError naming the first bad field (unknown fields included)."""
     if not isinstance(change, dict):
         raise NotAnObject(f"the body must be a JSON object of routing settings, got {type(change).__name__}")
-    return RoutingSettings.model_validate(_merged(current.model_dump(), change))
-
-
-def _merged(base: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for name, value in change.items():
-        inner = base.get(name)
-        merged[name] = _merged(inner, value) if isinstance(value, dict) and isinstance(inner, dict) else value
-    return merged
+    return RoutingSettings.model_validate(merged_settings(current.model_dump(), nest_flat_routing(change)))

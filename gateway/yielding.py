@@ -42,7 +42,7 @@ class BatchYielding:
     def update(self) -> None:
         """Re-evaluate after the interactive class's activity or the settings changed."""
         settings = self._settings()
-        if settings.batch_yield_fraction >= 1 and not self.state.holding and not self._timer.pending:
+        if settings.yielding.fraction >= 1 and not self.state.holding and not self._timer.pending:
             return
         assert self._interactive is not None and self._batch is not None, "watch() the gates first"
         loop = asyncio.get_running_loop()

@@ -396,8 +396,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 report["pause_resume_flood"] = await pause_under_flood(client, args, args.pause_rounds)
                 report["phase_s"]["pause_resume"] = time.monotonic() - t
         finally:
-            restore = {k: original[k] for k in ("gpu_arbitration", "batch_yield_fraction", "batch_yield_settle_s",
-                                                "batch_yield_max_hold_s")}  # fmt: skip
+            restore = {k: original[k] for k in ("arbitration", "yielding")}  # the nested groups GET answers
             await set_routing(client, args.root, **restore)
     report["wall_s"] = time.monotonic() - began
     return report

@@ -31,16 +31,16 @@ def choose(ctx: PolicyContext[Spilling]) -> Choice[Spilling]:
         return Choice(ctx.replicas[0], Spilling(False))
     if ctx.traffic_class == "interactive":
         if state.spilling:
-            spilling = interactive.queue > settings.spill_release_threshold
+            spilling = interactive.queue > settings.spill.release_threshold
         else:
-            spilling = interactive.queue >= settings.spill_queue_threshold
+            spilling = interactive.queue >= settings.spill.queue_threshold
         state = Spilling(spilling)
-        if spilling and batch.free_slots >= settings.spill_target_headroom:
+        if spilling and batch.free_slots >= settings.spill.target_headroom:
             return Choice(batch, state, spilled=True)
         return Choice(interactive, state)
     borrow = (
-        settings.batch_borrows_idle_interactive
-        and settings.gpu_arbitration != "freeze"
+        settings.spill.batch_borrows_idle_interactive
+        and settings.arbitration.mode != "freeze"
         and interactive.idle
         and batch.free_slots == 0
         and not state.spilling

@@ -10,7 +10,7 @@ import yaml
 
 from deploy.plan import SHIPPED_PLANS_DIR, PlanError, ServingPlan, dump_plan, load_plan, parse_plan, shipped_plan
 from deploy.plan_version import PLAN_VERSION
-from gateway.config import RoutingSettings
+from gateway.config import RoutingSettings, nest_flat_routing
 
 
 def demo_data() -> dict:
@@ -129,6 +129,24 @@ def test_a_plan_that_names_a_data_path_runs_on_the_one_that_remains() -> None:
         assert parse_plan(data) == parse_plan(spark_data())
 
 
+def test_a_version_3_plan_with_flat_routing_reads_as_the_nested_one(caplog: pytest.LogCaptureFixture) -> None:
+    """Plan format 4 writes gateway.routing by concern; a version-3 plan's flat settings move into
+    their groups with a note naming each move, and the plan is the one written nested."""
+    data = spark_data() | {"version": 3}
+    data["gateway"]["routing"] = {
+        "gpu_arbitration": "freeze",
+        "freeze_max_s": 60,
+        "batch_yield_fraction": 0.25,
+        "batch_yield_settle_s": 5,
+        "batch_yield_max_hold_s": 3600,
+    }
+    with caplog.at_level("WARNING", logger="tandem.deploy.plan"):
+        plan = parse_plan(data, origin="v3.yaml")
+    assert "version 3 -> 4" in caplog.text and "gpu_arbitration -> arbitration.mode" in caplog.text
+    assert plan == parse_plan(spark_data())
+    assert plan.gateway.routing.arbitration.max_s == 60 and plan.gateway.routing.yielding.fraction == 0.25
+
+
 def test_a_replica_runs_vllm_unless_it_names_its_engine(caplog: pytest.LogCaptureFixture) -> None:
     """Plan format 3 names each replica's engine; a version-2 plan (no `engine_kind`) runs vLLM,
     with a note, and an engine with no adapter is refused naming the known ones."""
@@ -165,7 +183,7 @@ def test_duplicate_replica_names_and_bad_hysteresis() -> None:
     expect_error(data, "replica names must be unique")
     data = demo_data()
     data["gateway"]["routing"] = {"spill_queue_threshold": 2, "spill_release_threshold": 2}
-    expect_error(data, "gateway.routing", "must be below spill_queue_threshold")
+    expect_error(data, "gateway.routing.spill", "must be below queue_threshold")
 
 
 def test_yaml_round_trip_keeps_the_plan(tmp_path: Path) -> None:
@@ -201,7 +219,7 @@ def test_plan_model_is_a_pydantic_contract() -> None:
 def test_a_plan_without_routing_gets_thresholds_derived_from_its_replicas() -> None:
     plan = load_plan(shipped_plan("cpu-demo"))  # interactive max_num_seqs 16, batch 64
     routing = plan.gateway.routing
-    assert (routing.spill_queue_threshold, routing.spill_release_threshold, routing.spill_target_headroom) == (4, 1, 8)
+    assert (routing.spill.queue_threshold, routing.spill.release_threshold, routing.spill.target_headroom) == (4, 1, 8)
     assert routing.limits["interactive"].max_concurrency == 16 + 8
     assert routing.limits["batch"].max_concurrency == 64 + 16
 
@@ -210,8 +228,8 @@ def test_routing_a_plan_sets_is_kept_as_written_and_the_rest_still_follows_its_r
     data = demo_data()
     data["gateway"]["routing"] = {"spill_queue_threshold": 9, "spill_release_threshold": 3}
     routing = parse_plan(data).gateway.routing
-    assert (routing.spill_queue_threshold, routing.spill_release_threshold) == (9, 3)
-    assert routing.spill_target_headroom == 64 // 8  # not named: derived from the batch replica
+    assert (routing.spill.queue_threshold, routing.spill.release_threshold) == (9, 3)
+    assert routing.spill.target_headroom == 64 // 8  # not named: derived from the batch replica
     assert routing.limits["interactive"].max_concurrency == 16 + 8
 
 
@@ -220,10 +238,10 @@ def test_a_plan_naming_only_its_arbitration_keeps_the_derived_thresholds() -> No
     data = demo_data()
     data["gateway"]["routing"] = {"gpu_arbitration": "freeze", "freeze_max_s": 30, "batch_yield_fraction": 0.25}
     routing = parse_plan(data).gateway.routing
-    assert (routing.gpu_arbitration, routing.freeze_max_s, routing.batch_yield_fraction) == ("freeze", 30, 0.25)
+    assert (routing.arbitration.mode, routing.arbitration.max_s, routing.yielding.fraction) == ("freeze", 30, 0.25)
     derived = load_plan(shipped_plan("cpu-demo")).gateway.routing
-    assert routing.limits == derived.limits and routing.spill_queue_threshold == derived.spill_queue_threshold
-    assert routing.freeze_release_s == RoutingSettings().freeze_release_s  # not named: the settings' default
+    assert routing.limits == derived.limits and routing.spill.queue_threshold == derived.spill.queue_threshold
+    assert routing.arbitration.release_s == RoutingSettings().arbitration.release_s  # not named: the settings' default
 
 
 def test_a_plan_without_a_version_is_read_as_the_current_one_with_a_note(caplog: pytest.LogCaptureFixture) -> None:
@@ -266,10 +284,13 @@ def test_the_shipped_co_resident_plans_carry_the_arbitration_the_study_chose() -
     assert {r["plan"] for r in chosen} == spark
     for result in chosen:
         plan = load_plan(shipped_plan(result["plan"]))
-        assert plan.gateway.routing.model_dump(include=set(result["routing"])) == result["routing"], result["plan"]
+        chosen_routing = nest_flat_routing(result["routing"])  # the results file is written flat or nested
+        shipped = plan.gateway.routing.model_dump()
+        named = {group: {name: shipped[group][name] for name in fields} for group, fields in chosen_routing.items()}
+        assert named == chosen_routing, result["plan"]
         batch = plan.replica_for("batch")
         assert batch is not None
         if result["batch_max_num_batched_tokens"] is not None:
             assert batch.engine.max_num_batched_tokens == result["batch_max_num_batched_tokens"], result["plan"]
     # The one-GPU plan has no perf-model profile: the freeze, from real engines on an H100 (docs/routing.md).
-    assert load_plan(shipped_plan("one-gpu")).gateway.routing.gpu_arbitration == "freeze"
+    assert load_plan(shipped_plan("one-gpu")).gateway.routing.arbitration.mode == "freeze"

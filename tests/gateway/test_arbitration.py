@@ -107,8 +107,8 @@ def test_batch_runs_at_least_the_bounds_share_under_any_interactive_load() -> No
         step = min(0.3, (state.next_change(FREEZE) or now + 0.3) - now)
         running += 0 if frozen else step
         now += max(step, 1e-9)
-    assert longest <= FREEZE.freeze_max_s + 1e-6
-    timers = HoldTimers(FREEZE.freeze_settle_s, FREEZE.freeze_max_s, FREEZE.freeze_release_s)
+    assert longest <= FREEZE.arbitration.max_s + 1e-6
+    timers = HoldTimers(FREEZE.arbitration.settle_s, FREEZE.arbitration.max_s, FREEZE.arbitration.release_s)
     assert running / 3600 >= 1 - frozen_share(timers) - 0.01
 
 
@@ -163,7 +163,7 @@ def test_every_shipped_plan_shares_its_devices_and_the_gpu_plans_freeze() -> Non
         config = gateway_config(plan)
         assert {r.device_group for r in config.replicas} == {"shared"}, path.name
         expected = "admission" if plan.cluster.is_cpu else "freeze"
-        assert config.settings.routing.gpu_arbitration == expected, path.name
-    assert RoutingSettings().gpu_arbitration == "admission"
+        assert config.settings.routing.arbitration.mode == expected, path.name
+    assert RoutingSettings().arbitration.mode == "admission"
     frozen = RoutingSettings(gpu_arbitration="freeze")
-    assert RoutingSettings.model_validate_json(frozen.model_dump_json()).gpu_arbitration == "freeze"
+    assert RoutingSettings.model_validate_json(frozen.model_dump_json()).arbitration.mode == "freeze"

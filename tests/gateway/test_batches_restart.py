@@ -43,7 +43,7 @@ def test_sigkill_mid_batch_then_restart_completes_each_line_once(tmp_path: Path)
         config = gateway_config(
             tp, pp, batches={"data_dir": str(data_dir), "per_batch_concurrency": 4, "global_concurrency": 4}
         )
-        config.settings.routing.batch_borrows_idle_interactive = False
+        config.settings.routing.spill.batch_borrows_idle_interactive = False
         config_file = tmp_path / "gateway.yaml"
         config_file.write_text(yaml.safe_dump(config.model_dump(mode="json", exclude_none=True)))
         port = free_port()

@@ -129,7 +129,7 @@ async def test_a_refused_command_is_tried_again() -> None:
 
 
 async def test_the_starvation_bound_resumes_and_is_counted() -> None:
-    rig = Rig(FREEZE.model_copy(update={"freeze_max_s": 0.3, "freeze_release_s": 0.3}))
+    rig = Rig(FREEZE.replacing(arbitration=FREEZE.arbitration.model_copy(update={"max_s": 0.3, "release_s": 0.3})))
     await rig.freezer.start()
     try:
         with rig.board.tracking("tp", "interactive"):

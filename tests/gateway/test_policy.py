@@ -12,7 +12,7 @@ import gateway.policies
 import gateway.policy
 from gateway.admission import ClassGate
 from gateway.classify import classify
-from gateway.config import ClassLimits, RoutingSettings
+from gateway.config import ClassLimits, GpuArbitrationSettings, RoutingSettings
 from gateway.errors import GatewayError
 from gateway.policy import (
     POLICIES,
@@ -108,14 +108,14 @@ def test_batch_borrows_only_an_idle_interactive_replica() -> None:
     assert route(CHAT, "batch", replicas(tp_in_flight=1, **full_pp), SETTINGS, PolicyState())[0].replica == "pp"
     assert route(CHAT, "batch", replicas(tp_waiting=1, **full_pp), SETTINGS, PolicyState())[0].replica == "pp"
     assert route(CHAT, "batch", replicas(), SETTINGS, PolicyState())[0].replica == "pp"  # room at home
-    no_borrow = SETTINGS.model_copy(update={"batch_borrows_idle_interactive": False})
+    no_borrow = SETTINGS.replacing(spill=SETTINGS.spill.model_copy(update={"batch_borrows_idle_interactive": False}))
     assert route(CHAT, "batch", replicas(**full_pp), no_borrow, PolicyState())[0].replica == "pp"
 
 
 def test_batch_never_borrows_the_interactive_replica_under_the_freeze() -> None:
     """The freeze reserves the shared GPUs for chat: batch work on the chat engine would sit ahead of
     the next chat request, where no freeze reaches it."""
-    freeze = SETTINGS.model_copy(update={"gpu_arbitration": "freeze"})
+    freeze = SETTINGS.replacing(arbitration=GpuArbitrationSettings(mode="freeze"))
     assert route(CHAT, "batch", replicas(pp_free=0), freeze, PolicyState())[0].replica == "pp"
 
 
@@ -340,7 +340,7 @@ def test_batch_yield_table(name: str, steps: list[tuple[float, int]], expected: 
 
 @pytest.mark.parametrize(("fraction", "held"), [(0.0, 0), (0.1, 14), (0.25, 36), (0.5, 72)])
 def test_a_hold_keeps_that_fraction_of_the_batch_limit(fraction: float, held: int) -> None:
-    settings = YIELDING.model_copy(update={"batch_yield_fraction": fraction})
+    settings = YIELDING.replacing(yielding=YIELDING.yielding.model_copy(update={"fraction": fraction}))
     assert yield_trace(settings, [(0, 1)]) == [(True, held)]
     # the queue is untouched, so held batch requests wait rather than fail
     limits = batch_limits(BATCH_LIMITS, settings, YieldState(holding=True))
@@ -350,7 +350,7 @@ def test_a_hold_keeps_that_fraction_of_the_batch_limit(fraction: float, held: in
 
 def test_yielding_off_never_holds() -> None:
     off = RoutingSettings()
-    assert off.batch_yield_fraction == 1.0
+    assert off.yielding.fraction == 1.0
     assert yield_trace(off, [(0, 5), (100, 5), (1000, 5)]) == [(False, 144)] * 3
 
 
@@ -368,7 +368,7 @@ def test_batch_is_never_held_to_zero_for_longer_than_the_bound() -> None:
         step = min(0.7, (state.next_change(YIELDING) or now + 0.7) - now)  # arrivals every 0.7 s, or the timer
         free_time += 0 if state.holding else step
         now += max(step, 1e-9)
-    assert longest <= YIELDING.batch_yield_max_hold_s + 1e-6
+    assert longest <= YIELDING.yielding.max_hold_s + 1e-6
     assert free_time / 3600 >= 10 / (30 + 10) - 0.01
 
 

@@ -131,7 +131,7 @@ def test_classification_reads_max_output_tokens_and_stream(make_stack) -> None:
     stack = make_stack()
     assert create(stack, stream=True).headers["x-tandem-class"] == "interactive"
     assert create(stack, max_output_tokens=64).headers["x-tandem-class"] == "interactive"
-    limit = stack.config.settings.routing.interactive_max_tokens
+    limit = stack.config.settings.routing.classify.interactive_max_tokens
     assert create(stack, max_output_tokens=limit + 1).headers["x-tandem-class"] == "batch"
     assert create(stack, max_output_tokens=None).headers["x-tandem-class"] == "batch"  # nobody watching
     assert create(stack, max_output_tokens=None, stream=True).headers["x-tandem-class"] == "interactive"

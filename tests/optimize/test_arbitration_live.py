@@ -89,13 +89,13 @@ def test_named_loads_follow_the_study_and_the_batch_engine() -> None:
 def test_a_trial_switches_the_routing_and_the_judge_restores_it(gateway_url: str) -> None:
     with _judge(gateway_url) as judge:
         base = judge.routing()
-        assert base.gpu_arbitration == "admission"
+        assert base.arbitration.mode == "admission"
         refs = judge.references()
         assert refs.ttft_p99_ms > 0 and refs.tpot_p50_ms > 0 and refs.batch_tok_s > 0
         assert 0 < refs.interactive_busy <= 1
         outcome = judge.outcome(point("freeze", base, freeze_max_s=20.0), refs)
         now = judge.routing()
-        assert (now.gpu_arbitration, now.freeze_max_s) == ("freeze", 20.0)  # the trial ran under its point
+        assert (now.arbitration.mode, now.arbitration.max_s) == ("freeze", 20.0)  # the trial ran under its point
         assert outcome.ttft_p99 > 0 and outcome.batch_vs_alone > 0 and outcome.batch_step_p99_ms is None
         with pytest.raises(ValueError, match="step budget"):
             judge.outcome(point("bounded", base, fraction=0.25, batch_tokens=512), refs)
@@ -137,4 +137,4 @@ def test_optimize_scores_the_arbitration_on_the_stack_it_is_pointed_at(
     assert isinstance(info, dict) and info["judge"] == "live"
     assert info["study"] == "llama-3.1-8b.dgx-spark-pair.arbitration-live"
     routing = load_plan(result.plan_path).gateway.routing
-    assert routing.gpu_arbitration == ("freeze" if info["mode"] in ("freeze", "bounded") else "admission")
+    assert routing.arbitration.mode == ("freeze" if info["mode"] in ("freeze", "bounded") else "admission")

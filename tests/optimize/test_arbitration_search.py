@@ -24,15 +24,15 @@ PLAN = load_plan(shipped_plan("llama-3.1-8b.dgx-spark-pair"))
 def test_each_mode_sets_only_its_own_settings() -> None:
     base = RoutingSettings(batch_yield_fraction=0.5)
     off = _suggest(optuna.trial.FixedTrial({"mode": "off"}), base, 256)
-    assert (off.routing.gpu_arbitration, off.routing.batch_yield_fraction, off.batch_tokens) == ("admission", 1.0, None)
+    assert (off.routing.arbitration.mode, off.routing.yielding.fraction, off.batch_tokens) == ("admission", 1.0, None)
     freeze = _suggest(optuna.trial.FixedTrial({"mode": "freeze", "freeze_max_s": 30.0}), base, 256)
-    assert (freeze.routing.gpu_arbitration, freeze.routing.batch_yield_fraction) == ("freeze", 1.0)
-    assert freeze.routing.freeze_max_s == 30.0 and freeze.batch_tokens is None
+    assert (freeze.routing.arbitration.mode, freeze.routing.yielding.fraction) == ("freeze", 1.0)
+    assert freeze.routing.arbitration.max_s == 30.0 and freeze.batch_tokens is None
     params = {"mode": "bounded", "freeze_max_s": 10.0, "cap_fraction": 0.0625, "cap_settle_s": 5.0, "batch_tokens": 512}
     bounded = _suggest(optuna.trial.FixedTrial(params), base, 256)
     r = bounded.routing
-    assert (r.gpu_arbitration, r.batch_yield_fraction, r.batch_yield_settle_s) == ("freeze", 0.0625, 5.0)
-    assert r.batch_yield_max_hold_s == CAP_HOLD_S and bounded.batch_tokens == 512
+    assert (r.arbitration.mode, r.yielding.fraction, r.yielding.settle_s) == ("freeze", 0.0625, 5.0)
+    assert r.yielding.max_hold_s == CAP_HOLD_S and bounded.batch_tokens == 512
     assert "step budget 512" in bounded.label()
 
 

@@ -44,11 +44,14 @@ def test_model_run_writes_a_valid_plan_that_respects_memory_and_slos(tmp_path: P
     front = result.classes["interactive"].pareto_front
     assert front and all(a["tpot_p50_ms"] >= b["tpot_p50_ms"] for a, b in zip(front, front[1:], strict=False))
     routing = plan.gateway.routing
-    assert routing.spill_release_threshold < routing.spill_queue_threshold
+    assert routing.spill.release_threshold < routing.spill.queue_threshold
     # No arbitration study (FAST): the shipped template's freeze is kept, though the routing study ran without it.
     template = load_plan(shipped_plan("llama-3.1-8b.dgx-spark-pair")).gateway.routing
-    assert (routing.gpu_arbitration, routing.freeze_max_s) == (template.gpu_arbitration, template.freeze_max_s)
-    assert template.gpu_arbitration == "freeze" and "GPU arbitration kept from the template" in " ".join(result.notes)
+    assert (routing.arbitration.mode, routing.arbitration.max_s) == (
+        template.arbitration.mode,
+        template.arbitration.max_s,
+    )
+    assert template.arbitration.mode == "freeze" and "GPU arbitration kept from the template" in " ".join(result.notes)
     assert result.report_path is not None and result.report_path.read_text().startswith("# tuner optimize")
     assert (result.report_path.parent / "llama-3.1-8b.dgx-spark-pair.report.png").stat().st_size > 10_000
 
@@ -62,8 +65,8 @@ def test_co_resident_plan_gets_the_arbitration_mode_the_study_chose(tmp_path: Pa
     assert isinstance(info, dict) and info["study"] == "llama-3.1-8b.dgx-spark-pair.arbitration"
     routing = plan.gateway.routing
     expected = "freeze" if info["mode"] in ("freeze", "bounded") else "admission"
-    assert routing.gpu_arbitration == expected
-    assert (routing.batch_yield_fraction < 1) == (info["mode"] in ("admission", "bounded"))
+    assert routing.arbitration.mode == expected
+    assert (routing.yielding.fraction < 1) == (info["mode"] in ("admission", "bounded"))
     assert info["batch_load"] == "saturating" and info["chat_load"] == "team"
     assert ("GPU arbitration" in " ".join(result.notes)) == (not info["meets_targets"])
 

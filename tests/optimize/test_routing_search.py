@@ -28,11 +28,11 @@ def test_a_trial_sets_batch_yielding_and_the_hold_only_while_batch_yields() -> N
         optuna.trial.FixedTrial({**spill, "batch_yield_fraction": 0.0, "batch_yield_max_hold_s": 45.0}),
         RoutingSettings(),
     )
-    assert (held.batch_yield_fraction, held.batch_yield_max_hold_s) == (0.0, 45.0)
+    assert (held.yielding.fraction, held.yielding.max_hold_s) == (0.0, 45.0)
     free = _suggest(
         optuna.trial.FixedTrial({**spill, "batch_yield_fraction": 1.0}), RoutingSettings(batch_yield_max_hold_s=12.0)
     )
-    assert (free.batch_yield_fraction, free.batch_yield_max_hold_s) == (1.0, 12.0)  # no hold asked for: the base's
+    assert (free.yielding.fraction, free.yielding.max_hold_s) == (1.0, 12.0)  # no hold asked for: the base's
 
 
 def test_the_study_starts_from_the_base_and_returns_the_trial_it_kept() -> None:

@@ -14,9 +14,9 @@ from tuner.policy_eval.scenarios import plan_routing
 
 def test_thresholds_scale_with_the_replicas_batch_sizes() -> None:
     small, large = routing_for(8, 32), routing_for(64, 512)
-    assert small.spill_queue_threshold == 2 and large.spill_queue_threshold == 16
-    assert large.spill_target_headroom == 64 and small.spill_target_headroom == 4
-    assert small.spill_release_threshold < small.spill_queue_threshold
+    assert small.spill.queue_threshold == 2 and large.spill.queue_threshold == 16
+    assert large.spill.target_headroom == 64 and small.spill.target_headroom == 4
+    assert small.spill.release_threshold < small.spill.queue_threshold
     # Interactive may run its own replica's slots plus what it may spill; batch its own plus the borrowed ones.
     assert large.limits["interactive"].max_concurrency == 64 + 64
     assert large.limits["batch"].max_concurrency == 512 + 64
@@ -61,18 +61,18 @@ def test_spilling_starts_at_the_derived_threshold() -> None:
         decision, _ = route(chat, "interactive", [interactive, batch], settings, PolicyState())
         return decision.replica
 
-    assert to(settings.spill_queue_threshold - 1) == "interactive"
-    assert to(settings.spill_queue_threshold) == "batch"
+    assert to(settings.spill.queue_threshold - 1) == "interactive"
+    assert to(settings.spill.queue_threshold) == "batch"
 
 
 def test_the_rule_keeps_batch_yielding_off_and_a_plan_that_sets_it_keeps_it() -> None:
     """The rule's choice from the simulated trade-off (docs/routing.md): no hold beat "off" on
     goodput for either Spark plan, so the rule adds no yielding; a plan that asks for it keeps it,
     as the bounded-step plans do for their batch cap beside the freeze."""
-    assert routing_for(16, 128).batch_yield_fraction == 1.0
+    assert routing_for(16, 128).yielding.fraction == 1.0
     for name in ("gpt-oss-120b.dgx-spark-pair", "cpu-demo"):  # no cap of their own
-        assert plan_routing(load_plan(shipped_plan(name))).batch_yield_fraction == 1.0
+        assert plan_routing(load_plan(shipped_plan(name))).yielding.fraction == 1.0
     bounded = plan_routing(load_plan(shipped_plan("llama-3.1-8b.dgx-spark-pair")))
-    assert (bounded.gpu_arbitration, bounded.batch_yield_fraction) == ("freeze", 0.25)
+    assert (bounded.arbitration.mode, bounded.yielding.fraction) == ("freeze", 0.25)
     held = routing_for(16, 128, RoutingSettings(batch_yield_fraction=0.0, batch_yield_max_hold_s=45.0))
-    assert (held.batch_yield_fraction, held.batch_yield_max_hold_s) == (0.0, 45.0)
+    assert (held.yielding.fraction, held.yielding.max_hold_s) == (0.0, 45.0)

@@ -37,7 +37,7 @@ def test_every_policy_runs_with_the_plan_thresholds_and_replays_by_seed() -> Non
     assert again[0].policies[0].samples == ours.samples
     failure = results[1].policy("class-aware")
     assert failure is not None and failure.estimate("failed").mean > 0
-    assert plan_routing(PLAN).spill_target_headroom == 32
+    assert plan_routing(PLAN).spill.target_headroom == 32
 
 
 def test_the_yield_sweep_runs_every_point_of_the_lever() -> None:

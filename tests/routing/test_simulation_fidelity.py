@@ -165,7 +165,7 @@ def test_the_starvation_bound_keeps_batch_running_under_a_steady_chat_load() -> 
         batch=BatchLoad(burst_size=2, burst_start_s=1, burst_every_s=1000, shape=LONG),
         duration_s=120,
     )
-    bound = FREEZE.model_copy(update={"freeze_max_s": 8.0, "freeze_release_s": 2.0})
+    bound = FREEZE.replacing(arbitration=FREEZE.arbitration.model_copy(update={"max_s": 8.0, "release_s": 2.0}))
     result = simulate(nonstop, bound, seed=1)
     assert result.forced_resumes >= 10
     assert result.batch_frozen_fraction <= 8.0 / (8.0 + 2.0) + 0.02

@@ -32,7 +32,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from deploy.plan import ServingPlan
-from gateway.config import RoutingSettings
+from gateway.config import BatchYieldSettings, GpuArbitrationSettings, RoutingSettings
 from tuner.optimize.study import make_sampler
 from tuner.perfmodel.simulate import InteractiveLoad, Scenario, SimResult, simulate
 from tuner.policy_eval.scenarios import simulated_scenarios
@@ -121,12 +121,12 @@ class ArbitrationPoint:
         if self.mode == "off":
             return "off"
         if self.mode == "admission":
-            return f"admission (yield {r.batch_yield_fraction:g}, hold {r.batch_yield_max_hold_s:g} s)"
-        freeze = f"freeze {r.freeze_max_s:g}/{r.freeze_release_s:g}"
+            return f"admission (yield {r.yielding.fraction:g}, hold {r.yielding.max_hold_s:g} s)"
+        freeze = f"freeze {r.arbitration.max_s:g}/{r.arbitration.release_s:g}"
         if self.mode == "freeze":
             return freeze
         budget = "the plan's step budget" if self.batch_tokens is None else f"step budget {self.batch_tokens}"
-        return f"{freeze} + cap {r.batch_yield_fraction:g} (settle {r.batch_yield_settle_s:g} s) + {budget}"
+        return f"{freeze} + cap {r.yielding.fraction:g} (settle {r.yielding.settle_s:g} s) + {budget}"
 
 
 def point(
@@ -140,15 +140,22 @@ def point(
     batch_tokens: int | None = None,
 ) -> ArbitrationPoint:
     """The routing of a mode on top of `base` (a plan's own)."""
-    update: dict[str, object] = {"gpu_arbitration": "freeze" if mode in ("freeze", "bounded") else "admission"}
-    update["batch_yield_fraction"] = fraction if mode in ("admission", "bounded") else 1.0
-    if settle_s is not None:
-        update["batch_yield_settle_s"] = settle_s
-    if hold_s is not None:
-        update["batch_yield_max_hold_s"] = hold_s
-    if freeze_max_s is not None:
-        update["freeze_max_s"] = freeze_max_s
-    routing = RoutingSettings.model_validate(base.model_dump() | update)
+    yielding, arbitration = base.yielding, base.arbitration
+    routing = base.replacing(
+        yielding=BatchYieldSettings(
+            fraction=fraction if mode in ("admission", "bounded") else 1.0,
+            settle_s=yielding.settle_s if settle_s is None else settle_s,
+            max_hold_s=yielding.max_hold_s if hold_s is None else hold_s,
+            release_s=yielding.release_s,
+        ),
+        arbitration=GpuArbitrationSettings(
+            mode="freeze" if mode in ("freeze", "bounded") else "admission",
+            settle_s=arbitration.settle_s,
+            max_s=arbitration.max_s if freeze_max_s is None else freeze_max_s,
+            release_s=arbitration.release_s,
+            lease_s=arbitration.lease_s,
+        ),
+    )
     return ArbitrationPoint(mode, routing, batch_tokens if mode == "bounded" else None)
 
 

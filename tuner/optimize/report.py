@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 import optuna
 from optuna.trial import TrialState
 
+from gateway.config import BatchYieldSettings, SpillRules
+
 if TYPE_CHECKING:
     from gateway.config import TrafficClass
     from tuner.optimize.evaluators import ModelEvaluator
@@ -126,14 +128,15 @@ def markdown(result: OptimizeResult, png_name: str) -> str:
                 f"| {name} | {error['ttft_p90_ms']:.2f} | {error['tpot_p50_ms']:.2f} | {error['output_tok_s']:.2f} |"
             )
     routing = result.routing
+    spill = SpillRules.model_validate(routing["spill"])
+    yielding = BatchYieldSettings.model_validate(routing["yielding"])
     lines += [
         "",
         "## Routing",
         "",
-        f"spill_queue_threshold {routing['spill_queue_threshold']}, spill_release_threshold "
-        f"{routing['spill_release_threshold']}, spill_target_headroom {routing['spill_target_headroom']}, "
-        f"batch_yield_fraction {routing.get('batch_yield_fraction', 1.0):g}, batch_yield_max_hold_s "
-        f"{routing.get('batch_yield_max_hold_s', '-')} "
+        f"spill queue_threshold {spill.queue_threshold}, release_threshold {spill.release_threshold}, "
+        f"target_headroom {spill.target_headroom}; batch yielding fraction {yielding.fraction:g}, "
+        f"max_hold_s {yielding.max_hold_s:g} "
         f"({'tuned on the simulator' if routing.get('tuned') else 'kept from the template'}).",
     ]
     front = result.classes["interactive"].pareto_front

@@ -3,9 +3,10 @@ chosen replicas.
 
 Spilling interactive requests onto the batch replica only matters when both replicas run at
 once, so per-class trials cannot price it. Once both replicas are chosen, a small study (named
-`<model>.<cluster>.routing`) searches spill_queue_threshold, spill_release_threshold (below the
-queue threshold: conditional), spill_target_headroom, batch_yield_fraction and (while batch yields)
-batch_yield_max_hold_s, each trial a seeded run of
+`<model>.<cluster>.routing`) searches spill.queue_threshold, spill.release_threshold (below the
+queue threshold: conditional), spill.target_headroom, yielding.fraction and (while batch yields)
+yielding.max_hold_s (the study's parameters keep the flat names, FLAT_ROUTING_KEYS in
+gateway.config, so a stored study resumes), each trial a seeded run of
 `tuner.perfmodel.simulate` with the gateway's own policy code: interactive users bursting to
 `users_per_slot` x the interactive concurrency, batch arrivals at `batch_load` of the batch
 replica's predicted rate. Objective: interactive goodput (requests/s meeting the interactive SLO),
@@ -19,7 +20,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from deploy.plan import Replica
-from gateway.config import RoutingSettings
+from gateway.config import BatchYieldSettings, RoutingSettings, SpillRules
 from tuner.optimize.compose import replica_layout
 from tuner.optimize.objectives import ClassObjective
 from tuner.optimize.study import make_sampler
@@ -88,16 +89,18 @@ def _suggest(trial: optuna.Trial, base: RoutingSettings) -> RoutingSettings:
     hold = (
         trial.suggest_float("batch_yield_max_hold_s", 5.0, 120.0, log=True)
         if fraction < 1
-        else base.batch_yield_max_hold_s
+        else base.yielding.max_hold_s
     )
-    return base.model_copy(
-        update={
-            "spill_queue_threshold": queue,
-            "spill_release_threshold": release,
-            "spill_target_headroom": headroom,
-            "batch_yield_fraction": fraction,
-            "batch_yield_max_hold_s": hold,
-        }
+    return base.replacing(
+        spill=SpillRules(
+            queue_threshold=queue,
+            release_threshold=release,
+            target_headroom=headroom,
+            batch_borrows_idle_interactive=base.spill.batch_borrows_idle_interactive,
+        ),
+        yielding=BatchYieldSettings(
+            fraction=fraction, max_hold_s=hold, settle_s=base.yielding.settle_s, release_s=base.yielding.release_s
+        ),
     )
 
 
@@ -120,11 +123,11 @@ def tune_routing(
     if not study.get_trials(deepcopy=False):
         study.enqueue_trial(
             {
-                "spill_queue_threshold": base.spill_queue_threshold,
-                "spill_release_threshold": base.spill_release_threshold,
-                "spill_target_headroom": base.spill_target_headroom,
-                "batch_yield_fraction": base.batch_yield_fraction,
-                **({"batch_yield_max_hold_s": base.batch_yield_max_hold_s} if base.batch_yield_fraction < 1 else {}),
+                "spill_queue_threshold": base.spill.queue_threshold,
+                "spill_release_threshold": base.spill.release_threshold,
+                "spill_target_headroom": base.spill.target_headroom,
+                "batch_yield_fraction": base.yielding.fraction,
+                **({"batch_yield_max_hold_s": base.yielding.max_hold_s} if base.yielding.fraction < 1 else {}),
             }
         )
 

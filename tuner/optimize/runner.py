@@ -54,7 +54,7 @@ from tuner.optimize.targets import ClusterTarget, ModelChoice, TargetError, reso
 from tuner.perfmodel import load_hardware
 from tuner.perfmodel.build import load_build
 from tuner.plan_fit import with_kv_budgets
-from tuner.policy_eval.scenarios import ARBITRATION_FIELDS, without_arbitration
+from tuner.policy_eval.scenarios import with_arbitration, without_arbitration
 from tuner.workloads import get_workload
 
 INTERACTIVE_SEQS = IntRange(1, 64, log=True)
@@ -350,10 +350,9 @@ def _tune_routing(
 def kept_arbitration(plan: ServingPlan, template: ServingPlan) -> ServingPlan:
     """`plan` with the template's GPU arbitration where the template freezes (a shipped GPU plan):
     the routing study compares thresholds with arbitration off, so its result carries none."""
-    if template.gateway.routing.gpu_arbitration != "freeze":
+    if template.gateway.routing.arbitration.mode != "freeze":
         return plan
-    arbitration = template.gateway.routing.model_dump(include=set(ARBITRATION_FIELDS))
-    routing = RoutingSettings.model_validate(plan.gateway.routing.model_dump() | arbitration)
+    routing = with_arbitration(plan.gateway.routing, template.gateway.routing)
     return plan.model_copy(update={"gateway": plan.gateway.model_copy(update={"routing": routing})})
 
 
@@ -441,8 +440,7 @@ def _tune_arbitration(
         for r in plan.replicas
     ]
     # Only the arbitration's own settings: a live study's points are built on the running gateway's routing.
-    arbitration = chosen.routing.model_dump(include=set(ARBITRATION_FIELDS))
-    routing = RoutingSettings.model_validate(plan.gateway.routing.model_dump() | arbitration)
+    routing = with_arbitration(plan.gateway.routing, chosen.routing)
     gateway = plan.gateway.model_copy(update={"routing": routing})
     info: dict[str, object] = {
         "tuned": trial is not None,
@@ -468,15 +466,11 @@ def _tune_arbitration(
 
 
 def _thresholds(routing: RoutingSettings) -> dict[str, object]:
-    return routing.model_dump(
-        include={
-            "spill_queue_threshold",
-            "spill_release_threshold",
-            "spill_target_headroom",
-            "batch_yield_fraction",
-            "batch_yield_max_hold_s",
-        }
-    )
+    """The settings the routing study searches, as the report shows them."""
+    return {
+        "spill": routing.spill.model_dump(include={"queue_threshold", "release_threshold", "target_headroom"}),
+        "yielding": routing.yielding.model_dump(include={"fraction", "max_hold_s"}),
+    }
 
 
 def _plan_header(request: OptimizeRequest, model: ModelChoice, target: ClusterTarget) -> str:

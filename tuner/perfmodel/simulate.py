@@ -496,7 +496,7 @@ class _Simulation:
         interactive requests on each replica. A replica frozen now finishes the cycle in progress
         and starts no other (vLLM's pause takes effect after the current step); one resumed starts
         its next cycle at once. A timer is set for when the state would change by itself."""
-        if self.settings.gpu_arbitration != "freeze" and not self.arbitration.holds:
+        if self.settings.arbitration.mode != "freeze" and not self.arbitration.holds:
             return
         group = "shared" if self.scenario.co_resident else None
         work = [

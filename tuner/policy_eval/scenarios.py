@@ -51,22 +51,15 @@ def plan_routing(plan: ServingPlan) -> RoutingSettings:
     return routing_for_replicas((r.traffic_class, r.engine.max_num_seqs) for r in plan.replicas)
 
 
-ARBITRATION_FIELDS = (
-    "gpu_arbitration",
-    "batch_yield_fraction",
-    "batch_yield_settle_s",
-    "batch_yield_max_hold_s",
-    "freeze_max_s",
-    "freeze_release_s",
-)
-"""The routing settings of GPU arbitration (the freeze and the batch yield): what the arbitration
-study sets in a plan, and what the evaluations reset before setting their own."""
+def with_arbitration(routing: RoutingSettings, source: RoutingSettings) -> RoutingSettings:
+    """`routing` with `source`'s GPU arbitration: its freeze and its batch yield, the two groups
+    the arbitration study sets in a plan and the evaluations reset before setting their own."""
+    return routing.replacing(yielding=source.yielding, arbitration=source.arbitration)
 
 
 def without_arbitration(routing: RoutingSettings) -> RoutingSettings:
-    """`routing` with GPU arbitration off: every ARBITRATION_FIELDS at the settings' default."""
-    defaults = RoutingSettings().model_dump(include=set(ARBITRATION_FIELDS))
-    return RoutingSettings.model_validate(routing.model_dump() | defaults)
+    """`routing` with GPU arbitration off: its freeze and batch yield at the settings' defaults."""
+    return with_arbitration(routing, RoutingSettings())
 
 
 def arbitration_off(plan: ServingPlan) -> RoutingSettings:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 
 from deploy.plan import ServingPlan
+from gateway.config import BatchYieldSettings
 from gateway.policy import POLICIES
 from tuner.perfmodel.simulate import Scenario, SimResult, simulate
 from tuner.policy_eval.report import PolicyResult, Sample, ScenarioResult, YieldPoint
@@ -123,7 +124,7 @@ YIELD_POINTS: tuple[tuple[float, float], ...] = (
     (0.0, 90.0),
     (0.0, 120.0),
 )
-"""(batch_yield_fraction, batch_yield_max_hold_s); release fixed at YIELD_RELEASE_S. A fraction
+"""(yielding.fraction, yielding.max_hold_s); release fixed at YIELD_RELEASE_S. A fraction
 above 0 keeps the batch replica busy (so, time-sliced, the interactive one still runs at half
 speed); at 0 the hold bound is the lever: a longer hold gives interactive more time alone."""
 
@@ -132,12 +133,13 @@ def run_yield_sweep(
     setting: str, plan: ServingPlan, steady: Scenario, seeds: int, progress: ProgressFn | None = None
 ) -> list[YieldPoint]:
     """Every YIELD_POINTS setting of the plan's class-aware routing on the steady mix, seeds 0..seeds-1."""
-    routing = arbitration_off(plan).model_copy(
-        update={"policy": "class-aware", "batch_yield_release_s": YIELD_RELEASE_S}
-    )
+    routing = arbitration_off(plan).model_copy(update={"policy": "class-aware"})
     points = []
     for fraction, max_hold_s in YIELD_POINTS:
-        settings = routing.model_copy(update={"batch_yield_fraction": fraction, "batch_yield_max_hold_s": max_hold_s})
+        yielding = BatchYieldSettings(
+            fraction=fraction, max_hold_s=max_hold_s, release_s=YIELD_RELEASE_S, settle_s=routing.yielding.settle_s
+        )
+        settings = routing.replacing(yielding=yielding)
         samples = [sample_of(simulate(steady, settings, seed)) for seed in range(seeds)]
         points.append(
             YieldPoint(
