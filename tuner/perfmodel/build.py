@@ -9,12 +9,11 @@ hardware profile's `default_build`.
 
 from __future__ import annotations
 
-from functools import cache
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tuner.perfmodel.sourced import DATA_DIR, Figure, read_yaml
+from tuner.perfmodel.sourced import DATA_DIR, Figure, NamedEntries
 
 BUILDS_FILE = DATA_DIR / "builds.yaml"
 
@@ -43,19 +42,10 @@ class EngineBuild(BaseModel):
     )
 
 
-def known_builds() -> list[str]:
-    return sorted(_builds())
+_BUILDS = NamedEntries(BUILDS_FILE, EngineBuild, "engine build")
+known_builds = _BUILDS.names
 
 
-@cache
-def _builds() -> dict:
-    return read_yaml(BUILDS_FILE)
-
-
-@cache
 def load_build(name: str) -> EngineBuild:
     """The named build from data/builds.yaml."""
-    data = _builds()
-    if name not in data:
-        raise ValueError(f"unknown engine build {name!r}; known builds: {', '.join(sorted(data))}")
-    return EngineBuild.model_validate({"name": name, **data[name]})
+    return _BUILDS.load(name)

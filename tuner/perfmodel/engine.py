@@ -12,12 +12,10 @@ overridden by passing a modified copy (`profile.model_copy(update=...)`).
 
 from __future__ import annotations
 
-from functools import cache
-
 from pydantic import BaseModel, ConfigDict, Field
 
 from tuner.perfmodel.hardware import HardwareProfile
-from tuner.perfmodel.sourced import DATA_DIR, Figure, read_yaml
+from tuner.perfmodel.sourced import DATA_DIR, Figure, NamedEntries
 
 ENGINES_FILE = DATA_DIR / "engines.yaml"
 
@@ -140,19 +138,10 @@ class EngineSettings(BaseModel):
         return self.max_num_seqs or seqs, self.max_num_batched_tokens or tokens
 
 
-def known_engines() -> list[str]:
-    return sorted(_engine_data())
+_ENGINES = NamedEntries(ENGINES_FILE, EngineProfile, "engine")
+known_engines = _ENGINES.names
 
 
-@cache
-def _engine_data() -> dict:
-    return read_yaml(ENGINES_FILE)
-
-
-@cache
 def load_engine(name: str = "vllm") -> EngineProfile:
     """The named engine's constants from data/engines.yaml."""
-    data = _engine_data()
-    if name not in data:
-        raise ValueError(f"unknown engine {name!r}; known engines: {', '.join(sorted(data))}")
-    return EngineProfile.model_validate({"name": name, **data[name]})
+    return _ENGINES.load(name)

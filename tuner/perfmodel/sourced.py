@@ -8,8 +8,9 @@ source a reader can check.
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -32,12 +33,39 @@ class Figure(BaseModel):
     note: str = ""
 
 
+Entry = TypeVar("Entry", bound=BaseModel)
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     """Load one mapping from a data file; a malformed file names itself in the error."""
     data = yaml.safe_load(path.read_text())
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a mapping")
     return data
+
+
+class NamedEntries(Generic[Entry]):
+    """The entries of one data file, a mapping of name -> fields, each read as `model` with its
+    name (engine builds, engine constants): the file is read once, each entry validated once."""
+
+    def __init__(self, path: Path, model: type[Entry], kind: str) -> None:
+        self._path, self._model, self._kind = path, model, kind
+        self._loaded: dict[str, Entry] = {}
+
+    @cached_property
+    def _data(self) -> dict[str, Any]:
+        return read_yaml(self._path)
+
+    def names(self) -> list[str]:
+        return sorted(self._data)
+
+    def load(self, name: str) -> Entry:
+        """The named entry; a name the file lacks is refused naming the ones it has."""
+        if name not in self._loaded:
+            if name not in self._data:
+                raise ValueError(f"unknown {self._kind} {name!r}; known: {', '.join(self.names())}")
+            self._loaded[name] = self._model.model_validate({"name": name, **self._data[name]})
+        return self._loaded[name]
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -161,36 +161,32 @@ def goodput_ranking(steady: ScenarioResult) -> list[str]:
     return sorted((p.policy for p in steady.policies), key=lambda name: -(_mean(steady, name, "goodput_req_s") or 0.0))
 
 
+def _versus_alone(report: RoutingReport, setting: str, figure: str, target: str, bound: float) -> TargetCheck:
+    """`figure` on the steady mix under class-aware over its alone reference: a latency (`_ms`) is
+    met at most `bound` times the reference, a throughput at least `bound` times it."""
+    alone_scenario, alone_policy = REFERENCES["batch" if figure.startswith("batch") else "interactive"]
+    value = _ratio(_mean(report.of_setting(setting).get("steady"), TANDEM, figure), alone(report, setting, figure))
+    latency = figure.endswith("_ms")
+    met = None if value is None else (value <= bound if latency else value >= bound)
+    return TargetCheck(
+        setting=setting,
+        target=target,
+        value=value,
+        bound=bound,
+        met=met,
+        detail=f"steady mix under {TANDEM} vs {alone_scenario} under {alone_policy}; "
+        f"{'at most' if latency else 'at least'} {bound:g}x",
+    )
+
+
 def check_targets(report: RoutingReport, setting: str) -> list[TargetCheck]:
     """The issue's targets for one setting: class-aware on the steady mix against the alone references
     and against every baseline's goodput."""
-    runs = report.of_setting(setting)
-    steady = runs.get("steady")
-    checks: list[TargetCheck] = []
-    alone_scenario, alone_policy = REFERENCES["interactive"]
-    ttft = _ratio(_mean(steady, TANDEM, "interactive_ttft_p99_ms"), alone(report, setting, "interactive_ttft_p99_ms"))
-    checks.append(
-        TargetCheck(
-            setting=setting,
-            target="interactive TTFT p99 / TP replica alone",
-            value=ttft,
-            bound=1.2,
-            met=None if ttft is None else ttft <= 1.2,
-            detail=f"steady mix under {TANDEM} vs {alone_scenario} under {alone_policy}; at most 1.2x",
-        )
-    )
-    alone_scenario, alone_policy = REFERENCES["batch"]
-    tok = _ratio(_mean(steady, TANDEM, "batch_output_tok_s"), alone(report, setting, "batch_output_tok_s"))
-    checks.append(
-        TargetCheck(
-            setting=setting,
-            target="batch output tok/s / PP replica alone",
-            value=tok,
-            bound=0.95,
-            met=None if tok is None else tok >= 0.95,
-            detail=f"steady mix under {TANDEM} vs {alone_scenario} under {alone_policy}; at least 0.95x",
-        )
-    )
+    steady = report.of_setting(setting).get("steady")
+    checks = [
+        _versus_alone(report, setting, "interactive_ttft_p99_ms", "interactive TTFT p99 / TP replica alone", 1.2),
+        _versus_alone(report, setting, "batch_output_tok_s", "batch output tok/s / PP replica alone", 0.95),
+    ]
     if steady is not None:
         ours = _mean(steady, TANDEM, "goodput_req_s")
         rivals = {p.policy: _mean(steady, p.policy, "goodput_req_s") for p in steady.policies if p.policy != TANDEM}
