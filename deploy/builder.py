@@ -14,6 +14,7 @@ from ray.serve.deployment import Application
 
 from deploy.engine_server import EngineServer
 from deploy.gateway_server import GatewayServer
+from deploy.placement import actor_resources, bundles
 from deploy.plan import Replica, ServingPlan
 from gateway.config import GatewayConfig, ReplicaEndpoint
 
@@ -97,16 +98,6 @@ def gateway_app(plan: ServingPlan, engines: dict[str, Application]) -> Applicati
     return gateway.bind(gateway_config(plan), engines)
 
 
-def engine_actor_options(plan: ServingPlan, replica: Replica) -> dict[str, float]:
-    """The replica actor's own resources, taken from the first bundle of its placement group.
-    Under vLLM's Ray executor the workers are actors of their own, one per bundle, and the first
-    needs that bundle's GPU share: the replica takes none of it (as Ray Serve LLM's replicas do)."""
-    accelerator = plan.cluster.accelerator
-    first = replica.placement_bundles(accelerator)[0]
-    gpus = 0.0 if replica.executor(accelerator) == "ray" else first.get("GPU", 0.0)
-    return {"num_cpus": first["CPU"], "num_gpus": gpus}
-
-
 def engine_app(
     plan: ServingPlan,
     replica: Replica,
@@ -121,8 +112,8 @@ def engine_app(
     deployment = serve.deployment(engine_cls).options(
         name=engine_deployment_name(replica),
         num_replicas=1,
-        ray_actor_options=engine_actor_options(plan, replica),
-        placement_group_bundles=replica.placement_bundles(plan.cluster.accelerator),
+        ray_actor_options=actor_resources(replica, plan.cluster.accelerator),
+        placement_group_bundles=bundles(replica, plan.cluster.accelerator),
         placement_group_strategy=replica.placement.strategy,
         health_check_period_s=ENGINE_HEALTH_CHECK_PERIOD_S,
         max_ongoing_requests=1000,  # only url()/health calls come through Serve; the data goes by HTTP

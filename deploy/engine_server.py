@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from deploy.engine_process import PLACEMENT_GROUP_ENV
+from deploy.placement import executor as placement_executor
 from deploy.plan import Replica
 from deploy.ports import free_port
 from gateway.engines import EngineAdapter, ServerLaunch
@@ -81,7 +82,7 @@ def engine_launch(
     import ray
 
     engine = replica.adapter
-    executor = replica.executor(accelerator)
+    executor = placement_executor(replica, accelerator)
     group = ray.util.get_current_placement_group()
     launch = ServerLaunch(
         model_source=model_source,

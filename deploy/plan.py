@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from deploy.placement import Placement, placement_problems
 from deploy.plan_version import PLAN_VERSION, PlanVersionError, upgrade_plan_data
 from gateway.config import (
     GatewaySettings,
@@ -26,7 +27,6 @@ from gateway.config import (
     named_routing,
 )
 from gateway.engines import DEFAULT_ENGINE, EngineAdapter, engine_adapter
-from gateway.engines.base import Executor
 from gateway.engines.vllm import EngineArgs
 from gateway.routing_rules import routing_for_replicas
 
@@ -60,23 +60,6 @@ class ModelSpec(BaseModel):
     @property
     def served_names(self) -> list[str]:
         return [self.name, *self.aliases]
-
-
-PlacementStrategy = Literal["STRICT_SPREAD", "SPREAD", "PACK", "STRICT_PACK"]
-
-
-class Placement(BaseModel):
-    """How one replica's workers are placed: one Ray bundle per worker (tp x pp of them)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    strategy: PlacementStrategy = Field(
-        "STRICT_SPREAD", description="STRICT_SPREAD puts each worker on its own node (the two-box layout)."
-    )
-    cpus_per_worker: float = Field(1.0, gt=0)
-    gpus_per_worker: float = Field(
-        1.0, ge=0, le=1, description="Fraction of a GPU per worker; below 1 lets two replicas share the GPUs."
-    )
 
 
 class Replica(BaseModel):
@@ -119,23 +102,6 @@ class Replica(BaseModel):
     @property
     def layout(self) -> str:
         return f"tp{self.tensor_parallel_size}-pp{self.pipeline_parallel_size}"
-
-    def placement_bundles(self, accelerator: str | None) -> list[dict[str, float]]:
-        """One bundle per worker; GPU share only where the cluster has GPUs."""
-        bundle: dict[str, float] = {"CPU": self.placement.cpus_per_worker}
-        if accelerator is not None:
-            bundle["GPU"] = self.placement.gpus_per_worker
-        return [dict(bundle) for _ in range(self.world_size)]
-
-    def executor(self, accelerator: str | None) -> Executor:
-        """How the engine runs this replica's workers. On GPUs, a replica of several workers uses vLLM's
-        Ray executor: one Ray actor per worker, each in its own bundle of the replica's placement
-        group, so a layout spans nodes and every worker gets exactly its bundle's GPU share. A
-        one-worker GPU replica runs in the engine's own process on the GPU share Ray gave the
-        replica. vLLM refuses its Ray executor on the CPU, so CPU workers stay in the replica."""
-        if accelerator is None:
-            return "mp"
-        return "ray" if self.world_size > 1 else "uni"
 
 
 class Cluster(BaseModel):
@@ -182,11 +148,6 @@ class ServingPlan(BaseModel):
                     f"{where}: tensor_parallel_size x pipeline_parallel_size = {r.world_size} is larger than "
                     f"the cluster's {cluster.devices} devices ({cluster.nodes} node(s) x {cluster.devices_per_node})"
                 )
-            if r.placement.strategy == "STRICT_SPREAD" and r.world_size > cluster.nodes:
-                raise ValueError(
-                    f"{where}: STRICT_SPREAD needs one node per worker ({r.world_size}) but the cluster has "
-                    f"{cluster.nodes}; use PACK or SPREAD"
-                )
             if cluster.is_cpu and r.pipeline_parallel_size > 1 and r.engine.enforce_eager:
                 raise ValueError(
                     f"{where}: pipeline parallelism with enforce_eager fails on vLLM's CPU backend (the first "
@@ -199,12 +160,9 @@ class ServingPlan(BaseModel):
                     "the replicas' gpu_memory_utilization add up to "
                     f"{shares:.2f}, past 1.0 of each GPU they share; lower them"
                 )
-            gpu_use = sum(r.placement.gpus_per_worker * r.world_size for r in self.replicas)
-            if gpu_use > cluster.devices + 1e-9:
-                raise ValueError(
-                    f"the replicas ask for {gpu_use:g} GPUs in all but the cluster has {cluster.devices}; "
-                    "lower placement.gpus_per_worker so they can be co-resident"
-                )
+        problems = placement_problems(self.replicas, cluster)
+        if problems:
+            raise ValueError(problems[0])
         return self
 
     @model_validator(mode="after")

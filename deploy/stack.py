@@ -20,6 +20,7 @@ import httpx
 
 from deploy.builder import APP_NAME, GATEWAY_CPUS, GATEWAY_DEPLOYMENT, build_app
 from deploy.demo_model import cache_dir, ensure_demo_model
+from deploy.placement import bundles
 from deploy.plan import DEMO_SOURCE, ServingPlan
 
 logger = logging.getLogger("tandem.deploy")
@@ -48,7 +49,7 @@ def logical_cpus_needed(plan: ServingPlan) -> int:
     """Ray CPUs for a local head running the plan. Bundles are logical (the engines share the
     real cores), so this is accounting: every bundle, the gateway, and one more per replica of
     slack for Ray's own tasks beside them."""
-    reserved = sum(b["CPU"] for r in plan.replicas for b in r.placement_bundles(plan.cluster.accelerator))
+    reserved = sum(b["CPU"] for r in plan.replicas for b in bundles(r, plan.cluster.accelerator))
     return max(os.cpu_count() or 1, math.ceil(reserved + GATEWAY_CPUS) + len(plan.replicas))
 
 

@@ -3,7 +3,8 @@ unless each has its KV budget, and each engine's actor takes the resources its e
 
 from __future__ import annotations
 
-from deploy.builder import build_app, engine_actor_options, starts_in_turn
+from deploy.builder import build_app, starts_in_turn
+from deploy.placement import actor_resources
 from deploy.plan import ServingPlan, load_plan, shipped_plan
 
 
@@ -40,6 +41,8 @@ def test_cpu_engines_start_together() -> None:
 
 def test_an_engine_actor_leaves_the_gpu_to_its_ray_workers_or_takes_its_share() -> None:
     spark = load_plan(shipped_plan("llama-3.1-8b.dgx-spark-pair"))
-    assert [engine_actor_options(spark, r) for r in spark.replicas] == [{"num_cpus": 2, "num_gpus": 0.0}] * 2
+    assert [actor_resources(r, spark.cluster.accelerator) for r in spark.replicas] == [
+        {"num_cpus": 2, "num_gpus": 0.0}
+    ] * 2
     one_gpu = load_plan(shipped_plan("one-gpu"))
-    assert [engine_actor_options(one_gpu, r)["num_gpus"] for r in one_gpu.replicas] == [0.5, 0.5]
+    assert [actor_resources(r, one_gpu.cluster.accelerator)["num_gpus"] for r in one_gpu.replicas] == [0.5, 0.5]

@@ -25,6 +25,7 @@ from ray import cloudpickle
 from deploy.builder import engine_app
 from deploy.engine_process import PLACEMENT_GROUP_ENV
 from deploy.engine_server import engine_launch
+from deploy.placement import executor
 from deploy.plan import SHIPPED_PLANS_DIR, Replica, load_plan, parse_plan, shipped_plan
 from deploy.stack import ray_on_loopback_only
 
@@ -100,7 +101,7 @@ class EngineProbe:
         import ray
 
         self.replica = Replica.model_validate(replica)
-        self.executor = self.replica.executor(accelerator)
+        self.executor = executor(self.replica, accelerator)
         self.args, self.env = engine_launch(model_source, served_name, self.replica, accelerator, "127.0.0.1", 8000)
         context = ray.get_runtime_context()
         self.actor = {"GPU": context.get_assigned_resources().get("GPU", 0.0), "node": context.get_node_id()}

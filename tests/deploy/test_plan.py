@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from deploy.placement import bundles, executor
 from deploy.plan import SHIPPED_PLANS_DIR, PlanError, ServingPlan, dump_plan, load_plan, parse_plan, shipped_plan
 from deploy.plan_version import PLAN_VERSION
 from gateway.config import RoutingSettings, nest_flat_routing
@@ -38,14 +39,14 @@ def test_spark_plans_run_tp2_interactive_and_pp2_batch_spread_over_both_boxes() 
         assert (batch.tensor_parallel_size, batch.pipeline_parallel_size) == (1, 2)
         for replica in plan.replicas:
             assert replica.placement.strategy == "STRICT_SPREAD"
-            assert replica.placement_bundles(plan.cluster.accelerator) == [{"CPU": 2, "GPU": 0.5}] * 2
+            assert bundles(replica, plan.cluster.accelerator) == [{"CPU": 2, "GPU": 0.5}] * 2
 
 
 def test_cpu_demo_plan_uses_real_tp2_and_pp2_without_eager_mode() -> None:
     plan = load_plan(shipped_plan("cpu-demo"))
     assert [r.layout for r in plan.replicas] == ["tp2-pp1", "tp1-pp2"]
     assert not any(r.engine.enforce_eager for r in plan.replicas)
-    assert plan.replica_for("batch").placement_bundles(None) == [{"CPU": 0.5}, {"CPU": 0.5}]
+    assert bundles(plan.replica_for("batch"), None) == [{"CPU": 0.5}, {"CPU": 0.5}]
 
 
 def expect_error(data: dict, *fragments: str) -> str:
@@ -170,11 +171,11 @@ def test_a_priority_scheduler_is_asked_of_the_replicas_engine() -> None:
 
 def test_gpu_workers_of_a_layout_use_vllms_ray_executor_and_cpu_workers_stay_in_the_replica() -> None:
     spark = parse_plan(spark_data())
-    assert {r.executor(spark.cluster.accelerator) for r in spark.replicas} == {"ray"}
+    assert {executor(r, spark.cluster.accelerator) for r in spark.replicas} == {"ray"}
     one_gpu = load_plan(shipped_plan("one-gpu"))
-    assert {r.executor(one_gpu.cluster.accelerator) for r in one_gpu.replicas} == {"uni"}
+    assert {executor(r, one_gpu.cluster.accelerator) for r in one_gpu.replicas} == {"uni"}
     cpu = load_plan(shipped_plan("cpu-demo"))
-    assert {r.executor(cpu.cluster.accelerator) for r in cpu.replicas} == {"mp"}
+    assert {executor(r, cpu.cluster.accelerator) for r in cpu.replicas} == {"mp"}
 
 
 def test_duplicate_replica_names_and_bad_hysteresis() -> None:

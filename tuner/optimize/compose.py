@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from deploy.plan import Placement, Replica, ServingPlan
+from deploy.placement import Placement
+from deploy.plan import Replica, ServingPlan
 from gateway.config import RoutingSettings, TrafficClass
 from tuner.optimize.objectives import ClassObjective, Measurement
 from tuner.optimize.space import Candidate, SearchSpace
