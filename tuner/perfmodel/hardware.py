@@ -12,8 +12,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from gateway.config import merged_settings
 from tuner.perfmodel.collectives import LinkProfile
-from tuner.perfmodel.sourced import DATA_DIR, Figure, deep_merge, read_yaml
+from tuner.perfmodel.sourced import DATA_DIR, Figure, read_yaml
 
 HARDWARE_DIR = DATA_DIR / "hardware"
 
@@ -97,7 +98,7 @@ def profile_data(name: str) -> dict[str, Any]:
     """A profile's mapping as read, `extends:` resolved (a fresh copy: callers may change it)."""
     data = read_yaml(_profile_path(name))
     parent = data.pop("extends", None)
-    return deep_merge(profile_data(parent), data) if parent else data
+    return merged_settings(profile_data(parent), data) if parent else data
 
 
 @cache

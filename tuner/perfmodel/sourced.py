@@ -66,14 +66,3 @@ class NamedEntries(Generic[Entry]):
                 raise ValueError(f"unknown {self._kind} {name!r}; known: {', '.join(self.names())}")
             self._loaded[name] = self._model.model_validate({"name": name, **self._data[name]})
         return self._loaded[name]
-
-
-def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """`override` laid over `base`, nested mappings merged key by key (for `extends:`)."""
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
