@@ -92,7 +92,7 @@ def engine_launch(
         tensor_parallel_size=replica.tensor_parallel_size,
         pipeline_parallel_size=replica.pipeline_parallel_size,
         executor=executor,
-        engine_kwargs=replica.engine.to_vllm_kwargs(),
+        engine_kwargs=replica.engine.engine_kwargs(),
         # The pause lease (gateway.engine_pause): the gateway freezes a batch engine with it.
         pause_middleware=PAUSE_MIDDLEWARE if engine.supports_pause else None,
     )

@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from deploy.placement import Placement, placement_problems
 from deploy.plan_version import PLAN_VERSION, PlanVersionError, upgrade_plan_data
@@ -26,8 +35,7 @@ from gateway.config import (
     merged_settings,
     named_routing,
 )
-from gateway.engines import DEFAULT_ENGINE, EngineAdapter, engine_adapter
-from gateway.engines.vllm import EngineArgs
+from gateway.engines import DEFAULT_ENGINE, EngineAdapter, EngineArguments, engine_adapter
 from gateway.routing_rules import routing_for_replicas
 
 DEMO_SOURCE = "demo"
@@ -73,10 +81,11 @@ class Replica(BaseModel):
     pipeline_parallel_size: int = Field(1, ge=1)
     engine_kind: str = Field(
         DEFAULT_ENGINE,
-        description="The engine that runs this replica: an adapter in gateway.engines (vllm only so far); "
-        "`engine` holds its arguments.",
+        description="The engine that runs this replica: an adapter in gateway.engines; "
+        "`engine` holds its arguments, in that adapter's argument model.",
     )
-    engine: EngineArgs = Field(default_factory=EngineArgs)
+    # SerializeAsAny: a dump writes the adapter's own fields too, not only the common ones.
+    engine: SerializeAsAny[EngineArguments] = Field(default_factory=dict, validate_default=True)
     placement: Placement = Field(default_factory=Placement)
     env: dict[str, str] = Field(default_factory=dict, description="Environment for the engine's processes.")
 
@@ -85,6 +94,19 @@ class Replica(BaseModel):
     def _engine_has_an_adapter(cls, kind: str) -> str:
         engine_adapter(kind)  # UnknownEngine (a ValueError) names the known ones
         return kind
+
+    @field_validator("engine", mode="before")
+    @classmethod
+    def _arguments_of_the_named_engine(cls, data: Any, info: ValidationInfo) -> Any:
+        """The `engine:` mapping is read with the argument model of the adapter `engine_kind` names,
+        so an engine brings its own arguments and checks; a bad `engine_kind` is reported on its own."""
+        kind = info.data.get("engine_kind")
+        if kind is None:
+            return data
+        model = engine_adapter(kind).args_model
+        if isinstance(data, EngineArguments) and not isinstance(data, model):
+            data = data.model_dump(exclude_unset=True)  # another engine's arguments: read as this one's
+        return model.model_validate(data)
 
     @property
     def adapter(self) -> EngineAdapter:

@@ -5,7 +5,7 @@ carries the same name. `engine_adapter` is the one lookup."""
 
 from __future__ import annotations
 
-from gateway.engines.base import EngineAdapter, ServerLaunch
+from gateway.engines.base import EngineAdapter, EngineArguments, ServerLaunch
 from gateway.engines.vllm import VLLM
 
 ENGINES: dict[str, EngineAdapter] = {VLLM.name: VLLM}
@@ -23,4 +23,12 @@ def engine_adapter(name: str) -> EngineAdapter:
         raise UnknownEngine(f"no engine adapter named {name!r}; known: {', '.join(sorted(ENGINES))}") from None
 
 
-__all__ = ["DEFAULT_ENGINE", "ENGINES", "EngineAdapter", "ServerLaunch", "UnknownEngine", "engine_adapter"]
+__all__ = [
+    "DEFAULT_ENGINE",
+    "ENGINES",
+    "EngineAdapter",
+    "EngineArguments",
+    "ServerLaunch",
+    "UnknownEngine",
+    "engine_adapter",
+]

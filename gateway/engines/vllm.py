@@ -13,82 +13,39 @@ this module too; the argument list is read from the installed vLLM when there is
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 from functools import cache
-from typing import Any, Literal
+from typing import Any, ClassVar
 
 from prometheus_client.parser import text_string_to_metric_families
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from gateway.engines.base import EngineCall, EngineLoad, Executor, ServerLaunch
+from gateway.engines.base import EngineArguments, EngineCall, EngineLoad, Executor, ServerLaunch
 
 _GAUGES = {"vllm:num_requests_running": "running", "vllm:num_requests_waiting": "waiting"}
 # A sample line starts with its name and then labels or a space.
 _GAUGE_PREFIXES = tuple(f"{name}{end}" for name in _GAUGES for end in ("{", " "))
 
 
-class EngineArgs(BaseModel):
-    """vLLM engine arguments. The tuned knobs are typed fields; any other vLLM EngineArgs field
-    goes in `extra` and is checked against the installed vLLM's own list."""
+class EngineArgs(EngineArguments):
+    """vLLM engine arguments: Tandem's common knobs (EngineArguments) and vLLM's own tuned ones as
+    typed fields; any other vLLM EngineArgs field goes in `extra` and is checked against the
+    installed vLLM's own list."""
 
-    model_config = ConfigDict(extra="forbid")
+    engine_label: ClassVar[str] = "vLLM"
 
-    max_num_seqs: int = Field(64, ge=1)
-    max_num_batched_tokens: int | None = Field(
-        None,
-        ge=1,
-        description="Tokens one engine step may schedule (decode tokens and prompt chunks): the step budget. "
-        "On a batch engine co-resident with an interactive one it bounds the step a freeze waits for "
-        "(docs/routing.md, bounded step).",
-    )
     long_prefill_token_threshold: int | None = Field(
         None,
         ge=1,
         description="Most prompt tokens one request may prefill in a step (vLLM's chunk cap per request; "
         "None: vLLM's default). Only where the installed vLLM has this argument.",
     )
-    max_model_len: int | None = Field(None, ge=16)
-    gpu_memory_utilization: float = Field(0.45, gt=0, le=1)
-    enable_chunked_prefill: bool | None = None
     enable_prefix_caching: bool | None = None
-    enforce_eager: bool = False
-    kv_cache_memory_bytes: int | None = Field(
-        None,
-        ge=1,
-        description="KV cache per worker, in bytes. Set, vLLM sizes its cache from it instead of profiling free "
-        "device memory, which two engines starting on one GPU would each count the other's use in.",
-    )
-    scheduling_policy: Literal["fcfs", "priority"] = "fcfs"
     dtype: str = "auto"
-    extra: dict[str, Any] = Field(default_factory=dict)
 
-    @model_validator(mode="before")
     @classmethod
-    def _name_unknown_arguments(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            unknown = sorted(set(data) - set(cls.model_fields))
-            if unknown:
-                hints = []
-                for key in unknown:
-                    close = difflib.get_close_matches(key, list(cls.model_fields), n=1)
-                    hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-                raise ValueError(
-                    f"unknown engine argument(s) {', '.join(hints)}; other vLLM arguments go under 'extra'"
-                )
-        return data
-
-    @model_validator(mode="after")
-    def _extra_names_are_vllm_arguments(self) -> EngineArgs:
-        known = vllm_engine_argument_names() if self.extra else None  # importing vLLM takes seconds
-        if known is not None:
-            unknown = sorted(set(self.extra) - known)
-            if unknown:
-                raise ValueError(f"engine.extra has argument(s) vLLM does not know: {', '.join(unknown)}")
-        typed = set(self.extra) & (set(type(self).model_fields) - {"extra"})
-        if typed:
-            raise ValueError(f"engine.extra repeats typed field(s) {sorted(typed)}: set them directly")
-        return self
+    def known_argument_names(cls) -> frozenset[str] | None:
+        return vllm_engine_argument_names()
 
     @model_validator(mode="after")
     def _step_budget_is_consistent(self) -> EngineArgs:
@@ -114,12 +71,6 @@ class EngineArgs(BaseModel):
                     "and bound the step with max_num_batched_tokens"
                 )
         return self
-
-    def to_vllm_kwargs(self) -> dict[str, Any]:
-        """The arguments as vLLM's EngineArgs takes them, unset ones left to vLLM's defaults."""
-        kwargs = self.model_dump(exclude={"extra"}, exclude_none=True)
-        kwargs.update(self.extra)
-        return kwargs
 
 
 @cache
@@ -155,6 +106,7 @@ class VllmEngine:
     metrics_path = "/metrics"
     supports_pause = True
     server_module = "vllm.entrypoints.openai.api_server"
+    args_model = EngineArgs
 
     def server_args(self, launch: ServerLaunch) -> list[str]:
         args = [

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import yaml
+from pydantic import Field
 
 from deploy.placement import bundles, executor
 from deploy.plan import SHIPPED_PLANS_DIR, PlanError, ServingPlan, dump_plan, load_plan, parse_plan, shipped_plan
 from deploy.plan_version import PLAN_VERSION
 from gateway.config import RoutingSettings, nest_flat_routing
+from gateway.engines import ENGINES, EngineArguments
+from gateway.engines.vllm import EngineArgs
 
 
 def demo_data() -> dict:
@@ -95,7 +99,7 @@ def test_extra_engine_arguments_are_checked_against_vllm() -> None:
     data["replicas"][0]["engine"]["extra"] = {"swap_space_gb_typo": 4}
     expect_error(data, "vLLM does not know: swap_space_gb_typo")
     data["replicas"][0]["engine"]["extra"] = {"kv_cache_dtype": "auto"}
-    assert parse_plan(data).replicas[0].engine.to_vllm_kwargs()["kv_cache_dtype"] == "auto"
+    assert parse_plan(data).replicas[0].engine.engine_kwargs()["kv_cache_dtype"] == "auto"
 
 
 def test_the_batch_step_budget_follows_vllms_rules() -> None:
@@ -108,7 +112,7 @@ def test_the_batch_step_budget_follows_vllms_rules() -> None:
     batch["max_num_batched_tokens"], batch["long_prefill_token_threshold"] = 2048, 4096
     expect_error(data, "long_prefill_token_threshold (4096) is above max_num_batched_tokens (2048)")
     batch["long_prefill_token_threshold"] = 512
-    kwargs = parse_plan(data).replicas[1].engine.to_vllm_kwargs()
+    kwargs = parse_plan(data).replicas[1].engine.engine_kwargs()
     assert (kwargs["max_num_batched_tokens"], kwargs["long_prefill_token_threshold"]) == (2048, 512)
 
 
@@ -159,6 +163,57 @@ def test_a_replica_runs_vllm_unless_it_names_its_engine(caplog: pytest.LogCaptur
     data = spark_data()
     data["replicas"][0]["engine_kind"] = "sglang"
     expect_error(data, "replicas.0.engine_kind", "no engine adapter named 'sglang'; known: vllm")
+
+
+class TinyArgs(EngineArguments):
+    """A second engine's argument model: the common knobs and one field of its own."""
+
+    engine_label: ClassVar[str] = "tiny"
+
+    warmup_steps: int = Field(0, ge=0)
+
+    @classmethod
+    def known_argument_names(cls) -> frozenset[str] | None:
+        return frozenset({"tiny_flag"})
+
+
+class TinyEngine:
+    """Just what a plan asks of an adapter: its name, argument model and priority rule."""
+
+    name = "tiny"
+    args_model = TinyArgs
+
+    def accepts_request_priority(self, scheduling_policy: str) -> bool:
+        return True
+
+
+def test_a_replica_s_engine_arguments_are_read_with_the_model_of_the_engine_it_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Adding an engine touches no plan code: a replica naming it is read with that adapter's own
+    argument model (its fields, checks and messages), and vLLM's own fields are refused there."""
+    monkeypatch.setitem(ENGINES, "tiny", TinyEngine())
+    data = spark_data()
+    replica = data["replicas"][1]
+    replica["engine_kind"] = "tiny"
+    replica["engine"] = {"max_num_seqs": 16, "warmup_steps": 3, "extra": {"tiny_flag": 1}}
+    plan = parse_plan(data)
+    interactive, tiny = plan.replicas
+    assert isinstance(interactive.engine, EngineArgs) and type(tiny.engine) is TinyArgs
+    assert tiny.engine.engine_kwargs() == {
+        **tiny.engine.model_dump(exclude={"extra"}, exclude_none=True),
+        "tiny_flag": 1,
+    }
+    assert tiny.engine.engine_kwargs()["warmup_steps"] == 3
+    assert tiny.accepts_request_priority
+    assert "warmup_steps: 3" in yaml.safe_dump(plan.model_dump(mode="json"))  # a dump keeps the engine's fields
+    replica["engine"] = {"dtype": "bfloat16"}
+    expect_error(data, "replicas.1.engine", "unknown engine argument(s) 'dtype'; other tiny arguments go under 'extra'")
+    replica["engine"] = {"warmup_steps": 1}
+    replica["engine_kind"] = "vllm"
+    expect_error(data, "replicas.1.engine", "'warmup_steps'", "other vLLM arguments go under 'extra'")
+    replica["engine"], replica["engine_kind"] = {"extra": {"swap_space": 4}}, "tiny"
+    expect_error(data, "engine.extra has argument(s) tiny does not know: swap_space")
 
 
 def test_a_priority_scheduler_is_asked_of_the_replicas_engine() -> None:
