@@ -9,7 +9,7 @@ LoadBoard and the class gates at scrape time, costing nothing per request.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,92 +159,60 @@ class GatewayMetrics:
         self.per_key = per_key
         self.model = model
         r = self.registry
-        self._requests = _Children(
-            Counter(
-                "tandem_gateway_requests",
-                "Requests answered, by endpoint, class, replica ('-' when the gateway answered itself), status, key",
-                ["endpoint", "traffic_class", "replica", "status", "key"],
-                registry=r,
-            )
+
+        def counter(name: str, doc: str, labels: list[str]) -> _Children:
+            return _Children(Counter(name, doc, labels, registry=r))
+
+        def histogram(name: str, doc: str, labels: list[str], buckets: Sequence[float]) -> _Children:
+            return _Children(Histogram(name, doc, labels, buckets=buckets, registry=r))
+
+        self._requests = counter(
+            "tandem_gateway_requests",
+            "Requests answered, by endpoint, class, replica ('-' when the gateway answered itself), status, key",
+            ["endpoint", "traffic_class", "replica", "status", "key"],
         )
-        self.errors = _Children(
-            Counter(
-                "tandem_gateway_errors",
-                "Error answers, by status and origin (gateway or upstream)",
-                ["status", "origin"],
-                registry=r,
-            )
+        self.errors = counter(
+            "tandem_gateway_errors", "Error answers, by status and origin (gateway or upstream)", ["status", "origin"]
         )
-        self.retries = _Children(
-            Counter(
-                "tandem_gateway_retries",
-                "Requests sent again after a replica failed before answering",
-                ["replica"],
-                registry=r,
-            )
+        self.retries = counter(
+            "tandem_gateway_retries", "Requests sent again after a replica failed before answering", ["replica"]
         )
-        self.deadlines = _Children(
-            Counter(
-                "tandem_gateway_deadlines",
-                "Requests ended by a deadline (gateway.deadlines): first_token, idle or total; a queue "
-                "timeout is a 429 in tandem_gateway_errors",
-                ["traffic_class", "kind"],
-                registry=r,
-            )
+        self.deadlines = counter(
+            "tandem_gateway_deadlines",
+            "Requests ended by a deadline (gateway.deadlines): first_token, idle or total; a queue "
+            "timeout is a 429 in tandem_gateway_errors",
+            ["traffic_class", "kind"],
         )
-        self.disconnects = _Children(
-            Counter(
-                "tandem_gateway_client_disconnects",
-                "Clients gone before the answer ended",
-                ["traffic_class"],
-                registry=r,
-            )
+        self.disconnects = counter(
+            "tandem_gateway_client_disconnects", "Clients gone before the answer ended", ["traffic_class"]
         )
-        self.ttft = _Children(
-            Histogram(
-                "tandem_gateway_time_to_first_token_seconds",
-                "Streamed requests: request received to first event sent",
-                ["traffic_class", "replica"],
-                buckets=_LATENCY_BUCKETS,
-                registry=r,
-            )
+        self.ttft = histogram(
+            "tandem_gateway_time_to_first_token_seconds",
+            "Streamed requests: request received to first event sent",
+            ["traffic_class", "replica"],
+            _LATENCY_BUCKETS,
         )
         self.inter_token = InterTokenLatency()
         r.register(self.inter_token)
-        self.latency = _Children(
-            Histogram(
-                "tandem_gateway_request_seconds",
-                "Request received to answer complete",
-                ["traffic_class", "replica"],
-                buckets=_LATENCY_BUCKETS,
-                registry=r,
-            )
+        self.latency = histogram(
+            "tandem_gateway_request_seconds",
+            "Request received to answer complete",
+            ["traffic_class", "replica"],
+            _LATENCY_BUCKETS,
         )
-        self.queue_wait = _Children(
-            Histogram(
-                "tandem_gateway_queue_seconds",
-                "Time waiting for a class slot",
-                ["traffic_class"],
-                buckets=_LATENCY_BUCKETS,
-                registry=r,
-            )
+        self.queue_wait = histogram(
+            "tandem_gateway_queue_seconds", "Time waiting for a class slot", ["traffic_class"], _LATENCY_BUCKETS
         )
-        self.overhead = _Children(
-            Histogram(
-                "tandem_gateway_added_seconds",
-                "Gateway time before the request leaves for the replica (parse, auth, classify, route), queue wait excluded",
-                ["traffic_class", "replica"],
-                buckets=_OVERHEAD_BUCKETS,
-                registry=r,
-            )
+        self.overhead = histogram(
+            "tandem_gateway_added_seconds",
+            "Gateway time before the request leaves for the replica (parse, auth, classify, route), queue wait excluded",
+            ["traffic_class", "replica"],
+            _OVERHEAD_BUCKETS,
         )
-        self.tokens = _Children(
-            Counter(
-                "tandem_gateway_tokens",
-                "Tokens used, by API key name, class and kind (prompt or completion)",
-                ["key", "traffic_class", "kind"],
-                registry=r,
-            )
+        self.tokens = counter(
+            "tandem_gateway_tokens",
+            "Tokens used, by API key name, class and kind (prompt or completion)",
+            ["key", "traffic_class", "kind"],
         )
         r.register(live)
         self.recent = RecentLatency()  # the last minutes' streams, for the status page (gateway.status)

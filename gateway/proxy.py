@@ -32,7 +32,7 @@ from gateway.auth import Client, KeyRing
 from gateway.backends.base import (
     Backend,
     UpstreamBroken,
-    UpstreamLost,
+    UpstreamFailed,
     UpstreamResponse,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -243,7 +243,7 @@ class _Classified:
     deadlines: Deadlines
 
 
-def upstream_failure(replica: str, exc: UpstreamLost | UpstreamTimeout) -> GatewayError:
+def upstream_failure(replica: str, exc: UpstreamFailed) -> GatewayError:
     """What the client hears when a replica took a request and then failed or fell silent: the
     replica's name, never its address (the log keeps that). Neither is sent again: it may have run."""
     if isinstance(exc, UpstreamTimeout):
@@ -439,13 +439,17 @@ class GenerationProxy:
                         raise _every_replica_failed(last_failure) from None
                     self._metrics.retries(decision.replica).inc()
                     continue
-                except (UpstreamLost, UpstreamTimeout) as exc:
+                except UpstreamFailed as exc:
                     log.warning("request %s: replica %s: %s", exchange.request_id, decision.replica, exc)
                     raise upstream_failure(decision.replica, exc) from None
                 except TimeoutError:
                     raise self._deadline_error(request, first_kind) from None
+                exchange.status = upstream.status
                 try:
-                    await self._relay(request, upstream, wants_usage, send, (first_at, first_kind))
+                    if upstream.streaming:
+                        await self._relay_stream(request, upstream, wants_usage, send, (first_at, first_kind))
+                    else:
+                        await self._relay_whole(request, upstream, send)
                 finally:
                     await upstream.aclose()
             return
@@ -473,22 +477,6 @@ class GenerationProxy:
             (_CLASS_HEADER, (exchange.traffic_class or "-").encode()),
             (b"x-tandem-replica", exchange.replica.encode()),
         ]
-
-    async def _relay(
-        self,
-        request: _Classified,
-        upstream: UpstreamResponse,
-        wants_usage: bool,
-        send: Send,
-        first: tuple[float, DeadlineKind],
-    ) -> None:
-        """Relay the answer, within the deadlines: `first` bounds a stream's first event, the idle
-        timeout each later one, the total deadline everything (sends to a slow client included)."""
-        request.exchange.status = upstream.status
-        if upstream.streaming:
-            await self._relay_stream(request, upstream, wants_usage, send, first)
-        else:
-            await self._relay_whole(request, upstream, send)
 
     async def _relay_whole(self, request: _Classified, upstream: UpstreamResponse, send: Send) -> None:
         """A whole answer: read within the total deadline, usage counted, model name rewritten,
@@ -522,8 +510,9 @@ class GenerationProxy:
         send: Send,
         first: tuple[float, DeadlineKind],
     ) -> None:
-        """An event stream, event by event: each within its deadline, usage taken out unless the
-        client asked for it, a broken or late stream ended with an error event."""
+        """An event stream, event by event: `first` bounds the first event, the idle timeout each
+        later one, the total deadline everything (sends to a slow client included); usage taken out
+        unless the client asked for it, a broken or late stream ended with an error event."""
         exchange, deadlines, traffic_class = request.exchange, request.deadlines, request.traffic_class
         rewrite = self._rewrites[exchange.replica]
 

@@ -31,14 +31,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 
 from gateway.auth import KeyRing
-from gateway.backends.base import (
-    Backend,
-    UpstreamBroken,
-    UpstreamLost,
-    UpstreamResponse,
-    UpstreamTimeout,
-    UpstreamUnavailable,
-)
+from gateway.backends.base import Backend, UpstreamBroken, UpstreamFailed, UpstreamResponse, UpstreamUnavailable
 from gateway.config import GatewayConfig, TrafficClass
 from gateway.errors import GatewayError, error_body
 from gateway.load import LoadBoard
@@ -206,7 +199,7 @@ class ResponseRetrieval:
             if exc.down:
                 self._board.mark_down(replica)
             raise GatewayError(502, f"replica {replica}, which holds this response, is not answering") from None
-        except (UpstreamLost, UpstreamTimeout) as exc:
+        except UpstreamFailed as exc:
             raise upstream_failure(replica, exc) from None
 
     async def _relay_events(self, upstream: UpstreamResponse, replica: str) -> AsyncIterator[bytes]:

@@ -28,13 +28,18 @@ class UpstreamUnavailable(Exception):
         self.down = down
 
 
-class UpstreamLost(Exception):
+class UpstreamFailed(Exception):
+    """The replica took the request and then failed it (UpstreamLost, UpstreamTimeout): the work
+    may have started, so the request is never sent again; the client hears which replica failed."""
+
+
+class UpstreamLost(UpstreamFailed):
     """The request reached the replica, which went away before answering (a dropped connection,
     a dead actor). The work may have started, or the request may be what killed the engine: it is
     never sent again (the client gets a 502 and may retry itself)."""
 
 
-class UpstreamTimeout(Exception):
+class UpstreamTimeout(UpstreamFailed):
     """The replica did not start answering in time."""
 
 
