@@ -15,22 +15,23 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from tuner.bench.client import RequestRecord, served_models
-from tuner.bench.config import (
+from tuner.bench import (  # the package's own API: the CLI is a thin layer over it
     SLO,
     BenchConfig,
+    BenchResult,
     Bounds,
     ClosedLoop,
     Endpoint,
+    MixSpec,
     OpenLoop,
+    ResultSet,
     TrafficStream,
     WorkloadSpec,
+    run_benchmark,
 )
-from tuner.bench.mix import MixSpec
+from tuner.bench.client import RequestRecord, served_models
 from tuner.bench.plot import Stat, plot_results
 from tuner.bench.report import print_report
-from tuner.bench.results import BenchResult, ResultSet
-from tuner.bench.runner import run_benchmark
 from tuner.workloads import WORKLOADS
 
 bench_app = typer.Typer(
