@@ -14,7 +14,7 @@ from tuner.cli import app
 from tuner.optimize import OptimizeRequest, optimize
 from tuner.optimize.targets import TargetError
 from tuner.perfmodel import load_hardware, resolve_model
-from tuner.perfmodel.link_sweep import sweep_link
+from tuner.perfmodel.link_sweep import compare_layouts, sweep_link
 from tuner.probe_link.profile import LIKELY_CAUSES, check_link, default_base, dump_profile, profile_from_samples
 from tuner.workloads import get_workload
 
@@ -84,9 +84,8 @@ def test_default_base_matches_the_nodes() -> None:
 
 
 def test_sweep_moves_toward_pp_as_the_link_slows() -> None:
-    points = sweep_link(
-        resolve_model("gpt-oss-120b"), load_hardware("dgx-spark-pair"), get_workload("prefill-heavy"), [32]
-    )
+    model, workload = resolve_model("gpt-oss-120b"), get_workload("prefill-heavy")
+    points = sweep_link(load_hardware("dgx-spark-pair"), lambda on: compare_layouts(model, on, workload, [32]))
     by_bandwidth = sorted((p for p in points if p.axis == "bandwidth"), key=lambda p: p.bandwidth_gbs)
     ratios = [p.pp_over_tp_throughput for p in by_bandwidth]
     assert ratios == sorted(ratios, reverse=True) and ratios[0] > 1 > ratios[-1]

@@ -10,7 +10,7 @@ above 1 the first layout wins. `tuner predict --link-sweep` prints and plots it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -42,6 +42,10 @@ class SweepPoint:
     tp_over_pp_tpot: float | None
 
 
+LayoutRow = tuple[int, float | None, float | None]
+"""(concurrency, PP/TP output tok/s, TP/PP TPOT); None where a layout cannot serve it."""
+
+
 def scaled_link(link: LinkProfile, latency: float = 1.0, bandwidth: float = 1.0) -> LinkProfile:
     """`link` with every latency times `latency` and every bandwidth times `bandwidth`."""
     note = f"what-if: {link.name}, latency x{latency:g}, bandwidth x{bandwidth:g}"
@@ -63,11 +67,11 @@ def compare_layouts(
     levels: Sequence[int],
     settings: EngineSettings | None = None,
     engine: EngineProfile | None = None,
-) -> list[tuple[int, float | None, float | None]]:
+) -> list[LayoutRow]:
     """(concurrency, PP/TP output tok/s, TP/PP TPOT) for TP=2 vs PP=2 on `hardware`."""
     tp = build_replica(model, hardware, Layout(tp=2), workload, settings, engine)
     pp = build_replica(model, hardware, Layout(pp=2), workload, settings, engine)
-    rows: list[tuple[int, float | None, float | None]] = []
+    rows: list[LayoutRow] = []
     for c in levels:
         t, p = predict_replica(tp, workload, c), predict_replica(pp, workload, c)
         if t.output_tok_s is None or p.output_tok_s is None or t.tpot_ms is None or p.tpot_ms is None:
@@ -78,17 +82,14 @@ def compare_layouts(
 
 
 def sweep_link(
-    model: ModelArchitecture,
     hardware: HardwareProfile,
-    workload: Workload,
-    levels: Sequence[int],
-    settings: EngineSettings | None = None,
-    engine: EngineProfile | None = None,
+    compare: Callable[[HardwareProfile], list[LayoutRow]],
     latency_scales: Sequence[float] = LATENCY_SCALES,
     bandwidth_scales: Sequence[float] = BANDWIDTH_SCALES,
 ) -> list[SweepPoint]:
     """PP/TP ratios with the TP=2 link's latency scaled (bandwidth as is), then its bandwidth
-    scaled (latency as is), around `hardware`'s own link."""
+    scaled (latency as is), around `hardware`'s own link; `compare` answers for one hardware
+    (compare_layouts with the model, workload and levels bound)."""
     link = hardware.link_for(2)
     if link is None:
         raise ValueError(f"hardware {hardware.name!r} has fewer than two devices: nothing to sweep")
@@ -97,8 +98,7 @@ def sweep_link(
     for axis, scales in sweeps:
         for scale in scales:
             what_if = scaled_link(link, scale, 1.0) if axis == "latency" else scaled_link(link, 1.0, scale)
-            rows = compare_layouts(model, with_link(hardware, 2, what_if), workload, levels, settings, engine)
-            for c, rate, tpot in rows:
+            for c, rate, tpot in compare(with_link(hardware, 2, what_if)):
                 points.append(
                     SweepPoint(
                         axis=axis,

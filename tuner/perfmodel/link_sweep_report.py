@@ -19,7 +19,7 @@ from tuner.perfmodel.collectives import LinkProfile
 from tuner.perfmodel.engine import EngineProfile, EngineSettings
 from tuner.perfmodel.figures import save_figure
 from tuner.perfmodel.hardware import HardwareProfile, load_hardware, with_link
-from tuner.perfmodel.link_sweep import SweepPoint, compare_layouts, sweep_link
+from tuner.perfmodel.link_sweep import LayoutRow, SweepPoint, compare_layouts, sweep_link
 from tuner.workloads import Workload
 
 
@@ -56,7 +56,11 @@ def run_link_sweep(
 ) -> list[SweepPoint]:
     """Print the sweep (and plot it when `plot` is given); returns the points."""
     marks = reference_links(hardware)
-    points = sweep_link(model, hardware, workload, levels, settings, engine)
+
+    def compare(on: HardwareProfile) -> list[LayoutRow]:
+        return compare_layouts(model, on, workload, levels, settings, engine)
+
+    points = sweep_link(hardware, compare)
     table = Table(
         title=(
             f"{model.name} on {hardware.name}, in {workload.input_len} / out {workload.output_len}: "
@@ -69,7 +73,7 @@ def run_link_sweep(
     for c in levels:
         table.add_column(f"C={c}", justify="right")
     for label, link in marks.items():
-        rows = compare_layouts(model, with_link(hardware, 2, link), workload, levels, settings, engine)
+        rows = compare(with_link(hardware, 2, link))
         table.add_row(
             label,
             f"{link.allreduce.small_message_latency_us:.1f}",
