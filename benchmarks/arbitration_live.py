@@ -37,8 +37,8 @@ from typing import Any
 import httpx
 import orjson
 
+from gateway.contract.percentiles import percentile
 from gateway.engine_pause import PAUSE_PATH, RESUME_PATH
-from gateway.percentiles import percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "arbitration-live.json"

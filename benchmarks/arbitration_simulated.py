@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from deploy.plan import load_plan, shipped_plan
-from gateway.config import RoutingSettings
-from gateway.policy import POLICIES
+from gateway.contract.config import RoutingSettings
+from gateway.contract.router import POLICIES
 from tuner.optimize.arbitration_search import (
     BATCH_LOADS,
     CAP_HOLD_S,

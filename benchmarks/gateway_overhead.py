@@ -43,7 +43,7 @@ from rich.console import Console
 from rich.table import Table
 
 from deploy.ports import free_port
-from gateway.percentiles import percentile
+from gateway.contract.percentiles import percentile
 
 ROOT = Path(__file__).resolve().parents[1]
 # LiteLLM pins its own versions of the libraries Tandem uses: it lives in a virtualenv of its own.

@@ -40,7 +40,7 @@ import orjson
 import psutil
 from hypothesis import HealthCheck, Phase, given, settings
 
-from gateway.percentiles import percentile
+from gateway.contract.percentiles import percentile
 from tuner.bench.hostile import HostileRequest, check_answer, hostile_requests
 
 CHAT = "/chat/completions"

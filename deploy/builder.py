@@ -16,7 +16,7 @@ from deploy.engine_server import EngineServer
 from deploy.gateway_server import GatewayServer
 from deploy.placement import actor_resources, bundles
 from deploy.plan import Replica, ServingPlan
-from gateway.config import GatewayConfig, ReplicaEndpoint
+from gateway.contract.config import GatewayConfig, ReplicaEndpoint
 
 APP_NAME = "tandem"
 GATEWAY_DEPLOYMENT = "gateway"
@@ -33,7 +33,7 @@ SHARED_DEVICES = "shared"
 
 
 def device_group(plan: ServingPlan) -> str | None:
-    """The device group of the plan's replicas (gateway.arbitration): when their workers
+    """The device group of the plan's replicas (gateway.contract.freezing): when their workers
     outnumber the cluster's devices, the replicas are co-resident (Tandem's design: both replicas
     on the same GPUs, or on the CPU the same cores) and share one group; otherwise none shares."""
     workers = sum(r.world_size for r in plan.replicas)

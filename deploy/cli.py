@@ -44,7 +44,7 @@ from deploy.start_time import start_time_hint
 from gateway.admin_client import ADMIN_KEY_ENV, DEFAULT_URL
 from gateway.auth import exposure_warning
 from gateway.cli import CaOption, UrlOption, keys_app, serve, show_gateway_status, usage
-from gateway.config import GatewaySettings, describe_fields
+from gateway.contract.config import GatewaySettings, describe_fields
 from gateway.version import version_option
 
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from ray.serve.handle import DeploymentHandle
 
 from gateway.backends.base import Backend
-from gateway.config import GatewayConfig
+from gateway.contract.config import GatewayConfig
 
 
 class GatewayServer:

@@ -27,7 +27,7 @@ from pydantic import (
 
 from deploy.placement import Placement, placement_problems
 from deploy.plan_version import PLAN_VERSION, PlanVersionError, upgrade_plan_data
-from gateway.config import (
+from gateway.contract.config import (
     GatewaySettings,
     RoutingSettings,
     TrafficClass,
@@ -35,8 +35,8 @@ from gateway.config import (
     merged_settings,
     named_routing,
 )
+from gateway.contract.routing_rules import routing_for_replicas
 from gateway.engines import DEFAULT_ENGINE, EngineAdapter, EngineArguments, engine_adapter
-from gateway.routing_rules import routing_for_replicas
 
 DEMO_SOURCE = "demo"
 """`model.source: demo` means the locally generated demo model (see deploy.demo_model)."""
@@ -190,7 +190,7 @@ class ServingPlan(BaseModel):
     @model_validator(mode="after")
     def _routing_from_replicas(self) -> ServingPlan:
         """The routing settings a plan does not name get the rule derived from its replicas' batch
-        sizes (gateway.routing_rules), so every plan ships with thresholds that fit it; the ones it
+        sizes (gateway.contract.routing_rules), so every plan ships with thresholds that fit it; the ones it
         names (e.g. only its GPU arbitration) are kept as written."""
         classes = {r.traffic_class for r in self.replicas}
         if classes != {"interactive", "batch"}:

@@ -6,7 +6,7 @@ Version 1 is the first versioned format; plans written before versions existed (
 are version 0 and differ from version 1 only by lacking the field. Version 2 drops `data_path`
 (one data path since). Version 3 adds a replica's `engine_kind` (the engine adapter that runs it,
 gateway.engines); absent, it is vLLM, which every earlier plan ran. Version 4 writes
-`gateway.routing` by concern (classify, spill, yielding, arbitration, limits: gateway.config)
+`gateway.routing` by concern (classify, spill, yielding, arbitration, limits: gateway.contract.config)
 instead of one flat list of settings. Each later change to the
 format adds a step to `_STEPS` that rewrites a plan's data from the version before, with a note
 saying what it changed, so that a plan written by any earlier Tandem still loads.
@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from gateway.config import FLAT_ROUTING_KEYS, nest_flat_routing
+from gateway.contract.config import FLAT_ROUTING_KEYS, nest_flat_routing
 
 PLAN_VERSION = 4
 """The plan format this Tandem writes and reads."""
@@ -47,7 +47,7 @@ def _engine_named(data: dict[str, Any]) -> str:
 
 def _routing_nested(data: dict[str, Any]) -> str:
     """Version 4 groups the routing settings by concern; a flat key moves into its group
-    (gateway.config.FLAT_ROUTING_KEYS), with its value unchanged."""
+    (gateway.contract.config.FLAT_ROUTING_KEYS), with its value unchanged."""
     gateway = data.get("gateway")
     routing = gateway.get("routing") if isinstance(gateway, dict) else None
     if not isinstance(gateway, dict) or not isinstance(routing, dict):

@@ -1,6 +1,6 @@
 """Per-class admission: at most `max_concurrency` requests of a class in flight, then a bounded
 FIFO queue (waited in for at most the class's `queue_timeout_s`), then 429. The decision itself
-is gateway.policy.admit (pure); this module only does the waiting. Limits are read at each
+is gateway.contract.admission.admit (pure); this module only does the waiting. Limits are read at each
 call, so a routing change at runtime applies at once.
 """
 
@@ -11,9 +11,9 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from gateway.config import ClassLimits, TrafficClass
+from gateway.contract.admission import ClassLoad, admit
+from gateway.contract.config import ClassLimits, TrafficClass
 from gateway.errors import GatewayError
-from gateway.policy import ClassLoad, admit
 
 
 class ClassGate:

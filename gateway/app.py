@@ -33,7 +33,7 @@ from gateway.backends.relocating import RelocatingHttpBackend
 from gateway.batches.dispatch import InProcessDispatch
 from gateway.batches.routes import batch_routes
 from gateway.batches.service import BatchService
-from gateway.config import GatewayConfig, ReplicaEndpoint, TrafficClass
+from gateway.contract.config import GatewayConfig, ReplicaEndpoint, TrafficClass
 from gateway.engines import engine_adapter
 from gateway.freezing import EngineFreezer
 from gateway.key_admin import KeyAdmin

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
-from gateway.config import ApiKey, AuthSettings, GatewaySettings, TrafficClass
+from gateway.contract.config import ApiKey, AuthSettings, GatewaySettings, TrafficClass
 from gateway.errors import GatewayError
 
 KeySource = Literal["plan", "store"]

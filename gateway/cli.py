@@ -36,7 +36,7 @@ from gateway.admin_client import (
     parse_duration,
     parse_time,
 )
-from gateway.config import ConfigError, LogFormat, LogLevel, TrafficClass
+from gateway.contract.config import ConfigError, LogFormat, LogLevel, TrafficClass
 from gateway.server import run_serve_command
 
 app = typer.Typer(

@@ -21,7 +21,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Literal
 
-from gateway.config import ClassLimits
+from gateway.contract.config import ClassLimits
 
 DeadlineKind = Literal["queue", "first_token", "idle", "total"]
 DEADLINE_STATUS = 504  # the gateway gave up waiting on the replica: Gateway Timeout

@@ -1,4 +1,4 @@
-"""GPU arbitration, live: gateway.arbitration's freezes applied to the batch engines.
+"""GPU arbitration, live: gateway.contract.freezing's freezes applied to the batch engines.
 
 The policy is pure (the simulation runs the same function); this module keeps its state, feeds it
 the interactive requests in flight per replica whenever they change (LoadBoard listeners),
@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from gateway.arbitration import Arbitration, ReplicaWork, arbitrate
 from gateway.backends.base import Backend
-from gateway.config import ReplicaEndpoint, RoutingSettings
+from gateway.contract.config import ReplicaEndpoint, RoutingSettings
+from gateway.contract.freezing import Arbitration, ReplicaWork, arbitrate
 from gateway.load import LoadBoard
 from gateway.timers import ReevaluationTimer
 
@@ -120,7 +120,7 @@ class _EngineSwitch:
 
 
 class EngineFreezer:
-    """Freezes batch engines that share devices with interactive work (gateway.arbitration)."""
+    """Freezes batch engines that share devices with interactive work (gateway.contract.freezing)."""
 
     def __init__(
         self,

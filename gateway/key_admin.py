@@ -23,7 +23,7 @@ import time
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from gateway.auth import ANONYMOUS, Client, KeyRing, KeySource, key_digest
-from gateway.config import TrafficClass
+from gateway.contract.config import TrafficClass
 from gateway.errors import GatewayError
 from gateway.state_store import StateStore, StoredKey
 

@@ -13,9 +13,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from gateway.backends.base import Backend
-from gateway.config import ReplicaEndpoint, TrafficClass
+from gateway.contract.config import ReplicaEndpoint, TrafficClass
+from gateway.contract.policy import ReplicaLoad
 from gateway.engines import engine_adapter
-from gateway.policy_base import ReplicaLoad
 
 log = logging.getLogger("tandem.gateway")
 

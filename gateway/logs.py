@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 import orjson
 
-from gateway.config import LogFormat, LogLevel
+from gateway.contract.config import LogFormat, LogLevel
 
 REQUEST_LOGGER = "tandem.gateway.requests"
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"

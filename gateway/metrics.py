@@ -18,7 +18,7 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Met
 from prometheus_client.registry import Collector
 
 from gateway.admission import ClassGate
-from gateway.config import TrafficClass
+from gateway.contract.config import TrafficClass
 from gateway.load import LoadBoard
 from gateway.recent import RecentLatency
 

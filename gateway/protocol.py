@@ -14,8 +14,8 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
+from gateway.contract.policy import Endpoint, RequestFeatures
 from gateway.errors import VALIDATION_ERROR_TYPE, GatewayError, invalid_field
-from gateway.policy_base import Endpoint, RequestFeatures
 
 
 class StreamOptions(BaseModel):

@@ -37,14 +37,14 @@ from gateway.backends.base import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from gateway.classify import CLASS_HEADER, classify
-from gateway.config import TRAFFIC_CLASSES, GatewayConfig, ReplicaEndpoint, TrafficClass
+from gateway.contract.classify import CLASS_HEADER, classify
+from gateway.contract.config import TRAFFIC_CLASSES, GatewayConfig, ReplicaEndpoint, TrafficClass
+from gateway.contract.policy import Endpoint, RequestFeatures
+from gateway.contract.router import Route
 from gateway.deadlines import DEADLINE_STATUS, DeadlineExceeded, DeadlineKind, Deadlines
 from gateway.errors import GatewayError, error_body, internal_error
 from gateway.logs import REQUEST_LOGGER
 from gateway.metrics import GatewayMetrics
-from gateway.policy import Route
-from gateway.policy_base import Endpoint, RequestFeatures
 from gateway.protocol import features_of, parse_view
 from gateway.router import Router
 from gateway.usage import UsageLedger

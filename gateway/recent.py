@@ -10,7 +10,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
-from gateway.percentiles import percentile
+from gateway.contract.percentiles import percentile
 
 WINDOW_S = 300.0
 

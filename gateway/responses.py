@@ -32,12 +32,12 @@ from fastapi.responses import Response, StreamingResponse
 
 from gateway.auth import KeyRing
 from gateway.backends.base import Backend, UpstreamBroken, UpstreamFailed, UpstreamResponse, UpstreamUnavailable
-from gateway.config import GatewayConfig, TrafficClass
+from gateway.contract.config import GatewayConfig, TrafficClass
+from gateway.contract.policy import RequestFeatures
+from gateway.contract.router import Reject, Route, route_to
 from gateway.errors import GatewayError, error_body
 from gateway.load import LoadBoard
 from gateway.metrics import GatewayMetrics
-from gateway.policy import Reject, Route, route_to
-from gateway.policy_base import RequestFeatures
 from gateway.proxy import UsageSink, model_rewrites, new_request_id, routed_payload, upstream_failure
 from gateway.response_ids import ResponseIdMap
 from gateway.router import Router

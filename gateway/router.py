@@ -1,4 +1,4 @@
-"""The router: the pure policy (gateway.policy) fed with live load, plus the little state it
+"""The router, live: the pure routing (gateway.contract.router) fed with live load, plus the little state it
 carries between decisions. Settings can be swapped at runtime (PUT /admin/routing)."""
 
 from __future__ import annotations
@@ -7,12 +7,12 @@ import random
 from collections.abc import Callable
 from dataclasses import replace
 
-from gateway.config import RoutingSettings, TrafficClass
+from gateway.contract.config import RoutingSettings, TrafficClass
+from gateway.contract.policies.class_aware import Spilling
+from gateway.contract.policy import RequestFeatures
+from gateway.contract.router import POLICIES, PolicyState, Reject, Route, route
 from gateway.errors import GatewayError
 from gateway.load import LoadBoard
-from gateway.policies.class_aware import Spilling
-from gateway.policy import POLICIES, PolicyState, Reject, Route, route
-from gateway.policy_base import RequestFeatures
 from gateway.response_ids import ResponseIdMap
 
 # Conversations whose last replica the router remembers (least recently routed first out), and for

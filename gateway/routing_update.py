@@ -4,7 +4,7 @@ A body names only what changes. It is merged into the settings in force, field b
 under `limits` class by class and limit by limit; the result is validated as a whole and only
 then replaces them. So a body with one field never resets the others: a PUT of
 `{"policy": ...}` keeps every plan-derived threshold and class limit in force. A full body (what GET /admin/routing answers) still replaces everything it names.
-A body may use the flat form (`{"batch_yield_fraction": 0.5}`, gateway.config.FLAT_ROUTING_KEYS)
+A body may use the flat form (`{"batch_yield_fraction": 0.5}`, gateway.contract.config.FLAT_ROUTING_KEYS)
 or the nested one (`{"yielding": {"fraction": 0.5}}`); a flat key changes its group's field, so it
 wins over the same field in a full nested body it is added to (GET, then one flat key, then PUT).
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.config import RoutingSettings, merged_settings, nest_flat_routing
+from gateway.contract.config import RoutingSettings, merged_settings, nest_flat_routing
 
 
 class NotAnObject(ValueError):

@@ -23,7 +23,7 @@ import uvloop
 
 from gateway.app import create_app
 from gateway.backends.base import Backend
-from gateway.config import ConfigError, GatewayConfig, LogFormat, LogLevel, load_config
+from gateway.contract.config import ConfigError, GatewayConfig, LogFormat, LogLevel, load_config
 from gateway.logs import configure_logging
 
 HOST_ENV = "TANDEM_GATEWAY_HOST"

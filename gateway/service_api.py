@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, Response
 
 from gateway.auth import KeyRing
 from gateway.backends.base import Backend, UpstreamUnavailable
-from gateway.config import GatewayConfig
+from gateway.contract.config import GatewayConfig
 from gateway.errors import GatewayError
 from gateway.load import LoadBoard
 from gateway.metrics import CONTENT_TYPE, GatewayMetrics

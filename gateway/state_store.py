@@ -1,5 +1,5 @@
 """The gateway's own durable state: API keys added at runtime and the usage ledger, in one SQLite
-database (`gateway.sqlite3`) in the gateway's data directory (gateway.batch_settings.resolve_data_dir,
+database (`gateway.sqlite3`) in the gateway's data directory (gateway.contract.batch_settings.resolve_data_dir,
 the directory the Batch API keeps its state in).
 
 Keys are stored as the SHA-256 digest of the secret, never the secret. A slow password hash

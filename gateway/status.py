@@ -20,7 +20,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
 from gateway.admission import ClassGate
-from gateway.config import TrafficClass
+from gateway.contract.config import TrafficClass
 from gateway.load import LoadBoard
 from gateway.recent import RecentLatency
 from gateway.usage import UsageLedger

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from gateway.backends.base import Backend, UpstreamUnavailable
-from gateway.config import GatewayConfig
+from gateway.contract.config import GatewayConfig
 from gateway.errors import GatewayError
 from gateway.load import LoadBoard
 

@@ -1,4 +1,4 @@
-"""Batch yielding, live: gateway.policy.batch_yield applied to the gateway's own class gates.
+"""Batch yielding, live: gateway.contract.yielding.batch_yield applied to the gateway's own class gates.
 
 The policy is pure (the simulation runs the same functions); this module keeps its state, feeds
 it the interactive class's activity whenever that changes, re-evaluates it when the state would
@@ -12,8 +12,8 @@ import asyncio
 from collections.abc import Callable
 
 from gateway.admission import ClassGate
-from gateway.config import ClassLimits, RoutingSettings
-from gateway.policy import YieldState, batch_limits, batch_yield
+from gateway.contract.config import ClassLimits, RoutingSettings
+from gateway.contract.yielding import YieldState, batch_limits, batch_yield
 from gateway.timers import ReevaluationTimer
 
 

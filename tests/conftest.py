@@ -21,7 +21,7 @@ import pytest
 from real_stack import TWO_NODE_PLAN, CpuStack, Stacks
 
 from deploy.plan import default_plan
-from gateway.batch_settings import DATA_DIR_ENV
+from gateway.contract.batch_settings import DATA_DIR_ENV
 
 TEST_PLAN_ENV = "TANDEM_TEST_PLAN"
 """A plan for the default stack instead of the embedded default (the GPU proving ground's model)."""

@@ -20,22 +20,9 @@ PACKAGES = ("gateway", "deploy", "tuner", "benchmarks")
 
 # Bottom to top. A module may import its own layer and the layers below it, never one above.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    # 1. contract: plan/settings types and the pure routing functions (no I/O), which the gateway
-    #    runs per request and the simulation calls with simulated numbers.
-    (
-        "contract",
-        (
-            "gateway.config",
-            "gateway.batch_settings",
-            "gateway.classify",
-            "gateway.policy",
-            "gateway.policy_base",
-            "gateway.policies",
-            "gateway.arbitration",
-            "gateway.routing_rules",
-            "gateway.percentiles",
-        ),
-    ),
+    # 1. contract: the directory gateway/contract/, plan/settings types and the pure rules (no I/O),
+    #    which the gateway runs per request and the simulation calls with simulated numbers.
+    ("contract", ("gateway.contract",)),
     # 2. gateway runtime: the ASGI app, proxy, backends, metrics, auth, `gateway serve`.
     ("gateway", ("gateway",)),
     # 3. deploy: the ServingPlan, the Ray Serve builder, engine servers, stack lifecycle and the
@@ -261,24 +248,27 @@ def _imp(source: str, target: str) -> Import:
 
 
 def test_the_checker_finds_a_cycle_and_a_knot() -> None:
-    assert cycles([_imp("gateway.config", "gateway.policy"), _imp("gateway.policy", "gateway.config")]) == [
-        ["gateway.config", "gateway.policy"]
-    ]
+    assert cycles(
+        [
+            _imp("gateway.contract.config", "gateway.contract.router"),
+            _imp("gateway.contract.router", "gateway.contract.config"),
+        ]
+    ) == [["gateway.contract.config", "gateway.contract.router"]]
     knot = [_imp("tuner.a", "tuner.b"), _imp("tuner.b", "tuner.c"), _imp("tuner.c", "tuner.a"), _imp("tuner.c", "x")]
     assert cycles(knot) == [["tuner.a", "tuner.b", "tuner.c"]]
     assert cycles([_imp("tuner.a", "tuner.a")]) == [["tuner.a"]]
-    assert cycles([_imp("tuner.a", "tuner.b"), _imp("tuner.a", "gateway.config")]) == []
+    assert cycles([_imp("tuner.a", "tuner.b"), _imp("tuner.a", "gateway.contract.config")]) == []
 
 
 @pytest.mark.parametrize(
     ("source", "target", "upward"),
     [
         ("gateway.cli", "deploy.stack", True),
-        ("gateway.policy", "gateway.proxy", True),  # the contract under the runtime, though both in gateway/
+        ("gateway.contract.router", "gateway.proxy", True),  # the contract under the runtime, though both in gateway/
         ("deploy.plan", "tuner.perfmodel", True),
         ("tuner.bench.runner", "benchmarks.vllm_client", True),
-        ("deploy.plan", "gateway.config", False),
-        ("gateway.proxy", "gateway.policy", False),
+        ("deploy.plan", "gateway.contract.config", False),
+        ("gateway.proxy", "gateway.contract.router", False),
         ("benchmarks.routing", "tuner.bench", False),
     ],
 )
@@ -294,8 +284,13 @@ def test_the_checker_sees_lazy_and_relative_imports(tmp_path: Path) -> None:
         "from .classify import classify\n"
     )
     path = ROOT / "gateway" / "policy.py"
-    modules = {"gateway.proxy": path, "deploy.stack": path, "gateway.classify": path, "gateway.policy": path}
+    modules = {
+        "gateway.proxy": path,
+        "deploy.stack": path,
+        "gateway.contract.classify": path,
+        "gateway.contract.router": path,
+    }
     fake = tmp_path / "policy.py"
     fake.write_text(source)
-    found = {(i.target, i.lazy) for i in imports_of("gateway.policy", fake, modules) if i.internal}
-    assert found == {("gateway.proxy", False), ("deploy.stack", True), ("gateway.classify", False)}
+    found = {(i.target, i.lazy) for i in imports_of("gateway.contract.router", fake, modules) if i.internal}
+    assert found == {("gateway.proxy", False), ("deploy.stack", True), ("gateway.contract.classify", False)}

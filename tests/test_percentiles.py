@@ -1,4 +1,4 @@
-"""gateway.percentiles is numpy.percentile's default (linear) definition, the one vLLM's benchmark uses."""
+"""gateway.contract.percentiles is numpy.percentile's default (linear) definition, the one vLLM's benchmark uses."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gateway.percentiles import percentile, percentile_or_none
+from gateway.contract.percentiles import percentile, percentile_or_none
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 10, 101, 997])
@@ -61,4 +61,4 @@ def test_no_module_defines_its_own_percentile() -> None:
         and ("percentile" in node.name.lower() or "quantile" in node.name.lower())
         and f"{path.relative_to(root)}:{node.name}" not in NOT_SAMPLE_PERCENTILES
     ]
-    assert not twins, "use gateway.percentiles instead:\n" + "\n".join(twins)
+    assert not twins, "use gateway.contract.percentiles instead:\n" + "\n".join(twins)

@@ -47,8 +47,8 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/: its scripts import by file name
 from arbitration_live import Chat, busy_share, chat, pause_resume_latency, set_routing
 
+from gateway.contract.percentiles import percentile
 from gateway.engine_pause import PAUSE_PATH, RESUME_PATH
-from gateway.percentiles import percentile
 
 MODES: dict[str, dict[str, Any]] = {
     "off": {"gpu_arbitration": "admission", "batch_yield_fraction": 1.0},

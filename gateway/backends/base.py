@@ -13,9 +13,9 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from typing import Any
 
+from gateway.contract.policy import Endpoint
 from gateway.engine_pause import EngineControlFailed, PauseStatus
 from gateway.engines.base import EngineLoad
-from gateway.policy_base import Endpoint
 
 
 class UpstreamUnavailable(Exception):

@@ -26,10 +26,10 @@ from gateway.backends.base import (
 )
 from gateway.backends.http_client import ConnectFailed, ConnectionDropped, HttpClient, HttpResponse
 from gateway.backends.sse import EventFramer, EventTooLarge
+from gateway.contract.policy import Endpoint
 from gateway.engine_pause import ENGINE_CONTROL_TIMEOUT_S, PAUSE_PATH, RESUME_PATH, EngineControlFailed, PauseStatus
 from gateway.engines.base import EngineAdapter
 from gateway.engines.vllm import VLLM
-from gateway.policy_base import Endpoint
 
 _PATHS: dict[Endpoint, str] = {"chat": "/chat/completions", "completions": "/completions", "responses": "/responses"}
 _JSON = ("Content-Type", "application/json")

@@ -28,12 +28,12 @@ from typing import Any, Literal
 import orjson
 
 from gateway.auth import Client
-from gateway.batch_settings import BatchSettings
 from gateway.batches.dispatch import Dispatch, Reply
 from gateway.batches.objects import BatchError, BatchErrors, BatchObject, new_id
 from gateway.batches.observe import BatchObserver
 from gateway.batches.store import BatchStore, LineResult, PendingLine, now
 from gateway.batches.validate import InputValidator
+from gateway.contract.batch_settings import BatchSettings
 
 log = logging.getLogger("tandem.gateway.batches")
 

@@ -14,11 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gateway.auth import Client
-from gateway.batch_settings import BatchSettings, resolve_data_dir
 from gateway.batches.dispatch import Dispatch
 from gateway.batches.observe import BatchObserver
 from gateway.batches.runner import BatchRunner
 from gateway.batches.store import BatchStore, StoreBusy
+from gateway.contract.batch_settings import BatchSettings, resolve_data_dir
 from gateway.errors import GatewayError
 from gateway.metrics import GatewayMetrics
 

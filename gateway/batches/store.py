@@ -1,5 +1,5 @@
 """Durable state of the Files and Batch APIs: one SQLite database and a `files/` folder in the
-data directory (gateway.batch_settings.resolve_data_dir).
+data directory (gateway.contract.batch_settings.resolve_data_dir).
 
 Why SQLite: a batch's per-line progress must survive a SIGKILL of the gateway. Each line's result
 is written in one transaction together with the batch's counters (WAL journal: committed means on

@@ -19,7 +19,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
-from gateway.batch_settings import BatchSettings
+from gateway.contract.batch_settings import BatchSettings
 from gateway.errors import GatewayError
 
 _MULTIPART_SLACK = 64 * 1024  # boundaries, part headers and the `purpose` field around the file

@@ -10,8 +10,8 @@ import orjson
 
 from gateway.batches.objects import ENDPOINTS, BatchEndpoint, BatchError
 from gateway.batches.store import PendingLine
+from gateway.contract.policy import Endpoint
 from gateway.errors import GatewayError
-from gateway.policy_base import Endpoint
 from gateway.protocol import parse_view
 
 PROXY_ENDPOINT: dict[BatchEndpoint, Endpoint] = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}

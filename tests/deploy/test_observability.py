@@ -29,7 +29,7 @@ from deploy.cli import app
 from deploy.plan import load_plan
 from deploy.ports import free_port
 from deploy.scrape_config import dashboard_path
-from gateway.config import GatewayConfig
+from gateway.contract.config import GatewayConfig
 from gateway.metrics import InterTokenLatency
 from gateway.server import GatewayThread, start_in_thread
 

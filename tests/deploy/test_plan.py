@@ -13,7 +13,7 @@ from pydantic import Field
 from deploy.placement import bundles, executor
 from deploy.plan import SHIPPED_PLANS_DIR, PlanError, ServingPlan, dump_plan, load_plan, parse_plan, shipped_plan
 from deploy.plan_version import PLAN_VERSION
-from gateway.config import RoutingSettings, nest_flat_routing
+from gateway.contract.config import RoutingSettings, nest_flat_routing
 from gateway.engines import ENGINES, EngineArguments
 from gateway.engines.vllm import EngineArgs
 

@@ -11,7 +11,7 @@ from fake_upstream import FakeUpstream
 from deploy.ports import free_port
 from gateway.backends.base import Backend, EngineLoad, UpstreamResponse
 from gateway.backends.base import Endpoint as ApiEndpoint
-from gateway.config import GatewayConfig
+from gateway.contract.config import GatewayConfig
 from gateway.server import GatewayThread
 
 PUBLIC_MODEL = "tandem-test"

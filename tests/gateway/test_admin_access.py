@@ -15,7 +15,7 @@ from gateway_support import ADMIN_KEY, KEYS, USER_KEY
 
 from gateway.app import create_app
 from gateway.auth import exposure_warning, is_loopback
-from gateway.config import GatewayConfig, GatewaySettings
+from gateway.contract.config import GatewayConfig, GatewaySettings
 
 NETWORK_PEER = ("10.20.30.40", 51000)
 

@@ -10,7 +10,7 @@ import asyncio
 import pytest
 
 from gateway.admission import ClassGate
-from gateway.config import ClassLimits
+from gateway.contract.config import ClassLimits
 
 
 def test_a_waiter_cancelled_as_a_slot_frees_leaves_the_gate_consistent() -> None:

@@ -1,4 +1,4 @@
-"""GPU arbitration (gateway.arbitration), called directly: it is a pure function of replica work and time."""
+"""GPU arbitration (gateway.contract.freezing), called directly: it is a pure function of replica work and time."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import pytest
 
 from deploy.builder import gateway_config
 from deploy.plan import SHIPPED_PLANS_DIR, load_plan
-from gateway.arbitration import Arbitration, HoldTimers, ReplicaWork, arbitrate, frozen_share
-from gateway.config import RoutingSettings
-from gateway.policy import YieldState, batch_limits, batch_yield
+from gateway.contract.config import RoutingSettings
+from gateway.contract.freezing import Arbitration, ReplicaWork, arbitrate, frozen_share
+from gateway.contract.timers import HoldTimers
+from gateway.contract.yielding import YieldState, batch_limits, batch_yield
 
 FREEZE = RoutingSettings(gpu_arbitration="freeze", freeze_settle_s=0.5, freeze_max_s=10.0, freeze_release_s=2.5)
 

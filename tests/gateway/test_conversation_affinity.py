@@ -1,4 +1,4 @@
-"""The conversation-affinity policy (gateway/policies/conversation_affinity.py), the router's
+"""The conversation-affinity policy (gateway/contract/policies/conversation_affinity.py), the router's
 memory of where each conversation went (gateway.router), and the conversation a request continues
 (gateway.protocol)."""
 
@@ -9,10 +9,10 @@ from dataclasses import replace
 
 import pytest
 
-from gateway.config import ReplicaEndpoint, RoutingSettings
+from gateway.contract.config import ReplicaEndpoint, RoutingSettings
+from gateway.contract.policy import ReplicaLoad, RequestFeatures
+from gateway.contract.router import PolicyState, Route, route
 from gateway.load import LoadBoard
-from gateway.policy import PolicyState, Route, route
-from gateway.policy_base import ReplicaLoad, RequestFeatures
 from gateway.protocol import ChatView, CompletionView, features_of, opening_hash
 from gateway.router import Router
 

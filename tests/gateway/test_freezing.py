@@ -13,7 +13,7 @@ from gateway_support import IdleBackend
 from prometheus_client import CollectorRegistry, generate_latest
 
 from gateway.backends.base import Backend
-from gateway.config import ReplicaEndpoint, RequestLimits, RoutingSettings
+from gateway.contract.config import ReplicaEndpoint, RequestLimits, RoutingSettings
 from gateway.engine_pause import EngineControlFailed, PauseStatus
 from gateway.freezing import EngineFreezer
 from gateway.load import LoadBoard

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import uvloop
 
 from gateway.admission import ClassGate
-from gateway.config import RoutingSettings
+from gateway.contract.config import RoutingSettings
 from gateway.timers import ReevaluationTimer
 from gateway.yielding import BatchYielding
 

@@ -10,7 +10,7 @@ from gateway_support import IdleBackend
 
 from gateway.backends.base import EngineLoad
 from gateway.backends.http_client import ConnectFailed
-from gateway.config import ReplicaEndpoint, RequestLimits
+from gateway.contract.config import ReplicaEndpoint, RequestLimits
 from gateway.load import LoadBoard
 
 REPLICA = ReplicaEndpoint(name="tp", traffic_class="interactive", model="m")

@@ -12,8 +12,8 @@ from gateway_support import PUBLIC_MODEL, free_port_refusing
 
 from gateway.backends.base import UpstreamResponse
 from gateway.backends.http import HttpBackend
-from gateway.config import GatewayConfig
-from gateway.policy_base import Endpoint
+from gateway.contract.config import GatewayConfig
+from gateway.contract.policy import Endpoint
 from gateway.server import start_in_thread
 
 CHAT = {"model": PUBLIC_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}

@@ -8,25 +8,16 @@ from pathlib import Path
 
 import pytest
 
-import gateway.policies
-import gateway.policy
+import gateway.contract.policies
+import gateway.contract.router
 from gateway.admission import ClassGate
-from gateway.classify import classify
-from gateway.config import ClassLimits, GpuArbitrationSettings, RoutingSettings
+from gateway.contract.admission import ClassLoad, admit
+from gateway.contract.classify import classify
+from gateway.contract.config import ClassLimits, GpuArbitrationSettings, RoutingSettings
+from gateway.contract.policy import ReplicaLoad, RequestFeatures
+from gateway.contract.router import POLICIES, PolicyState, Reject, Route, route
+from gateway.contract.yielding import YieldState, batch_limits, batch_yield
 from gateway.errors import GatewayError
-from gateway.policy import (
-    POLICIES,
-    ClassLoad,
-    PolicyState,
-    Reject,
-    Route,
-    YieldState,
-    admit,
-    batch_limits,
-    batch_yield,
-    route,
-)
-from gateway.policy_base import ReplicaLoad, RequestFeatures
 
 SETTINGS = RoutingSettings(spill_queue_threshold=4, spill_release_threshold=1, spill_target_headroom=8)
 CHAT = RequestFeatures("chat", stream=True, max_tokens=256)
@@ -267,7 +258,7 @@ def test_every_named_policy_is_routable() -> None:
 def test_the_registry_is_the_modules_of_gateway_policies() -> None:
     """Config accepts exactly the names the registry holds, each a module's name; a module that
     declares no POLICY is refused when the registry loads."""
-    modules = Path(gateway.policies.__file__).parent.glob("*.py")
+    modules = Path(gateway.contract.policies.__file__).parent.glob("*.py")
     assert set(POLICIES) == {m.stem.replace("_", "-") for m in modules if m.stem != "__init__"}
     for name in POLICIES:
         assert RoutingSettings(policy=name).policy == name
@@ -276,9 +267,9 @@ def test_the_registry_is_the_modules_of_gateway_policies() -> None:
 
 
 def test_a_policy_module_without_a_spec_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(gateway.policy, "policy_modules", lambda: {"plain": "gateway.policy_base"})
+    monkeypatch.setattr(gateway.contract.router, "policy_modules", lambda: {"plain": "gateway.contract.policy"})
     with pytest.raises(ImportError, match="declares no POLICY"):
-        gateway.policy._load_policies()
+        gateway.contract.router._load_policies()
 
 
 def test_each_policy_keeps_its_own_state() -> None:

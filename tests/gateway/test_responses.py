@@ -13,9 +13,9 @@ import pytest
 from gateway_support import KEYS, PUBLIC_MODEL, USER_KEY, FakeStack
 from test_disconnect import ABORT_WITHIN_S
 
-from gateway.config import RoutingSettings
-from gateway.policy import Reject, Route, route_to
-from gateway.policy_base import ReplicaLoad, RequestFeatures
+from gateway.contract.config import RoutingSettings
+from gateway.contract.policy import ReplicaLoad, RequestFeatures
+from gateway.contract.router import Reject, Route, route_to
 from gateway.response_ids import ResponseIdMap
 
 

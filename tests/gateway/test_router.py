@@ -3,7 +3,7 @@ hears of a switch, in the order it registered (PUT /admin/routing calls only `Ro
 
 from __future__ import annotations
 
-from gateway.config import ReplicaEndpoint, RoutingSettings
+from gateway.contract.config import ReplicaEndpoint, RoutingSettings
 from gateway.load import LoadBoard
 from gateway.router import Router
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from gateway_support import FakeStack
 
-from gateway.config import FLAT_ROUTING_KEYS, RoutingSettings
+from gateway.contract.config import FLAT_ROUTING_KEYS, RoutingSettings
 from gateway.routing_update import NotAnObject, merge_routing
 
 PLAN_ROUTING = {

@@ -24,7 +24,7 @@ from gateway_support import ADMIN_KEY, KEYS, PUBLIC_MODEL, USER_KEY, FakeStack, 
 from typer.testing import CliRunner
 
 from deploy.cli import app
-from gateway.config import ConfigError
+from gateway.contract.config import ConfigError
 from gateway.server import GatewayThread, start_in_thread
 
 

@@ -17,7 +17,7 @@ import pytest
 from fake_upstream import FakeUpstream
 
 from deploy.plan import load_plan
-from gateway.config import GatewayConfig, RoutingSettings
+from gateway.contract.config import GatewayConfig, RoutingSettings
 from gateway.server import start_in_thread
 from tuner.bench.client import RequestRecord
 from tuner.optimize import OptimizeRequest, optimize

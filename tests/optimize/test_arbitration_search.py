@@ -6,7 +6,7 @@ import optuna
 import pytest
 
 from deploy.plan import load_plan, shipped_plan
-from gateway.config import RoutingSettings
+from gateway.contract.config import RoutingSettings
 from tuner.optimize.arbitration_search import (
     CAP_HOLD_S,
     References,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import optuna
 
-from gateway.config import RoutingSettings
+from gateway.contract.config import RoutingSettings
 from tuner.optimize.routing_search import _suggest, tune_routing
 from tuner.perfmodel.predict import Layout
 from tuner.perfmodel.simulate import BatchLoad, InteractiveLoad, Scenario, SimReplica

@@ -1,8 +1,8 @@
-"""The traffic simulation: seeded, bounded, routed by gateway.policy, and able to lose a replica."""
+"""The traffic simulation: seeded, bounded, routed by gateway.contract.router, and able to lose a replica."""
 
 from __future__ import annotations
 
-from gateway.config import RoutingSettings
+from gateway.contract.config import RoutingSettings
 from tuner.perfmodel.simulate import BatchLoad, ClassSLO, InteractiveLoad, ReplicaFailure, Scenario, simulate
 
 SHORT = Scenario(

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from deploy.plan import load_plan, shipped_plan
-from gateway.config import RoutingSettings
-from gateway.policy import PolicyState, route
-from gateway.policy_base import ReplicaLoad, RequestFeatures
-from gateway.routing_rules import routing_for, routing_for_replicas
+from gateway.contract.config import RoutingSettings
+from gateway.contract.policy import ReplicaLoad, RequestFeatures
+from gateway.contract.router import PolicyState, route
+from gateway.contract.routing_rules import routing_for, routing_for_replicas
 from tuner.policy_eval.scenarios import plan_routing
 
 

@@ -4,7 +4,7 @@ share the step's token budget as vLLM packs them, and a burst can land on runnin
 
 from __future__ import annotations
 
-from gateway.config import RoutingSettings
+from gateway.contract.config import RoutingSettings
 from tuner.perfmodel.coresidence import load_coresidence
 from tuner.perfmodel.predict import Layout
 from tuner.perfmodel.simulate import BatchLoad, InteractiveLoad, Scenario, SimReplica, simulate
@@ -135,7 +135,7 @@ def test_a_longer_hold_bound_trades_more_batch_for_interactive() -> None:
     assert tpot(long) < tpot(short)
 
 
-# ---- GPU arbitration: the freeze (gateway.arbitration, applied by the simulation) ----------------------
+# ---- GPU arbitration: the freeze (gateway.contract.freezing, applied by the simulation) ----------------------
 
 FREEZE = RoutingSettings(policy="class-aware", gpu_arbitration="freeze", freeze_settle_s=0.5)
 

@@ -1,4 +1,4 @@
-"""Freezing the batch engine on the real CPU stack (gateway.arbitration, gateway.freezing and the
+"""Freezing the batch engine on the real CPU stack (gateway.contract.freezing, gateway.freezing and the
 replica's pause lease, deploy.engine_lease): what only real vLLM engines can answer. Reached with
 the official OpenAI SDK; the engine's own /metrics and /tandem/pause say what the engine did.
 
@@ -247,7 +247,7 @@ def test_a_killed_gateway_leaves_the_frozen_engine_running_again_within_the_leas
     path = tmp_path / "gateway.yaml"
     path.write_text(yaml.safe_dump(config))
     log = (tmp_path / "gateway.log").open("w")
-    code = "import sys; from gateway.config import load_config; from gateway.server import serve; serve(load_config(sys.argv[1]))"
+    code = "import sys; from gateway.contract.config import load_config; from gateway.server import serve; serve(load_config(sys.argv[1]))"
     gateway = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=log, stderr=subprocess.STDOUT,
                                env={**os.environ})  # fmt: skip
     try:

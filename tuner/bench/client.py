@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import orjson
 
-from gateway.classify import CLASS_HEADER
+from gateway.contract.classify import CLASS_HEADER
 from tuner.bench.config import Endpoint
 from tuner.bench.prompts import Prompt
 

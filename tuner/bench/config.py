@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gateway.config import TrafficClass
+from gateway.contract.config import TrafficClass
 from tuner.workloads import get_workload
 
 

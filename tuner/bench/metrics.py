@@ -6,7 +6,7 @@
 - Throughputs: successful requests' counts over the measured duration (first send to last end).
 - Goodput: successful requests meeting every SLO, per second; TPOT counts as 0 for requests
   with a single output token (as vLLM does).
-- Percentiles: gateway.percentiles (numpy's linear interpolation, as vLLM).
+- Percentiles: gateway.contract.percentiles (numpy's linear interpolation, as vLLM).
 
 Beyond vLLM, ``tokens_per_event``: output tokens per streamed token event. 1.0 means the server
 sent each token as it came; above 1 it merged tokens into one event (vLLM does when its API server
@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 from pydantic import BaseModel
 
-from gateway.percentiles import percentile
+from gateway.contract.percentiles import percentile
 from tuner.bench.client import RequestRecord
 from tuner.bench.config import SLO
 

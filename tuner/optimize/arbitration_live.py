@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gateway.admin_client import ADMIN_KEY_ENV, AdminClient
-from gateway.config import RoutingSettings
+from gateway.contract.config import RoutingSettings
 from tuner.bench import BenchConfig, Bounds, ClosedLoop, Endpoint, Metrics, TrafficStream, WorkloadSpec, run_benchmark
 from tuner.bench.client import RequestRecord
 from tuner.optimize.arbitration_search import (

@@ -32,7 +32,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from deploy.plan import ServingPlan
-from gateway.config import BatchYieldSettings, GpuArbitrationSettings, RoutingSettings
+from gateway.contract.config import BatchYieldSettings, GpuArbitrationSettings, RoutingSettings
 from tuner.optimize.study import make_sampler
 from tuner.perfmodel.simulate import InteractiveLoad, Scenario, SimResult, simulate
 from tuner.policy_eval.scenarios import simulated_scenarios

@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from deploy.placement import Placement
 from deploy.plan import Replica, ServingPlan
-from gateway.config import RoutingSettings, TrafficClass
+from gateway.contract.config import RoutingSettings, TrafficClass
 from tuner.optimize.objectives import ClassObjective, Measurement
 from tuner.optimize.space import Candidate, SearchSpace
 

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 import optuna
 from optuna.trial import TrialState
 
-from gateway.config import BatchYieldSettings, SpillRules
+from gateway.contract.config import BatchYieldSettings, SpillRules
 
 if TYPE_CHECKING:
-    from gateway.config import TrafficClass
+    from gateway.contract.config import TrafficClass
     from tuner.optimize.evaluators import ModelEvaluator
     from tuner.optimize.request import OptimizeRequest, OptimizeResult
     from tuner.optimize.space import SearchSpace

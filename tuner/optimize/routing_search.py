@@ -6,7 +6,7 @@ once, so per-class trials cannot price it. Once both replicas are chosen, a smal
 `<model>.<cluster>.routing`) searches spill.queue_threshold, spill.release_threshold (below the
 queue threshold: conditional), spill.target_headroom, yielding.fraction and (while batch yields)
 yielding.max_hold_s (the study's parameters keep the flat names, FLAT_ROUTING_KEYS in
-gateway.config, so a stored study resumes), each trial a seeded run of
+gateway.contract.config, so a stored study resumes), each trial a seeded run of
 `tuner.perfmodel.simulate` with the gateway's own policy code: interactive users bursting to
 `users_per_slot` x the interactive concurrency, batch arrivals at `batch_load` of the batch
 replica's predicted rate. Objective: interactive goodput (requests/s meeting the interactive SLO),
@@ -20,7 +20,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from deploy.plan import Replica
-from gateway.config import BatchYieldSettings, RoutingSettings, SpillRules
+from gateway.contract.config import BatchYieldSettings, RoutingSettings, SpillRules
 from tuner.optimize.compose import replica_layout
 from tuner.optimize.objectives import ClassObjective
 from tuner.optimize.study import make_sampler

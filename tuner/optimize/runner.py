@@ -22,7 +22,7 @@ from pathlib import Path
 from optuna.trial import FrozenTrial, TrialState
 
 from deploy.plan import Replica, ServingPlan, dump_plan
-from gateway.config import TRAFFIC_CLASSES, RoutingSettings, TrafficClass
+from gateway.contract.config import TRAFFIC_CLASSES, RoutingSettings, TrafficClass
 from tuner.bench import WorkloadSpec
 from tuner.optimize.arbitration_live import LiveJudge, LiveLoads
 from tuner.optimize.arbitration_search import SIM_DURATION_S as ARBITRATION_SIM_S

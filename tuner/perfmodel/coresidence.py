@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from gateway.config import TrafficClass
+from gateway.contract.config import TrafficClass
 from tuner.perfmodel.sourced import DATA_DIR, Figure, read_yaml
 
 CORESIDENCE_DIR = DATA_DIR / "coresidence"

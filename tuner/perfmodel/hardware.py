@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gateway.config import merged_settings
+from gateway.contract.config import merged_settings
 from tuner.perfmodel.collectives import LinkProfile
 from tuner.perfmodel.sourced import DATA_DIR, Figure, read_yaml
 

@@ -2,7 +2,7 @@
 
 Interactive users run a closed loop (request, wait for the answer, think, repeat); batch work
 arrives at a Poisson rate or in bursts. Each request passes the gateway's own pure functions,
-imported from gateway.policy (admission per class, then `route` over a snapshot of every
+imported from gateway.contract.router (admission per class, then `route` over a snapshot of every
 replica's load), and runs on a replica modelled as vLLM's continuous batching: up to
 max_running sequences, each cycle advancing every running sequence one token while the first
 waiting prompts are prefilled in chunks that share the max_num_batched_tokens budget left
@@ -12,10 +12,10 @@ device: while another replica runs a cycle, a cycle progresses slower by the fac
 its role (tuner.perfmodel.coresidence: 2.23x for an interactive step beside a decode, 2.59x beside
 a prefill; a batch engine keeps 0.48x of its decode speed), and a cycle in progress speeds up or
 slows down the moment the other replica goes idle or busy. With gpu_arbitration "freeze" the
-gateway's own arbitration (gateway.arbitration.arbitrate) freezes the batch replica while
+gateway's own arbitration (gateway.contract.freezing.arbitrate) freezes the batch replica while
 interactive work runs beside it: its cycle in progress ends, no next one starts until the freeze
 ends (settle time, starvation bound), and nothing of its work is lost. A replica can fail mid-run (its requests fail; the policy must route around
-it) and come back. Batch admission follows the gateway's batch yielding (gateway.policy.batch_yield:
+it) and come back. Batch admission follows the gateway's batch yielding (gateway.contract.yielding.batch_yield:
 held while interactive work is active, re-evaluated on every arrival and completion and at the
 moment the state says it changes). The run is seeded and bounded in simulated time.
 
@@ -32,21 +32,13 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.arbitration import Arbitration, ReplicaWork, arbitrate
-from gateway.config import TRAFFIC_CLASSES, ClassLimits, RoutingSettings, TrafficClass
-from gateway.percentiles import percentile_or_none
-from gateway.policy import (
-    ClassLoad,
-    PolicyState,
-    ReplicaLoad,
-    RequestFeatures,
-    Route,
-    YieldState,
-    admit,
-    batch_limits,
-    batch_yield,
-    route,
-)
+from gateway.contract.admission import ClassLoad, admit
+from gateway.contract.config import TRAFFIC_CLASSES, ClassLimits, RoutingSettings, TrafficClass
+from gateway.contract.freezing import Arbitration, ReplicaWork, arbitrate
+from gateway.contract.percentiles import percentile_or_none
+from gateway.contract.policy import ReplicaLoad, RequestFeatures
+from gateway.contract.router import PolicyState, Route, route
+from gateway.contract.yielding import YieldState, batch_limits, batch_yield
 from tuner.perfmodel.architecture import resolve_model
 from tuner.perfmodel.coresidence import DEFAULT as DEFAULT_CORESIDENCE
 from tuner.perfmodel.coresidence import load_coresidence
@@ -492,7 +484,7 @@ class _Simulation:
         self._update_yield()
 
     def _update_freeze(self) -> None:
-        """Re-evaluate GPU arbitration (gateway.arbitration, the gateway's own function) over the
+        """Re-evaluate GPU arbitration (gateway.contract.freezing, the gateway's own function) over the
         interactive requests on each replica. A replica frozen now finishes the cycle in progress
         and starts no other (vLLM's pause takes effect after the current step); one resumed starts
         its next cycle at once. A timer is set for when the state would change by itself."""

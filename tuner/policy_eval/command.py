@@ -29,7 +29,7 @@ from deploy.demo_model import ensure_demo_model
 from deploy.plan import load_plan, shipped_plan
 from deploy.ports import free_port
 from deploy.stack import running_stack
-from gateway.policy import POLICIES
+from gateway.contract.router import POLICIES
 from tuner.policy_eval.live import run_live
 from tuner.policy_eval.report import (
     FIGURES,

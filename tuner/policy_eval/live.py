@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 import httpx
 import psutil
 
-from gateway.config import RoutingSettings
+from gateway.contract.config import RoutingSettings
 from tuner.bench import SLO, BenchConfig, Bounds, ClosedLoop, Endpoint, OpenLoop, TrafficStream, benchmark
 from tuner.bench.client import RequestRecord
 from tuner.bench.metrics import compute_metrics

@@ -91,7 +91,7 @@ class ScenarioResult(BaseModel):
 
 
 class YieldPoint(BaseModel):
-    """Class-aware on the steady mix at one setting of batch yielding (gateway.policy.batch_yield)."""
+    """Class-aware on the steady mix at one setting of batch yielding (gateway.contract.yielding.batch_yield)."""
 
     setting: str
     fraction: float

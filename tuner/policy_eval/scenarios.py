@@ -20,8 +20,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from deploy.plan import ServingPlan
-from gateway.config import RoutingSettings
-from gateway.routing_rules import routing_for_replicas
+from gateway.contract.config import RoutingSettings
+from gateway.contract.routing_rules import routing_for_replicas
 from tuner.bench import SLO, WorkloadSpec
 from tuner.perfmodel import EngineSettings, Layout, load_engine, load_hardware, resolve_model
 from tuner.perfmodel.predict import build_replica, predict_replica

@@ -1,7 +1,7 @@
 """Every policy on every scenario in the perf model's traffic simulation, over several seeds; and the
-batch-yield trade-off (class-aware on the steady mix with gateway.policy.batch_yield swept).
+batch-yield trade-off (class-aware on the steady mix with gateway.contract.yielding.batch_yield swept).
 
-The simulation routes with gateway.policy itself (tuner.perfmodel.simulate imports it), so the
+The simulation routes with gateway.contract.router itself (tuner.perfmodel.simulate imports it), so the
 policies measured here are the gateway's, byte for byte. The routing thresholds are the plan's
 (scenarios.arbitration_off: arbitration off); only the policy name changes between runs.
 """
@@ -12,8 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 
 from deploy.plan import ServingPlan
-from gateway.config import BatchYieldSettings
-from gateway.policy import POLICIES
+from gateway.contract.config import BatchYieldSettings
+from gateway.contract.router import POLICIES
 from tuner.perfmodel.simulate import Scenario, SimResult, simulate
 from tuner.policy_eval.report import PolicyResult, Sample, ScenarioResult, YieldPoint
 from tuner.policy_eval.scenarios import DESCRIPTIONS, SCENARIOS, ScenarioName, arbitration_off, simulated_scenarios

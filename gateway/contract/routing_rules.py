@@ -31,7 +31,7 @@ replica on the Spark pair. The rule, and why:
                            latency above the total sets it (0 with a hold bound), or lets the
                            tuner's routing study search it.
   GPU arbitration          "admission" (no freeze; the base's), for every shipped plan. Freezing
-                           the batch engine while interactive work runs (gateway.arbitration)
+                           the batch engine while interactive work runs (gateway.contract.freezing)
                            gives interactive steps their alone speed, but on the plans' simulated
                            steady mix the TP replica is busy all the time, so the batch replica
                            is frozen for all but the starvation bound's share and its goodput
@@ -50,7 +50,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from gateway.config import RoutingSettings, TrafficClass
+from gateway.contract.config import RoutingSettings, TrafficClass
 
 
 def routing_for(

@@ -1,5 +1,5 @@
 """What a routing policy is: the request and load it reads, the context of one decision, its
-answer, and the declaration (`PolicySpec`) each module of gateway/policies/ exposes as `POLICY`.
+answer, and the declaration (`PolicySpec`) each module of gateway/contract/policies/ exposes as `POLICY`.
 
 Pure, like every routing function of the contract layer: the gateway fills these with live numbers,
 the perf model's traffic simulation with simulated ones.
@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, Literal, TypeVar
 
-from gateway.config import RoutingSettings, TrafficClass
+from gateway.contract.config import RoutingSettings, TrafficClass
 
 Endpoint = Literal["chat", "completions", "responses"]
 S = TypeVar("S")
@@ -88,7 +88,7 @@ class Choice(Generic[S]):
 
 @dataclass(frozen=True, slots=True)
 class PolicySpec(Generic[S]):
-    """One policy, as its module in gateway/policies/ declares it (`POLICY = PolicySpec(...)`); its
+    """One policy, as its module in gateway/contract/policies/ declares it (`POLICY = PolicySpec(...)`); its
     name is the module's, with hyphens for underscores.
 
     choose              the policy: a pure function of one decision's context

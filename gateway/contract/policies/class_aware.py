@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.policy_base import Choice, PolicyContext, PolicySpec, of_class
+from gateway.contract.policy import Choice, PolicyContext, PolicySpec, of_class
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from gateway.policies import class_aware
-from gateway.policies.class_aware import Spilling
-from gateway.policy_base import Choice, PolicyContext, PolicySpec
+from gateway.contract.policies import class_aware
+from gateway.contract.policies.class_aware import Spilling
+from gateway.contract.policy import Choice, PolicyContext, PolicySpec
 
 
 def choose(ctx: PolicyContext[Spilling]) -> Choice[Spilling]:

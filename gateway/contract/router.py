@@ -1,18 +1,18 @@
-"""Routing: the pure functions from (request, replica load, settings, state) to a decision.
+"""Routing, pure: the functions from (request, replica load, settings, state) to a decision.
 
 No I/O and no clock here: the gateway calls these with live numbers, and the perf model's traffic
 simulation (tuner/perfmodel) calls the very same functions with simulated ones.
 
-Inputs (gateway.policy_base)
-  RequestFeatures  what the router may know about a request (gateway.classify builds it from the
+Inputs (gateway.contract.policy)
+  RequestFeatures  what the router may know about a request (gateway.contract.classify builds it from the
                    body): endpoint, stream, n, number of prompts, max_tokens, client's priority;
                    for conversation policies, its prefix hash, session and previous replica.
-  TrafficClass     "interactive" | "batch", from gateway.classify.classify().
+  TrafficClass     "interactive" | "batch", from gateway.contract.classify.classify().
   ReplicaLoad      one per replica: name, traffic_class, in_flight (requests this gateway has
                    sent and not finished), running / waiting (the engine's own counts, from
                    its metrics page, read by its engine adapter), max_num_seqs, healthy, accepts_priority
                    (the engine adapter allows a request priority under its scheduling policy).
-  RoutingSettings  gateway.config; `settings.policy` names the policy in POLICIES.
+  RoutingSettings  gateway.contract.config; `settings.policy` names the policy in POLICIES.
   PolicyState      each policy's own state between decisions (the round-robin cursor, class-aware's
                    spilling flag). Immutable: pass the returned state to the next call.
   rng              a random.Random, used by "power-of-two" only (seed it to replay a run).
@@ -21,7 +21,7 @@ Output of route()
   (Route(replica, priority, spilled) | Reject(status, message), new PolicyState)
   `priority` is the vLLM request priority to add, or None to send the request as it came.
 
-POLICIES, the registry: one PolicySpec per module of gateway/policies/ (the module's name is the
+POLICIES, the registry: one PolicySpec per module of gateway/contract/policies/ (the module's name is the
 policy's). A policy is a function of one PolicyContext (the inputs above, the replicas narrowed to
 the healthy ones, the policy's own state) to a Choice (replica, next state, spilled); route() adds
 the priority. "class-aware" is Tandem's default; "conversation-affinity" is class-aware that keeps a
@@ -30,33 +30,27 @@ the baselines they are measured against ("power-of-two" is Ray Serve's default).
 Every policy sends a request only to a healthy replica, so a replica that is down is routed
 around whatever the policy prefers; with none healthy the answer is Reject(503).
 
-Admission (per-class concurrency with a bounded queue) is the separate pure function admit():
-  ClassLoad(in_flight, queued) + ClassLimits -> "run" | "queue" | "reject".
-
-Batch yielding (for replicas that share GPUs; off unless set) adjusts the batch class's limits:
-  batch_yield(interactive requests active, now, settings, YieldState) -> YieldState
-  batch_limits(batch ClassLimits, settings, YieldState) -> the ClassLimits admit() applies now.
+Admission (gateway.contract.admission) decides before routing whether a request runs now; batch
+yielding (gateway.contract.yielding) narrows the batch class's admission while interactive work runs.
 """
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import import_module
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, TypeVar, cast
 
-from gateway.arbitration import HoldTimers, hold_next_change, hold_step
-from gateway.config import ClassLimits, RoutingSettings, TrafficClass
-from gateway.policies import policy_modules
-from gateway.policy_base import PolicyContext, PolicySpec, ReplicaLoad, RequestFeatures
+from gateway.contract.config import RoutingSettings, TrafficClass
+from gateway.contract.policies import policy_modules
+from gateway.contract.policy import PolicyContext, PolicySpec, ReplicaLoad, RequestFeatures
 
 S = TypeVar("S")
 
 
 def _load_policies() -> dict[str, PolicySpec[Any]]:
-    """Every module of gateway/policies/, by policy name; a module without a PolicySpec named
+    """Every module of gateway/contract/policies/, by policy name; a module without a PolicySpec named
     POLICY is a mistake to report at import, not at the first request it would route."""
     found: dict[str, PolicySpec[Any]] = {}
     for name, module in policy_modules().items():
@@ -68,14 +62,6 @@ def _load_policies() -> dict[str, PolicySpec[Any]]:
 
 
 POLICIES: Mapping[str, PolicySpec[Any]] = _load_policies()
-
-
-@dataclass(frozen=True, slots=True)
-class ClassLoad:
-    """One traffic class's requests in the gateway: admitted and running, and waiting to be."""
-
-    in_flight: int = 0
-    queued: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,16 +95,6 @@ class Reject:
 
 
 Decision = Route | Reject
-Admission = Literal["run", "queue", "reject"]
-
-
-def admit(load: ClassLoad, limits: ClassLimits) -> Admission:
-    """Run now if the class is under its concurrency limit, else queue while the queue has room."""
-    if load.in_flight < limits.max_concurrency:
-        return "run"
-    if load.queued < limits.max_queue:
-        return "queue"
-    return "reject"
 
 
 def route(
@@ -165,64 +141,3 @@ def _priority(
     if request.client_priority is not None or not replica.accepts_priority:
         return None
     return settings.limits[traffic_class].priority
-
-
-# ---- batch yielding: admission that gives the shared GPUs to interactive work ----------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class YieldState:
-    """Whether batch admissions are held back for interactive work, and since when.
-
-    Times are the caller's clock in seconds (the gateway's monotonic clock, or simulated time)."""
-
-    holding: bool = False
-    since: float = 0.0
-    """When the current phase (holding, or free) began."""
-    forced: bool = False
-    """The current free phase was forced by the starvation bound: it lasts batch_yield_release_s."""
-    interactive_idle_since: float | None = None
-    """When interactive work last dropped to none in flight or queued; None while there is some."""
-
-    def next_change(self, settings: RoutingSettings) -> float | None:
-        """When this state changes by itself unless traffic changes it first: the caller re-evaluates
-        `batch_yield` then (a timer in the simulation, the load poll in the gateway). None: never."""
-        return hold_next_change(self, _yield_timers(settings))
-
-
-def _yield_timers(settings: RoutingSettings) -> HoldTimers:
-    return HoldTimers(settings.yielding.settle_s, settings.yielding.max_hold_s, settings.yielding.release_s)
-
-
-def batch_yield(interactive_active: int, now: float, settings: RoutingSettings, state: YieldState) -> YieldState:
-    """The next yield state, given the interactive requests in flight or queued in the gateway now.
-
-    Why: two replicas on the same GPUs without MPS time-slice them, so while the batch replica has
-    any work the interactive one runs at about half speed, whatever the batch size (a decode step
-    streams all the weights either way). Routing cannot help (each class has its own replica); only
-    keeping the batch replica idle while interactive work runs can, and the price is batch
-    throughput. Running requests are never stopped: holding only keeps new batch requests in the
-    gateway's queue, so the batch replica drains and goes idle.
-
-      hold      as soon as any interactive request is in flight or queued;
-      settle    release once interactive has had none for batch_yield_settle_s (hysteresis: a
-                user thinking between turns does not let in a batch request that would then slow
-                the next turn for its whole run);
-      bound     a hold lasts at most batch_yield_max_hold_s, then batch runs at its full limit for
-                at least batch_yield_release_s, whatever interactive does: batch is never held to
-                zero for longer than max_hold_s, and gets its full limit at least
-                release / (max_hold + release) of the time.
-    batch_yield_fraction 1 turns yielding off (the state stays free)."""
-    if settings.yielding.fraction >= 1:
-        return YieldState()
-    return hold_step(interactive_active > 0, now, _yield_timers(settings), state)
-
-
-def batch_limits(limits: ClassLimits, settings: RoutingSettings, state: YieldState) -> ClassLimits:
-    """The batch class's admission limits under the yield state: while holding, at most
-    batch_yield_fraction of its max_concurrency may be in flight (0: no new batch request starts
-    until the hold ends); the queue's size is unchanged, so held requests wait, not fail."""
-    if not state.holding:
-        return limits
-    held = math.floor(settings.yielding.fraction * limits.max_concurrency)
-    return limits.model_copy(update={"max_concurrency": held})  # 0 is a valid *held* limit: admit() queues

@@ -1,9 +1,9 @@
 """The routing policies, one module each: a module `<name>.py` here declares the policy `<name>`
-(hyphens for its underscores) as `POLICY = gateway.policy_base.PolicySpec(...)`.
+(hyphens for its underscores) as `POLICY = gateway.contract.policy.PolicySpec(...)`.
 
-This package's own code only lists the modules, importing none: gateway.config checks a setting's
-policy name against the list, and the policy modules import gateway.config for the settings' type.
-gateway.policy imports them all into its POLICIES registry.
+This package's own code only lists the modules, importing none: gateway.contract.config checks a setting's
+policy name against the list, and the policy modules import gateway.contract.config for the settings' type.
+gateway.contract.router imports them all into its POLICIES registry.
 """
 
 from __future__ import annotations

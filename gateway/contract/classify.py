@@ -1,15 +1,15 @@
 """Which traffic class a request belongs to: interactive (someone is waiting on each token) or
 batch (throughput matters, latency does not).
 
-Pure, like gateway.policy, so the perf model's traffic simulation classifies the same way.
+Pure, like the rest of gateway.contract, so the perf model's traffic simulation classifies the same way.
 Order of evidence: the client's explicit X-Tandem-Class header, then its API key's default
 class, then the request's shape against the thresholds in RoutingSettings.
 """
 
 from __future__ import annotations
 
-from gateway.config import RoutingSettings, TrafficClass
-from gateway.policy_base import RequestFeatures
+from gateway.contract.config import RoutingSettings, TrafficClass
+from gateway.contract.policy import RequestFeatures
 
 CLASS_HEADER = "x-tandem-class"
 """The request header naming a request's class (the gateway reads it; tuner bench sends it), and the

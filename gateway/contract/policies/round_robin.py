@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.policy_base import Choice, PolicyContext, PolicySpec
+from gateway.contract.policy import Choice, PolicyContext, PolicySpec
 
 
 def choose(ctx: PolicyContext[int]) -> Choice[int]:

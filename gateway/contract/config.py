@@ -13,8 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
-from gateway.batch_settings import BatchSettings
-from gateway.policies import policy_modules
+from gateway.contract.batch_settings import BatchSettings
+from gateway.contract.policies import policy_modules
 
 TrafficClass = Literal["interactive", "batch"]
 LogFormat = Literal["text", "json"]
@@ -73,7 +73,7 @@ def _default_class_limits() -> dict[TrafficClass, ClassLimits]:
 
 
 class ClassifyRules(BaseModel):
-    """Which class a request belongs to (gateway.classify)."""
+    """Which class a request belongs to (gateway.contract.classify)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -113,7 +113,7 @@ class SpillRules(BaseModel):
 
 
 class BatchYieldSettings(BaseModel):
-    """Batch admissions held back while interactive work runs (gateway.policy.batch_yield)."""
+    """Batch admissions held back while interactive work runs (gateway.contract.yielding.batch_yield)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -138,7 +138,7 @@ class BatchYieldSettings(BaseModel):
 
 
 class GpuArbitrationSettings(BaseModel):
-    """How replicas that share devices share them (gateway.arbitration, gateway.freezing)."""
+    """How replicas that share devices share them (gateway.contract.freezing, gateway.freezing)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -227,7 +227,8 @@ class RoutingSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     policy: str = Field(
-        "class-aware", description="Routing policy name: a module of gateway/policies/ (gateway.policy.POLICIES)."
+        "class-aware",
+        description="Routing policy name: a module of gateway/contract/policies/ (gateway.contract.router.POLICIES).",
     )
     classify: ClassifyRules = Field(default_factory=ClassifyRules)
     spill: SpillRules = Field(default_factory=SpillRules)
