@@ -295,6 +295,11 @@ class ApiKey(BaseModel):
     admin: bool = Field(
         False, description="May use the admin routes: routing (PUT /admin/routing), keys and usage (/admin/keys)."
     )
+    models: list[str] | None = Field(
+        None,
+        description="The models (names or aliases) this key may use; none named: every model. Other models "
+        "answer 404 as if not served, and /v1/models lists only these.",
+    )
 
     @field_validator("key")
     @classmethod
@@ -476,26 +481,79 @@ class ReplicaEndpoint(BaseModel):
     )
 
 
+class ServedModel(BaseModel):
+    """One public model and the replicas that serve it: a model group. A request's `model` picks
+    the group (its name or an alias); the group's own router, class gates and batch yielding then
+    pick one of its replicas, so one group's traffic never lands on another's engines."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, description="Public model name, shown in /v1/models and in every response.")
+    aliases: list[str] = Field(default_factory=list, description="Other names clients may send.")
+    replicas: list[ReplicaEndpoint] = Field(min_length=1)
+    limits: dict[TrafficClass, ClassLimits] = Field(
+        default_factory=dict,
+        description="This model's own admission limits per class, in place of settings.routing.limits for that "
+        "class (a small model beside a large one takes more requests at once).",
+    )
+
+    @property
+    def served_names(self) -> list[str]:
+        return [self.name, *self.aliases]
+
+    def routing(self, settings: RoutingSettings) -> RoutingSettings:
+        """The gateway's routing settings with this model's own class limits in force."""
+        if not self.limits:
+            return settings
+        return settings.model_copy(update={"limits": {**settings.limits, **self.limits}})
+
+
 class GatewayConfig(BaseModel):
-    """Everything one gateway process needs: the public model, its replicas, and its settings."""
+    """Everything one gateway process needs: the models it serves, their replicas, and its settings.
+
+    One model may be written in the short form of earlier configs (`model`, `aliases`, `replicas` at
+    the top level); it is read as `models: [{name, aliases, replicas}]`."""
 
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)  # errors never echo a key
 
-    model: str = Field(description="Public model name, shown in /v1/models and in every response.")
-    aliases: list[str] = Field(default_factory=list, description="Other names clients may send.")
-    replicas: list[ReplicaEndpoint] = Field(min_length=1)
+    models: list[ServedModel] = Field(min_length=1, description="The first one serves requests that name no model.")
     settings: GatewaySettings = Field(default_factory=GatewaySettings)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_model_form(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "model" in data and "models" not in data:
+            data = dict(data)
+            group = {"name": data.pop("model"), "replicas": data.pop("replicas", [])}
+            if "aliases" in data:
+                group["aliases"] = data.pop("aliases")
+            data["models"] = [group]
+        return data
+
     @model_validator(mode="after")
-    def _replica_names_unique(self) -> GatewayConfig:
-        names = [r.name for r in self.replicas]
-        if len(set(names)) != len(names):
-            raise ValueError(f"replica names must be unique, got {names}")
+    def _names_unique(self) -> GatewayConfig:
+        replicas = [r.name for r in self.replicas]
+        if len(set(replicas)) != len(replicas):
+            raise ValueError(f"replica names must be unique across models, got {replicas}")
+        served = [name for group in self.models for name in group.served_names]
+        repeated = sorted({name for name in served if served.count(name) > 1})
+        if repeated:
+            raise ValueError(f"a model name or alias may name one model only: {repeated} name several")
         return self
 
     @property
+    def replicas(self) -> list[ReplicaEndpoint]:
+        """Every model's replicas."""
+        return [r for group in self.models for r in group.replicas]
+
+    @property
     def served_names(self) -> frozenset[str]:
-        return frozenset([self.model, *self.aliases])
+        """Every model's name and aliases."""
+        return frozenset(name for group in self.models for name in group.served_names)
+
+    def model_named(self, name: str) -> ServedModel | None:
+        """The model a request's `model` names (its name or an alias); None for one not served."""
+        return next((group for group in self.models if name in group.served_names), None)
 
 
 class ConfigError(ValueError):
