@@ -24,7 +24,6 @@ from typing import Any, Literal
 from fastapi import FastAPI, Request
 
 from gateway.admin_api import admin_routes
-from gateway.admission import ClassGate
 from gateway.asgi import GatewayApp, RequestIdMiddleware, answer_errors_in_the_envelope
 from gateway.auth import KeyRing, exposure_warning, is_loopback
 from gateway.backends.base import Backend
@@ -33,23 +32,22 @@ from gateway.backends.relocating import RelocatingHttpBackend
 from gateway.batches.dispatch import InProcessDispatch
 from gateway.batches.routes import batch_routes
 from gateway.batches.service import BatchService
-from gateway.contract.config import GatewayConfig, ReplicaEndpoint, TrafficClass
+from gateway.contract.config import GatewayConfig, ReplicaEndpoint
 from gateway.engines import engine_adapter
 from gateway.freezing import EngineFreezer
 from gateway.key_admin import KeyAdmin
 from gateway.load import LoadBoard
 from gateway.metrics import GatewayMetrics, LiveState
+from gateway.model_groups import ModelGroups
 from gateway.proxy import GenerationProxy, OpenAIGeneration
 from gateway.response_ids import ResponseIdMap
 from gateway.responses import RESPONSES_PATH, ResponseRetrieval, ResponsesGeneration, add_responses_routes
-from gateway.router import Router
 from gateway.routing_api import routing_routes
 from gateway.service_api import service_routes
 from gateway.sqlite_schema import SchemaTooNew
 from gateway.state_store import StateStore
 from gateway.status import StatusSource, status_routes
 from gateway.usage import UsageLedger
-from gateway.yielding import BatchYielding
 
 log = logging.getLogger("tandem.gateway")
 
@@ -98,10 +96,11 @@ def open_state_store(data_dir: Path) -> StateStore:
 
 
 class Gateway:
-    """The gateway's parts for one config, built once and wired to each other: the load board
-    and router, the class gates and batch yielding, the engine freezer, keys and usage, metrics,
-    the proxies, the Batch API and the status page. A routing settings switch (the router's
-    update) reaches every part that reads the settings in force through Router.on_update."""
+    """The gateway's parts for one config, built once and wired to each other: the load board,
+    the model groups (each with its router, class gates and batch yielding: gateway.model_groups),
+    the engine freezer, keys and usage, metrics, the proxies, the Batch API and the status page. A
+    routing settings switch (ModelGroups.update) reaches every group's router, and through the
+    routers' and ModelGroups' on_update every part that reads the settings in force."""
 
     def __init__(self, config: GatewayConfig, backends: Mapping[str, Backend] | None = None) -> None:
         """Without `backends`, HTTP backends are built from the replicas' base URLs."""
@@ -112,45 +111,29 @@ class Gateway:
             raise ValueError(f"backends and config.replicas name different replicas: {sorted(unknown)}")
         settings = config.settings
         self.board = LoadBoard(config.replicas, settings.limits.load_probe_misses)
-        self.router = router = Router(settings.routing, self.board)
-        self.yielding = yielding = BatchYielding(lambda: router.settings)
-        self.gates: dict[TrafficClass, ClassGate] = {
-            "interactive": ClassGate(
-                "interactive", lambda: router.settings.limits["interactive"], on_change=yielding.update
-            ),
-            "batch": ClassGate("batch", yielding.batch_limits),
-        }
-        yielding.watch(self.gates["interactive"], self.gates["batch"])
+        self.models = models = ModelGroups(config, self.board)
         self.keyring = KeyRing.from_settings(settings.auth)
         self.key_admin = KeyAdmin(self.keyring)
         self.ledger = UsageLedger()
-        self.metrics = GatewayMetrics(
-            LiveState(self.board, self.gates, lambda: router.spilling, lambda: yielding.holding),
-            per_key=settings.auth.per_key_metrics,
-            model=config.model,
-        )
+        self.metrics = GatewayMetrics(LiveState(self.board, models), per_key=settings.auth.per_key_metrics)
         self.freezer = EngineFreezer(
-            config.replicas, self.backends, self.board, lambda: router.settings, self.metrics.registry
+            config.replicas, self.backends, self.board, lambda: models.settings, self.metrics.registry
         )
-        router.on_update(yielding.update)
-        router.on_update(self.freezer.update)
-        for gate in self.gates.values():
-            router.on_update(gate.grant)
+        models.on_update(self.freezer.update)
         # What every proxy forwards with: one set of parts, shared by the generation and Responses routes.
         parts: dict[str, Any] = {
             "config": config,
             "backends": self.backends,
-            "router": router,
-            "gates": self.gates,
+            "groups": models,
             "keyring": self.keyring,
             "metrics": self.metrics,
             "ledger": self.ledger,
         }
         self.proxies = {
-            path: GenerationProxy(OpenAIGeneration(endpoint, router), **parts) for endpoint, path in GENERATION_PATHS
+            path: GenerationProxy(OpenAIGeneration(endpoint), **parts) for endpoint, path in GENERATION_PATHS
         }
         response_ids = ResponseIdMap(settings.responses.max_ids, settings.responses.ttl_s)
-        self.responses = GenerationProxy(ResponsesGeneration(response_ids, router), **parts)
+        self.responses = GenerationProxy(ResponsesGeneration(response_ids), **parts)
         self.retrieval = ResponseRetrieval(
             response_ids,
             config=config,
@@ -168,12 +151,9 @@ class Gateway:
             self.metrics,
         )
         self.status = StatusSource(
-            model=config.model,
+            groups=models,
             board=self.board,
-            gates=self.gates,
             frozen=lambda: self.freezer.frozen,
-            spilling=lambda: router.spilling,
-            batch_held=lambda: yielding.holding,
             recent=self.metrics.recent,
             ledger=self.ledger,
         )
@@ -195,8 +175,8 @@ class Gateway:
         app.include_router(batch_routes(self.batches, self.keyring))
         app.include_router(admin_routes(self.key_admin, self.ledger, self.require_admin))
         app.include_router(status_routes(self.status, self.require_admin))
-        app.include_router(service_routes(self.config, self.backends, self.board, self.keyring, self.metrics))
-        app.include_router(routing_routes(self.router, self.require_admin))
+        app.include_router(service_routes(self.config, self.backends, self.models, self.keyring, self.metrics))
+        app.include_router(routing_routes(self.models, self.require_admin))
         answer_errors_in_the_envelope(app)
         app.add_middleware(RequestIdMiddleware)
         return app
@@ -219,10 +199,9 @@ class Gateway:
         await self.freezer.start()
         poller = asyncio.create_task(self.board.poll_forever(self.backends, settings.limits.load_poll_interval_s))
         log.info(
-            "gateway for %s: replicas %s, policy %s",
-            self.config.model,
-            sorted(self.backends),
-            self.router.settings.policy,
+            "gateway for %s, policy %s",
+            "; ".join(f"{group.name}: replicas {', '.join(group.replicas)}" for group in self.models),
+            self.models.settings.policy,
         )
         if not self.keyring.enabled and not is_loopback(settings.host):
             log.warning("%s", exposure_warning(settings))

@@ -264,14 +264,18 @@ def show_gateway_status(url: str, cacert: Path | None) -> bool:
     notes = [f"up {facts['up_s']} s"]
     notes += ["interactive spills to the batch replica"] if facts["spilling"] else []
     notes += ["batch yields to interactive"] if facts["batch_held"] else []
-    out.print(f"[bold]{facts['model']}[/bold] at {url}: {'; '.join(notes)}", highlight=False)
+    served = ", ".join(m["name"] for m in facts["models"])
+    out.print(f"[bold]{served}[/bold] at {url}: {'; '.join(notes)}", highlight=False)
     replicas = Table(title="replicas", title_justify="left")
-    for title in ("replica", "class", "health", "frozen", "in flight", "running", "waiting", "max seqs"):
-        replicas.add_column(title, justify="left" if title in ("replica", "class", "health", "frozen") else "right")
+    for title in ("replica", "model", "class", "health", "frozen", "in flight", "running", "waiting", "max seqs"):
+        replicas.add_column(
+            title, justify="left" if title in ("replica", "model", "class", "health", "frozen") else "right"
+        )
     for r in facts["replicas"]:
         health = "[green]healthy[/green]" if r["healthy"] else "[red bold]down[/red bold]"
         replicas.add_row(
             r["name"],
+            r["model"],
             r["traffic_class"],
             health,
             "frozen" if r["frozen"] else "-",

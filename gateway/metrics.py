@@ -1,7 +1,9 @@
 """Prometheus metrics of one gateway: requests, errors, latency and token usage per traffic class,
 replica and, when auth.per_key_metrics is on, API key (by name); every series also carries the
-served model's name (`model`), so one Prometheus can hold several Tandem endpoints and join them with
-their engines' vLLM metrics (which say `model_name`). Each app has its own registry,
+model's public name (`model`: the replica's model for a series by replica, '-' for an answer no
+model gave, such as an unknown model's 404, where the gateway serves several), so one Prometheus can
+hold several models and Tandem endpoints and join them with their engines' vLLM metrics (which say
+`model_name`). Each app has its own registry,
 so several gateways (tests) can live in one process. Gauges that mirror live state (in-flight, queues, health) are read from the
 LoadBoard and the class gates at scrape time, costing nothing per request.
 """
@@ -9,7 +11,7 @@ LoadBoard and the class gates at scrape time, costing nothing per request.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,9 +19,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from gateway.admission import ClassGate
-from gateway.contract.config import TrafficClass
 from gateway.load import LoadBoard
+from gateway.model_groups import ModelGroups
 from gateway.recent import RecentLatency
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -34,9 +35,7 @@ class LiveState(Collector):
     """Where the live gauges are read from, at scrape time."""
 
     board: LoadBoard
-    gates: Mapping[TrafficClass, ClassGate]
-    spilling: Callable[[], bool]
-    holding_batch: Callable[[], bool]
+    groups: ModelGroups
 
     def collect(self) -> Iterable[Metric]:
         replicas = self.board.snapshot()
@@ -63,24 +62,28 @@ class LiveState(Collector):
             families["healthy"].add_metric([r.name], 1.0 if r.healthy else 0.0)
         yield from families.values()
         admitted = GaugeMetricFamily(
-            "tandem_gateway_class_in_flight", "Admitted requests per traffic class", labels=["traffic_class"]
+            "tandem_gateway_class_in_flight",
+            "Admitted requests per model and traffic class",
+            labels=["model", "traffic_class"],
         )
         queued = GaugeMetricFamily(
-            "tandem_gateway_class_queued", "Requests waiting for a class slot", labels=["traffic_class"]
+            "tandem_gateway_class_queued", "Requests waiting for a class slot", labels=["model", "traffic_class"]
         )
-        for name, gate in self.gates.items():
-            admitted.add_metric([name], gate.in_flight)
-            queued.add_metric([name], gate.queued)
-        yield admitted
-        yield queued
-        yield GaugeMetricFamily(
-            "tandem_gateway_spilling", "1 while interactive traffic spills to the batch replica", value=self.spilling()
+        spilling = GaugeMetricFamily(
+            "tandem_gateway_spilling", "1 while interactive traffic spills to the batch replica", labels=["model"]
         )
-        yield GaugeMetricFamily(
+        held = GaugeMetricFamily(
             "tandem_gateway_batch_held",
             "1 while batch admissions yield to interactive work (routing.yielding.fraction)",
-            value=self.holding_batch(),
+            labels=["model"],
         )
+        for group in self.groups:
+            for name, gate in group.gates.items():
+                admitted.add_metric([group.name, name], gate.in_flight)
+                queued.add_metric([group.name, name], gate.queued)
+            spilling.add_metric([group.name], group.router.spilling)
+            held.add_metric([group.name], group.yielding.holding)
+        yield from (admitted, queued, spilling, held)
 
 
 class _Buckets:
@@ -154,10 +157,12 @@ class GatewayMetrics:
     series carries the key label '-', because /metrics answers without a key and per-key series
     would tell anyone who uses the gateway, and how much."""
 
-    def __init__(self, live: LiveState, *, per_key: bool = False, model: str | None = None) -> None:
+    def __init__(self, live: LiveState, *, per_key: bool = False) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.per_key = per_key
-        self.model = model
+        models = list(live.groups)
+        self._model_of = {replica: group.name for group in models for replica in group.replicas}
+        self._no_model = models[0].name if len(models) == 1 else UNLABELLED_KEY
         r = self.registry
 
         def counter(name: str, doc: str, labels: list[str]) -> _Children:
@@ -201,7 +206,10 @@ class GatewayMetrics:
             _LATENCY_BUCKETS,
         )
         self.queue_wait = histogram(
-            "tandem_gateway_queue_seconds", "Time waiting for a class slot", ["traffic_class"], _LATENCY_BUCKETS
+            "tandem_gateway_queue_seconds",
+            "Time waiting for a class slot",
+            ["model", "traffic_class"],
+            _LATENCY_BUCKETS,
         )
         self.overhead = histogram(
             "tandem_gateway_added_seconds",
@@ -211,8 +219,8 @@ class GatewayMetrics:
         )
         self.tokens = counter(
             "tandem_gateway_tokens",
-            "Tokens used, by API key name, class and kind (prompt or completion)",
-            ["key", "traffic_class", "kind"],
+            "Tokens used, by API key name, model, class and kind (prompt or completion)",
+            ["key", "model", "traffic_class", "kind"],
         )
         r.register(live)
         self.recent = RecentLatency()  # the last minutes' streams, for the status page (gateway.status)
@@ -221,29 +229,34 @@ class GatewayMetrics:
         """The request counter's child for these labels (the key's name only when per_key is on)."""
         return self._requests(endpoint, traffic_class, replica, status, key if self.per_key else UNLABELLED_KEY)
 
-    def count_usage(self, key: str, traffic_class: str, usage: Mapping[str, object]) -> None:
+    def count_usage(self, key: str, model: str, traffic_class: str, usage: Mapping[str, object]) -> None:
         key = key if self.per_key else UNLABELLED_KEY
         for kind in ("prompt", "completion"):
             value = usage.get(f"{kind}_tokens")
             if isinstance(value, int) and value > 0:
-                self.tokens(key, traffic_class, kind).inc(value)
+                self.tokens(key, model, traffic_class, kind).inc(value)
 
     def render(self) -> bytes:
-        if self.model is None:
-            return generate_latest(self.registry)
-        return generate_latest(_Labelled(self.registry, "model", self.model))
+        return generate_latest(_ModelLabelled(self.registry, self._model_of, self._no_model))
 
 
 @dataclass(frozen=True, eq=False)
-class _Labelled(Collector):
-    """A registry whose every sample gets one more label at scrape time: the served model's name
-    on every series, without a label argument at each of the per-request call sites."""
+class _ModelLabelled(Collector):
+    """The registry with a `model` label on every sample, added at scrape time where a series
+    does not carry one: its replica's model, else `no_model`. The per-request call sites keep
+    their labels; a series by replica never needs the model passed along."""
 
     registry: CollectorRegistry
-    label: str
-    value: str
+    model_of: Mapping[str, str]
+    no_model: str
 
     def collect(self) -> Iterable[Metric]:
         for family in self.registry.collect():
-            family.samples = [s._replace(labels={**s.labels, self.label: self.value}) for s in family.samples]
+            family.samples = [
+                s if "model" in s.labels else s._replace(labels={**s.labels, "model": self._model(s.labels)})
+                for s in family.samples
+            ]
             yield family
+
+    def _model(self, labels: Mapping[str, str]) -> str:
+        return self.model_of.get(labels.get("replica", ""), self.no_model)

@@ -27,7 +27,6 @@ from typing import Any, Literal, Protocol
 
 import orjson
 
-from gateway.admission import ClassGate
 from gateway.auth import Client, KeyRing
 from gateway.backends.base import (
     Backend,
@@ -45,6 +44,7 @@ from gateway.deadlines import DEADLINE_STATUS, DeadlineExceeded, DeadlineKind, D
 from gateway.errors import GatewayError, error_body, internal_error
 from gateway.logs import REQUEST_LOGGER
 from gateway.metrics import GatewayMetrics
+from gateway.model_groups import ModelGroup, ModelGroups
 from gateway.protocol import features_of, parse_view
 from gateway.router import Router
 from gateway.usage import UsageLedger
@@ -117,8 +117,8 @@ class ModelRewrite:
 
 
 def model_rewrites(config: GatewayConfig) -> dict[str, ModelRewrite]:
-    """Each replica's rewrite of its answers to the public model name."""
-    return {r.name: ModelRewrite.for_replica(r, config.model) for r in config.replicas}
+    """Each replica's rewrite of its answers to its model's public name."""
+    return {r.name: ModelRewrite.for_replica(r, group.name) for group in config.models for r in group.replicas}
 
 
 UsageSink = Callable[[Mapping[str, Any]], None]
@@ -138,9 +138,15 @@ class EndpointStrategy(Protocol):
         ...
 
     def route(
-        self, body: dict[str, Any], features: RequestFeatures, traffic_class: TrafficClass, exclude: frozenset[str]
+        self,
+        body: dict[str, Any],
+        features: RequestFeatures,
+        traffic_class: TrafficClass,
+        exclude: frozenset[str],
+        router: Router,
     ) -> Route:
-        """The replica for this request (never one in `exclude`, which failed it already)."""
+        """The replica for this request among those of `router` (its model's), never one in
+        `exclude`, which failed it already."""
         ...
 
     def payload(self, body: dict[str, Any], model: str, decision: Route, stream: bool) -> dict[str, Any]:
@@ -170,13 +176,17 @@ class OpenAIGeneration:
     for usage, and the usage-only event is dropped again for a client that did not ask for it."""
 
     endpoint: Literal["chat", "completions"]
-    router: Router
     tokens_field: str = "max_tokens"
 
     def route(
-        self, body: dict[str, Any], features: RequestFeatures, traffic_class: TrafficClass, exclude: frozenset[str]
+        self,
+        body: dict[str, Any],
+        features: RequestFeatures,
+        traffic_class: TrafficClass,
+        exclude: frozenset[str],
+        router: Router,
     ) -> Route:
-        return self.router.route(features, traffic_class, exclude=exclude)
+        return router.route(features, traffic_class, exclude=exclude)
 
     def payload(self, body: dict[str, Any], model: str, decision: Route, stream: bool) -> dict[str, Any]:
         payload = routed_payload(body, model, decision)
@@ -227,7 +237,7 @@ class _Exchange:
     responding: bool = False  # response headers sent: errors can no longer be an HTTP status
     finished: bool = False  # last byte handed to the server: a disconnect now is the normal end
     upstream_id: str = ""  # what the replica is sent: unique (upstream_request_id)
-    model: str = "-"  # the served name the client asked for, once checked
+    model: str = "-"  # the public name of the model that serves it, once known
     prompt_tokens: int = 0
     completion_tokens: int = 0
     ttft_s: float | None = None  # streams: request received to first event sent
@@ -239,6 +249,7 @@ class _Classified:
 
     exchange: _Exchange
     client: Client
+    group: ModelGroup
     traffic_class: TrafficClass
     deadlines: Deadlines
 
@@ -265,22 +276,18 @@ class GenerationProxy:
         *,
         config: GatewayConfig,
         backends: Mapping[str, Backend],
-        router: Router,
-        gates: Mapping[TrafficClass, ClassGate],
+        groups: ModelGroups,
         keyring: KeyRing,
         metrics: GatewayMetrics,
         ledger: UsageLedger,
     ) -> None:
         self.strategy = strategy
         self.endpoint = strategy.endpoint
-        self._public_model = config.model
         self._limits = config.settings.limits
-        self._served_names = config.served_names
         self._backends = backends
         self._replicas = {r.name: r for r in config.replicas}
         self._rewrites = model_rewrites(config)
-        self._router = router
-        self._gates = gates
+        self._groups = groups
         self._keyring = keyring
         self._metrics = metrics
         self._ledger = ledger
@@ -366,28 +373,28 @@ class GenerationProxy:
         except orjson.JSONDecodeError as exc:
             raise GatewayError(400, f"request body is not valid JSON: {exc}") from None
         view = parse_view(self.endpoint, body)
-        if view.model is not None and view.model not in self._served_names:
-            raise GatewayError(404, f"The model `{view.model}` does not exist.", param="model")
-        exchange.model = view.model or self._public_model
-        features = features_of(self.endpoint, view, conversation=self._router.follows_conversations)
+        group = self._groups.for_request(view.model, client)
+        exchange.model = group.name
+        router = group.router
+        features = features_of(self.endpoint, view, conversation=router.follows_conversations)
         cap = self._limits.max_tokens_cap
         if cap is not None and features.max_tokens is not None and features.max_tokens > cap:
             field = self.strategy.tokens_field
             raise GatewayError(400, f"{field} {features.max_tokens} is over this gateway's cap of {cap}", param=field)
         exchange.traffic_class = traffic_class = classify(
-            features, self._router.settings, _requested_class(headers), client.default_class
+            features, router.settings, _requested_class(headers), client.default_class
         )
         wants_usage = bool(view.stream_options and view.stream_options.include_usage)
         deadlines = Deadlines.start(
-            self._router.settings.limits[traffic_class],
+            router.settings.limits[traffic_class],
             self._limits.stream_idle_timeout_s,
             elapsed_s=time.perf_counter() - exchange.started,
         )
-        request = _Classified(exchange, client, traffic_class, deadlines)
+        request = _Classified(exchange, client, group, traffic_class, deadlines)
         queued_at = time.perf_counter()
-        async with self._gates[traffic_class].slot():
+        async with group.gates[traffic_class].slot():
             queue_wait = time.perf_counter() - queued_at
-            self._metrics.queue_wait(traffic_class).observe(queue_wait)
+            self._metrics.queue_wait(group.name, traffic_class).observe(queue_wait)
             await self._forward(request, features, body, wants_usage, queue_wait, send)
 
     async def _forward(
@@ -402,20 +409,21 @@ class GenerationProxy:
         """Send to the routed replica. One that cannot have started the work (no connection) is
         skipped for another, once; one that took the request and failed is never sent it again."""
         exchange, traffic_class, deadlines = request.exchange, request.traffic_class, request.deadlines
+        router = request.group.router
         failed: frozenset[str] = frozenset()
         last_failure = ""
         while True:
             try:
-                decision = self.strategy.route(body, features, traffic_class, failed)
+                decision = self.strategy.route(body, features, traffic_class, failed, router)
             except GatewayError as exc:
                 if failed:
                     raise _every_replica_failed(last_failure) from None
-                if exc.status == 503 and await self._wait_for_a_replica(traffic_class, deadlines):
+                if exc.status == 503 and await self._wait_for_a_replica(router, traffic_class, deadlines):
                     continue
                 raise
             exchange.replica = decision.replica
             payload = self.strategy.payload(body, self._replicas[decision.replica].model, decision, features.stream)
-            board = self._router.board
+            board = router.board
             with board.tracking(decision.replica, traffic_class):
                 self._metrics.overhead(traffic_class, decision.replica).observe(
                     time.perf_counter() - exchange.started - queue_wait
@@ -454,7 +462,7 @@ class GenerationProxy:
                     await upstream.aclose()
             return
 
-    async def _wait_for_a_replica(self, traffic_class: TrafficClass, deadlines: Deadlines) -> bool:
+    async def _wait_for_a_replica(self, router: Router, traffic_class: TrafficClass, deadlines: Deadlines) -> bool:
         """A batch request that finds no replica in routing waits for one, as it would for a slot in
         its class queue (queue_timeout_s, within its total deadline), instead of failing at once:
         replicas leave routing when their load probe is refused or late, which a busy engine on a
@@ -462,9 +470,9 @@ class GenerationProxy:
         as a person is waiting. True: a replica is in routing again, route anew."""
         if traffic_class != "batch":
             return False
-        wait_s = self._router.settings.limits[traffic_class].queue_timeout_s
+        wait_s = router.settings.limits[traffic_class].queue_timeout_s
         deadline_at = min(asyncio.get_running_loop().time() + wait_s, deadlines.total_at)
-        return await self._router.board.wait_for_a_replica(deadline_at)
+        return await router.board.wait_for_a_replica(deadline_at)
 
     def _deadline_error(self, request: _Classified, kind: DeadlineKind) -> GatewayError:
         """Count a deadline that fired before the answer's headers went out, as the error to send."""
@@ -590,7 +598,7 @@ class GenerationProxy:
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
         exchange.prompt_tokens = prompt if isinstance(prompt, int) and prompt > 0 else 0
         exchange.completion_tokens = completion if isinstance(completion, int) and completion > 0 else 0
-        self._metrics.count_usage(request.client.name, request.traffic_class, usage)
+        self._metrics.count_usage(request.client.name, request.group.name, request.traffic_class, usage)
 
     async def _send_error(self, exchange: _Exchange, exc: GatewayError, send: Send) -> None:
         exchange.status = exc.status

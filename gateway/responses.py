@@ -68,22 +68,27 @@ class ResponsesGeneration:
     the response object (nothing is added to the request for it, nothing taken out of the stream)."""
 
     ids: ResponseIdMap
-    router: Router
     endpoint: Literal["responses"] = "responses"
     tokens_field: str = "max_output_tokens"
 
     def route(
-        self, body: dict[str, Any], features: RequestFeatures, traffic_class: TrafficClass, exclude: frozenset[str]
+        self,
+        body: dict[str, Any],
+        features: RequestFeatures,
+        traffic_class: TrafficClass,
+        exclude: frozenset[str],
+        router: Router,
     ) -> Route:
         previous = body.get("previous_response_id")
         if previous is None:
-            return self.router.route(features, traffic_class, exclude=exclude)
+            return router.route(features, traffic_class, exclude=exclude)
         replica = self.ids.replica_of(previous)
         if replica is None:
             raise response_not_found(previous)
         if replica in exclude:  # the one replica that can answer failed before answering
             raise GatewayError(502, f"replica {replica}, which holds response '{previous}', is not answering")
-        decision = route_to(features, traffic_class, self.router.board.snapshot(), replica, self.router.settings)
+        # Only the request's own model's replicas: a response of another model is not this one's to continue.
+        decision = route_to(features, traffic_class, router.snapshot(), replica, router.settings)
         if isinstance(decision, Reject):
             raise GatewayError(decision.status, decision.message, headers={"Retry-After": "1"})
         return decision
@@ -147,6 +152,7 @@ class ResponseRetrieval:
         self._keyring = keyring
         self._metrics = metrics
         self._rewrites = model_rewrites(config)
+        self._names_of = {r.name: group.served_names for group in config.models for r in group.replicas}
 
     async def retrieve(self, request: Request, response_id: str) -> Response:
         """GET /v1/responses/{id}[?stream=true&starting_after=N], from the replica holding it."""
@@ -166,9 +172,10 @@ class ResponseRetrieval:
         replica = "-"
         try:
             with client.admitted():
-                replica = self.ids.replica_of(response_id) or "-"
-                if replica == "-":
+                holder = self.ids.replica_of(response_id)
+                if holder is None or not client.may_use(self._names_of[holder]):  # another model's: not this key's
                     raise response_not_found(response_id)
+                replica = holder
                 request_id = request.scope.get("state", {}).get("request_id") or new_request_id([])
                 upstream = await self._call(replica, method, path, request_id)
                 status = str(upstream.status)

@@ -4,12 +4,12 @@ carries between decisions. Settings can be swapped at runtime (PUT /admin/routin
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import replace
 
 from gateway.contract.config import RoutingSettings, TrafficClass
 from gateway.contract.policies.class_aware import Spilling
-from gateway.contract.policy import RequestFeatures
+from gateway.contract.policy import ReplicaLoad, RequestFeatures
 from gateway.contract.router import POLICIES, PolicyState, Reject, Route, route
 from gateway.errors import GatewayError
 from gateway.load import LoadBoard
@@ -23,8 +23,17 @@ CONVERSATION_TTL_S = 600.0
 
 
 class Router:
-    def __init__(self, settings: RoutingSettings, board: LoadBoard, rng: random.Random | None = None) -> None:
+    """Routes among one model's replicas (`replicas`; all of the board's when None)."""
+
+    def __init__(
+        self,
+        settings: RoutingSettings,
+        board: LoadBoard,
+        rng: random.Random | None = None,
+        replicas: Collection[str] | None = None,
+    ) -> None:
         self.board = board
+        self.replicas = frozenset(replicas) if replicas is not None else None
         self._rng = rng or random.Random()
         self._listeners: list[Callable[[], None]] = []
         self.update(settings)
@@ -69,13 +78,18 @@ class Router:
         if memory is not None and conversation is not None:
             request = replace(request, previous_replica=memory.replica_of(conversation))
         decision, self._state = route(
-            request, traffic_class, self.board.snapshot(exclude), self.settings, self._state, self._rng
+            request, traffic_class, self.snapshot(exclude), self.settings, self._state, self._rng
         )
         if isinstance(decision, Reject):
             raise GatewayError(decision.status, decision.message, headers={"Retry-After": "1"})
         if memory is not None and conversation is not None:
             memory.remember(conversation, decision.replica)
         return decision
+
+    def snapshot(self, exclude: frozenset[str] = frozenset()) -> list[ReplicaLoad]:
+        """The load of this router's replicas (another model's replicas are never candidates)."""
+        loads = self.board.snapshot(exclude)
+        return loads if self.replicas is None else [r for r in loads if r.name in self.replicas]
 
 
 def _conversation_key(request: RequestFeatures) -> str | None:

@@ -1,7 +1,8 @@
 """The gateway's service routes, beside the generation and admin ones:
 
 - GET /health: the process is alive; GET /ready: every replica answers;
-- GET /v1/models: the public model name and its aliases (a key, where keys are configured);
+- GET /v1/models: every served model once, its aliases as cards of their own whose `root` is the
+  model (vLLM's way), only the models the client's key may use (a key, where keys are configured);
 - POST /tokenize and /detokenize (gateway.tokenize), passed on to a replica;
 - GET /metrics: the gateway's Prometheus page; GET /metrics/engines/{replica}: that replica's
   engine page, passed on as it is.
@@ -21,15 +22,15 @@ from gateway.auth import KeyRing
 from gateway.backends.base import Backend, UpstreamUnavailable
 from gateway.contract.config import GatewayConfig
 from gateway.errors import GatewayError
-from gateway.load import LoadBoard
 from gateway.metrics import CONTENT_TYPE, GatewayMetrics
+from gateway.model_groups import ModelGroups
 from gateway.tokenize import TOKENIZER_PATHS, forward_to_tokenizer
 
 
 def service_routes(
     config: GatewayConfig,
     backends: Mapping[str, Backend],
-    board: LoadBoard,
+    models: ModelGroups,
     keyring: KeyRing,
     metrics: GatewayMetrics,
 ) -> APIRouter:
@@ -49,18 +50,20 @@ def service_routes(
         return JSONResponse({"ready": True, "replicas": names})
 
     @routes.get("/v1/models")
-    async def models(request: Request) -> Response:
-        keyring.authenticate(request.headers.get("authorization"))
+    async def list_models(request: Request) -> Response:
+        client = keyring.authenticate(request.headers.get("authorization"))
         created = int(time.time())
         cards = [
-            {"id": name, "object": "model", "created": created, "owned_by": "tandem", "root": config.model}
-            for name in (config.model, *config.aliases)
+            {"id": name, "object": "model", "created": created, "owned_by": "tandem", "root": group.name}
+            for group in models
+            if client.may_use(group.config.served_names)
+            for name in group.config.served_names
         ]
         return Response(orjson.dumps({"object": "list", "data": cards}), media_type="application/json")
 
     async def tokenizer(request: Request) -> Response:
-        keyring.authenticate(request.headers.get("authorization"))
-        status, body = await forward_to_tokenizer(request.url.path, await request.body(), config, backends, board)
+        client = keyring.authenticate(request.headers.get("authorization"))
+        status, body = await forward_to_tokenizer(request.url.path, await request.body(), client, models, backends)
         return Response(body, status_code=status, media_type="application/json")
 
     for path in TOKENIZER_PATHS:

@@ -12,16 +12,16 @@ traffic spills and batch yields; and the usage ledger's last 24 hours per key.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
-from gateway.admission import ClassGate
-from gateway.contract.config import TrafficClass
+from gateway.contract.config import TRAFFIC_CLASSES
 from gateway.load import LoadBoard
+from gateway.model_groups import ModelGroups
 from gateway.recent import RecentLatency
 from gateway.usage import UsageLedger
 
@@ -34,21 +34,15 @@ class StatusSource:
     def __init__(
         self,
         *,
-        model: str,
+        groups: ModelGroups,
         board: LoadBoard,
-        gates: Mapping[TrafficClass, ClassGate],
         frozen: Callable[[], frozenset[str]],
-        spilling: Callable[[], bool],
-        batch_held: Callable[[], bool],
         recent: RecentLatency,
         ledger: UsageLedger,
     ) -> None:
-        self.model = model
+        self._groups = groups
         self._board = board
-        self._gates = gates
         self._frozen = frozen
-        self._spilling = spilling
-        self._batch_held = batch_held
         self._recent = recent
         self._ledger = ledger
         self._started = time.time()
@@ -58,13 +52,29 @@ class StatusSource:
         latency = self._recent.summary()
         usage_since = time.time() - USAGE_WINDOW_S
         usage = await self._ledger.report(usage_since)
+        groups = self._groups
+        model_of = {name: group.name for group in groups for name in group.replicas}
         return {
-            "model": self.model,
+            "model": groups.default.name,
+            "models": [
+                {
+                    "name": group.name,
+                    "aliases": group.config.aliases,
+                    "replicas": sorted(group.replicas),
+                    "classes": {
+                        name: {"in_flight": g.in_flight, "queued": g.queued} for name, g in group.gates.items()
+                    },
+                    "spilling": group.router.spilling,
+                    "batch_held": group.yielding.holding,
+                }
+                for group in groups
+            ],
             "time": time.time(),
             "up_s": round(time.time() - self._started),
             "replicas": [
                 {
                     "name": r.name,
+                    "model": model_of[r.name],
                     "traffic_class": r.traffic_class,
                     "healthy": r.healthy,
                     "frozen": r.name in frozen,
@@ -75,17 +85,17 @@ class StatusSource:
                 }
                 for r in self._board.snapshot()
             ],
-            "classes": {
+            "classes": {  # every model's requests of the class together
                 name: {
-                    "in_flight": gate.in_flight,
-                    "queued": gate.queued,
+                    "in_flight": sum(group.gates[name].in_flight for group in groups),
+                    "queued": sum(group.gates[name].queued for group in groups),
                     **latency.get(name, {"streams": 0}),
                 }
-                for name, gate in self._gates.items()
+                for name in TRAFFIC_CLASSES
             },
             "latency_window_s": self._recent.window_s,
-            "spilling": self._spilling(),
-            "batch_held": self._batch_held(),
+            "spilling": groups.spilling,
+            "batch_held": groups.batch_held,
             "usage_since": usage_since,
             "usage": [
                 {
@@ -131,6 +141,7 @@ td:first-child,th:first-child{text-align:left} .bad{color:#b00;font-weight:bold}
 <div id="meta"></div>
 <p><label>admin key <input id="key" type="password" size="40" autocomplete="off"></label>
 <span id="error"></span></p>
+<h2>Models</h2><table id="models"></table>
 <h2>Replicas</h2><table id="replicas"></table>
 <h2>Classes <span id="window"></span></h2><table id="classes"></table>
 <h2>Usage, last 24 hours</h2><table id="usage"></table>
@@ -155,12 +166,15 @@ function fill(id, titles, rows) {
   }
 }
 function render(s) {
-  document.getElementById("model").textContent = s.model;
+  document.getElementById("model").textContent = s.models.map(m => m.name).join(", ");
   document.getElementById("meta").textContent = "up " + s.up_s + " s; " +
     (s.spilling ? "interactive spills to the batch replica; " : "") +
     (s.batch_held ? "batch yields to interactive; " : "") + "updated " + new Date(s.time * 1000).toLocaleTimeString();
-  fill("replicas", ["replica", "class", "health", "frozen", "in flight", "running", "waiting", "max seqs"],
-    s.replicas.map(r => [r.name, r.traffic_class, r.healthy ? ["healthy", "ok"] : ["down", "bad"],
+  fill("models", ["model", "aliases", "replicas", "interactive in flight", "queued", "batch in flight", "queued"],
+    s.models.map(m => [m.name, m.aliases.join(", ") || "-", m.replicas.join(", "),
+      m.classes.interactive.in_flight, m.classes.interactive.queued, m.classes.batch.in_flight, m.classes.batch.queued]));
+  fill("replicas", ["replica", "model", "class", "health", "frozen", "in flight", "running", "waiting", "max seqs"],
+    s.replicas.map(r => [r.name, r.model, r.traffic_class, r.healthy ? ["healthy", "ok"] : ["down", "bad"],
       r.frozen ? "frozen" : "-", r.in_flight, r.running, r.waiting, r.max_num_seqs]));
   document.getElementById("window").textContent = "(streams of the last " + Math.round(s.latency_window_s / 60) + " min)";
   fill("classes", ["class", "in flight", "queued", "streams", "TTFT p50 ms", "TTFT p95 ms", "TPOT p50 ms", "TPOT p95 ms"],

@@ -9,7 +9,7 @@ hold ends. Off (batch_yield_fraction = 1, the default) it costs one comparison p
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from gateway.admission import ClassGate
 from gateway.contract.config import ClassLimits, RoutingSettings
@@ -23,12 +23,14 @@ class BatchYielding:
     def __init__(self, settings: Callable[[], RoutingSettings]) -> None:
         self._settings = settings
         self.state = YieldState()
-        self._interactive: ClassGate | None = None
+        self._interactive: tuple[ClassGate, ...] = ()
         self._batch: ClassGate | None = None
         self._timer = ReevaluationTimer(self.update)
 
-    def watch(self, interactive: ClassGate, batch: ClassGate) -> None:
-        self._interactive, self._batch = interactive, batch
+    def watch(self, interactive: Sequence[ClassGate], batch: ClassGate) -> None:
+        """Yield `batch` to the interactive work of `interactive`: the interactive gates of every
+        model whose replicas share devices with this batch class's replicas (its own included)."""
+        self._interactive, self._batch = tuple(interactive), batch
 
     @property
     def holding(self) -> bool:
@@ -44,9 +46,9 @@ class BatchYielding:
         settings = self._settings()
         if settings.yielding.fraction >= 1 and not self.state.holding and not self._timer.pending:
             return
-        assert self._interactive is not None and self._batch is not None, "watch() the gates first"
+        assert self._batch is not None, "watch() the gates first"
         loop = asyncio.get_running_loop()
-        active = self._interactive.in_flight + self._interactive.queued
+        active = sum(gate.in_flight + gate.queued for gate in self._interactive)
         state = batch_yield(active, self._timer.now(loop), settings, self.state)
         if state == self.state:
             return

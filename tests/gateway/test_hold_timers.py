@@ -69,7 +69,7 @@ def test_every_hold_ends_on_its_settle_timer_under_uvloop() -> None:
         yielding = BatchYielding(lambda: settings)
         interactive = ClassGate("interactive", lambda: settings.limits["interactive"], on_change=yielding.update)
         batch = ClassGate("batch", yielding.batch_limits)
-        yielding.watch(interactive, batch)
+        yielding.watch([interactive], batch)
         yielding.update()
 
         async def batch_request() -> None:
