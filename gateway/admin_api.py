@@ -2,6 +2,7 @@
 
 - GET /admin/keys: every key, by name, with its source, limits and expiry (never a secret);
 - POST /admin/keys: add a key (gateway.key_admin.NewKey); the answer holds the key, once;
+- PATCH /admin/keys/{name}: change a stored key's models (gateway.key_admin.KeyChange);
 - POST /admin/keys/{name}/rotate: a new secret for a stored key, the old one refused from now on;
 - DELETE /admin/keys/{name}: revoke a stored key;
 - GET /admin/usage?since=T[&until=T]: the usage ledger's totals per key, model and class.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 import orjson
 from fastapi import APIRouter, Query, Request
@@ -21,11 +23,12 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
 from gateway.errors import GatewayError, invalid_field
-from gateway.key_admin import IssuedKey, KeyAdmin, NewKey
+from gateway.key_admin import IssuedKey, KeyAdmin, KeyChange, NewKey
 from gateway.usage import UsageLedger
 
 _MAX_BODY_BYTES = 16 * 1024
 _NO_STORE = {"Cache-Control": "no-store"}
+Body = TypeVar("Body", bound=BaseModel)
 
 
 def _json(data: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -41,12 +44,12 @@ def _issued(issued: IssuedKey, status: int = 200) -> Response:
     return _json({**_dump(issued), "key": issued.key.get_secret_value()}, status=status, headers=_NO_STORE)
 
 
-async def _new_key(request: Request) -> NewKey:
+async def _body(request: Request, model: type[Body]) -> Body:
     body = await request.body()
     if len(body) > _MAX_BODY_BYTES:
         raise GatewayError(413, f"request body is over the limit of {_MAX_BODY_BYTES} bytes")
     try:
-        return NewKey.model_validate(orjson.loads(body or b"{}"))
+        return model.model_validate(orjson.loads(body or b"{}"))
     except orjson.JSONDecodeError as exc:
         raise GatewayError(400, f"request body is not valid JSON: {exc}") from None
     except ValidationError as exc:
@@ -64,7 +67,12 @@ def admin_routes(keys: KeyAdmin, ledger: UsageLedger, require_admin: Callable[[R
     @router.post("/admin/keys")
     async def add_key(request: Request) -> Response:
         require_admin(request)
-        return _issued(keys.add(await _new_key(request)), status=201)
+        return _issued(keys.add(await _body(request, NewKey)), status=201)
+
+    @router.patch("/admin/keys/{name}")
+    async def change_key(request: Request, name: str) -> Response:
+        require_admin(request)
+        return _json(_dump(keys.change(name, await _body(request, KeyChange))))
 
     @router.post("/admin/keys/{name}/rotate")
     async def rotate_key(request: Request, name: str) -> Response:

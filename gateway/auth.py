@@ -12,6 +12,9 @@ that hash): a presented key is hashed once and compared in constant time against
 (no early exit on the first match, no lookup by the secret). Keys are never logged: metrics and
 logs name the key by its `name`. State is one small record per key, so memory is bounded by the
 keys, not by traffic.
+
+A key may be limited to some of the gateway's models (`models`: names or aliases;
+`Client.may_use`); the anonymous client, like a key without a list, may use every model.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import hmac
 import ipaddress
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Literal
@@ -43,6 +46,7 @@ class Client:
 
     name: str
     default_class: TrafficClass | None = None
+    models: frozenset[str] | None = None  # names or aliases this key may use; None: every model
     admin: bool = False
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
@@ -58,6 +62,12 @@ class Client:
     def __post_init__(self) -> None:
         self._tokens = float(self.requests_per_minute or 0)
         self._token_budget = float(self.tokens_per_minute or 0)
+
+    def may_use(self, served_names: Iterable[str]) -> bool:
+        """Whether this key may use the model known by `served_names` (its name and aliases): a
+        key limited to a model by any of its names may use it by every name, so that a client
+        that switches from the name to an alias is not refused."""
+        return self.models is None or not self.models.isdisjoint(served_names)
 
     def _check_token_budget(self, now: float) -> None:
         """Tokens per minute: a bucket of tokens_per_minute, refilled continuously. A request's
@@ -121,6 +131,11 @@ class Client:
             self.in_flight -= 1
 
 
+def model_limit(names: Iterable[str] | None) -> frozenset[str] | None:
+    """A key's model list as a Client holds it: None (no list) is every model."""
+    return None if names is None else frozenset(names)
+
+
 ANONYMOUS = "anonymous"
 
 
@@ -135,6 +150,7 @@ class KeyRing:
                 Client(
                     name=key.name,
                     default_class=key.default_class,
+                    models=model_limit(key.models),
                     admin=key.admin,
                     requests_per_minute=key.requests_per_minute,
                     tokens_per_minute=key.tokens_per_minute,

@@ -1,6 +1,6 @@
 """`gateway serve --config FILE`: the gateway alone, in front of OpenAI-compatible upstreams (e.g. plain
 `vllm serve` processes), with nothing but the gateway's own dependencies installed; and the
-commands that manage a running gateway over its admin routes, `gateway keys add|list|rotate|revoke`
+commands that manage a running gateway over its admin routes, `gateway keys add|list|models|rotate|revoke`
 and `gateway usage` (gateway.admin_client), which work the same against `gateway serve` and a
 deployed stack.
 
@@ -86,7 +86,7 @@ OutputFormat = Literal["table", "csv", "json"]
 FormatOption = Annotated[OutputFormat, typer.Option("--format", help="table, csv or json.")]
 out = Console()
 keys_app = typer.Typer(
-    help=f"Add, list, rotate and revoke the gateway's API keys, at once and without a redeploy. "
+    help=f"Add, list, limit to models, rotate and revoke the gateway's API keys, at once and without a redeploy. "
     f"The admin key is read from ${ADMIN_KEY_ENV} (not needed on loopback while the gateway has no keys).",
     no_args_is_help=True,
 )
@@ -115,6 +115,14 @@ def _moment(text: str | None, option: str, *, past: bool = False) -> float | Non
         raise typer.Exit(2) from None
 
 
+ModelOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--model", help="A model (name or alias) the key may use; repeat for several. None given: every model."
+    ),
+]
+
+
 def _when(stamp: float | None) -> str:
     return "-" if stamp is None else datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
@@ -139,6 +147,7 @@ def keys_add(
         TrafficClass | None,
         typer.Option("--class", help="interactive or batch: this key's class unless a request says."),
     ] = None,
+    models: ModelOption = None,
     rpm: Annotated[int | None, typer.Option("--rpm", help="Requests per minute.", min=1)] = None,
     tpm: Annotated[int | None, typer.Option("--tpm", help="Prompt + completion tokens per minute.", min=1)] = None,
     concurrency: Annotated[int | None, typer.Option("--concurrency", help="Requests in flight.", min=1)] = None,
@@ -151,6 +160,7 @@ def keys_add(
         "name": name,
         "admin": admin,
         "default_class": traffic_class,
+        "models": models or None,
         "requests_per_minute": rpm,
         "tokens_per_minute": tpm,
         "max_concurrent": concurrency,
@@ -158,6 +168,24 @@ def keys_add(
     }
     client = _client(url, cacert)
     _issued(_admin(lambda: client.call("POST", "/admin/keys", body)), "new")
+
+
+@keys_app.command("models")
+def keys_models(
+    name: str,
+    url: UrlOption = DEFAULT_URL,
+    cacert: CaOption = None,
+    models: ModelOption = None,
+    every: Annotated[bool, typer.Option("--all", help="Lift the limit: the key may use every model.")] = False,
+) -> None:
+    """Limit a stored key to the models given (--model, repeated), or lift its limit (--all); its secret stays."""
+    if bool(models) == every:
+        console.print("[red]error:[/red] give the models (--model NAME, repeated) or --all, not both")
+        raise typer.Exit(2)
+    client = _client(url, cacert)
+    key = _admin(lambda: client.call("PATCH", f"/admin/keys/{quote(name, safe='')}", {"models": models or None}))
+    allowed = "every model" if key["models"] is None else ", ".join(key["models"])
+    console.print(f"key [bold]{name}[/bold] may use {allowed}", highlight=False)
 
 
 @keys_app.command("rotate")
@@ -177,7 +205,7 @@ def keys_revoke(name: str, url: UrlOption = DEFAULT_URL, cacert: CaOption = None
 
 @keys_app.command("list")
 def keys_list(url: UrlOption = DEFAULT_URL, cacert: CaOption = None, fmt: FormatOption = "table") -> None:
-    """Every key by name, where it comes from, its limits and expiry (never a secret)."""
+    """Every key by name, where it comes from, its models, limits and expiry (never a secret)."""
     client = _client(url, cacert)
     keys = _admin(lambda: client.call("GET", "/admin/keys"))["data"]
     columns = (
@@ -186,6 +214,7 @@ def keys_list(url: UrlOption = DEFAULT_URL, cacert: CaOption = None, fmt: Format
         "prefix",
         "admin",
         "default_class",
+        "models",
         "requests_per_minute",
         "tokens_per_minute",
         "max_concurrent",
@@ -199,6 +228,7 @@ def keys_list(url: UrlOption = DEFAULT_URL, cacert: CaOption = None, fmt: Format
         "starts with",
         "admin",
         "class",
+        "models",
         "req/min",
         "tok/min",
         "concurrent",
@@ -233,10 +263,13 @@ def _print_rows(
     what: str,
     times: frozenset[str] | set[str] = frozenset(),
 ) -> None:
-    """Rows as a rich table, CSV or JSON (a list of objects named by `columns`) on stdout."""
+    """Rows as a rich table, CSV or JSON (a list of objects named by `columns`) on stdout. A list
+    (a key's models) is one JSON array, or one cell of its items joined by spaces; None in a
+    table is '-' (no limit)."""
     if fmt == "json":
         typer.echo(orjson.dumps([dict(zip(columns, row, strict=True)) for row in rows], option=orjson.OPT_INDENT_2))
         return
+    rows = [[" ".join(v) if isinstance(v, list) else v for v in row] for row in rows]
     if fmt == "csv":
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(columns)

@@ -10,6 +10,11 @@ Two refusals keep the team from locking itself out: on a gateway with no keys ye
 routes answer on loopback only) the first key must be an admin key, since any key turns on
 authentication for every route; and the last admin key, or the last key of all (which would open
 the gateway to anyone), cannot be revoked.
+
+A key may be limited to some of the served models (`models`, names or aliases), when it is added
+or later (`PATCH /admin/keys/{name}`). A name the gateway does not serve is refused (400): a typo
+would otherwise leave the key without the model it was meant for, and nothing would say why. A
+stored key whose models a later config no longer serves is kept, with a warning at start.
 """
 
 from __future__ import annotations
@@ -19,10 +24,12 @@ import logging
 import secrets
 import sqlite3
 import time
+from collections.abc import Collection, Sequence
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from gateway.auth import ANONYMOUS, Client, KeyRing, KeySource, key_digest
+from gateway.auth import ANONYMOUS, Client, KeyRing, KeySource, key_digest, model_limit
 from gateway.contract.config import TrafficClass
 from gateway.errors import GatewayError
 from gateway.state_store import StateStore, StoredKey
@@ -31,6 +38,15 @@ log = logging.getLogger("tandem.gateway.keys")
 
 SECRET_PREFIX = "tdm-"
 _SHOWN_CHARACTERS = len(SECRET_PREFIX) + 4  # of 43 random ones: enough to tell keys apart
+
+
+ModelNames = Annotated[
+    list[str],
+    Field(
+        min_length=1,
+        description="The models (names or aliases) the key may use; null: every model. Other models answer 404.",
+    ),
+]
 
 
 def new_secret() -> str:
@@ -46,10 +62,21 @@ class NewKey(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=64, description="Shown in usage, metrics and logs.")
     admin: bool = False
     default_class: TrafficClass | None = None
+    models: ModelNames | None = None
     requests_per_minute: int | None = Field(None, ge=1)
     tokens_per_minute: int | None = Field(None, ge=1)
     max_concurrent: int | None = Field(None, ge=1)
     expires_at: float | None = Field(None, description="Unix time after which the key is refused; none: never.")
+
+
+class KeyChange(BaseModel):
+    """What `PATCH /admin/keys/{name}` takes: a stored key's new model list (its secret, limits and
+    counts stay). `models` must be given: null lifts the limit, so an empty body cannot do it by
+    mistake."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    models: ModelNames | None
 
 
 class KeyInfo(BaseModel):
@@ -60,6 +87,7 @@ class KeyInfo(BaseModel):
     prefix: str | None = Field(None, description="The key's first characters (stored keys only).")
     admin: bool
     default_class: TrafficClass | None
+    models: list[str] | None = Field(description="The models the key may use, sorted; null: every model.")
     requests_per_minute: int | None
     tokens_per_minute: int | None
     max_concurrent: int | None
@@ -76,8 +104,13 @@ class IssuedKey(KeyInfo):
 
 
 class KeyAdmin:
-    def __init__(self, keyring: KeyRing) -> None:
+    """Adds, changes, rotates and revokes the ring's stored keys. `served_names`: every name and
+    alias of the models the gateway serves (GatewayConfig.served_names), which a key's models must
+    be among."""
+
+    def __init__(self, keyring: KeyRing, served_names: Collection[str]) -> None:
         self.keyring = keyring
+        self.served_names = frozenset(served_names)
         self._store: StateStore | None = None
         self._stored: dict[str, StoredKey] = {}
 
@@ -91,6 +124,9 @@ class KeyAdmin:
                 continue
             self._stored[stored.name] = stored
             self.keyring.add(stored.digest, _client_of(stored))
+            gone = sorted(set(stored.models or ()) - self.served_names)
+            if gone:
+                log.warning("stored key %r names models this gateway does not serve: %s", stored.name, gone)
 
     def _require_store(self) -> StateStore:
         if self._store is None:
@@ -108,6 +144,7 @@ class KeyAdmin:
             prefix=stored.prefix if stored else None,
             admin=client.admin,
             default_class=client.default_class,
+            models=sorted(client.models) if client.models is not None else None,
             requests_per_minute=client.requests_per_minute,
             tokens_per_minute=client.tokens_per_minute,
             max_concurrent=client.max_concurrent,
@@ -130,6 +167,7 @@ class KeyAdmin:
         now = time.time()
         if new.expires_at is not None and new.expires_at <= now:
             raise GatewayError(400, "expires_at is in the past", param="expires_at")
+        models = self._served(new.models)
         secret = new_secret()
         stored = StoredKey(
             name=new.name,
@@ -137,6 +175,7 @@ class KeyAdmin:
             prefix=secret[:_SHOWN_CHARACTERS],
             admin=new.admin,
             default_class=new.default_class,
+            models=models,
             requests_per_minute=new.requests_per_minute,
             tokens_per_minute=new.tokens_per_minute,
             max_concurrent=new.max_concurrent,
@@ -152,6 +191,33 @@ class KeyAdmin:
         self.keyring.add(stored.digest, client)
         log.info("key %r added (admin: %s)", new.name, new.admin)
         return IssuedKey(**self._info(client).model_dump(), key=SecretStr(secret))
+
+    def change(self, name: str, change: KeyChange) -> KeyInfo:
+        """Give a stored key a new model list; it counts from the next request."""
+        store = self._require_store()
+        client = self._stored_client(name)
+        models = self._served(change.models)
+        if not store.set_models(name, models):
+            raise GatewayError(404, f"no stored key named {name!r}")
+        self._stored[name] = dataclasses.replace(self._stored[name], models=models)
+        client.models = model_limit(models)
+        log.info("key %r may use %s", name, "every model" if models is None else ", ".join(models))
+        return self._info(client)
+
+    def _served(self, models: Sequence[str] | None) -> tuple[str, ...] | None:
+        """A key's model list, each name once, in the order given; 400 naming a model the gateway
+        does not serve."""
+        if models is None:
+            return None
+        unknown = [name for name in models if name not in self.served_names]
+        if unknown:
+            raise GatewayError(
+                400,
+                f"this gateway serves no model named {unknown[0]!r}: a key's models are among "
+                f"{sorted(self.served_names)} (names or aliases)",
+                param="models",
+            )
+        return tuple(dict.fromkeys(models))
 
     def rotate(self, name: str) -> IssuedKey:
         """A new secret for a stored key; the old one stops working now. Limits stay."""
@@ -210,6 +276,7 @@ def _client_of(stored: StoredKey) -> Client:
     return Client(
         name=stored.name,
         default_class=stored.default_class,  # type: ignore[arg-type]  # written from a TrafficClass
+        models=model_limit(stored.models),
         admin=stored.admin,
         requests_per_minute=stored.requests_per_minute,
         tokens_per_minute=stored.tokens_per_minute,

@@ -18,6 +18,7 @@ one would not see the keys the first one adds until it restarts.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from collections.abc import Iterable
@@ -56,12 +57,14 @@ CREATE TABLE usage (
     PRIMARY KEY (hour, key, model, traffic_class)
 );
 """,
+    # 2: the models a key may use, a JSON list of names or aliases; NULL (every key stored before): every model.
+    "ALTER TABLE keys ADD COLUMN models TEXT",
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 _KEY_COLUMNS = (
     "name, digest, prefix, admin, default_class, requests_per_minute, tokens_per_minute, max_concurrent, "
-    "created_at, expires_at, rotated_at"
+    "created_at, expires_at, rotated_at, models"
 )
 
 
@@ -80,6 +83,7 @@ class StoredKey:
     created_at: float
     expires_at: float | None
     rotated_at: float | None = None
+    models: tuple[str, ...] | None = None  # None: every model
 
 
 @dataclass(frozen=True)
@@ -128,7 +132,7 @@ class StateStore:
         """Record a new key; sqlite3.IntegrityError if its name is taken."""
         with self._mutex:
             self._db.execute(
-                f"INSERT INTO keys ({_KEY_COLUMNS}) VALUES ({', '.join('?' * 11)})",
+                f"INSERT INTO keys ({_KEY_COLUMNS}) VALUES ({', '.join('?' * 12)})",
                 (
                     key.name,
                     key.digest,
@@ -141,6 +145,7 @@ class StateStore:
                     key.created_at,
                     key.expires_at,
                     key.rotated_at,
+                    _models_column(key.models),
                 ),
             )
 
@@ -149,6 +154,14 @@ class StateStore:
         with self._mutex:
             changed = self._db.execute(
                 "UPDATE keys SET digest = ?, prefix = ?, rotated_at = ? WHERE name = ?", (digest, prefix, when, name)
+            ).rowcount
+        return bool(changed)
+
+    def set_models(self, name: str, models: tuple[str, ...] | None) -> bool:
+        """Limit the key `name` to `models` (None: every model); False if there is no such key."""
+        with self._mutex:
+            changed = self._db.execute(
+                "UPDATE keys SET models = ? WHERE name = ?", (_models_column(models), name)
             ).rowcount
         return bool(changed)
 
@@ -203,6 +216,23 @@ class StateStore:
         return [UsageRow(*row) for row in rows]
 
 
+def _models_column(models: tuple[str, ...] | None) -> str | None:
+    return None if models is None else json.dumps(list(models))
+
+
 def _key_of(row: tuple[Any, ...]) -> StoredKey:
-    name, digest, prefix, admin, *rest = row
-    return StoredKey(name, bytes(digest), prefix, bool(admin), *rest)
+    name, digest, prefix, admin, default_class, rpm, tpm, concurrent, created_at, expires_at, rotated_at, models = row
+    return StoredKey(
+        name,
+        bytes(digest),
+        prefix,
+        bool(admin),
+        default_class,
+        rpm,
+        tpm,
+        concurrent,
+        created_at,
+        expires_at,
+        rotated_at,
+        None if models is None else tuple(json.loads(models)),
+    )

@@ -12,8 +12,12 @@ from pathlib import Path
 import pytest
 from gateway_support import FakeStack
 
+from gateway import state_store
+from gateway.auth import KeyRing, key_digest
 from gateway.batches import store as batch_store
 from gateway.batches.store import BatchStore, StoreBusy
+from gateway.key_admin import KeyAdmin
+from gateway.sqlite_schema import migrate
 from gateway.state_store import DATABASE, SCHEMA_VERSION, StateStore
 
 
@@ -59,3 +63,23 @@ def test_a_gateway_store_from_a_newer_tandem_stops_the_start(
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     with pytest.raises(RuntimeError, match=f"did not start: .*schema version {SCHEMA_VERSION + 1}.*newer Tandem"):
         make_stack(batches={"data_dir": str(tmp_path)})
+
+
+def test_a_gateway_store_of_version_1_keeps_its_keys_with_every_model(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / DATABASE, isolation_level=None) as db:  # as issue 25's release wrote it
+        migrate(db, state_store._MIGRATIONS[:1], tmp_path / DATABASE)
+        db.execute(
+            "INSERT INTO keys (name, digest, prefix, admin, created_at) VALUES ('ops', ?, 'tdm-abcd', 1, 1.0)",
+            (key_digest("tdm-old-secret"),),
+        )
+    assert user_version(tmp_path / DATABASE) == 1
+    store = StateStore(tmp_path)
+    try:
+        assert user_version(tmp_path / DATABASE) == SCHEMA_VERSION == 2
+        (ops,) = store.keys()
+        assert (ops.name, ops.admin, ops.models) == ("ops", True, None)
+        ring = KeyRing([])
+        KeyAdmin(ring, {"tandem-test"}).load(store)
+        assert ring.authenticate("Bearer tdm-old-secret").may_use(["tandem-test"])
+    finally:
+        store.close()
