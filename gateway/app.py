@@ -113,7 +113,7 @@ class Gateway:
         self.board = LoadBoard(config.replicas, settings.limits.load_probe_misses)
         self.models = models = ModelGroups(config, self.board)
         self.keyring = KeyRing.from_settings(settings.auth)
-        self.key_admin = KeyAdmin(self.keyring)
+        self.key_admin = KeyAdmin(self.keyring, config.served_names)
         self.ledger = UsageLedger()
         self.metrics = GatewayMetrics(LiveState(self.board, models), per_key=settings.auth.per_key_metrics)
         self.freezer = EngineFreezer(

@@ -237,7 +237,7 @@ class _Exchange:
     responding: bool = False  # response headers sent: errors can no longer be an HTTP status
     finished: bool = False  # last byte handed to the server: a disconnect now is the normal end
     upstream_id: str = ""  # what the replica is sent: unique (upstream_request_id)
-    model: str = "-"  # the public name of the model that serves it, once known
+    model: str = "-"  # the served name the client asked for (a name or an alias), once checked
     prompt_tokens: int = 0
     completion_tokens: int = 0
     ttft_s: float | None = None  # streams: request received to first event sent
@@ -374,7 +374,7 @@ class GenerationProxy:
             raise GatewayError(400, f"request body is not valid JSON: {exc}") from None
         view = parse_view(self.endpoint, body)
         group = self._groups.for_request(view.model, client)
-        exchange.model = group.name
+        exchange.model = view.model or group.name
         router = group.router
         features = features_of(self.endpoint, view, conversation=router.follows_conversations)
         cap = self._limits.max_tokens_cap

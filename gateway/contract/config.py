@@ -297,7 +297,8 @@ class ApiKey(BaseModel):
     )
     models: list[str] | None = Field(
         None,
-        description="The models (names or aliases) this key may use; none named: every model. Other models "
+        min_length=1,
+        description="The models (names or aliases) this key may use; null or absent: every model. Other models "
         "answer 404 as if not served, and /v1/models lists only these.",
     )
 
@@ -499,7 +500,8 @@ class ServedModel(BaseModel):
 
     @property
     def served_names(self) -> list[str]:
-        return [self.name, *self.aliases]
+        """The name, then each alias, each once (an alias may repeat the name)."""
+        return list(dict.fromkeys([self.name, *self.aliases]))
 
     def routing(self, settings: RoutingSettings) -> RoutingSettings:
         """The gateway's routing settings with this model's own class limits in force."""

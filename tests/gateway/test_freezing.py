@@ -184,3 +184,27 @@ async def test_switching_the_mode_on_at_runtime_freezes_work_already_running() -
             await eventually(lambda: not rig.engine.paused)
     finally:
         await rig.freezer.stop()
+
+
+async def test_another_models_chat_freezes_only_the_batch_engines_on_its_devices() -> None:
+    """Replicas of two models (gateway.model_groups): chat's tp and pp share the box with the
+    coder's replica; a coder request freezes the chat model's batch engine beside it, and a
+    request on a model on other devices freezes nothing."""
+    replicas = [
+        ReplicaEndpoint(name="tp", traffic_class="interactive", model="chat", device_group="box"),
+        ReplicaEndpoint(name="pp", traffic_class="batch", model="chat", device_group="box"),
+        ReplicaEndpoint(name="coder", traffic_class="interactive", model="coder", device_group="box"),
+        ReplicaEndpoint(name="small", traffic_class="interactive", model="small", device_group="other-box"),
+    ]
+    rig = Rig(FREEZE, replicas)
+    await rig.freezer.start()
+    try:
+        with rig.board.tracking("small", "interactive"):
+            await asyncio.sleep(0.1)
+            assert rig.engine.commands == [] and rig.freezer.frozen == frozenset()
+        with rig.board.tracking("coder", "interactive"):
+            await eventually(lambda: rig.engine.paused)
+            assert rig.freezer.frozen == {"pp"}
+        await eventually(lambda: not rig.engine.paused)
+    finally:
+        await rig.freezer.stop()
