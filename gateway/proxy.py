@@ -125,6 +125,18 @@ UsageSink = Callable[[Mapping[str, Any]], None]
 """Takes a replica's token counts for the request (chat/completions names)."""
 
 
+@dataclass(frozen=True, slots=True)
+class RouteQuery:
+    """What a strategy routes one request on: its body, features and class, the replicas that
+    failed it already (`exclude`), and the router of the model it names."""
+
+    body: dict[str, Any]
+    features: RequestFeatures
+    traffic_class: TrafficClass
+    exclude: frozenset[str]
+    router: Router
+
+
 class EndpointStrategy(Protocol):
     """What differs between the generation endpoints; GenerationProxy does the rest (keys, body,
     classification, admission, deadlines, sending, relaying, accounting) the same for each."""
@@ -137,16 +149,8 @@ class EndpointStrategy(Protocol):
         """The body field max_tokens_cap refuses a request by."""
         ...
 
-    def route(
-        self,
-        body: dict[str, Any],
-        features: RequestFeatures,
-        traffic_class: TrafficClass,
-        exclude: frozenset[str],
-        router: Router,
-    ) -> Route:
-        """The replica for this request among those of `router` (its model's), never one in
-        `exclude`, which failed it already."""
+    def route(self, query: RouteQuery) -> Route:
+        """The replica for this request among its model's, never one that failed it already."""
         ...
 
     def payload(self, body: dict[str, Any], model: str, decision: Route, stream: bool) -> dict[str, Any]:
@@ -178,15 +182,8 @@ class OpenAIGeneration:
     endpoint: Literal["chat", "completions"]
     tokens_field: str = "max_tokens"
 
-    def route(
-        self,
-        body: dict[str, Any],
-        features: RequestFeatures,
-        traffic_class: TrafficClass,
-        exclude: frozenset[str],
-        router: Router,
-    ) -> Route:
-        return router.route(features, traffic_class, exclude=exclude)
+    def route(self, query: RouteQuery) -> Route:
+        return query.router.route(query.features, query.traffic_class, exclude=query.exclude)
 
     def payload(self, body: dict[str, Any], model: str, decision: Route, stream: bool) -> dict[str, Any]:
         payload = routed_payload(body, model, decision)
@@ -414,7 +411,7 @@ class GenerationProxy:
         last_failure = ""
         while True:
             try:
-                decision = self.strategy.route(body, features, traffic_class, failed, router)
+                decision = self.strategy.route(RouteQuery(body, features, traffic_class, failed, router))
             except GatewayError as exc:
                 if failed:
                     raise _every_replica_failed(last_failure) from None

@@ -32,15 +32,13 @@ from fastapi.responses import Response, StreamingResponse
 
 from gateway.auth import KeyRing
 from gateway.backends.base import Backend, UpstreamBroken, UpstreamFailed, UpstreamResponse, UpstreamUnavailable
-from gateway.contract.config import GatewayConfig, TrafficClass
-from gateway.contract.policy import RequestFeatures
+from gateway.contract.config import GatewayConfig
 from gateway.contract.router import Reject, Route, route_to
 from gateway.errors import GatewayError, error_body
 from gateway.load import LoadBoard
 from gateway.metrics import GatewayMetrics
-from gateway.proxy import UsageSink, model_rewrites, new_request_id, routed_payload, upstream_failure
+from gateway.proxy import RouteQuery, UsageSink, model_rewrites, new_request_id, routed_payload, upstream_failure
 from gateway.response_ids import ResponseIdMap
-from gateway.router import Router
 
 log = logging.getLogger("tandem.gateway")
 
@@ -71,24 +69,18 @@ class ResponsesGeneration:
     endpoint: Literal["responses"] = "responses"
     tokens_field: str = "max_output_tokens"
 
-    def route(
-        self,
-        body: dict[str, Any],
-        features: RequestFeatures,
-        traffic_class: TrafficClass,
-        exclude: frozenset[str],
-        router: Router,
-    ) -> Route:
-        previous = body.get("previous_response_id")
+    def route(self, query: RouteQuery) -> Route:
+        previous = query.body.get("previous_response_id")
+        router = query.router
         if previous is None:
-            return router.route(features, traffic_class, exclude=exclude)
+            return router.route(query.features, query.traffic_class, exclude=query.exclude)
         replica = self.ids.replica_of(previous)
         if replica is None:
             raise response_not_found(previous)
-        if replica in exclude:  # the one replica that can answer failed before answering
+        if replica in query.exclude:  # the one replica that can answer failed before answering
             raise GatewayError(502, f"replica {replica}, which holds response '{previous}', is not answering")
         # Only the request's own model's replicas: a response of another model is not this one's to continue.
-        decision = route_to(features, traffic_class, router.snapshot(), replica, router.settings)
+        decision = route_to(query.features, query.traffic_class, router.snapshot(), replica, router.settings)
         if isinstance(decision, Reject):
             raise GatewayError(decision.status, decision.message, headers={"Retry-After": "1"})
         return decision
