@@ -34,6 +34,7 @@ from gateway.contract.config import (
     ClassLimits,
     GatewaySettings,
     RoutingSettings,
+    ServedModel,
     TrafficClass,
     describe_fields,
     merged_settings,
@@ -143,10 +144,9 @@ class ModelGroup(ModelSpec):
     gateway's view of it): a request's `model` picks the group, the group's router picks a replica."""
 
     replicas: list[Replica] = Field(min_length=1)
+    # The gateway's ServedModel.limits, handed over as they are (deploy.builder.gateway_config).
     limits: dict[TrafficClass, ClassLimits] = Field(
-        default_factory=dict,
-        description="This model's own admission limits per class, in place of gateway.routing.limits for "
-        "that class (a small model beside a large one may take more requests at once).",
+        default_factory=dict, description=ServedModel.model_fields["limits"].description
     )
 
     @property
