@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/arbitration_plans.py [--plans llama-3.1-8b.dgx-spark-pair ...]
         [--trials 24] [--seed 0] [--out benchmarks/results/arbitration-plans.json]
 
-For each plan (default: every shipped plan whose cluster has a performance-model hardware profile,
+For each plan (default: every shipped plan of one model whose cluster has a performance-model hardware profile,
 the Spark plans), the same study `tuner optimize` runs (tuner.optimize.arbitration_search: the
 team of twenty beside the saturating batch load, simulated for SIM_DURATION_S, one seed), on the
 plan as shipped: the chosen mode, its settings and its outcome as ratios against each class alone
@@ -42,6 +42,11 @@ def has_profile(plan: ServingPlan) -> bool:
     return True
 
 
+def studied(plan: ServingPlan) -> bool:
+    """The study's plans: one model (its scenarios size one model's traffic) on a profiled cluster."""
+    return len(plan.models) == 1 and has_profile(plan)
+
+
 def study(name: str, trials: int, seed: int) -> dict[str, object]:
     plan = load_plan(shipped_plan(name))
     scenarios = arbitration_scenarios(plan, "team", "saturating", SIM_DURATION_S, plan.cluster.name)
@@ -72,14 +77,16 @@ def study(name: str, trials: int, seed: int) -> dict[str, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--plans", nargs="+", help="shipped plan names (default: those with a hardware profile)")
+    parser.add_argument(
+        "--plans", nargs="+", help="shipped plan names (default: those of one model with a hardware profile)"
+    )
     parser.add_argument("--trials", type=int, default=24)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     names = args.plans or [
-        p.name.removesuffix(".yaml") for p in sorted(SHIPPED_PLANS_DIR.glob("*.yaml")) if has_profile(load_plan(p))
+        p.name.removesuffix(".yaml") for p in sorted(SHIPPED_PLANS_DIR.glob("*.yaml")) if studied(load_plan(p))
     ]
     results = []
     for name in names:

@@ -132,21 +132,22 @@ def shipped_plans(levels: tuple[int, ...] = LEVELS) -> list[dict[str, Any]]:
     for path in sorted(shipped_plan("x").parent.glob("*.dgx-spark-pair.yaml")):
         plan = load_plan(path)
         alias = path.name.removesuffix(".dgx-spark-pair.yaml")
-        arch = resolve_model(alias)
-        for replica in plan.replicas:
-            layout = Layout(tp=replica.tensor_parallel_size, pp=replica.pipeline_parallel_size)
-            settings = EngineSettings(
-                max_num_seqs=replica.engine.max_num_seqs,
-                max_num_batched_tokens=replica.engine.max_num_batched_tokens,
-                gpu_memory_utilization=replica.engine.gpu_memory_utilization,
-            )
-            row: dict[str, Any] = {"plan": alias, "replica": replica.name, "layout": layout.name}
-            for label, hw in (("nominal", pair), ("degraded", slow)):
-                model = build_replica(arch, hw, layout, Workload(1024, 1024), settings)
-                row[label] = {
-                    c: round(predict_replica(model, Workload(1024, 1024), c).output_tok_s or 0.0, 1) for c in levels
-                }
-            rows.append(row)
+        for group in plan.models:
+            arch = resolve_model(group.source)
+            for replica in group.replicas:
+                layout = Layout(tp=replica.tensor_parallel_size, pp=replica.pipeline_parallel_size)
+                settings = EngineSettings(
+                    max_num_seqs=replica.engine.max_num_seqs,
+                    max_num_batched_tokens=replica.engine.max_num_batched_tokens,
+                    gpu_memory_utilization=replica.engine.gpu_memory_utilization,
+                )
+                row: dict[str, Any] = {"plan": alias, "replica": replica.name, "layout": layout.name}
+                for label, hw in (("nominal", pair), ("degraded", slow)):
+                    model = build_replica(arch, hw, layout, Workload(1024, 1024), settings)
+                    row[label] = {
+                        c: round(predict_replica(model, Workload(1024, 1024), c).output_tok_s or 0.0, 1) for c in levels
+                    }
+                rows.append(row)
     return rows
 
 

@@ -1,4 +1,5 @@
-"""ServingPlan -> Ray Serve application: one engine deployment per replica, the gateway in front.
+"""ServingPlan -> Ray Serve application: one engine deployment per replica of every model, the
+gateway in front.
 
 Like `ray.serve.llm`'s builders, these are plain functions returning a bound `Application`;
 `serve.run` (deploy.stack) starts it. Each replica is an `EngineServer` running vLLM's own OpenAI
@@ -16,7 +17,7 @@ from deploy.engine_server import EngineServer
 from deploy.gateway_server import GatewayServer
 from deploy.placement import actor_resources, bundles
 from deploy.plan import Replica, ServingPlan
-from gateway.contract.config import GatewayConfig, ReplicaEndpoint
+from gateway.contract.config import GatewayConfig, ReplicaEndpoint, ServedModel
 
 APP_NAME = "tandem"
 GATEWAY_DEPLOYMENT = "gateway"
@@ -35,44 +36,56 @@ SHARED_DEVICES = "shared"
 def device_group(plan: ServingPlan) -> str | None:
     """The device group of the plan's replicas (gateway.contract.freezing): when their workers
     outnumber the cluster's devices, the replicas are co-resident (Tandem's design: both replicas
-    on the same GPUs, or on the CPU the same cores) and share one group; otherwise none shares."""
+    on the same GPUs, or on the CPU the same cores) and share one group; otherwise none shares.
+    Plan-wide: the replicas of every model count, since co-resident engines share the devices
+    whichever model they serve."""
     workers = sum(r.world_size for r in plan.replicas)
     return SHARED_DEVICES if workers > plan.cluster.devices else None
 
 
 def gateway_config(plan: ServingPlan, replica_urls: dict[str, str] | None = None) -> GatewayConfig:
-    """The gateway's view of a plan: public names, one endpoint per replica, routing settings.
-    API keys are resolved here, where `gateway up/deploy` runs: the keys file and the keys
-    variable are read on this machine, and the gateway replica gets the keys themselves."""
+    """The gateway's view of a plan: one served model per model group (its public names, its
+    admission limits, one endpoint per replica), and the routing settings. API keys are resolved
+    here, where `gateway up/deploy` runs: the keys file and the keys variable are read on this
+    machine, and the gateway replica gets the keys themselves."""
     urls = replica_urls or {}
+    group_of_devices = device_group(plan)
     settings = plan.gateway.model_copy(update={"auth": plan.gateway.auth.resolved()})
     return GatewayConfig(
-        model=plan.model.name,
-        aliases=plan.model.aliases,
-        replicas=[
-            ReplicaEndpoint(
-                name=r.name,
-                traffic_class=r.traffic_class,
-                model=plan.model.name,
-                max_num_seqs=r.engine.max_num_seqs,
-                engine=r.engine_kind,
-                scheduling_policy=r.engine.scheduling_policy,
-                base_url=urls.get(r.name),
-                device_group=device_group(plan),
+        models=[
+            ServedModel(
+                name=group.name,
+                aliases=[a for a in group.aliases if a != group.name],  # some plans list the name too
+                limits=group.limits,
+                replicas=[
+                    ReplicaEndpoint(
+                        name=r.name,
+                        traffic_class=r.traffic_class,
+                        model=group.name,
+                        max_num_seqs=r.engine.max_num_seqs,
+                        engine=r.engine_kind,
+                        scheduling_policy=r.engine.scheduling_policy,
+                        base_url=urls.get(r.name),
+                        device_group=group_of_devices,
+                    )
+                    for r in group.replicas
+                ],
             )
-            for r in plan.replicas
+            for group in plan.models
         ],
         settings=settings,
     )
 
 
-def build_app(plan: ServingPlan, model_source: str, log_dir: str) -> Application:
-    """Bind every replica's engine deployment and the gateway that fronts them."""
+def build_app(plan: ServingPlan, model_sources: dict[str, str], log_dir: str) -> Application:
+    """Bind every replica's engine deployment, each loading its model (`model_sources`: the path or
+    hub id of each model group, by name), and the gateway that fronts them."""
     engines: dict[str, Application] = {}
     previous: Application | None = None
     for replica in plan.replicas:
         start_after = previous if starts_in_turn(plan) else None
-        engines[replica.name] = previous = engine_app(plan, replica, model_source, log_dir, start_after=start_after)
+        source = model_sources[plan.group_of(replica.name).name]
+        engines[replica.name] = previous = engine_app(plan, replica, source, log_dir, start_after=start_after)
     return gateway_app(plan, engines)
 
 
@@ -106,8 +119,8 @@ def engine_app(
     engine_cls: type = EngineServer,
     start_after: Application | None = None,
 ) -> Application:
-    """One replica as an `EngineServer` deployment holding the replica's placement group.
-    `engine_cls` swaps the class behind the same deployment options (tests probe placement);
+    """One replica as an `EngineServer` deployment holding the replica's placement group, serving
+    its model group's model (`model_source`, under the group's name). `engine_cls` swaps the class behind the same deployment options (tests probe placement);
     `start_after` is the engine whose readiness this one waits for before starting vLLM."""
     deployment = serve.deployment(engine_cls).options(
         name=engine_deployment_name(replica),
@@ -119,5 +132,10 @@ def engine_app(
         max_ongoing_requests=1000,  # only url()/health calls come through Serve; the data goes by HTTP
     )
     return deployment.bind(
-        model_source, plan.model.name, replica.model_dump(mode="json"), log_dir, plan.cluster.accelerator, start_after
+        model_source,
+        plan.group_of(replica.name).name,
+        replica.model_dump(mode="json"),
+        log_dir,
+        plan.cluster.accelerator,
+        start_after,
     )

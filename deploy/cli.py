@@ -77,17 +77,18 @@ AddressOption = Annotated[
 
 def _load(plan_path: Path | None, model: Path | None, port: int | None) -> ServingPlan:
     """The plan to run: --plan, else the embedded default (deploy.plan.default_plan); --model swaps
-    in a local model dir."""
+    in a local model dir (for a plan of one model)."""
     try:
         plan = load_plan(plan_path or default_plan())
-        changes: dict = {}
-        if model is not None:
-            model_dir = model.expanduser().resolve()
-            changes["model"] = {"source": str(model_dir), "name": model_dir.name, "aliases": []}
-        if port is not None:
-            changes["gateway"] = {**plan.gateway.model_dump(), "port": port}
-        if changes:  # python-mode dumps keep API keys (SecretStr); a JSON dump would mask them
-            plan = parse_plan({**plan.model_dump(), **changes}, origin="the plan with your options")
+        if model is not None or port is not None:
+            data = plan.model_dump()  # python mode keeps API keys (SecretStr); a JSON dump would mask them
+            if model is not None:
+                plan.only_model("--model")
+                model_dir = model.expanduser().resolve()
+                data["models"][0] |= {"source": str(model_dir), "name": model_dir.name, "aliases": []}
+            if port is not None:
+                data["gateway"]["port"] = port
+            plan = parse_plan(data, origin="the plan with your options")
         warning = exposure_warning(plan.gateway)  # reads the keys file and variable: their errors stop here
     except PlanError as exc:
         console.print(f"[red]error:[/red] {exc}")
@@ -128,7 +129,8 @@ def _print_welcome(deployed: Deployed, settings: GatewaySettings, *, foreground:
     wants a key (asked of the gateway itself: plan keys and stored ones alike) and how to send one."""
     base_url, model = deployed.base_url, deployed.model
     out = Console()
-    out.print(f"\n[bold green]Tandem is serving[/bold green] [bold]{model}[/bold] at [bold]{base_url}[/bold]")
+    served = ", ".join(f"[bold]{name}[/bold]" for name in deployed.models or (model,))
+    out.print(f"\n[bold green]Tandem is serving[/bold green] {served} at [bold]{base_url}[/bold]")
     for url in team_urls(settings):
         out.print(f"  for the team, from other machines: [bold]{url}[/bold]", highlight=False)
     keyed = requires_key(base_url)
@@ -225,8 +227,8 @@ def up(
     serving_plan = _load(plan, model, port)
     stop = _stop_on_sigterm()
     console.print(
-        f"Starting Ray and {len(serving_plan.replicas)} vLLM replicas of [bold]{serving_plan.model.name}[/bold] "
-        f"({', '.join(f'{r.name}: {r.layout}' for r in serving_plan.replicas)}); {start_time_hint(serving_plan)}"
+        f"Starting Ray and {len(serving_plan.replicas)} vLLM replicas of {_models_and_replicas(serving_plan)}; "
+        f"{start_time_hint(serving_plan)}"
     )
     try:
         with running_stack(serving_plan, on_progress=_show_progress) as deployed:
@@ -237,6 +239,14 @@ def up(
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
     console.print("Stopped.")
+
+
+def _models_and_replicas(plan: ServingPlan) -> str:
+    """Each model in bold with its replicas' layouts: `m (interactive: tp2-pp1, batch: tp1-pp2)`."""
+    return ", ".join(
+        f"[bold]{group.name}[/bold] ({', '.join(f'{r.name}: {r.layout}' for r in group.replicas)})"
+        for group in plan.models
+    )
 
 
 @app.command("deploy")
@@ -293,17 +303,16 @@ def deploy_command(
 
 
 def _check_weights(plan: ServingPlan, plan_path: Path, address: str) -> None:
-    """Before any engine starts: every node of the cluster holds the plan's hub model (a local
-    directory or the demo model is the plan's own check); else say what to run."""
-    from deploy.weights import check_on_cluster, hub_id
+    """Before any engine starts: every node of the cluster holds each of the plan's hub models (a
+    local directory or a demo model is the plan's own check); else say what to run."""
+    from deploy.weights import check_on_cluster, hub_ids
 
-    repo_id = hub_id(plan)
-    if repo_id is None:
-        return
-    lacking = check_on_cluster(repo_id)
-    if lacking:
-        for node, what in lacking.items():
+    lacking = False
+    for repo_id in hub_ids(plan):
+        for node, what in check_on_cluster(repo_id).items():
+            lacking = True
             console.print(f"[red]error:[/red] {repo_id} on node {node}: {what}", highlight=False)
+    if lacking:
         console.print(
             f"download it first, on every node: `gateway pull --plan {plan_path} --address {address}` "
             "(with HF_TOKEN in its environment for a gated model); nothing was deployed",
@@ -405,12 +414,12 @@ def plan_validate(
     out = Console()
     out.print(
         f"[bold green]valid[/bold green]: {plan} (plan format {serving_plan.version}): "
-        f"[bold]{serving_plan.model.name}[/bold] on {cluster.nodes} node(s) of {cluster.name} "
-        f"({where}, {cluster.memory_per_node_gb:g} GB each)",
+        f"{', '.join(f'[bold]{group.name}[/bold]' for group in serving_plan.models)} on {cluster.nodes} node(s) "
+        f"of {cluster.name} ({where}, {cluster.memory_per_node_gb:g} GB each)",
         highlight=False,
     )
     table = Table(title="what each box will hold", title_justify="left")
-    for column in ("node", "replica", "class", "layout", "workers", "memory (GB)", "of which"):
+    for column in ("node", "replica", "class", "layout", "workers", "memory (GB)", "of which", "model"):
         table.add_column(column, justify="right" if column in ("node", "workers", "memory (GB)") else "left")
     shares = box_shares(serving_plan)
     for node in sorted({share.node for share in shares}):
@@ -419,7 +428,14 @@ def plan_validate(
             replica = serving_plan.replica_for_name(share.replica)
             memory = "-" if share.memory_gb is None else f"{share.memory_gb:.1f}"
             table.add_row(
-                str(node), share.replica, replica.traffic_class, replica.layout, str(share.workers), memory, share.what
+                str(node),
+                share.replica,
+                replica.traffic_class,
+                replica.layout,
+                str(share.workers),
+                memory,
+                share.what,
+                serving_plan.group_of(share.replica).name,
             )
         total = sum(share.memory_gb or 0.0 for share in on_node)
         workers = sum(share.workers for share in on_node)
@@ -490,18 +506,26 @@ def pull(
     plan: Annotated[Path, typer.Option("--plan", help="Serving plan YAML.", exists=True, dir_okay=False)],
     address: AddressOption = None,
 ) -> None:
-    """Download the plan's model into the Hugging Face cache of every node that loads it (with
+    """Download the plan's models into the Hugging Face cache of every node that loads them (with
     --address: each node of that Ray cluster; without: this machine). Resumable: run it again
     after a failure. The token is HF_TOKEN from the environment, never from the plan."""
-    from deploy.weights import TOKEN_ENV, describe, download, hub_id, pull_on_cluster
+    from deploy.weights import hub_id, hub_ids
 
     serving_plan = _load(plan, None, None)
-    repo_id = hub_id(serving_plan)
-    if repo_id is None:
-        console.print(
-            f"{serving_plan.model.source}: not a hub id (a local directory or the demo model): nothing to pull"
-        )
-        return
+    for group in serving_plan.models:
+        if hub_id(group) is None:
+            console.print(f"{group.source}: not a hub id (a local directory or a demo model): nothing to pull")
+    failed = False
+    for repo_id in hub_ids(serving_plan):
+        failed |= not _pull_one(repo_id, address)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _pull_one(repo_id: str, address: str | None) -> bool:
+    """`gateway pull` of one hub model, here or on every node at `address`; False when it failed."""
+    from deploy.weights import TOKEN_ENV, describe, download, pull_on_cluster
+
     if not address:
         auth = (
             f"with {TOKEN_ENV} from the environment"
@@ -514,9 +538,9 @@ def pull(
             folder = download(repo_id, lambda what, done, total: console.print(describe(what, done, total)))
         except Exception as exc:  # the hub's own message: no token, gated, not found, no network
             console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}", highlight=False)
-            raise typer.Exit(1) from None
+            return False
         Console(soft_wrap=True).print(f"{repo_id} is in {folder}", highlight=False)
-        return
+        return True
     _require("ray", "huggingface_hub")
     from deploy.stack import RayConnection
 
@@ -530,8 +554,7 @@ def pull(
     for result in results:
         where = result.folder if result.error is None else f"[red]failed[/red]: {result.error}"
         console.print(f"{result.node}: {where} ({result.seconds:.0f} s)", highlight=False)
-    if any(result.error for result in results):
-        raise typer.Exit(1)
+    return not any(result.error for result in results)
 
 
 service_app = typer.Typer(help="Run Tandem as systemd services that come back after a reboot.", no_args_is_help=True)

@@ -4,8 +4,10 @@ It is a normal HF-format directory (config.json, safetensors weights, tokenizer.
 template), so vLLM loads it through the same path as a real model. The weights are random
 (seeded), so its text is gibberish; it exists to exercise serving, not to answer questions.
 The shape is the smallest that vLLM's CPU attention accepts (head_dim 64; 16 is rejected).
+A second, smaller shape (`source: demo-small`: half the width, half the layers, the same tokenizer)
+lets a plan serve two different models on the CPU (deploy/plans/cpu-two-models.yaml).
 
-Run `python -m deploy.demo_model` to make it (or print where it is).
+Run `python -m deploy.demo_model [demo-small]` to make one (or print where it is).
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 DEMO_VERSION = 1
@@ -47,13 +51,33 @@ def cache_dir() -> Path:
     return Path(os.environ.get("TANDEM_CACHE", Path.home() / ".cache" / "tandem"))
 
 
-def demo_model_dir() -> Path:
-    return cache_dir() / f"demo-llama-v{DEMO_VERSION}"
+@dataclass(frozen=True)
+class DemoShape:
+    """A demo model's Llama shape and the cache folder it is made in."""
+
+    folder: str
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
 
 
-def ensure_demo_model() -> Path:
-    """Return the demo model's directory, making it first if it is missing (a few seconds)."""
-    target = demo_model_dir()
+SHAPES = {
+    "demo": DemoShape("demo-llama", 256, 512, 4, 4, 2),
+    "demo-small": DemoShape("demo-small-llama", 128, 256, 2, 2, 2),
+}
+"""Each demo model by its plan `source` (deploy.plan.DEMO_SOURCES); head_dim is 64 in both."""
+
+
+def demo_model_dir(source: str = "demo") -> Path:
+    return cache_dir() / f"{SHAPES[source].folder}-v{DEMO_VERSION}"
+
+
+def ensure_demo_model(source: str = "demo") -> Path:
+    """Return the directory of the demo model `source` names, making it first if it is missing
+    (a few seconds)."""
+    target = demo_model_dir(source)
     if (target / "config.json").is_file() and (target / "tokenizer.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -62,7 +86,7 @@ def ensure_demo_model() -> Path:
     staging = Path(tempfile.mkdtemp(prefix=".demo-", dir=target.parent))
     try:
         _write_tokenizer(staging)
-        _write_model(staging)
+        _write_model(staging, SHAPES[source])
         try:
             staging.rename(target)
         except OSError:
@@ -99,18 +123,18 @@ def _write_tokenizer(directory: Path) -> None:
     fast.save_pretrained(directory)
 
 
-def _write_model(directory: Path) -> None:
+def _write_model(directory: Path, shape: DemoShape) -> None:
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     tokenizer = PreTrainedTokenizerFast.from_pretrained(directory)
     config = LlamaConfig(
         vocab_size=VOCAB_SIZE,
-        hidden_size=256,
-        intermediate_size=512,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.num_hidden_layers,
+        num_attention_heads=shape.num_attention_heads,
+        num_key_value_heads=shape.num_key_value_heads,
         head_dim=64,
         max_position_embeddings=4096,
         bos_token_id=tokenizer.bos_token_id,
@@ -131,7 +155,7 @@ def _write_model(directory: Path) -> None:
 
 
 def main() -> None:
-    print(ensure_demo_model())
+    print(ensure_demo_model(*sys.argv[1:2]))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """The ServingPlan: the one contract between the tuner, deploy/ and the gateway.
 
-A plan names a model, the replicas that serve it (one per traffic class, each with its own
-parallel layout, its engine (gateway.engines; vLLM unless named) and that engine's arguments), the cluster they run on, and the gateway's routing
-settings. The tuner writes plans, deploy/ runs them, the gateway reads their routing part.
+A plan names its models, each a model group with the replicas that serve it (one per traffic class,
+each with its own parallel layout, its engine (gateway.engines; vLLM unless named) and that engine's
+arguments) and its own admission limits, the cluster they all run on, and the gateway's routing
+settings. A plan of one model may keep the short form of earlier formats (`model:` and `replicas:` at
+the top level). The tuner writes plans, deploy/ runs them, the gateway reads their routing part.
 Plans are YAML on disk; every check that can be made without starting anything is made here,
 with a message that says what to change.
 """
@@ -10,6 +12,7 @@ with a message that says what to change.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +29,12 @@ from pydantic import (
 )
 
 from deploy.placement import Placement, placement_problems
-from deploy.plan_version import PLAN_VERSION, PlanVersionError, upgrade_plan_data
+from deploy.plan_version import PLAN_VERSION, PlanVersionError, one_model_form, upgrade_plan_data
 from gateway.contract.config import (
+    ClassLimits,
     GatewaySettings,
     RoutingSettings,
+    ServedModel,
     TrafficClass,
     describe_fields,
     merged_settings,
@@ -39,7 +44,10 @@ from gateway.contract.routing_rules import routing_for_replicas
 from gateway.engines import DEFAULT_ENGINE, EngineAdapter, EngineArguments, engine_adapter
 
 DEMO_SOURCE = "demo"
-"""`model.source: demo` means the locally generated demo model (see deploy.demo_model)."""
+"""`source: demo` means the locally generated demo model (see deploy.demo_model)."""
+DEMO_SMALL_SOURCE = "demo-small"
+"""`source: demo-small`: the second, smaller generated demo model (a plan of two models on the CPU)."""
+DEMO_SOURCES = (DEMO_SOURCE, DEMO_SMALL_SOURCE)
 
 
 class PlanError(ValueError):
@@ -58,6 +66,11 @@ class ModelSpec(BaseModel):
     @property
     def is_local_path(self) -> bool:
         return self.source.startswith(("/", "./", "../", "~"))
+
+    @property
+    def is_demo(self) -> bool:
+        """One of the generated demo models (deploy.demo_model), made on the machine that runs it."""
+        return self.source in DEMO_SOURCES
 
     @model_validator(mode="after")
     def _local_path_exists(self) -> ModelSpec:
@@ -126,6 +139,22 @@ class Replica(BaseModel):
         return f"tp{self.tensor_parallel_size}-pp{self.pipeline_parallel_size}"
 
 
+class ModelGroup(ModelSpec):
+    """One served model and the replicas that serve it (gateway.contract.config.ServedModel is the
+    gateway's view of it): a request's `model` picks the group, the group's router picks a replica."""
+
+    replicas: list[Replica] = Field(min_length=1)
+    # The gateway's ServedModel.limits, handed over as they are (deploy.builder.gateway_config).
+    limits: dict[TrafficClass, ClassLimits] = Field(
+        default_factory=dict, description=ServedModel.model_fields["limits"].description
+    )
+
+    @property
+    def spec(self) -> ModelSpec:
+        """What is served, without the replicas."""
+        return ModelSpec.model_construct(source=self.source, name=self.name, aliases=list(self.aliases))
+
+
 class Cluster(BaseModel):
     """The machines a plan runs on."""
 
@@ -147,21 +176,37 @@ class Cluster(BaseModel):
 
 
 class ServingPlan(BaseModel):
-    """A model, its replicas, the cluster and the gateway's settings: everything deploy/ runs."""
+    """The models, their replicas, the cluster and the gateway's settings: everything deploy/ runs.
+
+    One model may be written in the short form of earlier formats, `model: {source, name, aliases}`
+    and `replicas:` at the top level; it is read as `models: [{source, name, aliases, replicas}]`,
+    and a plan is always written with `models:`."""
 
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)  # errors never echo a key
 
     version: int = Field(PLAN_VERSION, ge=1, le=PLAN_VERSION, description="Plan format version (deploy.plan_version).")
-    model: ModelSpec
-    replicas: list[Replica] = Field(min_length=1)
+    models: list[ModelGroup] = Field(
+        min_length=1, description="The model groups; the first serves requests that name no model."
+    )
     cluster: Cluster = Field(default_factory=Cluster)
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_model_form(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "models" not in data and ("model" in data or "replicas" in data):
+            return one_model_form(dict(data))
+        return data
 
     @model_validator(mode="after")
     def _fits_cluster(self) -> ServingPlan:
         names = [r.name for r in self.replicas]
         if len(set(names)) != len(names):
-            raise ValueError(f"replica names must be unique, got {names}")
+            raise ValueError(f"replica names must be unique across models, got {names}")
+        served = [name for group in self.models for name in set(group.served_names)]
+        repeated = sorted({name for name in served if served.count(name) > 1})
+        if repeated:
+            raise ValueError(f"a model name or alias may name one model only: {repeated} name several")
         cluster = self.cluster
         for r in self.replicas:
             where = f"replica {r.name!r}"
@@ -191,16 +236,60 @@ class ServingPlan(BaseModel):
     def _routing_from_replicas(self) -> ServingPlan:
         """The routing settings a plan does not name get the rule derived from its replicas' batch
         sizes (gateway.contract.routing_rules), so every plan ships with thresholds that fit it; the ones it
-        names (e.g. only its GPU arbitration) are kept as written."""
-        classes = {r.traffic_class for r in self.replicas}
-        if classes != {"interactive", "batch"}:
+        names (e.g. only its GPU arbitration) are kept as written. The routing settings are the
+        gateway's, one set for every model, so they are derived from the first model group that has
+        a replica of each class (a group's own admission limits are its `limits`); a plan with no
+        such group keeps the settings' defaults."""
+        group = next(
+            (g for g in self.models if {r.traffic_class for r in g.replicas} == {"interactive", "batch"}), None
+        )
+        if group is None:
             return self
         routing = self.gateway.routing
-        derived = routing_for_replicas(((r.traffic_class, r.engine.max_num_seqs) for r in self.replicas), routing)
+        derived = routing_for_replicas(((r.traffic_class, r.engine.max_num_seqs) for r in group.replicas), routing)
         if "routing" in self.gateway.model_fields_set:
             derived = RoutingSettings.model_validate(merged_settings(derived.model_dump(), named_routing(routing)))
         self.gateway.routing = derived
         return self
+
+    @property
+    def replicas(self) -> list[Replica]:
+        """Every model's replicas, model by model (read-only: a change goes through the groups, e.g.
+        `with_each_replica`)."""
+        return [r for group in self.models for r in group.replicas]
+
+    def group_of(self, replica_name: str) -> ModelGroup:
+        """The model group a replica serves."""
+        for group in self.models:
+            if any(r.name == replica_name for r in group.replicas):
+                return group
+        raise KeyError(f"no replica named {replica_name!r}; the plan has {[r.name for r in self.replicas]}")
+
+    def only_model(self, purpose: str) -> ModelGroup:
+        """The plan's one model group, for what works on one model only (`purpose` says what);
+        PlanError for a plan of several."""
+        if len(self.models) != 1:
+            names = ", ".join(g.name for g in self.models)
+            raise PlanError(f"{purpose} works on a plan of one model; this one serves {len(self.models)} ({names})")
+        return self.models[0]
+
+    def with_each_replica(self, change: Callable[[Replica], Replica]) -> ServingPlan:
+        """The plan with `change` applied to every replica of every group (not validated again)."""
+        groups = [g.model_copy(update={"replicas": [change(r) for r in g.replicas]}) for g in self.models]
+        return self.model_copy(update={"models": groups})
+
+    def with_one_model(
+        self, purpose: str, replicas: list[Replica] | None = None, spec: ModelSpec | None = None
+    ) -> ServingPlan:
+        """A one-model plan with its replicas replaced by `replicas` and its model by `spec` (each
+        where given), not validated again; PlanError for a plan of several models (only_model)."""
+        group = self.only_model(purpose)
+        update: dict[str, Any] = {}
+        if replicas is not None:
+            update["replicas"] = replicas
+        if spec is not None:
+            update |= {"source": spec.source, "name": spec.name, "aliases": list(spec.aliases)}
+        return self.model_copy(update={"models": [group.model_copy(update=update)]})
 
     def replica_for(self, traffic_class: TrafficClass) -> Replica | None:
         return next((r for r in self.replicas if r.traffic_class == traffic_class), None)
@@ -238,10 +327,12 @@ def load_plan(path: str | Path) -> ServingPlan:
     except yaml.YAMLError as exc:
         raise PlanError(f"{path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
-        raise PlanError(f"{path} must hold a mapping (model, replicas, cluster, gateway)")
-    source = (data.get("model") or {}).get("source") if isinstance(data.get("model"), dict) else None
-    if isinstance(source, str) and source.startswith(("./", "../")):
-        data["model"]["source"] = str((path.parent / source).resolve())
+        raise PlanError(f"{path} must hold a mapping (models, cluster, gateway)")
+    models = data.get("models")
+    for model in [data.get("model"), *(models if isinstance(models, list) else [])]:
+        source = model.get("source") if isinstance(model, dict) else None
+        if isinstance(source, str) and source.startswith(("./", "../")):
+            model["source"] = str((path.parent / source).resolve())
     return parse_plan(data, origin=str(path))
 
 

@@ -7,7 +7,9 @@ are version 0 and differ from version 1 only by lacking the field. Version 2 dro
 (one data path since). Version 3 adds a replica's `engine_kind` (the engine adapter that runs it,
 gateway.engines); absent, it is vLLM, which every earlier plan ran. Version 4 writes
 `gateway.routing` by concern (classify, spill, yielding, arbitration, limits: gateway.contract.config)
-instead of one flat list of settings. Each later change to the
+instead of one flat list of settings. Version 5 serves several models: `models:` lists model groups,
+each with its own replicas (and admission limits); the one-model form of earlier versions (`model:`
+and `replicas:` at the top level) becomes one group. Each later change to the
 format adds a step to `_STEPS` that rewrites a plan's data from the version before, with a note
 saying what it changed, so that a plan written by any earlier Tandem still loads.
 """
@@ -19,7 +21,7 @@ from typing import Any
 
 from gateway.contract.config import FLAT_ROUTING_KEYS, nest_flat_routing
 
-PLAN_VERSION = 4
+PLAN_VERSION = 5
 """The plan format this Tandem writes and reads."""
 
 
@@ -60,12 +62,32 @@ def _routing_nested(data: dict[str, Any]) -> str:
     return f"version 3 -> 4: gateway.routing nested by concern ({where})"
 
 
+def one_model_form(data: dict[str, Any]) -> dict[str, Any]:
+    """Plan data in the one-model short form (`model:` and `replicas:` at the top level) as the
+    `models:` form, in place: one group holding the model's fields and the replicas."""
+    model = data.pop("model", None)
+    group: dict[str, Any] = dict(model) if isinstance(model, dict) else {}
+    if "replicas" in data:
+        group["replicas"] = data.pop("replicas")
+    data["models"] = [group]
+    return data
+
+
+def _model_groups(data: dict[str, Any]) -> str:
+    """Version 5 lists model groups; the one model of an earlier plan, with its replicas, is the one group."""
+    if "models" in data or ("model" not in data and "replicas" not in data):
+        return "version 4 -> 5: nothing to change (no top-level model)"
+    one_model_form(data)
+    return "version 4 -> 5: `model:` and `replicas:` moved into `models:` (one model group)"
+
+
 # _STEPS[n] rewrites version-n data (in place) into version n + 1 and says what it did.
 _STEPS: dict[int, Callable[[dict[str, Any]], str]] = {
     0: _from_unversioned,
     1: _one_data_path,
     2: _engine_named,
     3: _routing_nested,
+    4: _model_groups,
 }
 
 

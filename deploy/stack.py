@@ -21,7 +21,7 @@ import httpx
 from deploy.builder import APP_NAME, GATEWAY_CPUS, GATEWAY_DEPLOYMENT, build_app
 from deploy.demo_model import cache_dir, ensure_demo_model
 from deploy.placement import bundles
-from deploy.plan import DEMO_SOURCE, ServingPlan
+from deploy.plan import ModelSpec, ServingPlan
 
 logger = logging.getLogger("tandem.deploy")
 
@@ -31,18 +31,25 @@ READY_TIMEOUT_S = float(os.environ.get("TANDEM_READY_TIMEOUT_S", "900"))
 
 @dataclass(frozen=True)
 class Deployed:
-    """A running stack: where the gateway listens and where each replica's engine answers."""
+    """A running stack: where the gateway listens, the models it serves (`model` is the first, the
+    one a request naming no model gets) and where each replica's engine answers."""
 
     base_url: str
     model: str
     replica_urls: dict[str, str | None]
+    models: tuple[str, ...] = ()
 
 
-def resolve_model_source(plan: ServingPlan) -> str:
-    """The path or hub id vLLM loads: the demo model is made here if it is missing."""
-    if plan.model.source == DEMO_SOURCE:
-        return str(ensure_demo_model())
-    return str(Path(plan.model.source).expanduser()) if plan.model.is_local_path else plan.model.source
+def resolve_model_source(model: ModelSpec) -> str:
+    """The path or hub id vLLM loads for a model: a demo model is made here if it is missing."""
+    if model.is_demo:
+        return str(ensure_demo_model(model.source))
+    return str(Path(model.source).expanduser()) if model.is_local_path else model.source
+
+
+def model_sources(plan: ServingPlan) -> dict[str, str]:
+    """What each model group's engines load, by the group's name (resolve_model_source)."""
+    return {group.name: resolve_model_source(group) for group in plan.models}
 
 
 def logical_cpus_needed(plan: ServingPlan) -> int:
@@ -164,7 +171,7 @@ def deploy(
     started = time.monotonic()
     log_dir = log_dir or cache_dir() / "logs"
     serve.start(proxy_location="Disabled")
-    app = build_app(plan, resolve_model_source(plan), str(log_dir))
+    app = build_app(plan, model_sources(plan), str(log_dir))
     # Not serve.run, which waits without a bound or a word: the same call, then our own wait.
     (handle,) = serve.run_many(
         [RunTarget(app, name=APP_NAME, route_prefix=None)],
@@ -177,7 +184,8 @@ def deploy(
     scheme = "https" if settings.tls is not None else "http"
     base_url = f"{scheme}://{_client_host(settings.host)}:{settings.port}/v1"
     wait_ready(base_url, max(1.0, timeout_s - (time.monotonic() - started)))
-    return Deployed(base_url=base_url, model=plan.model.name, replica_urls=replica_urls)
+    names = tuple(group.name for group in plan.models)
+    return Deployed(base_url=base_url, model=names[0], replica_urls=replica_urls, models=names)
 
 
 def _wait_running(started: float, timeout_s: float, on_progress: Progress | None) -> None:

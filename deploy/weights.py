@@ -8,7 +8,8 @@ connection that drops mid-file resumes from the byte it reached (HTTP Range). Th
 the token file of `hf auth login` (one place to look, the same on every node). On a Ray cluster
 every alive node downloads for itself, one task pinned to it (NodeAffinitySchedulingStrategy):
 Ray places the replicas' workers where their bundles fit, so on the Spark pair both boxes load the
-model; progress comes back to the command through a small actor.
+model; progress comes back to the command through a small actor. A plan of several models has
+each of its hub models pulled and checked in turn.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deploy.plan import DEMO_SOURCE, ServingPlan
+from deploy.plan import ModelSpec, ServingPlan
 
 TOKEN_ENV = "HF_TOKEN"
 IGNORE = ["original/*"]  # Meta's consolidated checkpoints beside the HF weights: vLLM reads neither
@@ -30,12 +31,16 @@ CHECK_TIMEOUT_S = 120.0  # a node's check reads a few files; longer means the no
 Report = Callable[[str, int, int], None]  # (file or phase, bytes done, bytes in all)
 
 
-def hub_id(plan: ServingPlan) -> str | None:
-    """The plan's model as a hub id, None for a local directory or the demo model."""
-    source = plan.model.source
-    if plan.model.is_local_path or source == DEMO_SOURCE:
+def hub_id(model: ModelSpec) -> str | None:
+    """The model as a hub id, None for a local directory or a demo model."""
+    if model.is_local_path or model.is_demo:
         return None
-    return source
+    return model.source
+
+
+def hub_ids(plan: ServingPlan) -> list[str]:
+    """The plan's models that come from the hub, each once, in the plan's order."""
+    return list(dict.fromkeys(repo_id for group in plan.models if (repo_id := hub_id(group)) is not None))
 
 
 def token() -> str | bool:

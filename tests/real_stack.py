@@ -113,7 +113,7 @@ def gateway_up(plan: Path, workdir: Path) -> Iterator[CpuStack]:
         serving_plan = load_plan(plan)
         yield CpuStack(
             base_url=f"http://127.0.0.1:{port}/v1",
-            model=serving_plan.model.name,
+            model=serving_plan.models[0].name,
             replica_urls=dict(ENGINE_LINE.findall(text)),
             plan=serving_plan,
             log=log,
@@ -174,7 +174,7 @@ def two_node_deploy(plan: Path, workdir: Path) -> Iterator[CpuStack]:
         try:
             yield CpuStack(
                 base_url=f"http://127.0.0.1:{port}/v1",
-                model=load_plan(plan).model.name,
+                model=load_plan(plan).models[0].name,
                 replica_urls=dict(ENGINE_LINE.findall(text)),
                 plan=load_plan(plan),
                 log=log,

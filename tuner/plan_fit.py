@@ -5,15 +5,20 @@ weights, a runtime reserve (activations, CUDA graphs, NCCL buffers: what vLLM's 
 measures) and its KV cache. The tuner writes each replica's KV budget into the plan
 (`kv_cache_memory_bytes`): vLLM then sizes its cache from the budget instead of profiling free
 device memory, which two engines starting together on one GPU would each misread (each counts
-the other's weights as its own use). Weights come from the performance model's architectures.
+the other's weights as its own use). Weights come from the performance model's architectures,
+each model group's own (a plan of several models holds several). Per box, the shares of every
+engine there, of every model, must leave the OS its headroom; a plan that does not is refused
+with how many GB each box is over.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from deploy.plan import Replica, ServingPlan
-from tuner.perfmodel import ModelArchitecture
+from deploy.plan import ModelGroup, Replica, ServingPlan
+from deploy.plan_report import worker_nodes
+from tuner.perfmodel import ModelArchitecture, resolve_model
 
 RUNTIME_RESERVE_GB = 4.0
 """Per engine and device: activations of the largest step, CUDA graphs, NCCL buffers, allocator slack."""
@@ -21,6 +26,19 @@ UNSET_LENGTH = 8192
 """The sequence length a replica without `max_model_len` is checked for."""
 OS_HEADROOM = 0.10
 """Of each box's memory, left to the OS and the processes beside the engines (unified memory on GB10)."""
+
+Architectures = Callable[[ModelGroup], ModelArchitecture]
+"""The performance model's architecture of a model group."""
+
+
+def group_architecture(group: ModelGroup) -> ModelArchitecture:
+    """A group's architecture from its source: a known alias or hub id, a local model directory,
+    or a demo model (made here if it is missing)."""
+    if group.is_demo:
+        from deploy.demo_model import ensure_demo_model
+
+        return resolve_model(str(ensure_demo_model(group.source)))
+    return resolve_model(group.source)
 
 
 @dataclass(frozen=True)
@@ -56,18 +74,33 @@ def replica_memory(replica: Replica, arch: ModelArchitecture, memory_per_device_
     )
 
 
-def plan_memory(plan: ServingPlan, arch: ModelArchitecture) -> list[ReplicaMemory]:
-    """Every replica's footprint per device; a device is `memory_per_node_gb / devices_per_node`."""
+def plan_memory(plan: ServingPlan, architecture: Architectures = group_architecture) -> list[ReplicaMemory]:
+    """Every replica's footprint per device (in `plan.replicas`' order), each with its own model's
+    architecture; a device is `memory_per_node_gb / devices_per_node`."""
     per_device = plan.cluster.memory_per_node_gb / plan.cluster.devices_per_node
-    return [replica_memory(r, arch, per_device) for r in plan.replicas]
+    return [replica_memory(r, architecture(group), per_device) for group in plan.models for r in group.replicas]
 
 
-def fit_problems(plan: ServingPlan, arch: ModelArchitecture, min_sequences: int = 4) -> list[str]:
+def box_memory_gb(plan: ServingPlan) -> dict[int, float]:
+    """The memory the engines' shares take on each node, every model's engines together: each
+    worker there takes its replica's share of its device (workers placed as deploy.plan_report)."""
+    cluster = plan.cluster
+    per_device = cluster.memory_per_node_gb / cluster.devices_per_node
+    taken = dict.fromkeys(range(cluster.nodes), 0.0)
+    for replica in plan.replicas:
+        for node in worker_nodes(replica, cluster.nodes, cluster.devices_per_node):
+            taken[node] += replica.engine.gpu_memory_utilization * per_device
+    return taken
+
+
+def fit_problems(
+    plan: ServingPlan, architecture: Architectures = group_architecture, min_sequences: int = 4
+) -> list[str]:
     """Why the plan does not fit its devices (empty when it does): a replica whose KV cache holds
     fewer than `min_sequences` of its longest sequences, a KV budget past what its share leaves, or
-    shares that leave the OS too little."""
+    a box whose engines' shares (of every model) leave the OS too little, by how many GB."""
     problems = []
-    for memory, replica in zip(plan_memory(plan, arch), plan.replicas, strict=True):
+    for memory, replica in zip(plan_memory(plan, architecture), plan.replicas, strict=True):
         if memory.kv_gb < min_sequences * memory.longest_sequence_gb:
             problems.append(
                 f"{memory.name}: {memory.share_gb:.1f} GB share - {memory.weights_gb:.1f} GB weights - "
@@ -80,19 +113,27 @@ def fit_problems(plan: ServingPlan, arch: ModelArchitecture, min_sequences: int 
                 f"{memory.name}: kv_cache_memory_bytes {budget / 1e9:.1f} GB is more than its share leaves "
                 f"({memory.kv_gb:.1f} GB)"
             )
-    shares = sum(r.engine.gpu_memory_utilization for r in plan.replicas)
-    if not plan.cluster.is_cpu and shares > 1 - OS_HEADROOM + 1e-9:
-        problems.append(f"memory shares add up to {shares:.2f}: over {1 - OS_HEADROOM:.2f}, no room left for the OS")
+    if plan.cluster.is_cpu:
+        return problems
+    room = (1 - OS_HEADROOM) * plan.cluster.memory_per_node_gb
+    for node, taken in box_memory_gb(plan).items():
+        if taken > room + 1e-6:
+            problems.append(
+                f"node {node}: the engines' shares take {taken:.1f} GB, {taken - room:.1f} GB over the {room:.1f} GB "
+                f"its {plan.cluster.memory_per_node_gb:g} GB leave beside the OS ({OS_HEADROOM:.0%}); "
+                "lower their gpu_memory_utilization"
+            )
     return problems
 
 
-def with_kv_budgets(plan: ServingPlan, arch: ModelArchitecture) -> ServingPlan:
-    """The plan with each GPU replica's KV budget set from its share (CPU plans unchanged: vLLM's
-    CPU build takes its cache size from VLLM_CPU_KVCACHE_SPACE)."""
+def with_kv_budgets(plan: ServingPlan, architecture: Architectures = group_architecture) -> ServingPlan:
+    """The plan with each GPU replica's KV budget set from its share and its model's weights (CPU
+    plans unchanged: vLLM's CPU build takes its cache size from VLLM_CPU_KVCACHE_SPACE)."""
     if plan.cluster.is_cpu:
         return plan
-    replicas = [
-        r.model_copy(update={"engine": r.engine.model_copy(update={"kv_cache_memory_bytes": m.kv_cache_bytes})})
-        for r, m in zip(plan.replicas, plan_memory(plan, arch), strict=True)
-    ]
-    return plan.model_copy(update={"replicas": replicas})
+    budgets = {m.name: m.kv_cache_bytes for m in plan_memory(plan, architecture)}
+    return plan.with_each_replica(
+        lambda r: r.model_copy(
+            update={"engine": r.engine.model_copy(update={"kv_cache_memory_bytes": budgets[r.name]})}
+        )
+    )

@@ -35,6 +35,17 @@ def test_up_with_a_model_dir_that_does_not_exist_is_refused(tmp_path: Path) -> N
     assert "does not exist" in result.output
 
 
+def test_up_with_a_model_dir_swaps_the_model_of_a_one_model_plan_only(tmp_path: Path) -> None:
+    from deploy.cli import _load
+
+    plan = _load(shipped_plan("cpu-demo"), tmp_path, 9100)
+    assert [(g.source, g.name, g.aliases) for g in plan.models] == [(str(tmp_path), tmp_path.name, [])]
+    assert [r.name for r in plan.replicas] == ["interactive", "batch"] and plan.gateway.port == 9100
+    result = runner.invoke(app, ["up", "--plan", str(shipped_plan("cpu-two-models")), "--model", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert "--model works on a plan of one model; this one serves 2" in result.output
+
+
 def test_deploy_needs_a_cluster_address(monkeypatch) -> None:
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     plan = Path(__file__).parents[2] / "deploy" / "plans" / "cpu-demo.yaml"

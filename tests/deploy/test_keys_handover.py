@@ -68,7 +68,7 @@ def _post(base_url: str, key: str) -> httpx.Response:
 
 def test_the_deployed_gateway_accepts_the_plans_key_and_refuses_the_mask() -> None:
     plan = keyed_plan()
-    gateway_args = build_app(plan, "demo", "/tmp/tandem-logs")._bound_deployment.init_args
+    gateway_args = build_app(plan, {"tandem-demo": "demo"}, "/tmp/tandem-logs")._bound_deployment.init_args
     (config,) = cloudpickle.loads(cloudpickle.dumps(gateway_args[:1]))
     with (
         FakeUpstream(model="tandem-demo").running() as interactive,
@@ -110,7 +110,7 @@ def test_cli_port_and_model_options_keep_the_keys(tmp_path: Path) -> None:
     model_dir = tmp_path / "my-model"
     model_dir.mkdir()
     plan = _load(path, model_dir, 9123)
-    assert plan.gateway.port == 9123 and plan.model.name == "my-model"
+    assert plan.gateway.port == 9123 and plan.models[0].name == "my-model"
     keys = [k.key.get_secret_value() for k in plan.gateway.auth.keys]
     assert keys == [SECRET, ADMIN_SECRET]
 

@@ -94,18 +94,18 @@ def gateway_over_fake_engines(tmp_path: Path) -> Iterator[GatewayThread]:
     with contextlib.ExitStack() as stack:
         engines = {
             r.name: stack.enter_context(
-                FakeUpstream(model=plan.model.name, serving_metrics=True, token_delay_s=0.01).running()
+                FakeUpstream(model=plan.models[0].name, serving_metrics=True, token_delay_s=0.01).running()
             )
             for r in plan.replicas
         }
         config = GatewayConfig.model_validate(
             {
-                "model": plan.model.name,
+                "model": plan.models[0].name,
                 "replicas": [
                     {
                         "name": r.name,
                         "traffic_class": r.traffic_class,
-                        "model": plan.model.name,
+                        "model": plan.models[0].name,
                         "base_url": engines[r.name].base_url,
                     }
                     for r in plan.replicas

@@ -62,7 +62,7 @@ def test_keys_added_to_the_deployed_gateway_work_and_outlive_its_restart(serve_c
     engine = serve.deployment(stand_in_engine()).options(ray_actor_options={"num_cpus": 0})
     root = f"http://127.0.0.1:{plan.gateway.port}"
     env = {"TANDEM_URL": root, "TANDEM_ADMIN_KEY": PLAN_KEY, "COLUMNS": "240"}
-    body = {"model": plan.model.name, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    body = {"model": plan.models[0].name, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 
     def status(key: str) -> int:
         return httpx.post(
@@ -70,8 +70,8 @@ def test_keys_added_to_the_deployed_gateway_work_and_outlive_its_restart(serve_c
         ).status_code
 
     with (
-        FakeUpstream(model=plan.model.name).running() as first,
-        FakeUpstream(model=plan.model.name).running() as second,
+        FakeUpstream(model=plan.models[0].name).running() as first,
+        FakeUpstream(model=plan.models[0].name).running() as second,
     ):
         engines = {
             replica.name: engine.options(name=engine_deployment_name(replica)).bind(upstream.base_url)

@@ -27,23 +27,31 @@ def spark_data() -> dict:
 
 
 def test_shipped_plans_all_validate() -> None:
+    """Each model of a shipped plan has a replica per class, or one replica that takes both."""
     paths = sorted(SHIPPED_PLANS_DIR.glob("*.yaml"))
-    assert len(paths) == 8
+    assert len(paths) == 10
     for path in paths:
         plan = load_plan(path)
-        classes = sorted(r.traffic_class for r in plan.replicas)
-        assert classes == ["batch", "interactive"], path
+        for group in plan.models:
+            classes = sorted(r.traffic_class for r in group.replicas)
+            assert classes in (["batch", "interactive"], ["interactive"]), path
+    assert [len(load_plan(p).models) for p in paths].count(2) == 2  # cpu-two-models, two-models.dgx-spark-pair
 
 
 def test_spark_plans_run_tp2_interactive_and_pp2_batch_spread_over_both_boxes() -> None:
+    """Every replica of a Spark-pair plan holds a bundle on each box, the GPU shared between the
+    plan's replicas (half a GPU per worker for two replicas, a quarter for the two-model plan's three)."""
     for path in SHIPPED_PLANS_DIR.glob("*.dgx-spark-pair.yaml"):
         plan = load_plan(path)
-        interactive, batch = plan.replica_for("interactive"), plan.replica_for("batch")
+        first = plan.models[0]
+        interactive = next(r for r in first.replicas if r.traffic_class == "interactive")
+        batch = next(r for r in first.replicas if r.traffic_class == "batch")
         assert (interactive.tensor_parallel_size, interactive.pipeline_parallel_size) == (2, 1)
         assert (batch.tensor_parallel_size, batch.pipeline_parallel_size) == (1, 2)
+        share = 0.5 if len(plan.replicas) == 2 else 0.25
         for replica in plan.replicas:
             assert replica.placement.strategy == "STRICT_SPREAD"
-            assert bundles(replica, plan.cluster.accelerator) == [{"CPU": 2, "GPU": 0.5}] * 2
+            assert bundles(replica, plan.cluster.accelerator) == [{"CPU": 2, "GPU": share}] * 2
 
 
 def test_cpu_demo_plan_uses_real_tp2_and_pp2_without_eager_mode() -> None:
@@ -254,7 +262,7 @@ def test_relative_model_path_resolves_against_the_plan_folder(tmp_path: Path) ->
     data = demo_data()
     data["model"]["source"] = "./models/tiny"
     (tmp_path / "plan.yaml").write_text(yaml.safe_dump(data))
-    assert load_plan(tmp_path / "plan.yaml").model.source == str(tmp_path / "models" / "tiny")
+    assert load_plan(tmp_path / "plan.yaml").models[0].source == str(tmp_path / "models" / "tiny")
 
 
 def test_unreadable_plans_get_clear_errors(tmp_path: Path) -> None:
@@ -269,7 +277,7 @@ def test_unreadable_plans_get_clear_errors(tmp_path: Path) -> None:
 
 
 def test_plan_model_is_a_pydantic_contract() -> None:
-    assert ServingPlan.model_json_schema()["required"] == ["model", "replicas"]
+    assert ServingPlan.model_json_schema()["required"] == ["models"]
 
 
 def test_a_plan_without_routing_gets_thresholds_derived_from_its_replicas() -> None:
@@ -336,7 +344,9 @@ def test_the_shipped_co_resident_plans_carry_the_arbitration_the_study_chose() -
     engine the study's step budget where the choice is bounded."""
     results = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "arbitration-plans.json"
     chosen = json.loads(results.read_text())
-    spark = {p.stem for p in SHIPPED_PLANS_DIR.glob("*.yaml") if load_plan(p).cluster.name.startswith("dgx-spark")}
+    plans = {p.stem: load_plan(p) for p in SHIPPED_PLANS_DIR.glob("*.yaml")}
+    # The study sizes one model's traffic: the two-model plan takes gpt-oss-20b's choice.
+    spark = {n for n, plan in plans.items() if plan.cluster.name.startswith("dgx-spark") and len(plan.models) == 1}
     assert {r["plan"] for r in chosen} == spark
     for result in chosen:
         plan = load_plan(shipped_plan(result["plan"]))
@@ -350,3 +360,93 @@ def test_the_shipped_co_resident_plans_carry_the_arbitration_the_study_chose() -
             assert batch.engine.max_num_batched_tokens == result["batch_max_num_batched_tokens"], result["plan"]
     # The one-GPU plan has no perf-model profile: the freeze, from real engines on an H100 (docs/routing.md).
     assert load_plan(shipped_plan("one-gpu")).gateway.routing.arbitration.mode == "freeze"
+
+
+def test_a_version_4_plan_of_one_model_reads_as_one_model_group(caplog: pytest.LogCaptureFixture) -> None:
+    """Plan format 5 lists model groups; a version-4 plan's `model:` and `replicas:` become the one
+    group, with a note, and the plan is the one the short form of version 5 reads."""
+    data = demo_data() | {"version": 4}
+    with caplog.at_level("WARNING", logger="tandem.deploy.plan"):
+        plan = parse_plan(data, origin="v4.yaml")
+    assert "version 4 -> 5: `model:` and `replicas:` moved into `models:`" in caplog.text
+    assert plan == parse_plan(demo_data())
+    (group,) = plan.models
+    assert (group.name, group.aliases, [r.name for r in group.replicas]) == (
+        "tandem-demo",
+        ["demo"],
+        ["interactive", "batch"],
+    )
+    assert "model" in data and "replicas" in data  # the caller's data is left as it was
+
+
+def test_a_plan_is_written_with_models_and_reads_back(tmp_path: Path) -> None:
+    plan = parse_plan(demo_data())
+    path = dump_plan(plan, tmp_path / "plan.yaml")
+    written = yaml.safe_load(path.read_text())
+    assert "model" not in written and "replicas" not in written
+    assert [g["name"] for g in written["models"]] == ["tandem-demo"]
+    assert load_plan(path) == plan
+
+
+def two_models_data() -> dict:
+    return yaml.safe_load(shipped_plan("cpu-two-models").read_text())
+
+
+def test_a_plan_of_two_models_keeps_each_models_replicas() -> None:
+    plan = load_plan(shipped_plan("cpu-two-models"))
+    assert [(g.name, g.source, [r.name for r in g.replicas]) for g in plan.models] == [
+        ("tandem-demo", "demo", ["demo"]),
+        ("tandem-demo-small", "demo-small", ["small"]),
+    ]
+    assert [r.name for r in plan.replicas] == ["demo", "small"]  # every model's, in order
+    assert plan.group_of("small").name == "tandem-demo-small"
+    with pytest.raises(KeyError, match="no replica named 'nope'"):
+        plan.group_of("nope")
+    with pytest.raises(PlanError, match="tuning works on a plan of one model; this one serves 2"):
+        plan.only_model("tuning")
+    assert parse_plan(demo_data()).only_model("tuning").name == "tandem-demo"
+
+
+def test_replica_names_and_model_names_are_unique_across_models() -> None:
+    data = two_models_data()
+    data["models"][1]["replicas"][0]["name"] = "demo"
+    expect_error(data, "replica names must be unique across models", "['demo', 'demo']")
+    data = two_models_data()
+    data["models"][1]["aliases"] = ["demo"]
+    expect_error(data, "a model name or alias may name one model only: ['demo'] name several")
+    data = two_models_data()
+    data["models"] = []
+    expect_error(data, "models", "at least 1 item")
+    data = two_models_data()
+    data["models"][0]["replicas"] = []
+    expect_error(data, "models.0.replicas", "at least 1 item")
+
+
+def test_a_models_own_limits_are_read_per_class() -> None:
+    data = two_models_data()
+    data["models"][1]["limits"] = {"interactive": {"max_concurrency": 40}}
+    plan = parse_plan(data)
+    assert plan.models[1].limits["interactive"].max_concurrency == 40 and plan.models[0].limits == {}
+    data["models"][1]["limits"] = {"bulk": {"max_concurrency": 40}}
+    expect_error(data, "models.1.limits")
+
+
+def test_changing_replicas_goes_through_the_groups() -> None:
+    """`replicas` is every group's, read-only: a change is made to the groups, and reaches all of them."""
+    plan = load_plan(shipped_plan("cpu-two-models"))
+    longer = plan.with_each_replica(lambda r: r.model_copy(update={"env": {**r.env, "X": "1"}}))
+    assert [r.env["X"] for r in longer.replicas] == ["1", "1"]
+    assert "X" not in plan.replicas[0].env
+    one = parse_plan(demo_data())
+    only_batch = one.with_one_model("a test", replicas=[one.replicas[1]])
+    assert [r.name for r in only_batch.replicas] == ["batch"]
+    with pytest.raises(PlanError):
+        plan.with_one_model("a test", replicas=[])
+
+
+def test_routing_is_derived_from_the_first_model_with_both_classes() -> None:
+    two = load_plan(shipped_plan("two-models.dgx-spark-pair"))
+    alone = load_plan(shipped_plan("gpt-oss-20b.dgx-spark-pair"))
+    assert two.gateway.routing.spill == alone.gateway.routing.spill
+    assert two.gateway.routing.limits == alone.gateway.routing.limits
+    assert load_plan(shipped_plan("cpu-two-models")).gateway.routing == RoutingSettings()  # no model has both

@@ -164,3 +164,14 @@ def test_deploy_refuses_missing_weights_and_pull_fetches_them_on_each_node(
     assert pulled.exit_code == 0, pulled.output
     assert "127.0.0.1:" in pulled.output and str(home) in pulled.output  # the node's own cache
     assert check_on_cluster(REPO) == {}
+
+
+def test_every_hub_model_of_a_plan_is_pulled_once() -> None:
+    from deploy.plan import load_plan
+    from deploy.weights import hub_ids
+
+    assert hub_ids(load_plan(shipped_plan("two-models.dgx-spark-pair"))) == [
+        "openai/gpt-oss-20b",
+        "meta-llama/Llama-3.1-8B-Instruct",
+    ]
+    assert hub_ids(load_plan(shipped_plan("cpu-two-models"))) == []  # demo models are made, not pulled

@@ -125,7 +125,7 @@ def test_cli_json_and_plan_file(tmp_path: Path) -> None:
     data = json.loads(result.stdout)
     assert data["model"] == "gpt-oss-20b" and data["cluster"] == "dgx-spark-pair"
     assert Path(data["plan_path"]) == tmp_path / "gpt-oss-20b.dgx-spark-pair.yaml"
-    assert load_plan(data["plan_path"]).model.source == "openai/gpt-oss-20b"
+    assert load_plan(data["plan_path"]).models[0].source == "openai/gpt-oss-20b"
 
 
 # ---- bad input ----------------------------------------------------------------------------------------

@@ -126,14 +126,15 @@ def baseline_candidate(
 def single_replica_plan(template: ServingPlan, replica: Replica, port: int) -> ServingPlan:
     """A plan serving only `replica` (a live trial measures one class at a time)."""
     gateway = template.gateway.model_copy(update={"host": "127.0.0.1", "port": port})
-    return template.model_copy(update={"replicas": [replica], "gateway": gateway})
+    return template.with_one_model("a live trial", replicas=[replica]).model_copy(update={"gateway": gateway})
 
 
 def compose_plan(template: ServingPlan, replicas: list[Replica], routing: RoutingSettings) -> ServingPlan:
     """The tuned plan: the template with its replicas and routing replaced, validated as any plan is.
     Python-mode dumps: a JSON dump would turn the template's API keys into their mask."""
+    template.only_model("tuning")
     data = template.model_dump()
-    data["replicas"] = [r.model_dump() for r in replicas]
+    data["models"][0]["replicas"] = [r.model_dump() for r in replicas]
     data["gateway"]["routing"] = routing.model_dump()
     return ServingPlan.model_validate(data)
 

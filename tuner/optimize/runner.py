@@ -277,7 +277,7 @@ def optimize(request: OptimizeRequest, reporter: Reporter | None = None) -> Opti
     )
     notes.extend(arbitration_notes)
     # Each GPU replica's KV budget from its share: co-resident engines then start without profiling memory.
-    plan = with_kv_budgets(plan, model.architecture)
+    plan = with_kv_budgets(plan, lambda _group: model.architecture)
     plan_path = request.out / f"{model.key}.{target.name}.yaml"
     dump_plan(plan, plan_path, header=_plan_header(request, model, target))
     result = OptimizeResult(
@@ -374,7 +374,7 @@ def _arbitration_judge(
         live = stack.enter_context(
             LiveJudge(
                 request.arbitration_live_url,
-                plan.model.name,
+                plan.only_model("the live arbitration study").name,
                 loads,
                 duration_s=request.arbitration_live_duration_s,
                 seed=request.seed,
@@ -433,12 +433,15 @@ def _tune_arbitration(
             request.seed,
             callbacks=[lambda s, t: reporter.trial(label, t)],
         )
-    replicas = [
-        r.model_copy(update={"engine": r.engine.model_copy(update={"max_num_batched_tokens": chosen.batch_tokens})})
-        if r.traffic_class == "batch" and chosen.batch_tokens is not None
-        else r
-        for r in plan.replicas
-    ]
+    if chosen.batch_tokens is not None:
+        tokens = chosen.batch_tokens
+        plan = plan.with_each_replica(
+            lambda r: (
+                r.model_copy(update={"engine": r.engine.model_copy(update={"max_num_batched_tokens": tokens})})
+                if r.traffic_class == "batch"
+                else r
+            )
+        )
     # Only the arbitration's own settings: a live study's points are built on the running gateway's routing.
     routing = with_arbitration(plan.gateway.routing, chosen.routing)
     gateway = plan.gateway.model_copy(update={"routing": routing})
@@ -462,7 +465,7 @@ def _tune_arbitration(
             f"{outcome.tpot_p50:.2f}x alone, batch {outcome.batch_vs_floor:.2f}x its floor ({judge.kind}): "
             "not every target of issue 23 is met"
         )
-    return plan.model_copy(update={"replicas": replicas, "gateway": gateway}), info, notes
+    return plan.model_copy(update={"gateway": gateway}), info, notes
 
 
 def _thresholds(routing: RoutingSettings) -> dict[str, object]:

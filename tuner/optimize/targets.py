@@ -52,7 +52,11 @@ class ModelChoice:
 def resolve_model_choice(name: str) -> ModelChoice:
     """An alias (`llama-3.1-8b`), its hub id, `demo`, or a local HF-format model directory."""
     if name == DEMO_MODEL:
-        return ModelChoice(key=DEMO_MODEL, spec=load_plan(shipped_plan("cpu-demo")).model, source=DEMO_SOURCE)
+        return ModelChoice(
+            key=DEMO_MODEL,
+            spec=load_plan(shipped_plan("cpu-demo")).only_model("the demo model").spec,
+            source=DEMO_SOURCE,
+        )
     path = Path(name).expanduser()
     if path.is_dir():
         resolve_model(str(path))  # fails clearly without a config.json
@@ -64,7 +68,11 @@ def resolve_model_choice(name: str) -> ModelChoice:
         raise TargetError(f"{exc}; or '{DEMO_MODEL}' for the local demo model") from None
     alias = architecture.name
     shipped = shipped_plan(f"{alias}.{SPARK_PAIR}")
-    spec = load_plan(shipped).model if shipped.is_file() else ModelSpec(source=architecture.hub_id or alias, name=alias)
+    spec = (
+        load_plan(shipped).only_model(f"the {alias} model").spec
+        if shipped.is_file()
+        else ModelSpec(source=architecture.hub_id or alias, name=alias)
+    )
     return ModelChoice(key=alias, spec=spec, source=alias)
 
 
@@ -99,7 +107,8 @@ class ClusterTarget(BaseModel):
         return self
 
     def template_plan(self, model: ModelChoice) -> ServingPlan:
-        """The plan the tuned one keeps the structure of, serving `model` on this cluster."""
+        """The plan the tuned one keeps the structure of, serving `model` on this cluster (a
+        template of one model: tuning picks one model's replicas)."""
         if self.template is not None:
             path = self.template
         elif self.cluster.is_cpu:
@@ -108,7 +117,7 @@ class ClusterTarget(BaseModel):
             own = shipped_plan(f"{model.key}.{SPARK_PAIR}")
             path = own if own.is_file() else shipped_plan(_FALLBACK_SPARK_TEMPLATE)
         plan = load_plan(path)
-        return plan.model_copy(update={"model": model.spec, "cluster": self.cluster})
+        return plan.with_one_model("tuning", spec=model.spec).model_copy(update={"cluster": self.cluster})
 
     def resolved_memory_budget(self, template: ServingPlan) -> float | None:
         """What the replicas may split on each device; None on CPU clusters (no device memory share)."""

@@ -98,8 +98,9 @@ def batch_capacity_req_s(plan: ServingPlan, replicas: tuple[SimReplica, ...], ha
     """Requests/s the perf model predicts the batch replica sustains alone at its full batch."""
     batch = next(r for r in replicas if r.traffic_class == "batch")
     shape = get_workload("prefill-heavy")
+    served = plan.only_model("the simulated scenarios")
     model = build_replica(
-        resolve_model(plan.model.source),
+        resolve_model(served.source),
         load_hardware(hardware),
         batch.layout,
         shape,
@@ -108,7 +109,7 @@ def batch_capacity_req_s(plan: ServingPlan, replicas: tuple[SimReplica, ...], ha
     )
     prediction = predict_replica(model, shape, model.max_running)
     if prediction.request_s is None:
-        raise ValueError(f"{plan.model.name}: the batch replica does not fit on {hardware}")
+        raise ValueError(f"{served.name}: the batch replica does not fit on {hardware}")
     return prediction.request_s
 
 
@@ -129,7 +130,7 @@ def simulated_scenarios(
         burst_size=batch_slots or 64, burst_start_s=duration_s / 3, burst_every_s=duration_s, shape=stream.shape
     )
     common = dict(
-        model=resolve_model(plan.model.source).name,
+        model=resolve_model(plan.only_model("the simulated scenarios").source).name,
         hardware=hardware,
         replicas=replicas,
         co_resident=co_resident,
