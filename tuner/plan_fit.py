@@ -74,6 +74,16 @@ def replica_memory(replica: Replica, arch: ModelArchitecture, memory_per_device_
     )
 
 
+def fitting_share(
+    replica: Replica, arch: ModelArchitecture, memory_per_device_gb: float, min_sequences: int = 4
+) -> float:
+    """The smallest memory share (of a device) that `fit_problems` accepts for this replica: its
+    weights, the runtime reserve and a KV cache of `min_sequences` of its longest sequences."""
+    memory = replica_memory(replica, arch, memory_per_device_gb)
+    need = memory.weights_gb + memory.reserve_gb + min_sequences * memory.longest_sequence_gb
+    return need / memory_per_device_gb
+
+
 def plan_memory(plan: ServingPlan, architecture: Architectures = group_architecture) -> list[ReplicaMemory]:
     """Every replica's footprint per device (in `plan.replicas`' order), each with its own model's
     architecture; a device is `memory_per_node_gb / devices_per_node`."""

@@ -13,6 +13,7 @@ from typing import Annotated
 import optuna
 import typer
 from optuna.trial import FrozenTrial, TrialState
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -20,8 +21,9 @@ from rich.table import Table
 from deploy.plan import PlanError
 from tuner.optimize.compose import INFEASIBLE, NoFeasibleTrial
 from tuner.optimize.objectives import parse_slo
-from tuner.optimize.request import DEFAULT_STORAGE, OptimizeRequest, OptimizeResult
+from tuner.optimize.request import DEFAULT_STORAGE, OptimizeRequest, OptimizeResult, SplitRequest, SplitResult
 from tuner.optimize.runner import Reporter, optimize
+from tuner.optimize.split import optimize_split
 from tuner.optimize.targets import BUILT_IN_TARGETS, TargetError
 from tuner.workloads import WORKLOADS
 
@@ -89,10 +91,50 @@ def _table(result: OptimizeResult) -> Table:
     return table
 
 
+def _shares(text: str | None) -> dict[str, float]:
+    """`a=0.7,b=0.3` -> {'a': 0.7, 'b': 0.3}; anything else is bad input."""
+    shares: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in (text or "").split(","))):
+        name, _, number = part.rpartition("=")
+        try:
+            value: float | None = float(number)
+        except ValueError:
+            value = None
+        if not name.strip() or value is None:
+            raise typer.BadParameter(f"bad share {part!r}: expected MODEL=FRACTION", param_hint="--share")
+        shares[name.strip()] = value
+    return shares
+
+
+def _split_request(
+    models: list[str], memory_per_box: float | None, share: str | None, base: OptimizeRequest
+) -> SplitRequest:
+    try:
+        return SplitRequest(models=models, memory_per_box_gb=memory_per_box, traffic_shares=_shares(share), base=base)
+    except ValidationError as exc:
+        raise typer.BadParameter("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())) from None
+
+
+def _split_table(result: SplitResult) -> Table:
+    title = (
+        f"tuner optimize: {' + '.join(result.models)} on {result.cluster}, {result.memory_per_box_gb:.1f} GB per box"
+    )
+    table = Table(title=title)
+    for column in ("assignment", "GB per box", "score", "verdict"):
+        table.add_column(column, justify="right" if column in ("GB per box", "score") else "left")
+    for a in result.alternatives:
+        table.add_row(a.label(), f"{a.gb_per_box:.1f}", "-" if a.score is None else f"{a.score:.3f}", a.verdict)
+    return table
+
+
 @optimize_app.callback(invoke_without_command=True)
 def optimize_command(
     model: Annotated[
-        str, typer.Option(help="Model alias (llama-3.1-8b, gpt-oss-20b, ...), hub id, local HF dir, or 'demo'.")
+        list[str],
+        typer.Option(
+            help="Model alias (llama-3.1-8b, gpt-oss-20b, ...), hub id, local HF dir, or 'demo'. Repeat it to "
+            "split the cluster between several models (one plan serving them all)."
+        ),
     ],
     cluster: Annotated[
         str, typer.Option(help=f"{' | '.join(BUILT_IN_TARGETS)} | a cluster-target YAML file.")
@@ -159,14 +201,32 @@ def optimize_command(
         str | None, typer.Option(help="Live: join this Ray cluster instead of starting a local one.")
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
+    memory_per_box: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            help="Several models: GB each box gives every engine of every model; default: the template's share.",
+        ),
+    ] = None,
+    share: Annotated[
+        str | None, typer.Option(help="Several models: traffic share per model, e.g. gpt-oss-20b=0.7,llama-3.1-8b=0.3.")
+    ] = None,
 ) -> None:
-    """Find the best layout and engine settings per traffic class; write plans/<model>.<cluster>.yaml."""
+    """Find the best layout and engine settings per traffic class; write plans/<model>.<cluster>.yaml.
+    With several --model: split the cluster between them; write plans/<model>+<model>.<cluster>.yaml."""
     if evaluate not in ("model", "live"):
         raise typer.BadParameter("choose model or live", param_hint="--evaluate")
     if workload not in WORKLOADS:
         raise typer.BadParameter(f"choose one of {', '.join(WORKLOADS)}", param_hint="--workload")
+    if len(model) == 1 and (memory_per_box is not None or share is not None):
+        raise typer.BadParameter("--memory-per-box and --share split several models: give --model twice or more")
+    if len(model) > 1 and evaluate == "live":
+        raise typer.BadParameter(
+            "several models are split with the performance model: tune each alone with --evaluate live",
+            param_hint="--evaluate",
+        )
     request = OptimizeRequest(
-        model=model,
+        model=model[0],
         cluster=cluster,
         hardware=hardware,
         build=build,
@@ -191,6 +251,7 @@ def optimize_command(
         trial_timeout_s=trial_timeout,
         ray_address=ray_address,
     )
+    split = _split_request(model, memory_per_box, share, request) if len(model) > 1 else None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     progress = Progress(
         TextColumn("{task.description}"),
@@ -202,7 +263,11 @@ def optimize_command(
     )
     try:
         with progress:
-            result = optimize(request, ProgressReporter(progress))
+            result: OptimizeResult | SplitResult = (
+                optimize(request, ProgressReporter(progress))
+                if split is None
+                else optimize_split(split, ProgressReporter(progress))
+            )
     except (TargetError, PlanError) as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
@@ -213,7 +278,7 @@ def optimize_command(
         # Flushed now: after a live run, Ray's leftover threads can end the interpreter abruptly.
         print(result.model_dump_json(indent=2), flush=True)
         return
-    Console().print(_table(result))
+    Console().print(_table(result) if isinstance(result, OptimizeResult) else _split_table(result))
     for note in result.notes:
         console.print(f"note: {note}")
     console.print(f"plan: {result.plan_path}\nreport: {result.report_path}")

@@ -13,7 +13,7 @@ from gateway.contract.config import BatchYieldSettings, SpillRules
 if TYPE_CHECKING:
     from gateway.contract.config import TrafficClass
     from tuner.optimize.evaluators import ModelEvaluator
-    from tuner.optimize.request import OptimizeRequest, OptimizeResult
+    from tuner.optimize.request import OptimizeRequest, OptimizeResult, SplitResult
     from tuner.optimize.space import SearchSpace
 
 CONCURRENCY_AXIS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -162,4 +162,74 @@ def write_report(
     )
     path = request.out / f"{stem}.md"
     path.write_text(markdown(result, png.name))
+    return path
+
+
+SCORING = (
+    "Per model, weighted by its traffic share: half the batch figure plus half the chat figure. Batch: the "
+    "predicted output tok/s of what serves the model's batch class (its batch replica, or its single replica) at "
+    "the batch concurrency, over the fastest batch point its study found. Chat: its interactive replica's TPOT p50 "
+    "serving chat alone, over its TPOT here (1.0 for a pair; a single replica decodes chat in the steps its batch "
+    "work fills: TPOT at chat + batch concurrency). Memory: every engine counts on every box it may share, at its "
+    "share of the box (weights + runtime reserve + KV cache, tuner/plan_fit.py)."
+)
+
+
+def split_markdown(result: SplitResult) -> str:
+    """The report of a run over several models: the split, how it was scored, every alternative."""
+    chosen = result.chosen
+    lines = [
+        f"# tuner optimize: {' + '.join(result.models)} on {result.cluster}",
+        "",
+        f"Memory budget **{result.memory_per_box_gb:.1f} GB per box** for every engine of every model. Evaluator: "
+        f"**model**, workload `{result.workload}`, studies in `{result.storage}`. Plan: `{result.plan_path}`.",
+        "",
+        f"## The split: {chosen.label()}",
+        "",
+        f"Score {chosen.score:.3f} of 1, {chosen.gb_per_box:.1f} GB per box.",
+        "",
+        "| model | role | traffic share | replicas | GB per box | batch tok/s (x best) | chat TPOT ms (x alone) | score |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for m in chosen.models:
+        replicas = "<br>".join(
+            f"{name}: {settings} (trial {m.trials[name]}"
+            + (
+                f", at share {m.share_from[name]:.2f} there; here the fit check's minimum"
+                if name in m.share_from
+                else ""
+            )
+            + ")"
+            for name, settings in m.replicas.items()
+        )
+        lines.append(
+            f"| {m.model} | {m.role} | {m.traffic_share:.2f} | {replicas} | {m.gb_per_box:.1f} | "
+            f"{m.batch_tok_s:,.0f} (x{m.batch_ratio:.2f}) | {m.chat_tpot_ms:.1f} (x{m.chat_ratio:.2f}) | {m.score:.3f} |"
+        )
+    lines += ["", "## How the split is scored", "", SCORING, "", "## Every assignment", ""]
+    lines += ["| assignment | fits | GB per box | score | verdict |", "|---|---|---|---|---|"]
+    for a in result.alternatives:
+        score = "-" if a.score is None else f"{a.score:.3f}"
+        lines.append(f"| {a.label()} | {'yes' if a.fits else 'no'} | {a.gb_per_box:.1f} | {score} | {a.verdict} |")
+    lines += ["", "## Class studies", ""]
+    lines += [
+        "| model | class | objective | trials (infeasible) | chosen trial | TTFT p90 ms | TPOT p50 ms | output tok/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for model, classes in result.classes.items():
+        for name, summary in classes.items():
+            figures = summary.chosen.measured
+            lines.append(
+                f"| {model} | {name} | {summary.objective} | {summary.trials} ({summary.infeasible}) | "
+                f"{summary.chosen.trial}: {summary.chosen.settings} | {_fmt(figures.ttft_p90_ms)} | "
+                f"{_fmt(figures.tpot_p50_ms)} | {_fmt(figures.output_tok_s)} |"
+            )
+    if result.notes:
+        lines += ["", "## Notes", ""] + [f"- {note}" for note in result.notes]
+    return "\n".join(lines) + "\n"
+
+
+def write_split_report(result: SplitResult, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(split_markdown(result))
     return path

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tuner.optimize.objectives import Measurement, Metric
 
@@ -93,4 +93,99 @@ class OptimizeResult(BaseModel):
     report_path: Path | None = None
     classes: dict[str, ClassSummary]
     routing: dict[str, object]
+    notes: list[str] = Field(default_factory=list)
+
+
+# ---- several models (tuner.optimize.split) ------------------------------------------------------------
+
+Role = Literal["pair", "single"]
+"""A model's part of a split: an interactive and a batch replica, or one replica serving both classes."""
+
+
+class SplitRequest(BaseModel):
+    """`tuner optimize` with several `--model`s: the models, the budget, the traffic shares; `base`
+    holds every other flag (its `model` is replaced by each model in turn)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    models: list[str] = Field(min_length=2)
+    memory_per_box_gb: float | None = Field(
+        None, gt=0, description="Memory every engine of every model may take on each box; default: the template's."
+    )
+    traffic_shares: dict[str, float] = Field(
+        default_factory=dict, description="Share of the traffic per model (as named in `models`); default: equal."
+    )
+    base: OptimizeRequest
+
+    @model_validator(mode="after")
+    def _names_and_shares(self) -> SplitRequest:
+        if len(set(self.models)) != len(self.models):
+            raise ValueError(f"each model once: got {self.models}")
+        if self.base.evaluate != "model":
+            raise ValueError(
+                "several models are split with --evaluate model only (a live study per model would deploy each "
+                "in turn; tune them one at a time with --evaluate live)"
+            )
+        unknown = set(self.traffic_shares) - set(self.models)
+        if unknown:
+            raise ValueError(f"traffic shares name {sorted(unknown)}, not among the models {self.models}")
+        if self.traffic_shares and set(self.traffic_shares) != set(self.models):
+            missing = sorted(set(self.models) - set(self.traffic_shares))
+            raise ValueError(f"give a traffic share for every model or none: missing {missing}")
+        if any(v <= 0 for v in self.traffic_shares.values()):
+            raise ValueError("traffic shares must be positive")
+        return self
+
+    def share_of(self, model: str) -> float:
+        """The model's traffic share, normalised over the models."""
+        if not self.traffic_shares:
+            return 1 / len(self.models)
+        return self.traffic_shares[model] / sum(self.traffic_shares.values())
+
+
+class ModelScore(BaseModel):
+    """One model's part of an assignment, with the figures its score comes from."""
+
+    model: str
+    role: Role
+    traffic_share: float
+    replicas: dict[str, str] = Field(description="Replica name -> its settings.")
+    trials: dict[str, int] = Field(description="Replica name -> the study trial its settings come from.")
+    share_from: dict[str, float] = Field(
+        default_factory=dict,
+        description="Replica name -> its trial's share, where the plan gives it the fit check's minimum instead.",
+    )
+    gb_per_box: float
+    batch_tok_s: float = Field(description="Predicted output tok/s of what serves the batch class.")
+    batch_ratio: float = Field(description="batch_tok_s over the fastest point of the model's batch frontier.")
+    chat_tpot_ms: float = Field(description="Predicted TPOT p50 of chat in this assignment.")
+    chat_ratio: float = Field(description="Chat TPOT alone over chat_tpot_ms (1.0: as alone).")
+    score: float = Field(description="traffic_share x (batch_ratio + chat_ratio) / 2.")
+
+
+class Alternative(BaseModel):
+    """One assignment of roles, priced, and its verdict."""
+
+    roles: dict[str, Role]
+    fits: bool
+    gb_per_box: float = Field(description="What it takes on each box; where it does not fit, the least it needs.")
+    score: float | None = None
+    models: list[ModelScore] = Field(default_factory=list)
+    verdict: str = ""
+
+    def label(self) -> str:
+        return ", ".join(f"{model} {role}" for model, role in self.roles.items())
+
+
+class SplitResult(BaseModel):
+    models: list[str]
+    cluster: str
+    workload: str
+    storage: str
+    memory_per_box_gb: float
+    plan_path: Path
+    report_path: Path | None = None
+    chosen: Alternative
+    alternatives: list[Alternative] = Field(description="Every assignment, the chosen one included, best first.")
+    classes: dict[str, dict[str, ClassSummary]] = Field(description="Per model, its class studies.")
     notes: list[str] = Field(default_factory=list)

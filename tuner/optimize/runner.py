@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import statistics
 from contextlib import ExitStack
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -148,7 +149,7 @@ def _model_error(trials: list[FrozenTrial]) -> dict[str, float]:
     return {metric: statistics.median(m.value(metric) / p.value(metric) for m, p in pairs) for metric in ERROR_METRICS}
 
 
-def _summary(cs: ClassStudy, chosen: FrozenTrial, ran_now: int) -> ClassSummary:
+def class_summary(cs: ClassStudy, chosen: FrozenTrial, ran_now: int) -> ClassSummary:
     study, objective, space = cs.study, cs.objective, cs.space
     trials = study.get_trials(deepcopy=False)
     base = baseline_trial(study)
@@ -178,13 +179,29 @@ def _summary(cs: ClassStudy, chosen: FrozenTrial, ran_now: int) -> ClassSummary:
     )
 
 
-def optimize(request: OptimizeRequest, reporter: Reporter | None = None) -> OptimizeResult:
-    """Tune one model on one cluster; see the module docstring for the steps."""
-    reporter = reporter or Reporter()
+@dataclass
+class ModelStudies:
+    """One model's finished class studies and what they were run with: what the plan is composed from."""
+
+    model: ModelChoice
+    template: ServingPlan
+    predictor: ModelEvaluator | None
+    spaces: dict[TrafficClass, SearchSpace]
+    objectives: dict[TrafficClass, ClassObjective]
+    studies: dict[TrafficClass, ClassStudy]
+    ran: dict[TrafficClass, int]
+    notes: list[str]
+
+
+def run_class_studies(
+    request: OptimizeRequest,
+    target: ClusterTarget,
+    reporter: Reporter,
+    label: str = "",
+) -> ModelStudies:
+    """Steps 1 and 2 for `request.model`: resolve it, build the spaces, run both class studies.
+    `label` goes before each phase's name in the progress display."""
     model = resolve_model_choice(request.model)
-    if request.storage.startswith("sqlite:///"):
-        Path(request.storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    target = resolve_target(request.cluster)
     template = target.template_plan(model)
     shape = get_workload(request.workload)
     hardware_name = request.hardware or target.hardware
@@ -249,10 +266,27 @@ def optimize(request: OptimizeRequest, reporter: Reporter | None = None) -> Opti
                 ),
                 warm,
             )
-            label = f"{traffic_class} ({request.evaluate})"
-            reporter.phase(label, request.trials)
-            ran[traffic_class] = cs.run(request.trials, callbacks=[partial(_report_trial, reporter, label)])
+            phase = f"{label}{traffic_class} ({request.evaluate})"
+            reporter.phase(phase, request.trials)
+            ran[traffic_class] = cs.run(request.trials, callbacks=[partial(_report_trial, reporter, phase)])
             studies[traffic_class] = cs
+    return ModelStudies(model, template, predictor, spaces, objectives, studies, ran, notes)
+
+
+def storage_folder(storage: str) -> None:
+    """Make the folder of a SQLite storage file, so a fresh path works."""
+    if storage.startswith("sqlite:///"):
+        Path(storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+
+
+def optimize(request: OptimizeRequest, reporter: Reporter | None = None) -> OptimizeResult:
+    """Tune one model on one cluster; see the module docstring for the steps."""
+    reporter = reporter or Reporter()
+    storage_folder(request.storage)
+    target = resolve_target(request.cluster)
+    run = run_class_studies(request, target, reporter)
+    model, template, predictor = run.model, run.template, run.predictor
+    spaces, objectives, studies, ran, notes = run.spaces, run.objectives, run.studies, run.ran, run.notes
 
     interactive_trial = pick_interactive(studies["interactive"].study, objectives["interactive"], spaces["interactive"])
     interactive_point = spaces["interactive"].from_params(interactive_trial.params)
@@ -288,8 +322,8 @@ def optimize(request: OptimizeRequest, reporter: Reporter | None = None) -> Opti
         storage=request.storage,
         plan_path=plan_path,
         classes={
-            "interactive": _summary(studies["interactive"], interactive_trial, ran["interactive"]),
-            "batch": _summary(studies["batch"], batch_trial, ran["batch"]),
+            "interactive": class_summary(studies["interactive"], interactive_trial, ran["interactive"]),
+            "batch": class_summary(studies["batch"], batch_trial, ran["batch"]),
         },
         routing=routing_info,
         notes=notes,
