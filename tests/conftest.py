@@ -75,8 +75,10 @@ def two_node_stack(stacks: Stacks) -> CpuStack:
 
 
 def _stack_order(item: pytest.Item) -> int:
-    """0: no real stack; 1: the default stack; 2: the two-node stack."""
+    """0: no real stack; 1: the default stack; 2: the two-node stack; 3: the two-model stack."""
     names = set(getattr(item, "fixturenames", ()))
+    if "two_models" in names:
+        return 3
     callspec = getattr(item, "callspec", None)
     param = callspec.params.get("endpoint") if callspec is not None else None
     if "two_node_stack" in names or param == "stack-two-nodes":
