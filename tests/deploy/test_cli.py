@@ -12,6 +12,8 @@ from typer.testing import CliRunner
 from deploy.cli import app
 from deploy.plan import load_plan, shipped_plan
 from deploy.plan_version import PLAN_VERSION
+from gateway.batches.store import SCHEMA_VERSION as BATCH_SCHEMA
+from gateway.state_store import SCHEMA_VERSION as STORE_SCHEMA
 
 sys.path.insert(0, str(Path(__file__).parents[1]))  # tests/fake_upstream.py
 sys.path.insert(0, str(Path(__file__).parents[1] / "gateway"))  # tests/gateway/gateway_support.py
@@ -96,7 +98,10 @@ def test_version_names_the_release_and_the_formats() -> None:
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0
     assert result.stdout.startswith("tandem ") and f"plan format {PLAN_VERSION}" in result.stdout
-    assert "gateway store schema 1" in result.stdout and "batch store schema 1" in result.stdout
+    assert (
+        f"gateway store schema {STORE_SCHEMA}" in result.stdout
+        and f"batch store schema {BATCH_SCHEMA}" in result.stdout
+    )
 
 
 def test_plan_validate_shows_what_each_box_holds() -> None:
