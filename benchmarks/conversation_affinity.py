@@ -36,6 +36,8 @@ import json
 import os
 import platform
 import random
+import signal
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -180,15 +182,18 @@ def summary(
 
 
 async def measure(root: str, model: str, policies: list[str], conversations: int, turns: int, concurrency: int) -> dict[str, Any]:  # fmt: skip
-    """Every policy in turn on the gateway at `root`, after one warm-up conversation per replica."""
+    """Every policy in turn on the gateway at `root`, after a warm-up: two whole conversations per
+    replica, sent round-robin, so every engine has run prompts of each turn's length before the
+    first policy is timed (in the first run here, with one short turn per engine as warm-up, the
+    first policy measured took twice the others' wall time)."""
     results: dict[str, Any] = {}
     async with (
         httpx.AsyncClient(timeout=30.0) as http,
         AsyncOpenAI(base_url=f"{root}/v1", api_key="none", timeout=REQUEST_TIMEOUT_S, max_retries=0) as client,
     ):
         replicas = (await http.get(f"{root}/ready")).json()["replicas"]
-        (await http.patch(f"{root}/admin/routing", json={"policy": "least-busy"})).raise_for_status()
-        await run_conversations(client, model, 999, len(replicas), 1, len(replicas))  # warm-up: both engines
+        (await http.patch(f"{root}/admin/routing", json={"policy": "round-robin"})).raise_for_status()
+        await run_conversations(client, model, 999, 2 * len(replicas), turns, len(replicas))
         for place, policy in enumerate(policies):
             (await http.patch(f"{root}/admin/routing", json={"policy": policy})).raise_for_status()
             before = await cache_counters(http, root, replicas)
@@ -251,6 +256,8 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    # A SIGTERM (`timeout`, a supervisor) unwinds like Ctrl-C, so a started stack is still stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     with gateway_root(args.url, args.plan) as (root, model):
         if model is None:
             model = httpx.get(f"{root}/v1/models", timeout=30).json()["data"][0]["id"]
