@@ -104,6 +104,13 @@ class PolicySpec(Generic[S]):
     reads_conversation: bool = False
 
 
+def least_loaded(replicas: Sequence[ReplicaLoad]) -> ReplicaLoad | None:
+    """The replica with the most free slots, then the fewest requests in flight (the first of
+    equals, so a plan with one replica per class always gets the same one); None for none."""
+    return min(replicas, key=lambda r: (-r.free_slots, r.in_flight), default=None)
+
+
 def of_class(replicas: Sequence[ReplicaLoad], traffic_class: TrafficClass) -> ReplicaLoad | None:
-    """The first replica serving `traffic_class`, if any is among `replicas`."""
-    return next((r for r in replicas if r.traffic_class == traffic_class), None)
+    """The least loaded replica serving `traffic_class`, if any is among `replicas`: a model with
+    several replicas of a class spreads that class's work over them."""
+    return least_loaded([r for r in replicas if r.traffic_class == traffic_class])

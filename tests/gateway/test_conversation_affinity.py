@@ -23,7 +23,7 @@ TURN = RequestFeatures("chat", stream=True, max_tokens=256, prefix_hash=1)
 
 
 def loads(tp2_running: int = 0, pp_running: int = 0) -> list[ReplicaLoad]:
-    """Two interactive replicas (class-aware always picks the first, "tp") and a batch one."""
+    """Two interactive replicas (class-aware picks the less loaded, "tp" of equals) and a batch one."""
     return [
         ReplicaLoad("tp", "interactive", max_num_seqs=8),
         ReplicaLoad("tp2", "interactive", running=tp2_running, max_num_seqs=8),
@@ -44,6 +44,14 @@ def test_a_follow_up_goes_back_to_the_replica_of_its_previous_turn() -> None:
         pick(replace(TURN, previous_replica="tp2"), loads(), AFFINITY.model_copy(update={"policy": "class-aware"}))
         == "tp"
     )
+
+
+def test_class_aware_spreads_a_class_and_affinity_keeps_a_conversation_on_its_cache() -> None:
+    busier_tp = [replace(loads()[0], running=3), *loads()[1:]]
+    class_aware = AFFINITY.model_copy(update={"policy": "class-aware"})
+    assert pick(TURN, busier_tp, class_aware) == "tp2"  # the class's least loaded replica
+    assert pick(replace(TURN, previous_replica="tp"), busier_tp, class_aware) == "tp2"  # off its cache
+    assert pick(replace(TURN, previous_replica="tp"), busier_tp) == "tp"  # affinity: where its prefix is
 
 
 def test_a_full_previous_replica_is_not_followed() -> None:

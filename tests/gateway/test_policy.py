@@ -216,6 +216,18 @@ def test_unhealthy_replica_is_routed_around_and_none_left_is_503() -> None:
     assert isinstance(decision, Reject) and decision.status == 503
 
 
+def test_a_model_with_one_class_spreads_every_request_over_its_replicas() -> None:
+    """A model group of interactive replicas only (a coder model beside a chat model): class-aware
+    sends either class to the least loaded of them, not always to the first."""
+    two = [
+        ReplicaLoad("a", "interactive", in_flight=2, max_num_seqs=8),
+        ReplicaLoad("b", "interactive", in_flight=1, max_num_seqs=8),
+    ]
+    for traffic_class in ("interactive", "batch"):
+        decision, _ = route(CHAT, traffic_class, two, SETTINGS, PolicyState())
+        assert isinstance(decision, Route) and decision.replica == "b"
+
+
 def _policy(name: str) -> RoutingSettings:
     return SETTINGS.model_copy(update={"policy": name})
 

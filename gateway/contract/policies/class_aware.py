@@ -1,11 +1,12 @@
-"""class-aware, Tandem's default: each traffic class to its own replica, with bounded exceptions
-(interactive spills while its queue is long; batch borrows an idle interactive replica)."""
+"""class-aware, Tandem's default: each traffic class to its own replica (the least loaded, where a
+model has several of a class), with bounded exceptions (interactive spills while its queue is long;
+batch borrows an idle interactive replica)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.contract.policy import Choice, PolicyContext, PolicySpec, of_class
+from gateway.contract.policy import Choice, PolicyContext, PolicySpec, least_loaded, of_class
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,8 +28,8 @@ def choose(ctx: PolicyContext[Spilling]) -> Choice[Spilling]:
     settings, state = ctx.settings, ctx.state
     interactive = of_class(ctx.replicas, "interactive")
     batch = of_class(ctx.replicas, "batch")
-    if interactive is None or batch is None:  # one class's replica is down: the other takes all
-        return Choice(ctx.replicas[0], Spilling(False))
+    if interactive is None or batch is None:  # one class has no replica (down, or none): the others take all
+        return Choice(least_loaded(ctx.replicas) or ctx.replicas[0], Spilling(False))
     if ctx.traffic_class == "interactive":
         if state.spilling:
             spilling = interactive.queue > settings.spill.release_threshold
