@@ -50,7 +50,7 @@ NOT_SAMPLE_PERCENTILES = {"benchmarks/gpu/arbitration_gpu.py:histogram_quantile"
 def test_no_module_defines_its_own_percentile() -> None:
     """One definition: a second one (nearest rank, say) makes two reports' p99 differ by method."""
     root = Path(__file__).resolve().parents[1]
-    own = root / "gateway" / "percentiles.py"
+    own = root / "gateway" / "contract" / "percentiles.py"
     twins = [
         f"{path.relative_to(root)}:{node.lineno} {node.name}"
         for folder in ("gateway", "deploy", "tuner", "benchmarks")

@@ -121,7 +121,7 @@ def test_a_deploy_that_times_out_says_why_and_removes_what_it_started(
     from deploy import stack
 
     data = plan_with(tmp_path, batches={"data_dir": str(tmp_path / "data")}).model_dump(mode="json")
-    for replica in data["replicas"]:
+    for replica in (r for group in data["models"] for r in group["replicas"]):
         replica["placement"]["cpus_per_worker"] = 64  # no node has 64 CPUs: the engines are never placed
     path = tmp_path / "unplaceable.yaml"
     path.write_text(yaml.safe_dump(data))
