@@ -215,11 +215,9 @@ class ServingPlan(BaseModel):
                     f"{where}: tensor_parallel_size x pipeline_parallel_size = {r.world_size} is larger than "
                     f"the cluster's {cluster.devices} devices ({cluster.nodes} node(s) x {cluster.devices_per_node})"
                 )
-            if cluster.is_cpu and r.pipeline_parallel_size > 1 and r.engine.enforce_eager:
-                raise ValueError(
-                    f"{where}: pipeline parallelism with enforce_eager fails on vLLM's CPU backend (the first "
-                    "step's receive buffer is never allocated); set enforce_eager: false"
-                )
+            problem = r.adapter.layout_problem(r.pipeline_parallel_size, r.engine, cluster.is_cpu)
+            if problem is not None:
+                raise ValueError(f"{where}: {problem}")
         if not cluster.is_cpu:
             shares = sum(r.engine.gpu_memory_utilization for r in self.replicas)
             if shares > 1.0 + 1e-9:

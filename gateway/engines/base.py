@@ -148,6 +148,11 @@ class EngineAdapter(Protocol):
         `engine_kind`): EngineArguments or a subclass with the engine's own fields."""
         ...
 
+    def layout_problem(self, pipeline_parallel_size: int, args: EngineArguments, on_cpu: bool) -> str | None:
+        """Why the engine cannot run a replica of this layout and these arguments on this kind of
+        cluster (a plan refuses it, saying what to change); None where it can."""
+        ...
+
     def server_args(self, launch: ServerLaunch) -> list[str]:
         """The command-line arguments of the engine's OpenAI-compatible server."""
         ...

@@ -148,6 +148,14 @@ class VllmEngine:
     def argument_names(self) -> frozenset[str] | None:
         return vllm_engine_argument_names()
 
+    def layout_problem(self, pipeline_parallel_size: int, args: EngineArguments, on_cpu: bool) -> str | None:
+        if on_cpu and pipeline_parallel_size > 1 and args.enforce_eager:
+            return (
+                "pipeline parallelism with enforce_eager fails on vLLM's CPU backend (the first step's receive "
+                "buffer is never allocated); set enforce_eager: false"
+            )
+        return None
+
     def parse_load(self, metrics: bytes) -> EngineLoad:
         return parse_vllm_load(metrics)
 

@@ -194,6 +194,9 @@ class TinyEngine:
     def accepts_request_priority(self, scheduling_policy: str) -> bool:
         return True
 
+    def layout_problem(self, pipeline_parallel_size: int, args: EngineArguments, on_cpu: bool) -> str | None:
+        return "tiny runs on GPUs only" if on_cpu else None
+
 
 def test_a_replica_s_engine_arguments_are_read_with_the_model_of_the_engine_it_names(
     monkeypatch: pytest.MonkeyPatch,
@@ -222,6 +225,9 @@ def test_a_replica_s_engine_arguments_are_read_with_the_model_of_the_engine_it_n
     expect_error(data, "replicas.1.engine", "'warmup_steps'", "other vLLM arguments go under 'extra'")
     replica["engine"], replica["engine_kind"] = {"extra": {"swap_space": 4}}, "tiny"
     expect_error(data, "engine.extra has argument(s) tiny does not know: swap_space")
+    on_cpu = demo_data()
+    on_cpu["replicas"][0].update(engine_kind="tiny", engine={"max_num_seqs": 16})
+    expect_error(on_cpu, "replica 'interactive': tiny runs on GPUs only")  # the layout rule is the adapter's
 
 
 def test_a_priority_scheduler_is_asked_of_the_replicas_engine() -> None:
