@@ -36,6 +36,7 @@ from gateway.contract.config import (
     RoutingSettings,
     ServedModel,
     TrafficClass,
+    check_names_unique,
     describe_fields,
     merged_settings,
     named_routing,
@@ -200,13 +201,7 @@ class ServingPlan(BaseModel):
 
     @model_validator(mode="after")
     def _fits_cluster(self) -> ServingPlan:
-        names = [r.name for r in self.replicas]
-        if len(set(names)) != len(names):
-            raise ValueError(f"replica names must be unique across models, got {names}")
-        served = [name for group in self.models for name in set(group.served_names)]
-        repeated = sorted({name for name in served if served.count(name) > 1})
-        if repeated:
-            raise ValueError(f"a model name or alias may name one model only: {repeated} name several")
+        check_names_unique([r.name for r in self.replicas], [group.served_names for group in self.models])
         cluster = self.cluster
         for r in self.replicas:
             where = f"replica {r.name!r}"

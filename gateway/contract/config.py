@@ -482,6 +482,18 @@ class ReplicaEndpoint(BaseModel):
     )
 
 
+def check_names_unique(replicas: list[str], served_names: list[list[str]]) -> None:
+    """Replica names unique across every model, and each model name or alias naming one model
+    only (a plan and a gateway config both check it: a request's `model` must pick one group).
+    ValueError naming the repeats."""
+    if len(set(replicas)) != len(replicas):
+        raise ValueError(f"replica names must be unique across models, got {replicas}")
+    served = [name for names in served_names for name in set(names)]
+    repeated = sorted({name for name in served if served.count(name) > 1})
+    if repeated:
+        raise ValueError(f"a model name or alias may name one model only: {repeated} name several")
+
+
 class ServedModel(BaseModel):
     """One public model and the replicas that serve it: a model group. A request's `model` picks
     the group (its name or an alias); the group's own router, class gates and batch yielding then
@@ -534,13 +546,7 @@ class GatewayConfig(BaseModel):
 
     @model_validator(mode="after")
     def _names_unique(self) -> GatewayConfig:
-        replicas = [r.name for r in self.replicas]
-        if len(set(replicas)) != len(replicas):
-            raise ValueError(f"replica names must be unique across models, got {replicas}")
-        served = [name for group in self.models for name in group.served_names]
-        repeated = sorted({name for name in served if served.count(name) > 1})
-        if repeated:
-            raise ValueError(f"a model name or alias may name one model only: {repeated} name several")
+        check_names_unique([r.name for r in self.replicas], [group.served_names for group in self.models])
         return self
 
     @property
