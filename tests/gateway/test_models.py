@@ -74,7 +74,7 @@ def two_model_config(chat_tp: FakeUpstream, chat_pp: FakeUpstream, coder: FakeUp
 
 
 @pytest.fixture
-def two_models() -> Iterator[TwoModels]:
+def fake_models() -> Iterator[TwoModels]:
     with contextlib.ExitStack() as stack:
         chat_tp = stack.enter_context(FakeUpstream(model="upstream-chat-tp").running())
         chat_pp = stack.enter_context(FakeUpstream(model="upstream-chat-pp").running())
@@ -89,24 +89,24 @@ def two_models() -> Iterator[TwoModels]:
         yield TwoModels(gateway, chat_tp, chat_pp, coder, coder_server)
 
 
-def test_the_sdk_talks_to_each_model_by_name_and_each_reaches_only_its_replicas(two_models: TwoModels) -> None:
-    sdk = two_models.sdk()
+def test_the_sdk_talks_to_each_model_by_name_and_each_reaches_only_its_replicas(fake_models: TwoModels) -> None:
+    sdk = fake_models.sdk()
     for name, upstream in (
-        ("chat", two_models.chat_tp),
-        ("gpt-oss-20b", two_models.chat_tp),
-        ("coder", two_models.coder),
+        ("chat", fake_models.chat_tp),
+        ("gpt-oss-20b", fake_models.chat_tp),
+        ("coder", fake_models.coder),
     ):
         reply = sdk.chat.completions.create(model=name, messages=[{"role": "user", "content": "hi"}], max_tokens=3)
         public = "coder" if name == "coder" else "chat"
         assert reply.model == public  # the public name, never the upstream's
         assert upstream.requests and upstream.requests[-1]["model"] == upstream.model
     batch = sdk.completions.create(model="chat", prompt=["a", "b", "c"], max_tokens=2)
-    assert batch.model == "chat" and two_models.chat_pp.requests  # the chat model's batch replica
-    assert len(two_models.coder.requests) == 1  # the coder got its own request only
+    assert batch.model == "chat" and fake_models.chat_pp.requests  # the chat model's batch replica
+    assert len(fake_models.coder.requests) == 1  # the coder got its own request only
 
 
-def test_models_are_listed_once_with_aliases_as_aliases(two_models: TwoModels) -> None:
-    cards = two_models.sdk().models.list().data
+def test_models_are_listed_once_with_aliases_as_aliases(fake_models: TwoModels) -> None:
+    cards = fake_models.sdk().models.list().data
     assert [(c.id, c.model_extra["root"]) for c in cards] == [
         ("chat", "chat"),
         ("gpt-oss-20b", "chat"),
@@ -114,32 +114,32 @@ def test_models_are_listed_once_with_aliases_as_aliases(two_models: TwoModels) -
     ]
 
 
-def test_an_unknown_model_gets_vllms_404(two_models: TwoModels) -> None:
+def test_an_unknown_model_gets_vllms_404(fake_models: TwoModels) -> None:
     with pytest.raises(openai.NotFoundError) as caught:
-        two_models.sdk().chat.completions.create(model="gpt-9", messages=[{"role": "user", "content": "hi"}])
+        fake_models.sdk().chat.completions.create(model="gpt-9", messages=[{"role": "user", "content": "hi"}])
     assert caught.value.body["message"] == "The model `gpt-9` does not exist."
     assert caught.value.body["param"] == "model"
 
 
-def test_a_key_limited_to_a_model_sees_and_reaches_only_that_model(two_models: TwoModels) -> None:
-    sdk = two_models.sdk(CODER_KEY)
+def test_a_key_limited_to_a_model_sees_and_reaches_only_that_model(fake_models: TwoModels) -> None:
+    sdk = fake_models.sdk(CODER_KEY)
     assert [c.id for c in sdk.models.list().data] == ["coder"]
     assert sdk.chat.completions.create(model="coder", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
     for name in ("chat", "gpt-oss-20b"):
         with pytest.raises(openai.NotFoundError):  # as if not served: the key does not learn it is
             sdk.chat.completions.create(model=name, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
-    assert not two_models.chat_tp.requests
+    assert not fake_models.chat_tp.requests
     tokenized = httpx.post(
-        two_models.base_url.removesuffix("/v1") + "/tokenize",
+        fake_models.base_url.removesuffix("/v1") + "/tokenize",
         json={"model": "chat", "prompt": "hi"},
         headers={"Authorization": f"Bearer {CODER_KEY}"},
     )
     assert tokenized.status_code == 404
 
 
-def test_one_models_replica_gone_leaves_the_other_serving(two_models: TwoModels) -> None:
-    two_models.coder_server.close()
-    sdk = two_models.sdk()
+def test_one_models_replica_gone_leaves_the_other_serving(fake_models: TwoModels) -> None:
+    fake_models.coder_server.close()
+    sdk = fake_models.sdk()
     with pytest.raises((openai.APIStatusError, openai.APIConnectionError)) as caught:
         sdk.chat.completions.create(model="coder", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
     assert isinstance(caught.value, openai.APIStatusError) and caught.value.status_code in (502, 503)
@@ -148,15 +148,15 @@ def test_one_models_replica_gone_leaves_the_other_serving(two_models: TwoModels)
         assert reply.model == "chat"
 
 
-def test_each_model_has_its_own_class_limits(two_models: TwoModels) -> None:
-    two_models.coder.token_delay_s = 0.2
+def test_each_model_has_its_own_class_limits(fake_models: TwoModels) -> None:
+    fake_models.coder.token_delay_s = 0.2
     started = threading.Event()
     errors: list[BaseException] = []
 
     def long_coder_request() -> None:
         try:
             started.set()
-            two_models.sdk().chat.completions.create(
+            fake_models.sdk().chat.completions.create(
                 model="coder", messages=[{"role": "user", "content": "hi"}], max_tokens=20
             )
         except BaseException as exc:  # reported below
@@ -165,14 +165,14 @@ def test_each_model_has_its_own_class_limits(two_models: TwoModels) -> None:
     worker = threading.Thread(target=long_coder_request)
     worker.start()
     started.wait(30)
-    metrics = httpx.get(two_models.base_url.removesuffix("/v1") + "/metrics")
+    metrics = httpx.get(fake_models.base_url.removesuffix("/v1") + "/metrics")
     deadline = 300
     while 'tandem_gateway_class_in_flight{model="coder",traffic_class="interactive"} 1.0' not in metrics.text:
         deadline -= 1
         assert deadline > 0, "the coder request never got its slot"
         threading.Event().wait(0.1)
-        metrics = httpx.get(two_models.base_url.removesuffix("/v1") + "/metrics")
-    sdk = two_models.sdk()
+        metrics = httpx.get(fake_models.base_url.removesuffix("/v1") + "/metrics")
+    sdk = fake_models.sdk()
     with pytest.raises(openai.RateLimitError):  # the coder's one slot is taken and it queues none
         sdk.chat.completions.create(model="coder", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
     chat = sdk.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
@@ -181,16 +181,16 @@ def test_each_model_has_its_own_class_limits(two_models: TwoModels) -> None:
     assert not errors
 
 
-def test_metrics_and_status_carry_the_model(two_models: TwoModels) -> None:
-    sdk = two_models.sdk()
+def test_metrics_and_status_carry_the_model(fake_models: TwoModels) -> None:
+    sdk = fake_models.sdk()
     sdk.chat.completions.create(model="coder", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
-    text = httpx.get(two_models.base_url.removesuffix("/v1") + "/metrics").text
+    text = httpx.get(fake_models.base_url.removesuffix("/v1") + "/metrics").text
     requests = [line for line in text.splitlines() if line.startswith("tandem_gateway_requests_total{")]
     assert any('model="coder"' in line and 'replica="coder"' in line for line in requests)
     assert 'tandem_gateway_replica_healthy{model="chat",replica="chat-pp"}' in text
     assert 'tandem_gateway_class_queued{model="chat",traffic_class="batch"}' in text
     status = httpx.get(
-        two_models.base_url.removesuffix("/v1") + "/admin/status", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+        fake_models.base_url.removesuffix("/v1") + "/admin/status", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
     ).json()
     assert [(m["name"], m["replicas"]) for m in status["models"]] == [
         ("chat", ["chat-pp", "chat-tp"]),
