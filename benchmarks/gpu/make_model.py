@@ -40,7 +40,13 @@ LLAMA_31_8B = {
 def make_model(directory: Path) -> Path:
     demo = ensure_demo_model()
     directory.mkdir(parents=True, exist_ok=True)
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json", "generation_config.json"):
+    for name in (
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+        "special_tokens_map.json",
+        "generation_config.json",
+    ):
         if (demo / name).is_file():
             shutil.copy(demo / name, directory / name)
     demo_config = json.loads((demo / "config.json").read_text())
