@@ -55,7 +55,7 @@ def gateway_config(plan: ServingPlan, replica_urls: dict[str, str] | None = None
         models=[
             ServedModel(
                 name=group.name,
-                aliases=[a for a in group.aliases if a != group.name],  # some plans list the name too
+                aliases=group.aliases,
                 limits=group.limits,
                 replicas=[
                     ReplicaEndpoint(

@@ -28,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 
+from deploy.demo_model import SHAPES
 from deploy.placement import Placement, placement_problems
 from deploy.plan_version import PLAN_VERSION, PlanVersionError, one_model_form, upgrade_plan_data
 from gateway.contract.config import (
@@ -46,9 +47,8 @@ from gateway.engines import DEFAULT_ENGINE, EngineAdapter, EngineArguments, engi
 
 DEMO_SOURCE = "demo"
 """`source: demo` means the locally generated demo model (see deploy.demo_model)."""
-DEMO_SMALL_SOURCE = "demo-small"
-"""`source: demo-small`: the second, smaller generated demo model (a plan of two models on the CPU)."""
-DEMO_SOURCES = (DEMO_SOURCE, DEMO_SMALL_SOURCE)
+DEMO_SOURCES = tuple(SHAPES)
+"""Every generated demo model's `source` (`demo-small`: a second, smaller shape, for a plan of two models)."""
 
 
 class PlanError(ValueError):

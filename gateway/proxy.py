@@ -282,7 +282,6 @@ class GenerationProxy:
         self.endpoint = strategy.endpoint
         self._limits = config.settings.limits
         self._backends = backends
-        self._replicas = {r.name: r for r in config.replicas}
         self._rewrites = model_rewrites(config)
         self._groups = groups
         self._keyring = keyring
@@ -419,7 +418,8 @@ class GenerationProxy:
                     continue
                 raise
             exchange.replica = decision.replica
-            payload = self.strategy.payload(body, self._replicas[decision.replica].model, decision, features.stream)
+            upstream_model = request.group.replicas[decision.replica].model
+            payload = self.strategy.payload(body, upstream_model, decision, features.stream)
             board = router.board
             with board.tracking(decision.replica, traffic_class):
                 self._metrics.overhead(traffic_class, decision.replica).observe(

@@ -132,7 +132,7 @@ class StateStore:
         """Record a new key; sqlite3.IntegrityError if its name is taken."""
         with self._mutex:
             self._db.execute(
-                f"INSERT INTO keys ({_KEY_COLUMNS}) VALUES ({', '.join('?' * 12)})",
+                f"INSERT INTO keys ({_KEY_COLUMNS}) VALUES ({', '.join('?' * len(_KEY_COLUMNS.split(',')))})",
                 (
                     key.name,
                     key.digest,

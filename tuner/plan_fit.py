@@ -17,15 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from deploy.plan import ModelGroup, Replica, ServingPlan
-from deploy.plan_report import worker_nodes
+from deploy.plan_report import HEADROOM, box_shares
 from tuner.perfmodel import ModelArchitecture, resolve_model
 
 RUNTIME_RESERVE_GB = 4.0
 """Per engine and device: activations of the largest step, CUDA graphs, NCCL buffers, allocator slack."""
 UNSET_LENGTH = 8192
 """The sequence length a replica without `max_model_len` is checked for."""
-OS_HEADROOM = 0.10
-"""Of each box's memory, left to the OS and the processes beside the engines (unified memory on GB10)."""
 
 Architectures = Callable[[ModelGroup], ModelArchitecture]
 """The performance model's architecture of a model group."""
@@ -92,14 +90,11 @@ def plan_memory(plan: ServingPlan, architecture: Architectures = group_architect
 
 
 def box_memory_gb(plan: ServingPlan) -> dict[int, float]:
-    """The memory the engines' shares take on each node, every model's engines together: each
-    worker there takes its replica's share of its device (workers placed as deploy.plan_report)."""
-    cluster = plan.cluster
-    per_device = cluster.memory_per_node_gb / cluster.devices_per_node
-    taken = dict.fromkeys(range(cluster.nodes), 0.0)
-    for replica in plan.replicas:
-        for node in worker_nodes(replica, cluster.nodes, cluster.devices_per_node):
-            taken[node] += replica.engine.gpu_memory_utilization * per_device
+    """The memory the engines' shares take on each node, every model's engines together (the
+    shares `gateway plan validate` shows, deploy.plan_report.box_shares)."""
+    taken = dict.fromkeys(range(plan.cluster.nodes), 0.0)
+    for share in box_shares(plan):
+        taken[share.node] += share.memory_gb or 0.0
     return taken
 
 
@@ -125,12 +120,12 @@ def fit_problems(
             )
     if plan.cluster.is_cpu:
         return problems
-    room = (1 - OS_HEADROOM) * plan.cluster.memory_per_node_gb
+    room = (1 - HEADROOM) * plan.cluster.memory_per_node_gb
     for node, taken in box_memory_gb(plan).items():
         if taken > room + 1e-6:
             problems.append(
                 f"node {node}: the engines' shares take {taken:.1f} GB, {taken - room:.1f} GB over the {room:.1f} GB "
-                f"its {plan.cluster.memory_per_node_gb:g} GB leave beside the OS ({OS_HEADROOM:.0%}); "
+                f"its {plan.cluster.memory_per_node_gb:g} GB leave beside the OS ({HEADROOM:.0%}); "
                 "lower their gpu_memory_utilization"
             )
     return problems

@@ -510,10 +510,16 @@ class ServedModel(BaseModel):
         "class (a small model beside a large one takes more requests at once).",
     )
 
+    @model_validator(mode="after")
+    def _aliases_once(self) -> ServedModel:
+        """Each alias once and never the name itself (some plans list the name among the aliases):
+        /v1/models, the status page and every name check then see each name once."""
+        self.aliases = [a for a in dict.fromkeys(self.aliases) if a != self.name]
+        return self
+
     @property
     def served_names(self) -> list[str]:
-        """The name, then each alias, each once (an alias may repeat the name)."""
-        return list(dict.fromkeys([self.name, *self.aliases]))
+        return [self.name, *self.aliases]
 
     def routing(self, settings: RoutingSettings) -> RoutingSettings:
         """The gateway's routing settings with this model's own class limits in force."""

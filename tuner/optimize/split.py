@@ -39,6 +39,7 @@ from optuna.trial import FrozenTrial
 
 from deploy.placement import Placement
 from deploy.plan import Replica, ServingPlan, dump_plan
+from deploy.plan_report import HEADROOM
 from gateway.contract.config import TrafficClass
 from tuner.optimize.compose import NoFeasibleTrial, feasible_trials, pick_interactive, tuned_replica
 from tuner.optimize.evaluators import Infeasible
@@ -48,7 +49,7 @@ from tuner.optimize.request import Alternative, ModelScore, Role, SplitRequest, 
 from tuner.optimize.runner import ModelStudies, Reporter, class_summary, run_class_studies, storage_folder
 from tuner.optimize.space import MEMORY_SHARE_STEP, Candidate
 from tuner.optimize.targets import ClusterTarget, TargetError, resolve_model_choice, resolve_target
-from tuner.plan_fit import OS_HEADROOM, Architectures, box_memory_gb, fit_problems, fitting_share, with_kv_budgets
+from tuner.plan_fit import Architectures, box_memory_gb, fit_problems, fitting_share, with_kv_budgets
 
 ROLES: tuple[Role, ...] = ("pair", "single")
 TRIM_TOLERANCE = 0.02
@@ -315,14 +316,14 @@ def _architectures(options: list[ModelOptions]) -> Architectures:
 def budget_gb(request: SplitRequest, target: ClusterTarget, first: ServingPlan) -> float:
     """The memory per box the engines may take: the request's, or the template's share of the box.
     More than the fit check leaves beside the OS is bad input."""
-    room = (1 - OS_HEADROOM) * target.cluster.memory_per_node_gb
+    room = (1 - HEADROOM) * target.cluster.memory_per_node_gb
     if request.memory_per_box_gb is None:
         share = target.resolved_memory_budget(first)
         return room if share is None else share * target.cluster.memory_per_node_gb
     if request.memory_per_box_gb > room + 1e-9:
         raise TargetError(
             f"--memory-per-box {request.memory_per_box_gb:g} GB is more than the {room:.1f} GB the engines may take on "
-            f"a {target.cluster.memory_per_node_gb:g} GB box of {target.name} ({OS_HEADROOM:.0%} stays for the OS)"
+            f"a {target.cluster.memory_per_node_gb:g} GB box of {target.name} ({HEADROOM:.0%} stays for the OS)"
         )
     return request.memory_per_box_gb
 
