@@ -112,10 +112,11 @@ def test_the_page_shows_both_replicas_and_updates_in_a_browser(
     monkeypatch.delenv("TANDEM_API_KEYS", raising=False)
     keyless = make_stack(batches={"data_dir": str(tmp_path / "data")})  # loopback: no admin key needed
     before = rendered(keyless.root_url)
-    assert [row[:3] for row in cells(before, "replicas")] == [
-        ["tp", "interactive", "healthy"],
-        ["pp", "batch", "healthy"],
+    assert [row[:4] for row in cells(before, "replicas")] == [
+        ["tp", PUBLIC_MODEL, "interactive", "healthy"],
+        ["pp", PUBLIC_MODEL, "batch", "healthy"],
     ]
+    assert [row[:3] for row in cells(before, "models")] == [[PUBLIC_MODEL, "tandem-alias", "pp, tp"]]
     assert cells(before, "usage") == []
     for _ in openai.OpenAI(base_url=keyless.base_url, api_key="-", max_retries=0).chat.completions.create(
         model=PUBLIC_MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=5, stream=True

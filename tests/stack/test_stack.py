@@ -113,8 +113,8 @@ def test_the_status_page_shows_both_replicas_and_follows_a_request_in_a_browser(
     page's usage and per-class figures move when a chat runs (a keyless gateway on loopback)."""
     root = cpu_stack.base_url.removesuffix("/v1")
     before = rendered(root)
-    replicas = {row[0]: row[1:3] for row in cells(before, "replicas")}
-    assert replicas == {r.name: [r.traffic_class, "healthy"] for r in cpu_stack.plan.replicas}
+    replicas = {row[0]: row[1:4] for row in cells(before, "replicas")}
+    assert replicas == {r.name: [cpu_stack.model, r.traffic_class, "healthy"] for r in cpu_stack.plan.replicas}
 
     def interactive_chats(dom: str) -> int:
         rows = [row for row in cells(dom, "usage") if row[1:3] == [cpu_stack.model, "interactive"]]
