@@ -44,7 +44,7 @@ from deploy.start_time import start_time_hint
 from gateway.admin_client import ADMIN_KEY_ENV, DEFAULT_URL
 from gateway.auth import exposure_warning
 from gateway.cli import CaOption, UrlOption, keys_app, serve, show_gateway_status, usage
-from gateway.contract.config import GatewaySettings, describe_fields
+from gateway.contract.config import GatewaySettings, check_key_models, describe_fields
 from gateway.version import version_option
 
 if TYPE_CHECKING:
@@ -90,11 +90,13 @@ def _load(plan_path: Path | None, model: Path | None, port: int | None) -> Servi
                 data["gateway"]["port"] = port
             plan = parse_plan(data, origin="the plan with your options")
         warning = exposure_warning(plan.gateway)  # reads the keys file and variable: their errors stop here
+        served = [name for group in plan.models for name in group.served_names]
+        check_key_models(plan.gateway.auth.resolved_keys(), served)  # before anything starts
     except PlanError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     except (OSError, ValueError) as exc:  # a keys file or TANDEM_API_KEYS that cannot be read
-        console.print(f"[red]error:[/red] the plan's API keys cannot be read: {_keys_problem(exc)}")
+        console.print(f"[red]error:[/red] the plan's API keys: {_keys_problem(exc)}")
         raise typer.Exit(2) from None
     if warning:
         console.print(f"[yellow bold]warning:[/yellow bold] {warning}")

@@ -7,6 +7,7 @@ These models are the one place where routing thresholds are defined; deploy/plan
 from __future__ import annotations
 
 import os
+from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -331,8 +332,8 @@ class AuthSettings(BaseModel):
     )
     keys_env: str | None = Field(
         "TANDEM_API_KEYS",
-        description="Environment variable holding comma-separated `name:key[:class]` entries, added to the "
-        "others; null: none is read.",
+        description="Environment variable holding comma-separated `name:key[:class[:model+model]]` entries "
+        "(class may be empty: `ci:KEY::coder`), added to the others; null: none is read.",
     )
     per_key_metrics: bool = Field(
         False,
@@ -353,16 +354,39 @@ class AuthSettings(BaseModel):
             data = yaml.safe_load(self.keys_file.expanduser().read_text()) or []
             keys += [ApiKey.model_validate(item) for item in data]
         entries = os.environ.get(self.keys_env, "") if self.keys_env else ""
-        for entry in filter(None, (e.strip() for e in entries.split(","))):
-            name, _, rest = entry.partition(":")
-            secret, _, default_class = rest.partition(":")
-            if not secret:
-                raise ValueError(f"{self.keys_env}: entries are name:key[:class], got one without a key")
-            keys.append(ApiKey(name=name, key=SecretStr(secret), default_class=default_class or None))
+        keys += [_env_key(entry, self.keys_env) for entry in filter(None, (e.strip() for e in entries.split(",")))]
         names = [k.name for k in keys]
         if len(set(names)) != len(names):
             raise ValueError(f"API key names must be unique, got {sorted(names)}")
         return keys
+
+
+def check_key_models(keys: Iterable[ApiKey], served_names: Collection[str]) -> None:
+    """Refuses a key limited to a model not served (by name or alias), naming both: a typo there
+    would answer 404 to every request the key makes."""
+    for key in keys:
+        unknown = sorted(set(key.models or ()) - set(served_names))
+        if unknown:
+            raise ValueError(
+                f"API key {key.name!r} names models this gateway does not serve: {unknown}; "
+                f"served: {sorted(served_names)} (names or aliases)"
+            )
+
+
+def _env_key(entry: str, variable: str | None) -> ApiKey:
+    """One `name:key[:class[:model+model]]` entry of the keys variable: a key from the environment
+    can be limited to models like any other (an empty class field keeps the default class)."""
+    name, _, rest = entry.partition(":")
+    secret, _, rest = rest.partition(":")
+    default_class, _, models = rest.partition(":")
+    if not secret:
+        raise ValueError(f"{variable}: entries are name:key[:class[:model+model]], got one without a key")
+    return ApiKey(
+        name=name,
+        key=SecretStr(secret),
+        default_class=default_class or None,
+        models=[m for m in models.split("+") if m] or None,
+    )
 
 
 class RequestLimits(BaseModel):
@@ -553,6 +577,14 @@ class GatewayConfig(BaseModel):
     @model_validator(mode="after")
     def _names_unique(self) -> GatewayConfig:
         check_names_unique([r.name for r in self.replicas], [group.served_names for group in self.models])
+        return self
+
+    @model_validator(mode="after")
+    def _keys_name_served_models(self) -> GatewayConfig:
+        """A key limited to a model this gateway does not serve is a typo that would answer 404 to
+        every request the key makes: refused here, where the plan is read (the keys file's and the
+        variable's keys too, once deploy has resolved them)."""
+        check_key_models(self.settings.auth.keys, self.served_names)
         return self
 
     @property

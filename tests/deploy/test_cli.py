@@ -48,6 +48,17 @@ def test_up_with_a_model_dir_swaps_the_model_of_a_one_model_plan_only(tmp_path: 
     assert "--model works on a plan of one model; this one serves 2" in result.output
 
 
+def test_up_refuses_a_key_limited_to_a_model_not_served_before_anything_starts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TANDEM_API_KEYS", "coder:sk-coder-0123456789::demo-small+coder")
+    monkeypatch.setattr("deploy.stack.running_stack", lambda *a, **k: pytest.fail("the stack was started"))
+    result = runner.invoke(app, ["up", "--plan", str(shipped_plan("cpu-two-models"))])
+    assert result.exit_code == 2, result.output
+    assert "API key 'coder' names models this gateway does not serve: ['coder']" in result.output
+    assert "sk-coder" not in result.output and "Traceback" not in result.output
+
+
 def test_deploy_needs_a_cluster_address(monkeypatch) -> None:
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     plan = Path(__file__).parents[2] / "deploy" / "plans" / "cpu-demo.yaml"

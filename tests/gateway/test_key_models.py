@@ -22,7 +22,7 @@ import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI, Request
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 from typer.testing import CliRunner, Result
 
 from deploy.cli import app as cli_app
@@ -30,7 +30,7 @@ from deploy.ports import free_port
 from gateway.admin_api import admin_routes
 from gateway.asgi import answer_errors_in_the_envelope
 from gateway.auth import Client, KeyRing
-from gateway.contract.config import ApiKey, AuthSettings
+from gateway.contract.config import ApiKey, AuthSettings, GatewayConfig
 from gateway.key_admin import KeyAdmin, NewKey
 from gateway.state_store import StateStore
 from gateway.usage import UsageLedger
@@ -59,6 +59,37 @@ def test_plan_keys_carry_their_models_and_the_anonymous_client_may_use_every_mod
     assert ring.authenticate(f"Bearer {ADMIN_KEY}").may_use(["big", "big-alias"])
     anonymous = KeyRing([]).authenticate(None)
     assert anonymous.may_use(["big"]) and anonymous.may_use(["small"])
+
+
+def test_keys_from_the_environment_carry_models_after_an_optional_class(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "TEAM_KEYS",
+        "ci:sk-ci-0123456789abcdef, coder:sk-coder-0123456789::small, bulk:sk-bulk-0123456789:batch:big+small",
+    )
+    keys = {k.name: k for k in AuthSettings(keys_env="TEAM_KEYS").resolved_keys()}
+    assert (keys["ci"].models, keys["ci"].default_class) == (None, None)  # no field: every model
+    assert (keys["coder"].models, keys["coder"].default_class) == (["small"], None)
+    assert (keys["bulk"].models, keys["bulk"].default_class) == (["big", "small"], "batch")
+    ring = KeyRing.from_settings(AuthSettings(keys_env="TEAM_KEYS"))
+    coder = ring.authenticate("Bearer sk-coder-0123456789")
+    assert coder.may_use(["small"]) and not coder.may_use(["big", "big-alias"])
+
+
+def test_a_plan_key_naming_a_model_not_served_is_refused_where_the_plan_is_read() -> None:
+    served = {
+        "name": "big",
+        "aliases": ["big-alias"],
+        "replicas": [
+            {"name": "r", "traffic_class": "interactive", "base_url": "http://127.0.0.1:1/v1", "model": "big"}
+        ],
+    }
+    auth = {"keys": [{"name": "typo", "key": "sk-typo-0123456789", "models": ["big-alais"]}], "keys_env": None}
+    with pytest.raises(ValidationError, match=r"'typo' names models this gateway does not serve: \['big-alais'\]"):
+        GatewayConfig.model_validate({"models": [served], "settings": {"auth": auth}})
+    auth["keys"][0]["models"] = ["big-alias"]  # type: ignore[index]
+    assert GatewayConfig.model_validate({"models": [served], "settings": {"auth": auth}}).settings.auth.keys[
+        0
+    ].models == ["big-alias"]
 
 
 @dataclass
