@@ -611,13 +611,20 @@ def load_config(path: str | Path) -> GatewayConfig:
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
-        return GatewayConfig.model_validate(data)
+        config = GatewayConfig.model_validate(data)
     except FileNotFoundError:
         raise ConfigError(f"no gateway config at {path}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
     except ValidationError as exc:
         raise ConfigError(f"{path} is not a valid gateway config:\n{describe_fields(exc)}") from None
+    try:  # the keys file's and the variable's keys, read now so that their errors stop the start here
+        check_key_models(config.settings.auth.resolved_keys(), config.served_names)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: the API keys:\n{describe_fields(exc)}") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: the API keys: {exc}") from None
+    return config
 
 
 def describe_fields(error: ValidationError) -> str:

@@ -75,6 +75,28 @@ def test_serve_with_a_broken_config_names_the_field(tmp_path: Path) -> None:
     assert "replicas.0.traffic_class" in result.output
 
 
+def test_serve_reads_the_keys_variable_before_it_listens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The variable's keys meet the same checks as the config's, as the config is read: a key
+    limited to a model not served, or a key too short to be one, stops the start, naming it."""
+    config = tmp_path / "gateway.yaml"
+    config.write_text("model: m\nreplicas: [{name: a, traffic_class: interactive, model: m}]\n")
+    monkeypatch.setattr("gateway.server.serve", lambda *a, **k: pytest.fail("the gateway was started"))
+    for name, secret, models, says in [
+        (
+            "coder",
+            "sk-coder-0123456789",
+            "coder",
+            "API key 'coder' names models this gateway does not serve: ['coder']",
+        ),
+        ("ci", "sk-tiny", "", "at least 16 characters"),
+    ]:
+        monkeypatch.setenv("TANDEM_API_KEYS", f"{name}:{secret}::{models}")
+        result = runner.invoke(app, ["serve", "--config", str(config)])
+        assert result.exit_code == 2, result.output
+        assert "the API keys" in result.output and says in result.output, result.output
+        assert secret not in result.output
+
+
 def test_the_stack_commands_say_what_to_install_without_ray(monkeypatch: pytest.MonkeyPatch) -> None:
     """A gateway-only install has no Ray: `gateway up` names what is missing instead of a traceback."""
     import importlib.util
