@@ -120,7 +120,8 @@ def engine_app(
     start_after: Application | None = None,
 ) -> Application:
     """One replica as an `EngineServer` deployment holding the replica's placement group, serving
-    its model group's model (`model_source`, under the group's name). `engine_cls` swaps the class behind the same deployment options (tests probe placement);
+    its model group's model (`model_source`, under the group's name). `engine_cls` swaps the class
+    behind the same deployment options (tests probe placement);
     `start_after` is the engine whose readiness this one waits for before starting vLLM."""
     deployment = serve.deployment(engine_cls).options(
         name=engine_deployment_name(replica),

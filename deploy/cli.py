@@ -89,9 +89,9 @@ def _load(plan_path: Path | None, model: Path | None, port: int | None) -> Servi
             if port is not None:
                 data["gateway"]["port"] = port
             plan = parse_plan(data, origin="the plan with your options")
-        warning = exposure_warning(plan.gateway)  # reads the keys file and variable: their errors stop here
-        served = [name for group in plan.models for name in group.served_names]
-        check_key_models(plan.gateway.auth.resolved_keys(), served)  # before anything starts
+        auth = plan.gateway.auth.resolved()  # reads the keys file and variable once: their errors stop here
+        check_key_models(auth.keys, [name for group in plan.models for name in group.served_names])
+        warning = exposure_warning(plan.gateway.model_copy(update={"auth": auth}))
     except PlanError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
@@ -131,7 +131,7 @@ def _print_welcome(deployed: Deployed, settings: GatewaySettings, *, foreground:
     wants a key (asked of the gateway itself: plan keys and stored ones alike) and how to send one."""
     base_url, model = deployed.base_url, deployed.model
     out = Console()
-    served = ", ".join(f"[bold]{name}[/bold]" for name in deployed.models or (model,))
+    served = ", ".join(f"[bold]{name}[/bold]" for name in deployed.models)
     out.print(f"\n[bold green]Tandem is serving[/bold green] {served} at [bold]{base_url}[/bold]")
     for url in team_urls(settings):
         out.print(f"  for the team, from other machines: [bold]{url}[/bold]", highlight=False)

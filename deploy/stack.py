@@ -31,13 +31,17 @@ READY_TIMEOUT_S = float(os.environ.get("TANDEM_READY_TIMEOUT_S", "900"))
 
 @dataclass(frozen=True)
 class Deployed:
-    """A running stack: where the gateway listens, the models it serves (`model` is the first, the
-    one a request naming no model gets) and where each replica's engine answers."""
+    """A running stack: where the gateway listens, the models it serves and where each replica's
+    engine answers."""
 
     base_url: str
-    model: str
+    models: tuple[str, ...]
     replica_urls: dict[str, str | None]
-    models: tuple[str, ...] = ()
+
+    @property
+    def model(self) -> str:
+        """The first model: the one a request naming no model gets."""
+        return self.models[0]
 
 
 def resolve_model_source(model: ModelSpec) -> str:
@@ -184,8 +188,7 @@ def deploy(
     scheme = "https" if settings.tls is not None else "http"
     base_url = f"{scheme}://{_client_host(settings.host)}:{settings.port}/v1"
     wait_ready(base_url, max(1.0, timeout_s - (time.monotonic() - started)))
-    names = tuple(group.name for group in plan.models)
-    return Deployed(base_url=base_url, model=names[0], replica_urls=replica_urls, models=names)
+    return Deployed(base_url=base_url, models=tuple(g.name for g in plan.models), replica_urls=replica_urls)
 
 
 def _wait_running(started: float, timeout_s: float, on_progress: Progress | None) -> None:

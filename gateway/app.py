@@ -137,6 +137,7 @@ class Gateway:
         self.retrieval = ResponseRetrieval(
             response_ids,
             config=config,
+            groups=models,
             backends=self.backends,
             board=self.board,
             keyring=self.keyring,

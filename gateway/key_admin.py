@@ -30,7 +30,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from gateway.auth import ANONYMOUS, Client, KeyRing, KeySource, key_digest, model_limit
-from gateway.contract.config import TrafficClass
+from gateway.contract.config import TrafficClass, unserved_models
 from gateway.errors import GatewayError
 from gateway.state_store import StateStore, StoredKey
 
@@ -124,7 +124,7 @@ class KeyAdmin:
                 continue
             self._stored[stored.name] = stored
             self.keyring.add(stored.digest, _client_of(stored))
-            gone = sorted(set(stored.models or ()) - self.served_names)
+            gone = unserved_models(stored.models, self.served_names)
             if gone:
                 log.warning("stored key %r names models this gateway does not serve: %s", stored.name, gone)
 
@@ -209,7 +209,7 @@ class KeyAdmin:
         does not serve."""
         if models is None:
             return None
-        unknown = [name for name in models if name not in self.served_names]
+        unknown = unserved_models(models, self.served_names)
         if unknown:
             raise GatewayError(
                 400,

@@ -160,9 +160,8 @@ class GatewayMetrics:
     def __init__(self, live: LiveState, *, per_key: bool = False) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.per_key = per_key
-        models = list(live.groups)
-        self._model_of = {replica: group.name for group in models for replica in group.replicas}
-        self._no_model = models[0].name if len(models) == 1 else UNLABELLED_KEY
+        self._groups = live.groups
+        self._no_model = live.groups.default.name if len(live.groups.groups) == 1 else UNLABELLED_KEY
         r = self.registry
 
         def counter(name: str, doc: str, labels: list[str]) -> _Children:
@@ -237,7 +236,7 @@ class GatewayMetrics:
                 self.tokens(key, model, traffic_class, kind).inc(value)
 
     def render(self) -> bytes:
-        return generate_latest(_ModelLabelled(self.registry, self._model_of, self._no_model))
+        return generate_latest(_ModelLabelled(self.registry, self._groups, self._no_model))
 
 
 @dataclass(frozen=True, eq=False)
@@ -247,7 +246,7 @@ class _ModelLabelled(Collector):
     their labels; a series by replica never needs the model passed along."""
 
     registry: CollectorRegistry
-    model_of: Mapping[str, str]
+    groups: ModelGroups
     no_model: str
 
     def collect(self) -> Iterable[Metric]:
@@ -259,4 +258,5 @@ class _ModelLabelled(Collector):
             yield family
 
     def _model(self, labels: Mapping[str, str]) -> str:
-        return self.model_of.get(labels.get("replica", ""), self.no_model)
+        group = self.groups.by_replica.get(labels.get("replica", ""))
+        return self.no_model if group is None else group.name

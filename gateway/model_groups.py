@@ -67,6 +67,7 @@ class ModelGroups:
         self.settings = config.settings.routing
         self.groups = [ModelGroup(served, board, self.settings) for served in config.models]
         self._named = {name: group for group in self.groups for name in group.config.served_names}
+        self.by_replica = {name: group for group in self.groups for name in group.replicas}  # who serves what
         self._listeners: list[Callable[[], None]] = []
         for group in self.groups:
             beside = [

@@ -37,6 +37,7 @@ from gateway.contract.router import Reject, Route, route_to
 from gateway.errors import GatewayError, error_body
 from gateway.load import LoadBoard
 from gateway.metrics import GatewayMetrics
+from gateway.model_groups import ModelGroups
 from gateway.proxy import RouteQuery, UsageSink, model_rewrites, new_request_id, routed_payload, upstream_failure
 from gateway.response_ids import ResponseIdMap
 
@@ -133,6 +134,7 @@ class ResponseRetrieval:
         ids: ResponseIdMap,
         *,
         config: GatewayConfig,
+        groups: ModelGroups,
         backends: Mapping[str, Backend],
         board: LoadBoard,
         keyring: KeyRing,
@@ -144,7 +146,7 @@ class ResponseRetrieval:
         self._keyring = keyring
         self._metrics = metrics
         self._rewrites = model_rewrites(config)
-        self._names_of = {r.name: group.served_names for group in config.models for r in group.replicas}
+        self._groups = groups
 
     async def retrieve(self, request: Request, response_id: str) -> Response:
         """GET /v1/responses/{id}[?stream=true&starting_after=N], from the replica holding it."""
@@ -165,7 +167,9 @@ class ResponseRetrieval:
         try:
             with client.admitted():
                 holder = self.ids.replica_of(response_id)
-                if holder is None or not client.may_use(self._names_of[holder]):  # another model's: not this key's
+                if holder is None or not client.may_use(
+                    self._groups.by_replica[holder].config.served_names
+                ):  # another model's: not this key's
                     raise response_not_found(response_id)
                 replica = holder
                 request_id = request.scope.get("state", {}).get("request_id") or new_request_id([])

@@ -53,7 +53,6 @@ class StatusSource:
         usage_since = time.time() - USAGE_WINDOW_S
         usage = await self._ledger.report(usage_since)
         groups = self._groups
-        model_of = {name: group.name for group in groups for name in group.replicas}
         return {
             "model": groups.default.name,
             "models": [
@@ -74,7 +73,7 @@ class StatusSource:
             "replicas": [
                 {
                     "name": r.name,
-                    "model": model_of[r.name],
+                    "model": groups.by_replica[r.name].name,
                     "traffic_class": r.traffic_class,
                     "healthy": r.healthy,
                     "frozen": r.name in frozen,

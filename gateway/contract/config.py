@@ -361,11 +361,17 @@ class AuthSettings(BaseModel):
         return keys
 
 
+def unserved_models(models: Iterable[str] | None, served_names: Collection[str]) -> list[str]:
+    """The names of a key's model list that no served model has (as its name or an alias), each
+    once, in the list's order; none for a key without a list (every model)."""
+    return [name for name in dict.fromkeys(models or ()) if name not in served_names]
+
+
 def check_key_models(keys: Iterable[ApiKey], served_names: Collection[str]) -> None:
     """Refuses a key limited to a model not served (by name or alias), naming both: a typo there
     would answer 404 to every request the key makes."""
     for key in keys:
-        unknown = sorted(set(key.models or ()) - set(served_names))
+        unknown = unserved_models(key.models, served_names)
         if unknown:
             raise ValueError(
                 f"API key {key.name!r} names models this gateway does not serve: {unknown}; "
@@ -607,7 +613,8 @@ class ConfigError(ValueError):
 
 
 def load_config(path: str | Path) -> GatewayConfig:
-    """Read a GatewayConfig from YAML (`gateway serve --config gateway.yaml`)."""
+    """Read a GatewayConfig from YAML (`gateway serve --config gateway.yaml`), its keys file and
+    keys variable read into `settings.auth.keys` (AuthSettings.resolved), as deploy hands them over."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
@@ -618,13 +625,14 @@ def load_config(path: str | Path) -> GatewayConfig:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
     except ValidationError as exc:
         raise ConfigError(f"{path} is not a valid gateway config:\n{describe_fields(exc)}") from None
-    try:  # the keys file's and the variable's keys, read now so that their errors stop the start here
-        check_key_models(config.settings.auth.resolved_keys(), config.served_names)
+    try:  # the keys file's and the variable's keys, read once, now: their errors stop the start here
+        auth = config.settings.auth.resolved()
+        check_key_models(auth.keys, config.served_names)
     except ValidationError as exc:
         raise ConfigError(f"{path}: the API keys:\n{describe_fields(exc)}") from None
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: the API keys: {exc}") from None
-    return config
+    return config.model_copy(update={"settings": config.settings.model_copy(update={"auth": auth})})
 
 
 def describe_fields(error: ValidationError) -> str:

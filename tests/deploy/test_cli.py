@@ -187,7 +187,7 @@ def test_the_welcome_message_says_how_to_send_a_key(
         gateway = start_in_thread(config)
         base_url = gateway.base_url
         try:
-            deployed = Deployed(base_url=base_url, model="tandem-test", replica_urls={})
+            deployed = Deployed(base_url=base_url, models=("tandem-test",), replica_urls={})
             _print_welcome(deployed, config.settings.model_copy(update={"host": "0.0.0.0"}), foreground=False)
         finally:
             gateway.stop()

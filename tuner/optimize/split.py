@@ -199,17 +199,20 @@ def _score(option: ModelOptions, role: Role, batch: Point | None, gb_per_share: 
     )
 
 
-def _least_gb(options: list[ModelOptions], roles: dict[str, Role], gb_per_share: float) -> str:
-    """What each model's part needs at least, for the message of an assignment that does not fit."""
-    parts = []
+def _least_gb(options: list[ModelOptions], roles: dict[str, Role], gb_per_share: float) -> tuple[float, str]:
+    """What an assignment needs at least per box (each interactive point, and each pair's smallest
+    batch point), and each model's part of it, for the message of one that does not fit."""
+    total, parts = 0.0, []
     for option in options:
         gb = (option.interactive.candidate.memory_share or 0.0) * gb_per_share
         if roles[option.name] == "pair" and option.batch:
             batch_gb = (option.batch[0].candidate.memory_share or 0.0) * gb_per_share
+            total += gb + batch_gb
             parts.append(f"{option.name} pair {gb:.1f} + {batch_gb:.1f} GB")
         else:
+            total += gb
             parts.append(f"{option.name} {roles[option.name]} {gb:.1f} GB")
-    return "; ".join(parts)
+    return total, "; ".join(parts)
 
 
 def assess(options: list[ModelOptions], budget_gb: float, gb_per_share: float) -> list[Alternative]:
@@ -219,8 +222,7 @@ def assess(options: list[ModelOptions], budget_gb: float, gb_per_share: float) -
         roles = {o.name: r for o, r in zip(options, roles_tuple, strict=True)}
         pairs = [o for o in options if roles[o.name] == "pair"]
         blocked = [o.no_pair for o in pairs if o.no_pair]
-        fixed = sum((o.interactive.candidate.memory_share or 0.0) for o in options) * gb_per_share
-        least = fixed + sum((o.batch[0].candidate.memory_share or 0.0) * gb_per_share for o in pairs if o.batch)
+        least, parts = _least_gb(options, roles, gb_per_share)
         if blocked:
             alternatives.append(Alternative(roles=roles, fits=False, gb_per_box=least, verdict="; ".join(blocked)))
             continue
@@ -230,7 +232,7 @@ def assess(options: list[ModelOptions], budget_gb: float, gb_per_share: float) -
                     roles=roles,
                     fits=False,
                     gb_per_box=least,
-                    verdict=f"does not fit: needs at least {least:.1f} GB per box ({_least_gb(options, roles, gb_per_share)}), "
+                    verdict=f"does not fit: needs at least {least:.1f} GB per box ({parts}), "
                     f"{least - budget_gb:.1f} GB over the {budget_gb:.1f} GB budget",
                 )
             )
